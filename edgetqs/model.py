@@ -1,0 +1,186 @@
+"""Load a forecaster as an ONNX graph and expose its float weights (the black-box view).
+
+ONNX is the one internal representation: a torch module is exported once, here, and from then
+on every stage works on the ONNX bytes. Weights are the float initializers; no module tree is
+needed, so frozen exports with fused operators work the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInputError, BadModelError
+
+FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx.TensorProto enum -> dtype
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (None for a symbolic dimension) and dtype of a graph input or output."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}[{dims}]"
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One float initializer: the unit TQS perturbs and the planner quantizes."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+class Model:
+    """An ONNX forecaster: its bytes, inputs/outputs and float weights.
+
+    Args:
+        proto: the loaded ``onnx.ModelProto``.
+        path: where it came from (for messages and the sha256 in result files).
+        min_weight_size: initializers with fewer elements are constants, not weights.
+    """
+
+    def __init__(self, proto: Any, path: Path | None = None, min_weight_size: int = 2) -> None:
+        import onnx
+        from onnx import numpy_helper
+
+        self.proto = proto
+        self.path = path
+        self.bytes = proto.SerializeToString()
+        self.sha256 = hashlib.sha256(self.bytes).hexdigest()
+        graph = proto.graph
+        init_names = {i.name for i in graph.initializer}
+        self.inputs = [_info(v) for v in graph.input if v.name not in init_names]
+        self.outputs = [_info(v) for v in graph.output]
+        self._arrays: dict[str, np.ndarray] = {}
+        weights = []
+        for init in graph.initializer:
+            if init.data_type not in FLOAT_TYPES:
+                continue
+            arr = numpy_helper.to_array(init)
+            if arr.size < min_weight_size:
+                continue
+            self._arrays[init.name] = arr
+            weights.append(Weight(init.name, tuple(int(d) for d in arr.shape), str(arr.dtype)))
+        self.weights = weights
+        del onnx
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path else "model"
+
+    def weight_array(self, name: str) -> np.ndarray:
+        """The stored value of a weight (read-only view)."""
+        return self._arrays[name]
+
+    @property
+    def n_params(self) -> int:
+        return sum(w.size for w in self.weights)
+
+    def overridable_bytes(self, names: list[str] | None = None) -> bytes:
+        """The model with the given initializers (default: all weights) declared as graph inputs.
+
+        onnxruntime treats an initializer that is also a graph input as a default that a feed
+        may override, so one session serves a whole sweep: no rebuild per perturbed group.
+        """
+        import onnx
+        from onnx import helper
+
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        names = [w.name for w in self.weights] if names is None else names
+        existing = {i.name for i in proto.graph.input}
+        by_name = {i.name: i for i in proto.graph.initializer}
+        for n in names:
+            if n in existing:
+                continue
+            init = by_name[n]
+            proto.graph.input.append(helper.make_tensor_value_info(n, init.data_type, list(init.dims)))
+        if proto.ir_version < 4:
+            proto.ir_version = 4
+        return proto.SerializeToString()
+
+
+def _info(v: Any) -> TensorInfo:
+    t = v.type.tensor_type
+    dims: list[int | None] = []
+    for d in t.shape.dim:
+        dims.append(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None)
+    dtype = str(np.dtype(FLOAT_TYPES.get(t.elem_type, np.float32)))
+    return TensorInfo(v.name, tuple(dims), dtype)
+
+
+def load_model(path: str | Path, min_weight_size: int = 2) -> Model:
+    """Read an ONNX file and check that it has something to score.
+
+    Raises:
+        BadInputError: the file does not exist.
+        BadModelError: not an ONNX model, or no float weights.
+    """
+    import onnx
+
+    p = Path(path)
+    if not p.exists():
+        raise BadInputError(f"model file '{p}' does not exist; give the path of an .onnx file")
+    if p.is_dir():
+        raise BadInputError(f"model path '{p}' is a directory; give the path of an .onnx file")
+    try:
+        proto = onnx.load(str(p), load_external_data=True)
+    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        raise BadModelError(f"'{p}' is not a readable ONNX model ({type(exc).__name__}); export it with torch.onnx.export or check the file") from None
+    if len(proto.graph.node) == 0 or not proto.graph.output:
+        raise BadModelError(f"'{p}' is not an ONNX model with a graph (no nodes or outputs); check the file")
+    model = Model(proto, p, min_weight_size=min_weight_size)
+    if not model.weights:
+        raise BadModelError(
+            f"'{p}' has no float weight initializers of at least {min_weight_size} elements; "
+            "TQS perturbs float weights, so there is nothing to score (was it exported with weights as inputs?)"
+        )
+    return model
+
+
+def export_torch(module: Any, example_input: Any, path: str | Path, dynamic_batch: bool = True) -> Path:
+    """Export a torch module once to ONNX (dynamo exporter), batch axis dynamic when possible.
+
+    Args:
+        module: a ``torch.nn.Module`` in eval mode.
+        example_input: a tensor or tuple of tensors with batch axis first.
+        path: where to write the ``.onnx`` file.
+        dynamic_batch: mark axis 0 of every input as dynamic so contexts can be batched.
+
+    Returns:
+        The path written.
+    """
+    try:
+        import torch
+    except ImportError:
+        from .errors import OptionalDependencyError
+
+        raise OptionalDependencyError("torch", "torch", "exporting a torch model") from None
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    module = module.eval()
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dynamic_shapes = tuple({0: batch} for _ in args)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.onnx")
+    onnx_program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
+    onnx_program.save(str(tmp))
+    tmp.replace(out)
+    return out

@@ -1,0 +1,53 @@
+"""Plots rendered from result objects (matplotlib, Agg backend, imported only when plotting)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .score import Scores
+
+
+def plot_scores(scores: Scores, path: str | Path, top: int = 12) -> Path:
+    """Two panels: gamma per group (ranked, dead and diverged marked) and gamma(t) curves of the
+    most sensitive groups beside the model's own state exponent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = scores.ranked()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(4.0, 0.22 * len(ranked) + 1.5)))
+    names = [g.name for g in ranked][::-1]
+    finite = [g.gamma for g in ranked if g.gamma is not None]
+    lo = min(finite) if finite else 0.0
+    hi = max(finite) if finite else 1.0
+    vals, colors = [], []
+    for g in ranked[::-1]:
+        if g.diverged_step is not None:
+            vals.append(hi + 0.1 * (abs(hi) + 1)); colors.append("#b2182b")
+        elif g.gamma is None:
+            vals.append(lo - 0.1 * (abs(lo) + 1)); colors.append("#999999")
+        else:
+            vals.append(g.gamma); colors.append("#2166ac")
+    ax1.barh(range(len(names)), vals, color=colors)
+    ax1.set_yticks(range(len(names)), names, fontsize=7)
+    ax1.set_xlabel("gamma (per step, ln units)")
+    ax1.set_title(f"TQS per group ({scores.settings.probe} probe, T={scores.horizon}); red: diverged, grey: dead", fontsize=9)
+    if scores.state.exponent is not None:
+        ax1.axvline(scores.state.exponent, color="k", ls="--", lw=1, label="model's own exponent")
+        ax1.legend(fontsize=7, loc="lower right")
+    t = list(range(1, scores.horizon + 1))
+    for g in [g for g in ranked if g.gamma is not None][:top]:
+        ax2.plot(t, [c if c is not None else float("nan") for c in g.gamma_curve], lw=1.2, label=g.name)
+    ax2.plot(t, [c if c is not None else float("nan") for c in scores.state.curve], "k--", lw=1.5, label="state perturbation")
+    ax2.set_xlabel("lead step t")
+    ax2.set_ylabel("gamma(t)")
+    ax2.set_title(f"gamma(t), top {top} groups", fontsize=9)
+    ax2.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"{scores.model}: trajectory-based quantization sensitivity", fontsize=11)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
