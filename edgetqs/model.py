@@ -51,10 +51,11 @@ class Model:
     Args:
         proto: the loaded ``onnx.ModelProto``.
         path: where it came from (for messages and the sha256 in result files).
-        min_weight_size: initializers with fewer elements are constants, not weights.
+        min_weight_size: initializers with fewer elements are not weights. Rank-0 float
+            initializers are always constants of the graph (epsilons, scales of fused ops), never weights.
     """
 
-    def __init__(self, proto: Any, path: Path | None = None, min_weight_size: int = 2) -> None:
+    def __init__(self, proto: Any, path: Path | None = None, min_weight_size: int = 1) -> None:
         import onnx
         from onnx import numpy_helper
 
@@ -72,7 +73,7 @@ class Model:
             if init.data_type not in FLOAT_TYPES:
                 continue
             arr = numpy_helper.to_array(init)
-            if arr.size < min_weight_size:
+            if arr.ndim == 0 or arr.size < min_weight_size:
                 continue
             self._arrays[init.name] = arr
             weights.append(Weight(init.name, tuple(int(d) for d in arr.shape), str(arr.dtype)))
@@ -124,7 +125,7 @@ def _info(v: Any) -> TensorInfo:
     return TensorInfo(v.name, tuple(dims), dtype)
 
 
-def load_model(path: str | Path, min_weight_size: int = 2) -> Model:
+def load_model(path: str | Path, min_weight_size: int = 1) -> Model:
     """Read an ONNX file and check that it has something to score.
 
     Raises:
@@ -147,7 +148,7 @@ def load_model(path: str | Path, min_weight_size: int = 2) -> Model:
     model = Model(proto, p, min_weight_size=min_weight_size)
     if not model.weights:
         raise BadModelError(
-            f"'{p}' has no float weight initializers of at least {min_weight_size} elements; "
+            f"'{p}' has no float weight initializers (tensors of rank >= 1); "
             "TQS perturbs float weights, so there is nothing to score (was it exported with weights as inputs?)"
         )
     return model

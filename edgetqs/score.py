@@ -475,7 +475,7 @@ def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
 
 
 def _min_size(model: Model) -> int:
-    return min((w.size for w in model.weights), default=2)
+    return min((w.size for w in model.weights), default=1)
 
 
 def score_model(model: Any, contexts: Any = None, *, spec: RolloutSpec | None = None, k: int = 8,

@@ -1,0 +1,61 @@
+"""Bundled example forecasters (trained by scripts/train_examples.py) and `edgetqs init`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BadInputError
+
+HERE = Path(__file__).parent
+FILES = ("model.onnx", "contexts.npz", "edgetqs.toml", "card.md")
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str
+    mode: str
+    n_params: int
+    description: str
+    path: Path
+
+
+def list_examples() -> list[Example]:
+    out = []
+    for d in sorted(p for p in HERE.iterdir() if (p / "card.json").exists()):
+        card = json.loads((d / "card.json").read_text())
+        out.append(Example(d.name, card["mode"], card["n_params"], card["description"], d))
+    return out
+
+
+def example_path(name: str) -> Path:
+    """Folder of a bundled example.
+
+    Raises:
+        BadInputError: unknown name (the message lists the bundled ones).
+    """
+    names = [e.name for e in list_examples()]
+    if name not in names:
+        raise BadInputError(f"unknown example '{name}'; bundled examples: {', '.join(names) or 'none (run scripts/train_examples.py)'}")
+    return HERE / name
+
+
+def init_project(directory: str | Path, name: str, overwrite: bool = False) -> list[Path]:
+    """Copy an example's model, contexts, project file and card into ``directory``.
+
+    Raises:
+        BadInputError: unknown example, or files already there without ``overwrite``.
+    """
+    src = example_path(name)
+    dst = Path(directory)
+    clash = [dst / f for f in FILES if (dst / f).exists()]
+    if clash and not overwrite:
+        raise BadInputError(f"{', '.join(str(c) for c in clash)} already exist; pass --overwrite to replace them or choose another folder")
+    dst.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in FILES:
+        shutil.copyfile(src / f, dst / f)
+        written.append(dst / f)
+    return written
