@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .score import Scores
+    from .tqs import Scores
 
 
 def score(model: Any, contexts: Any = None, **kwargs: Any) -> "Scores":
     """Score a model's quantization sensitivity with TQS; see `edgetqs.score.score_model`."""
-    from .score import score_model
+    from .tqs import score_model
 
     return score_model(model, contexts, **kwargs)
 

@@ -62,6 +62,7 @@ def score(
     bits: Optional[int] = typer.Option(None, help="Bit-width of the quant probe (default 4)."),
     seed: Optional[int] = typer.Option(None, help="Seed for probes and spin-up (default 0)."),
     workers: Optional[int] = typer.Option(None, help="Parallel worker processes (default 1)."),
+    strategy: str = typer.Option("auto", help="feed (one session, weights as inputs), rebuild (optimised session per group) or auto (timed)."),
     output: Path = typer.Option(Path("scores.json"), "--output", "-o", help="Where to write scores.json."),
     plot: Optional[Path] = typer.Option(None, help="Also write a PNG of the scores and gamma curves."),
     top: int = typer.Option(20, help="Rows of the ranked table to print (0: all)."),
@@ -76,13 +77,13 @@ def score(
 
 
 def _score(model, contexts, variables, k, span, spinup, spinup_scale, mode, state, increment, static, output_slice,
-           channel_axis, probe, granularity, block_depth, horizon, max_horizon, scale, bits, seed, workers, output, plot,
+           channel_axis, probe, granularity, block_depth, horizon, max_horizon, scale, bits, seed, workers, strategy, output, plot,
            top, project, quiet) -> None:
     from dataclasses import replace
 
     from .inputs import resolve
     from .project import find_project, load_project
-    from .score import ProbeSettings, run_sweep
+    from .tqs import ProbeSettings, run_sweep
 
     proj = load_project(project) if project else find_project()
     cfg = dict(proj.score) if proj else {}
@@ -104,7 +105,7 @@ def _score(model, contexts, variables, k, span, spinup, spinup_scale, mode, stat
         console.print(f"[yellow]note:[/] {note}")
     groups_hint = "tensor" if settings.granularity == "tensor" else "block"
     if quiet:
-        scores = run_sweep(inp.model, inp.spec, inp.contexts, settings, workers=n_workers, notes=inp.notes)
+        scores = run_sweep(inp.model, inp.spec, inp.contexts, settings, workers=n_workers, notes=inp.notes, strategy=strategy)
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -115,7 +116,7 @@ def _score(model, contexts, variables, k, span, spinup, spinup_scale, mode, stat
             def cb(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            scores = run_sweep(inp.model, inp.spec, inp.contexts, settings, workers=n_workers, progress=cb, notes=inp.notes)
+            scores = run_sweep(inp.model, inp.spec, inp.contexts, settings, workers=n_workers, progress=cb, notes=inp.notes, strategy=strategy)
     scores.save(output)
     if not quiet:
         from .tables import scores_table
@@ -126,7 +127,7 @@ def _score(model, contexts, variables, k, span, spinup, spinup_scale, mode, stat
 
         plot_scores(scores, plot)
         console.print(f"plot: {plot}")
-    console.print(f"wrote {output} ({len(scores.groups)} groups, T={scores.horizon}, {scores.forward_calls} forward calls, {scores.wall_seconds:.2f} s)")
+    console.print(f"wrote {output} ({len(scores.groups)} groups, T={scores.horizon}, {scores.forward_calls} forward calls, {scores.strategy} strategy, {scores.wall_seconds:.2f} s)")
 
 
 @app.command()

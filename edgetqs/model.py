@@ -116,6 +116,27 @@ class Model:
         return proto.SerializeToString()
 
 
+    def with_weights(self, new: dict[str, np.ndarray]) -> bytes:
+        """The model bytes with some initializers replaced (baked in as constants).
+
+        Patches the shared proto in place and restores it, so a large model is not copied per call.
+        """
+        from onnx import numpy_helper
+
+        saved = []
+        for init in self.proto.graph.initializer:
+            if init.name in new:
+                old = type(init)()
+                old.CopyFrom(init)
+                saved.append((init, old))
+                init.CopyFrom(numpy_helper.from_array(np.asarray(new[init.name], dtype=self._arrays[init.name].dtype), init.name))
+        try:
+            return self.proto.SerializeToString()
+        finally:
+            for init, old in saved:
+                init.CopyFrom(old)
+
+
 def _info(v: Any) -> TensorInfo:
     t = v.type.tensor_type
     dims: list[int | None] = []

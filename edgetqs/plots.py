@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .score import Scores
+from .tqs import Scores
 
 
 def plot_scores(scores: Scores, path: str | Path, top: int = 12) -> Path:

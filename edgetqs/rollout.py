@@ -196,11 +196,11 @@ class Rollout:
         spec: how outputs feed back.
         statics: value (without batch axis) of each static input.
         threads: intra-op threads of the session (1 inside parallel workers).
-        overridable: weight names that may be replaced per run (default: all weights).
+        model_bytes: the graph to run; default: the model with every weight overridable per run.
     """
 
     def __init__(self, model: Model, spec: RolloutSpec, statics: dict[str, np.ndarray] | None = None,
-                 threads: int = 0, overridable: list[str] | None = None) -> None:
+                 threads: int = 0, model_bytes: bytes | None = None) -> None:
         import onnxruntime as ort
 
         self.model = model
@@ -213,7 +213,8 @@ class Rollout:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(model.overridable_bytes(overridable), opts, providers=["CPUExecutionProvider"])
+        graph = model.overridable_bytes() if model_bytes is None else model_bytes
+        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         self.out_names = [p[1] for p in spec.pairs]
         self.index = parse_slice(spec.output_slice) if spec.output_slice else None
         ins = {i.name: i for i in model.inputs}

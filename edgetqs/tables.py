@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from .score import Scores
+from .tqs import Scores
 
 
 def scores_table(scores: Scores, top: int = 20) -> Table:

@@ -23,7 +23,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def test_score_writes_json_table_and_plot(state_model: Path, record: Path, tmp_path: Path) -> None:
     out, png = tmp_path / "s.json", tmp_path / "s.png"
-    r = run("score", str(state_model), "-c", str(record), "-k", "4", "-T", "6", "-o", str(out), "--plot", str(png))
+    r = run("score", str(state_model), "-c", str(record), "-k", "4", "-T", "6", "-o", str(out), "--plot", str(png), "--strategy", "feed")
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
     assert d["schema_version"] == 1 and d["horizon"] == 6 and d["contexts"]["k"] == 4

@@ -34,6 +34,7 @@ from .rollout import Rollout, RolloutSpec
 
 SCHEMA_VERSION = 1
 Probe = Literal["gauss", "quant"]
+Strategy = Literal["auto", "feed", "rebuild"]
 GroupBy = Literal["tensor", "block"]
 DEAD_GAMMA = -50.0
 TINY = float(np.finfo(np.float32).tiny)
@@ -133,6 +134,7 @@ class Scores:
     forward_calls: int
     workers: int
     edgetqs_version: str
+    strategy: str = "feed"
     schema_version: int = SCHEMA_VERSION
     notes: tuple[str, ...] = field(default=())
 
@@ -156,6 +158,7 @@ class Scores:
             "wall_seconds": self.wall_seconds,
             "forward_calls": self.forward_calls,
             "workers": self.workers,
+            "strategy": self.strategy,
             "notes": list(self.notes),
         }
         return d
@@ -180,6 +183,7 @@ class Scores:
             wall_seconds=d["wall_seconds"],
             forward_calls=d["forward_calls"],
             workers=d["workers"],
+            strategy=d.get("strategy", "feed"),
             edgetqs_version=d["edgetqs_version"],
             notes=tuple(d.get("notes", ())),
         )
@@ -269,25 +273,40 @@ def divergence(steps: list[np.ndarray], reference: list[np.ndarray], inv_scale: 
 
 
 class _Sweep:
-    """State shared by every group of one sweep (built once per process)."""
+    """State shared by every group of one sweep (built once per process).
+
+    ``feed``: one session whose weights are graph inputs, the group's perturbed tensors fed per
+    rollout. ``rebuild``: a fresh, fully optimised session per group with the perturbed tensors
+    baked in as constants (wins when the graph optimiser needs constant weights, e.g. NCHWc conv).
+    """
 
     def __init__(self, model: Model, spec: RolloutSpec, contexts: list[np.ndarray], statics: dict[str, np.ndarray],
                  reference: list[np.ndarray], inv_scale: list[np.ndarray], horizon: int, settings: ProbeSettings,
-                 threads: int = 0) -> None:
+                 strategy: str = "feed", threads: int = 0, roll: Rollout | None = None) -> None:
         self.model = model
-        self.roll = Rollout(model, spec, statics, threads=threads)
+        self.spec = spec
+        self.statics = statics
+        self.strategy = strategy
+        self.threads = threads
+        self.roll = roll or Rollout(model, spec, statics, threads=threads, model_bytes=None if strategy == "feed" else model.bytes)
         self.contexts = contexts
         self.reference = reference
         self.inv_scale = inv_scale
         self.horizon = horizon
         self.settings = settings
+        self.calls = 0
 
     def score_group(self, name: str, tensors: tuple[str, ...]) -> GroupScore:
         new = probe_delta(self.model, tensors, self.settings)
         delta = np.concatenate([(new[t].astype(np.float64) - self.model.weight_array(t)).ravel() for t in tensors])
         eps = _rms(delta)
         n_params = int(delta.size)
-        res = self.roll.run(self.contexts, self.horizon, overrides=new)
+        if self.strategy == "feed":
+            res = self.roll.run(self.contexts, self.horizon, overrides=new)
+        else:
+            roll = Rollout(self.model, self.spec, self.statics, threads=self.threads, model_bytes=self.model.with_weights(new))
+            res = roll.run(self.contexts, self.horizon)
+        self.calls += res.forward_calls
         if res.first_nonfinite is not None:
             return GroupScore(name, tensors, n_params, None, tuple([None] * self.horizon), None, eps, False, res.first_nonfinite, self.settings.probe)
         if eps == 0.0:  # the probe changed nothing (e.g. all-zero tensor under RTN): nothing to measure
@@ -321,10 +340,11 @@ def _worker_init(model_bytes: bytes, path: str | None, min_size: int, *args: Any
 
 
 def _worker_run(batch: list[tuple[str, tuple[str, ...]]]) -> tuple[list[GroupScore], int]:
-    assert _WORKER is not None
-    before = _WORKER.roll.forward_calls
+    if _WORKER is None:
+        raise RuntimeError("worker process was not initialised")
+    before = _WORKER.calls
     out = [_WORKER.score_group(n, t) for n, t in batch]
-    return out, _WORKER.roll.forward_calls - before
+    return out, _WORKER.calls - before
 
 
 def channel_inv_scale(steps: list[np.ndarray], spec: RolloutSpec, contexts: list[np.ndarray]) -> list[np.ndarray]:
@@ -385,7 +405,7 @@ def choose_horizon(error_curve: np.ndarray, e0: float, max_horizon: int, growth:
 
 
 def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings = ProbeSettings(), workers: int = 1,
-              progress: Callable[[int, int], None] | None = None, notes: tuple[str, ...] = ()) -> Scores:
+              progress: Callable[[int, int], None] | None = None, notes: tuple[str, ...] = (), strategy: Strategy = "auto") -> Scores:
     """Score every weight group of ``model`` with TQS.
 
     Args:
@@ -395,6 +415,8 @@ def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
         settings: probe, granularity, horizon, seed.
         workers: parallel processes for the groups (each runs a single-threaded session).
         progress: called with (groups done, groups total).
+        strategy: ``feed`` (one session, weights as inputs), ``rebuild`` (a session per group) or
+            ``auto`` (the cheaper, timed on the reference and state rollouts; recorded in the result).
 
     Returns:
         The `Scores`.
@@ -407,19 +429,48 @@ def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
     settings.validate()
     if workers < 1:
         raise BadInputError(f"workers {workers}; expected >= 1")
+    if strategy not in ("auto", "feed", "rebuild"):
+        raise BadInputError(f"strategy '{strategy}'; expected auto, feed or rebuild")
     t0 = time.perf_counter()
-    roll = Rollout(model, spec, contexts.statics)
     arrays = contexts.arrays
+    statics = contexts.statics
     # the reference and the state exponent run to the longest horizon that may be needed
     probe_t = settings.horizon or settings.max_horizon
+    timing: dict[str, float] = {}
+    # auto: the two whole-trajectory rollouts every sweep needs double as the timing of each strategy.
+    # The reference runs on a freshly built, fully optimised session (exactly a rebuild group's cost,
+    # build and warm-up included); the state-perturbation rollout runs on the feed session.
+    first = "feed" if strategy == "feed" else "rebuild"
+    tb = time.perf_counter()
+    roll = Rollout(model, spec, statics, model_bytes=None if first == "feed" else model.bytes)
     ref = roll.run(arrays, probe_t)
+    timing[first] = time.perf_counter() - tb
     if ref.first_nonfinite is not None:
         raise DivergedRolloutError(
             f"the float model's own rollout becomes non-finite at step {ref.first_nonfinite} of {probe_t}; "
             f"use --horizon {max(ref.first_nonfinite - 1, 1)} or fewer, or check the contexts' units"
         )
     inv = channel_inv_scale(ref.steps, spec, arrays)
-    state, e_state = state_exponent(roll, arrays, ref.steps, inv, probe_t, spec, settings.state_scale, settings.seed)
+    state_roll = roll
+    extra_calls = 0
+    if strategy == "auto":
+        state_roll = Rollout(model, spec, statics)
+        state_roll.run([a[:1] for a in arrays], 2)  # warm-up: a feed group pays it once per sweep, not per group
+        tf = time.perf_counter()
+    state, e_state = state_exponent(state_roll, arrays, ref.steps, inv, probe_t, spec, settings.state_scale, settings.seed)
+    if strategy == "auto":
+        timing["feed"] = time.perf_counter() - tf
+        strategy = "rebuild" if timing["rebuild"] < 0.9 * timing["feed"] else "feed"
+        notes = notes + (f"strategy auto -> {strategy}: one rollout took {timing['rebuild']:.4f} s on a rebuilt session "
+                         f"(build included), {timing['feed']:.4f} s with weights fed as inputs",)
+        if strategy == "feed":
+            # the reference must come from the same kind of session as the perturbed rollouts: a weight
+            # with no effect then gives exactly zero divergence, not kernel round-off
+            extra_calls = roll.forward_calls
+            roll = state_roll
+            ref = roll.run(arrays, probe_t)
+        else:
+            extra_calls = state_roll.forward_calls
     if settings.horizon is None:
         horizon, rule = choose_horizon(e_state.mean(axis=1), state.eps, settings.max_horizon)
         ref_steps = [s[:horizon] for s in ref.steps]
@@ -429,21 +480,21 @@ def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
         ref_steps = ref.steps
     inv = channel_inv_scale(ref_steps, spec, arrays)
     groups = make_groups(model, settings.granularity, settings.block_depth)
-    calls = roll.forward_calls
+    calls = extra_calls + roll.forward_calls
     results: dict[str, GroupScore] = {}
     if workers == 1:
-        sweep = _Sweep(model, spec, arrays, contexts.statics, ref_steps, inv, horizon, settings)
+        sweep = _Sweep(model, spec, arrays, contexts.statics, ref_steps, inv, horizon, settings, strategy, roll=roll)
         for i, (name, tensors) in enumerate(groups):
             results[name] = sweep.score_group(name, tensors)
             if progress:
                 progress(i + 1, len(groups))
-        calls += sweep.roll.forward_calls
+        calls += sweep.calls
     else:
         import multiprocessing as mp
 
         n_batches = min(len(groups), workers * 4)
         batches = [groups[i::n_batches] for i in range(n_batches)]
-        init_args = (model.bytes, str(model.path) if model.path else None, _min_size(model), spec, arrays, contexts.statics, ref_steps, inv, horizon, settings)
+        init_args = (model.bytes, str(model.path) if model.path else None, _min_size(model), spec, arrays, contexts.statics, ref_steps, inv, horizon, settings, strategy)
         done = 0
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=init_args) as pool:
             futures = [pool.submit(_worker_run, b) for b in batches]
@@ -470,6 +521,7 @@ def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
         forward_calls=calls,
         workers=workers,
         edgetqs_version=__version__,
+        strategy=strategy,
         notes=notes,
     )
 
@@ -480,7 +532,7 @@ def _min_size(model: Model) -> int:
 
 def score_model(model: Any, contexts: Any = None, *, spec: RolloutSpec | None = None, k: int = 8,
                 settings: ProbeSettings | None = None, workers: int = 1, variables: list[str] | None = None,
-                example_input: Any = None, **settings_kw: Any) -> Scores:
+                example_input: Any = None, strategy: Strategy = "auto", **settings_kw: Any) -> Scores:
     """Python API: score a model file (or a torch module with ``example_input``) in one call.
 
     Args:
@@ -518,4 +570,4 @@ def score_model(model: Any, contexts: Any = None, *, spec: RolloutSpec | None = 
         notes = ("contexts: data-free spin-up from noise (no contexts file given)",)
     else:
         ctx = select_contexts(read_record(contexts, sp, variables), m, sp, k)
-    return run_sweep(m, sp, ctx, st, workers=workers, notes=notes)
+    return run_sweep(m, sp, ctx, st, workers=workers, notes=notes, strategy=strategy)

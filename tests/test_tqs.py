@@ -10,7 +10,7 @@ from edgetqs.contexts import read_record, select_contexts
 from edgetqs.errors import BadInputError, DivergedRolloutError
 from edgetqs.model import load_model
 from edgetqs.rollout import Rollout, infer_spec
-from edgetqs.score import ProbeSettings, Scores, block_of, make_groups, probe_delta, run_sweep
+from edgetqs.tqs import ProbeSettings, Scores, block_of, make_groups, probe_delta, run_sweep
 
 
 def _setup(path: Path, record: Path, k: int = 4):
@@ -79,10 +79,10 @@ def test_float_rollout_that_overflows_raises_with_the_step(tmp_path: Path) -> No
 
 def test_deterministic_for_a_seed_and_the_same_with_workers(state_model: Path, record: Path) -> None:
     m, spec, ctx = _setup(state_model, record)
-    a = run_sweep(m, spec, ctx, ProbeSettings(horizon=5, seed=1))
-    b = run_sweep(m, spec, ctx, ProbeSettings(horizon=5, seed=1))
-    c = run_sweep(m, spec, ctx, ProbeSettings(horizon=5, seed=1), workers=2)
-    d = run_sweep(m, spec, ctx, ProbeSettings(horizon=5, seed=2))
+    a = run_sweep(m, spec, ctx, ProbeSettings(horizon=5, seed=1), strategy="feed")
+    b = run_sweep(m, spec, ctx, ProbeSettings(horizon=5, seed=1), strategy="feed")
+    c = run_sweep(m, spec, ctx, ProbeSettings(horizon=5, seed=1), workers=2, strategy="feed")
+    d = run_sweep(m, spec, ctx, ProbeSettings(horizon=5, seed=2), strategy="feed")
     assert a.groups == b.groups
     assert [g.gamma for g in a.groups] == pytest.approx([g.gamma for g in c.groups], rel=1e-6)
     assert [g.gamma for g in a.groups] != [g.gamma for g in d.groups]
@@ -129,3 +129,23 @@ def test_scores_round_trip_and_schema_check(state_model: Path, record: Path, tmp
 def test_bad_settings(kw) -> None:
     with pytest.raises(BadInputError):
         ProbeSettings(**kw).validate()
+
+
+@pytest.mark.parametrize("strategy", ["feed", "rebuild"])
+def test_strategies_agree_and_both_find_dead_groups(strategy: str, tmp_path: Path, record: Path) -> None:
+    m, spec, ctx = _setup(models.state_mlp(tmp_path / "d.onnx", dead_branch=True), record)
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=5), strategy=strategy)
+    ref = run_sweep(m, spec, ctx, ProbeSettings(horizon=5), strategy="feed")
+    assert s.strategy == strategy
+    assert {g.name for g in s.groups if g.dead} == {"dead.weight"}
+    live = [g.name for g in ref.groups if not g.dead]
+    got, want = {g.name: g.gamma for g in s.groups}, {g.name: g.gamma for g in ref.groups}
+    assert [got[n] for n in live] == pytest.approx([want[n] for n in live], rel=1e-4)
+
+
+def test_auto_strategy_is_recorded(state_model: Path, record: Path) -> None:
+    m, spec, ctx = _setup(state_model, record)
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=3))
+    assert s.strategy in ("feed", "rebuild")
+    with pytest.raises(BadInputError, match="strategy"):
+        run_sweep(m, spec, ctx, ProbeSettings(horizon=3), strategy="magic")
