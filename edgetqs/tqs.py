@@ -20,7 +20,7 @@ import re
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -252,7 +252,8 @@ def probe_delta(model: Model, tensors: tuple[str, ...], settings: ProbeSettings)
         w = model.weight_array(t)
         if settings.probe == "gauss":
             # scaled per tensor: a bias and a kernel in one block each move by the same relative amount
-            s = settings.scale * _rms(w)
+            rms = _rms(w)
+            s = settings.scale * (rms if rms > 0 else 1.0)  # an all-zero tensor still gets a probe
             new = (w.astype(np.float64) + rng.standard_normal(w.shape) * s).astype(w.dtype)
         else:
             new = quantize_rtn(w, settings.bits, "channel")
@@ -297,8 +298,15 @@ class _Sweep:
         self.calls = 0
 
     def score_group(self, name: str, tensors: tuple[str, ...]) -> GroupScore:
-        new = probe_delta(self.model, tensors, self.settings)
+        settings = self.settings
+        new = probe_delta(self.model, tensors, settings)
         delta = np.concatenate([(new[t].astype(np.float64) - self.model.weight_array(t)).ravel() for t in tensors])
+        if not delta.any() and settings.probe == "quant":
+            # round-to-nearest represents this group exactly (a one-element bias, say): quantizing it
+            # costs nothing at these bits, but the planner still needs its gain: measure with gauss
+            settings = replace(settings, probe="gauss")
+            new = probe_delta(self.model, tensors, settings)
+            delta = np.concatenate([(new[t].astype(np.float64) - self.model.weight_array(t)).ravel() for t in tensors])
         eps = _rms(delta)
         n_params = int(delta.size)
         if self.strategy == "feed":
@@ -308,11 +316,9 @@ class _Sweep:
             res = roll.run(self.contexts, self.horizon)
         self.calls += res.forward_calls
         if res.first_nonfinite is not None:
-            return GroupScore(name, tensors, n_params, None, tuple([None] * self.horizon), None, eps, False, res.first_nonfinite, self.settings.probe)
-        if eps == 0.0:  # the probe changed nothing (e.g. all-zero tensor under RTN): nothing to measure
-            return GroupScore(name, tensors, n_params, None, tuple([None] * self.horizon), 0.0, 0.0, True, None, self.settings.probe)
+            return GroupScore(name, tensors, n_params, None, tuple([None] * self.horizon), None, eps, False, res.first_nonfinite, settings.probe)
         e = divergence(res.steps, self.reference, self.inv_scale)
-        return summarise(name, tensors, n_params, e, eps, self.settings.probe)
+        return summarise(name, tensors, n_params, e, eps, settings.probe)
 
 
 def summarise(name: str, tensors: tuple[str, ...], n_params: int, e: np.ndarray, eps: float, probe: str) -> GroupScore:

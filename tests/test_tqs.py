@@ -149,3 +149,37 @@ def test_auto_strategy_is_recorded(state_model: Path, record: Path) -> None:
     assert s.strategy in ("feed", "rebuild")
     with pytest.raises(BadInputError, match="strategy"):
         run_sweep(m, spec, ctx, ProbeSettings(horizon=3), strategy="magic")
+
+
+def test_exactly_representable_group_falls_back_to_gauss_not_dead(tmp_path: Path, record: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    p = models.state_mlp(tmp_path / "m.onnx")
+    proto = onnx.load(str(p))
+    for init in proto.graph.initializer:
+        if init.name == "l2.bias":  # values on the 4-bit grid: the quant residual is exactly zero
+            init.CopyFrom(numpy_helper.from_array(np.full(8, 0.7, np.float32), "l2.bias"))
+    onnx.save(proto, str(p))
+    m, spec, ctx = _setup(p, record)
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=4, probe="quant"))
+    g = {g.name: g for g in s.groups}["l2.bias"]
+    assert not g.dead and g.probe == "gauss" and g.gamma is not None and g.eps > 0
+    assert {g.name: g for g in s.groups}["l2.weight"].probe == "quant"
+
+
+def test_quantizing_a_normaliser_to_zero_is_reported_as_divergence(tmp_path: Path, record: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    # y = x / std with std = [1000, 1, ...]: 4-bit per-tensor RTN sends the small entries to 0
+    std = np.array([1000.0] + [1.0] * 7, np.float32)
+    g = helper.make_graph([helper.make_node("Div", ["x", "norm.std"], ["y"])], "n",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 8])], [numpy_helper.from_array(std, "norm.std")])
+    mp = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    mp.ir_version = 8
+    onnx.save(mp, str(tmp_path / "n.onnx"))
+    m, spec, ctx = _setup(tmp_path / "n.onnx", record)
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=3, probe="quant"))
+    assert s.groups[0].diverged_step == 1 and s.groups[0].gamma is None
