@@ -131,6 +131,110 @@ def _score(model, contexts, variables, k, span, spinup, spinup_scale, mode, stat
 
 
 @app.command()
+def plan(
+    scores_file: Path = typer.Argument(Path("scores.json"), metavar="SCORES", help="scores.json from `edgetqs score`."),
+    target: str = typer.Option(..., "--target", "-t", help="Target name (see `edgetqs targets`) or path of a target .toml."),
+    model: Optional[Path] = typer.Option(None, help="The scored ONNX model (default: ./edgetqs.toml, then the path in scores.json)."),
+    runtime: Optional[str] = typer.Option(None, help="Runtime to plan for (default: the target's first)."),
+    budget: Optional[str] = typer.Option(None, help="Weight budget, e.g. 150000, 600KB, 1.5MiB (default: the target's)."),
+    ratio: Optional[float] = typer.Option(None, help="Weight budget as a fraction of the fp32 size, e.g. 0.25."),
+    objective: str = typer.Option("gain", help="gain (predicted trajectory error) or paper (sum gamma * 2^-bits)."),
+    allocator: str = typer.Option("exact", help="exact (MILP, HiGHS) or greedy."),
+    keep_fp32: float = typer.Option(0.0, help="Share of parameters kept in fp32, most sensitive groups first."),
+    lowest: Optional[str] = typer.Option(None, help="Lowest allowed tier, e.g. int4 or int8 (bits below are not used)."),
+    pin: Optional[list[str]] = typer.Option(None, help="NAME=PRECISION or re:REGEX=PRECISION (repeatable); exact beats regex."),
+    pareto_n: Optional[int] = typer.Option(None, "--pareto", help="Also plan at N budgets from the smallest feasible to fp32."),
+    evaluate: bool = typer.Option(False, help="Measure the rollout error of the plan(s) by simulated quantization."),
+    contexts: Optional[Path] = typer.Option(None, "--contexts", "-c", help="Contexts for --evaluate (default: the project's)."),
+    k: Optional[int] = typer.Option(None, "-k", help="Contexts for --evaluate (default 8)."),
+    span: Optional[str] = typer.Option(None, help="Fraction of the record for --evaluate contexts, e.g. 0.5:1."),
+    output: Path = typer.Option(Path("plan.json"), "--output", "-o", help="Where to write plan.json."),
+    plot: Optional[Path] = typer.Option(None, help="PNG of the Pareto front (with --pareto)."),
+    project: Optional[Path] = typer.Option(None, help="Project file (default: ./edgetqs.toml when present)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables."),
+) -> None:
+    """Choose a precision per tensor under the target's memory budget and write plan.json."""
+    try:
+        _plan(**locals())
+    except EdgetqsError as exc:
+        _fail(exc)
+
+
+def _plan(scores_file, target, model, runtime, budget, ratio, objective, allocator, keep_fp32, lowest, pin, pareto_n, evaluate,
+          contexts, k, span, output, plot, project, quiet) -> None:
+    from .model import load_model
+    from .plan import PlanOptions, make_plan, parse_pin, parse_size, pareto
+    from .project import find_project, load_project
+    from .quantize import parse_precision
+    from .targets import find_target
+    from .tqs import Scores
+
+    scores = Scores.load(scores_file)
+    proj = load_project(project) if project else find_project()
+    mpath = model or (proj.model if proj else None) or (Path(scores.model_path) if scores.model_path else None)
+    if mpath is None:
+        from .errors import BadInputError
+
+        raise BadInputError("no model: pass --model (the ONNX file that was scored)")
+    m = load_model(mpath)
+    tgt = find_target(target)
+    lowest_bits = parse_precision(lowest if "-" in lowest or lowest.startswith("fp") else lowest + "-tensor").bits if lowest else None
+    opts = PlanOptions(runtime=runtime, budget_bytes=parse_size(budget) if budget else None, ratio=ratio, objective=objective,
+                       allocator=allocator, keep_fp32_share=keep_fp32, lowest_bits=lowest_bits,
+                       pins=tuple(parse_pin(p) for p in (pin or [])))
+    result = make_plan(scores, m, tgt, opts)
+    front = pareto(scores, m, tgt, opts, pareto_n) if pareto_n else []
+    measured = {}
+    if evaluate:
+        from .evaluate import measure, simulated_weights
+        from .inputs import resolve
+
+        inp = resolve(mpath, proj, contexts_path=contexts, k=k, span=span, mode=scores.spec.mode,
+                      state=[f"{a}={b}" for a, b in scores.spec.pairs], increment=scores.spec.increment,
+                      static=list(scores.spec.static), output_slice=scores.spec.output_slice, channel_axis=scores.spec.channel_axis)
+        from .rollout import Rollout
+
+        ref = Rollout(m, inp.spec, inp.contexts.statics, model_bytes=m.bytes).run(inp.contexts.arrays, scores.horizon).steps
+        for p in [result] + front:
+            measured[id(p)] = measure(m, inp.spec, inp.contexts, simulated_weights(m, p), scores.horizon, ref)
+    result.save(output)
+    if not quiet:
+        from .tables import pareto_table, plan_table
+
+        out.print(plan_table(result, measured.get(id(result))))
+        if front:
+            out.print(pareto_table(front, measured, result))
+    if plot and front:
+        from .plots import plot_pareto
+
+        plot_pareto(front, measured, result, plot)
+        console.print(f"plot: {plot}")
+    console.print(f"wrote {output} ({len(result.tensors)} tensors, {result.weight_bytes:,} of {result.budget_bytes:,} bytes, "
+                  f"{result.allocator} in {result.solve_seconds * 1e3:.1f} ms)")
+
+
+@app.command()
+def targets() -> None:
+    """List the targets (shipped in targets/ and ./targets) with their budgets."""
+    try:
+        from rich.table import Table
+
+        from .plan import kib
+        from .targets import load_target, target_files
+
+        t = Table(title="targets")
+        for col in ("name", "arch", "runtimes", "weights budget", "RAM budget", "check on", "file"):
+            t.add_column(col)
+        for f in target_files():
+            tg = load_target(f)
+            t.add_row(tg.name, tg.arch, ", ".join(tg.runtimes), f"{tg.weight_budget_bytes:,} B ({kib(tg.weight_budget_bytes)})",
+                      f"{tg.ram_budget_bytes:,} B ({kib(tg.ram_budget_bytes)})", tg.default_device, str(f))
+        out.print(t)
+    except EdgetqsError as exc:
+        _fail(exc)
+
+
+@app.command()
 def init(
     directory: Path = typer.Argument(..., help="Folder to create the project in."),
     example: str = typer.Option("lorenz96", "--example", "-e", help="Bundled example to copy (see `edgetqs examples`)."),

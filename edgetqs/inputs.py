@@ -61,6 +61,8 @@ def resolve(model_path: Path | None, project: Project | None, *, contexts_path: 
     if path is None:
         raise BadInputError("no model given: pass MODEL (an .onnx file) or run in a folder with an edgetqs.toml (see `edgetqs init`)")
     model = load_model(path)
+    if proj and proj.name and model_path is None:
+        model.name = proj.name
     r = proj.rollout if proj else {}
     hints = SpecHints(
         mode=mode or r.get("mode"),

@@ -61,6 +61,7 @@ class Model:
 
         self.proto = proto
         self.path = path
+        self.name = path.stem if path else "model"  # a project file may give a better one
         self.bytes = proto.SerializeToString()
         self.sha256 = hashlib.sha256(self.bytes).hexdigest()
         graph = proto.graph
@@ -78,15 +79,59 @@ class Model:
             self._arrays[init.name] = arr
             weights.append(Weight(init.name, tuple(int(d) for d in arr.shape), str(arr.dtype)))
         self.weights = weights
-        del onnx
-
-    @property
-    def name(self) -> str:
-        return self.path.stem if self.path else "model"
+        # the first node consuming each weight decides its layout (output channels, reduction axis)
+        self._consumer: dict[str, tuple[str, int, dict]] = {}
+        for node in graph.node:
+            for j, name in enumerate(node.input):
+                if name in self._arrays and name not in self._consumer:
+                    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.name in ("transA", "transB")}
+                    self._consumer[name] = (node.op_type, j, attrs)
 
     def weight_array(self, name: str) -> np.ndarray:
         """The stored value of a weight (read-only view)."""
         return self._arrays[name]
+
+    def op_type(self, name: str) -> str:
+        """Op type of the node that consumes a weight (``default`` when none does)."""
+        return self._consumer.get(name, ("default", 0, {}))[0]
+
+    def role(self, name: str) -> str:
+        """``Conv.bias`` / ``Gemm.bias`` for bias inputs, else the consuming op type: the key that
+        target files use to say which precisions a runtime executes."""
+        op, idx, _ = self._consumer.get(name, ("default", 0, {}))
+        return f"{op}.bias" if op in ("Conv", "Gemm", "ConvTranspose") and idx == 2 else op
+
+    def layout(self, name: str) -> "Layout":
+        """Output-channel and reduction axes of a weight, from the op that consumes it."""
+        from .quantize import Layout
+
+        op, idx, attrs = self._consumer.get(name, ("", 0, {}))
+        nd = self._arrays[name].ndim
+        if nd < 2:
+            return Layout(0, None)
+        if op == "Conv" and idx == 1:
+            return Layout(0, 1)
+        if op == "ConvTranspose" and idx == 1:
+            return Layout(1, 0)
+        if op == "Gemm" and idx == 1:
+            return Layout(0, 1) if attrs.get("transB", 0) else Layout(1, 0)
+        if op == "Gemm" and idx == 0:
+            return Layout(1, 0) if attrs.get("transA", 0) else Layout(0, 1)
+        if op == "MatMul" and idx == 1:
+            return Layout(nd - 1, nd - 2)
+        if op == "MatMul" and idx == 0:
+            return Layout(nd - 2, nd - 1)
+        if op == "Gather" and idx == 0:
+            return Layout(0, 1)
+        return Layout(0, None)
+
+    @property
+    def fixed_bytes(self) -> int:
+        """Bytes of initializers that are not weights (shapes, indices, scalars): stored as they are."""
+        from onnx import numpy_helper
+
+        names = set(self._arrays)
+        return sum(numpy_helper.to_array(i).nbytes for i in self.proto.graph.initializer if i.name not in names)
 
     @property
     def n_params(self) -> int:

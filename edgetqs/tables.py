@@ -29,3 +29,36 @@ def scores_table(scores: Scores, top: int = 20) -> Table:
             gamma, gain = f"{g.gamma:+.3f}", f"{g.gain:.3g}"
         t.add_row(str(i), g.name, f"{g.n_params:,}", gamma, gain, flag)
     return t
+
+
+def plan_table(plan, measured=None) -> Table:
+    """Per tensor: precision, bytes, residual, share of the predicted error, the rule that decided it."""
+    from .plan import kib
+
+    pe = "unbounded" if plan.predicted_error is None else f"{plan.predicted_error:.4g}"
+    cap = (f"weights {plan.weight_bytes:,} B ({kib(plan.weight_bytes)}) of budget {plan.budget_bytes:,} B ({kib(plan.budget_bytes)}), "
+           f"headroom {plan.headroom_bytes:,} B; fp32 {plan.fp32_bytes:,} B ({plan.weight_bytes / plan.fp32_bytes:.1%}); "
+           f"predicted error at T={plan.horizon}: {pe}")
+    if measured is not None:
+        cap += f"; measured (simulated quantization): {measured.error_at_horizon:.4g}"
+    t = Table(title=f"plan for {plan.model} on {plan.target} ({plan.runtime}, {plan.allocator}, objective {plan.objective})", caption=cap)
+    for col, just in (("tensor", "left"), ("op", "left"), ("params", "right"), ("precision", "left"), ("bytes", "right"),
+                      ("residual", "right"), ("error share", "right"), ("rule", "left")):
+        t.add_column(col, justify=just)
+    for x in plan.tensors:
+        t.add_row(x.name, x.op, f"{x.n_params:,}", x.precision, f"{x.bytes:,}", f"{x.residual:.2e}", f"{x.error_share:.1%}", x.rule)
+    return t
+
+
+def pareto_table(front, measured: dict, chosen=None) -> Table:
+    t = Table(title="Pareto front (one score file, several budgets)")
+    for col in ("budget B", "weights B", "vs fp32", "bits/weight", "predicted E", "measured E"):
+        t.add_column(col, justify="right")
+    for p in front:
+        n = sum(x.n_params for x in p.tensors)
+        bits = 8 * (p.weight_bytes - p.fixed_bytes) / max(n, 1)
+        m = measured.get(id(p))
+        pe = "unbounded" if p.predicted_error is None else f"{p.predicted_error:.4g}"
+        t.add_row(f"{p.budget_bytes:,}", f"{p.weight_bytes:,}", f"{p.weight_bytes / p.fp32_bytes:.1%}", f"{bits:.2f}", pe,
+                  "-" if m is None else f"{m.error_at_horizon:.4g}")
+    return t

@@ -29,7 +29,7 @@ import numpy as np
 from .contexts import Contexts
 from .errors import BadInputError, DivergedRolloutError
 from .model import Model
-from .quantize import quantize_rtn
+from .quantize import Precision, fake_quant
 from .rollout import Rollout, RolloutSpec
 
 SCHEMA_VERSION = 1
@@ -135,6 +135,7 @@ class Scores:
     workers: int
     edgetqs_version: str
     strategy: str = "feed"
+    model_path: str = ""
     schema_version: int = SCHEMA_VERSION
     notes: tuple[str, ...] = field(default=())
 
@@ -148,6 +149,7 @@ class Scores:
             "edgetqs_version": self.edgetqs_version,
             "model": self.model,
             "model_sha256": self.model_sha256,
+            "model_path": self.model_path,
             "rollout": self.spec.to_dict(),
             "settings": asdict(self.settings),
             "horizon": self.horizon,
@@ -184,6 +186,7 @@ class Scores:
             forward_calls=d["forward_calls"],
             workers=d["workers"],
             strategy=d.get("strategy", "feed"),
+            model_path=d.get("model_path", ""),
             edgetqs_version=d["edgetqs_version"],
             notes=tuple(d.get("notes", ())),
         )
@@ -256,7 +259,7 @@ def probe_delta(model: Model, tensors: tuple[str, ...], settings: ProbeSettings)
             s = settings.scale * (rms if rms > 0 else 1.0)  # an all-zero tensor still gets a probe
             new = (w.astype(np.float64) + rng.standard_normal(w.shape) * s).astype(w.dtype)
         else:
-            new = quantize_rtn(w, settings.bits, "channel")
+            new = fake_quant(w, Precision("int", settings.bits, "channel"), model.layout(t))
         out[t] = np.ascontiguousarray(new)
     return out
 
@@ -528,6 +531,7 @@ def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
         workers=workers,
         edgetqs_version=__version__,
         strategy=strategy,
+        model_path=str(model.path.resolve()) if model.path else "",
         notes=notes,
     )
 

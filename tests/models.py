@@ -123,3 +123,21 @@ def no_weights(path: Path, n: int = 4) -> Path:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])])
     return _save(graph, path)
+
+
+def deep_mlp(path: Path, n: int = 8, hidden: int = 24, layers: int = 5, seed: int = 0) -> Path:
+    """x -> x + 0.3 * tanh(chain of `layers` Gemm+tanh): more groups, for planner tests."""
+    rng = np.random.default_rng(seed)
+    inits, nodes, prev, width = [], [], "x", n
+    for i in range(layers):
+        out = n if i == layers - 1 else hidden
+        inits += [_init(f"fc{i}.weight", (rng.standard_normal((out, width)) / np.sqrt(width)).astype(np.float32)),
+                  _init(f"fc{i}.bias", (0.1 * rng.standard_normal(out)).astype(np.float32))]
+        nodes += [helper.make_node("Gemm", [prev, f"fc{i}.weight", f"fc{i}.bias"], [f"h{i}"], transB=1),
+                  helper.make_node("Tanh", [f"h{i}"], [f"a{i}"])]
+        prev, width = f"a{i}", out
+    inits.append(_init("k", np.array(0.3, np.float32)))
+    nodes += [helper.make_node("Mul", [prev, "k"], ["d"]), helper.make_node("Add", ["x", "d"], ["y"])]
+    graph = helper.make_graph(nodes, "deep_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])], inits)
+    return _save(graph, path)

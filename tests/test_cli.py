@@ -108,3 +108,48 @@ def test_import_and_help_stay_light() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def _scored(tmp_path: Path) -> tuple[Path, Path]:
+    m = models.deep_mlp(tmp_path / "deep.onnx")
+    rec = tmp_path / "r.npy"
+    np.save(rec, np.random.default_rng(0).standard_normal((60, 8)).astype(np.float32))
+    r = run("score", str(m), "-c", str(rec), "-k", "4", "-T", "5", "-o", str(tmp_path / "scores.json"), "-q")
+    assert r.returncode == 0, r.stderr
+    return m, rec
+
+
+def test_plan_writes_json_table_pareto_and_evaluation(tmp_path: Path) -> None:
+    m, rec = _scored(tmp_path)
+    out, png = tmp_path / "plan.json", tmp_path / "front.png"
+    r = run("plan", str(tmp_path / "scores.json"), "--target", "raspberrypi", "--budget", "4KB", "--pareto", "5", "--evaluate",
+            "-c", str(rec), "-o", str(out), "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d["schema_version"] == 1 and d["budget_bytes"] == 4000 and d["weight_bytes"] <= 4000
+    assert d["headroom_bytes"] == 4000 - d["weight_bytes"] and d["predicted_error"] > 0
+    assert {"name", "precision", "granularity", "bytes", "residual", "error_share", "rule"} <= set(d["tensors"][0])
+    assert "Pareto front" in r.stdout and "measured" in r.stdout
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plan_infeasible_budget_exits_with_smallest_size(tmp_path: Path) -> None:
+    _scored(tmp_path)
+    r = run("plan", str(tmp_path / "scores.json"), "--target", "stm32h743", "--budget", "100")
+    assert r.returncode == 2 and "smallest feasible size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plan_malformed_target_names_file_key_and_type(tmp_path: Path) -> None:
+    _scored(tmp_path)
+    t = tmp_path / "board.toml"
+    t.write_text('name = "b"\narch = "x"\nruntimes = ["ort"]\nweight_budget_bytes = "lots"\nram_budget_bytes = 1\n[precisions.ort]\ndefault = ["fp32"]\n')
+    r = run("plan", str(tmp_path / "scores.json"), "--target", str(t))
+    assert r.returncode == 2 and str(t) in r.stderr and "'weight_budget_bytes'" in r.stderr and "expected int" in r.stderr
+
+
+def test_targets_lists_budgets() -> None:
+    r = run("targets")
+    assert r.returncode == 0
+    for name in ("raspberrypi", "raspberrypi-zero2w", "x86-64", "stm32h743", "esp32s3", "nrf52840"):
+        assert name in r.stdout
+    assert "KiB" in r.stdout

@@ -1,0 +1,480 @@
+"""From scores to bits: a precision per tensor under a memory budget (multiple-choice knapsack).
+
+Each tensor t of group g at precision p has a size bytes_t(p) and a residual r_t(p), both from the
+weights alone (`edgetqs.quantize`). With the TQS gain A_g, the predicted trajectory error of a plan is
+
+    E = sqrt( sum_g (A_g * r_g(p_g))^2 ),   r_g^2 = sum_{t in g} (n_t / n_g) r_t^2
+
+so each tensor contributes A_g^2 (n_t/n_g) r_t(p_t)^2 and the problem is a multiple-choice
+knapsack: choose one precision per tensor, total bytes <= budget, minimum summed cost. Solved
+exactly with scipy's MILP (HiGHS) or greedily. The published objective sum gamma_g * 2^-b is kept
+as ``--objective paper`` for comparison.
+
+Rules, in order of precedence, recorded per tensor: exact-name pin, regex pin (``re:``), group
+that diverged under the probe (kept at the highest precision), dead group (lowest tier),
+fp32 share (most sensitive groups kept at fp32), then the optimiser.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .errors import BadInputError, EdgetqsError
+from .model import Model
+from .quantize import FP32, Precision, effective, packed_bytes, parse_precision, residual_rms
+from .targets import Target
+from .tqs import Scores
+
+SCHEMA_VERSION = 1
+Objective = Literal["gain", "paper"]
+Allocator = Literal["exact", "greedy"]
+
+
+class InfeasibleBudgetError(EdgetqsError):
+    """No assignment of allowed precisions fits the budget."""
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """'2MB' -> 2000000, '512KiB' -> 524288, '1234' -> 1234.
+
+    Raises:
+        BadInputError: not a number with an optional B/KB/MB/GB/KiB/MiB/GiB suffix.
+    """
+    m = _SIZE.match(str(text))
+    unit = (m.group(2) or "").lower() if m else ""
+    if not m or unit not in _UNITS:
+        raise BadInputError(f"size '{text}'; expected bytes with an optional suffix, e.g. 150000, 600KB, 1.5MiB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def kib(n: float) -> str:
+    return f"{n / 1024:,.1f} KiB"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A user's rule: an exact tensor name or ``re:REGEX`` mapped to a precision."""
+
+    pattern: str
+    precision: Precision
+
+    @property
+    def is_regex(self) -> bool:
+        return self.pattern.startswith("re:")
+
+    def matches(self, name: str) -> bool:
+        return bool(re.search(self.pattern[3:], name)) if self.is_regex else name == self.pattern
+
+
+def parse_pin(text: str) -> Pin:
+    """'l1.weight=fp16' or 're:^norm=fp32' -> Pin."""
+    if "=" not in text:
+        raise BadInputError(f"pin '{text}'; expected NAME=PRECISION or re:REGEX=PRECISION")
+    pat, prec = text.rsplit("=", 1)
+    if pat.startswith("re:"):
+        try:
+            re.compile(pat[3:])
+        except re.error as exc:
+            raise BadInputError(f"pin '{text}': bad regex ({exc})") from None
+    return Pin(pat.strip(), parse_precision(prec))
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Everything besides scores, model and target that decides a plan."""
+
+    runtime: str | None = None  # default: the target's first runtime
+    budget_bytes: int | None = None  # default: the target's weight budget
+    ratio: float | None = None  # budget as a fraction of the fp32 size
+    objective: Objective = "gain"
+    allocator: Allocator = "exact"
+    keep_fp32_share: float = 0.0
+    lowest_bits: int | None = None
+    pins: tuple[Pin, ...] = ()
+
+    def validate(self) -> None:
+        if self.objective not in ("gain", "paper"):
+            raise BadInputError(f"objective '{self.objective}'; expected gain or paper")
+        if self.allocator not in ("exact", "greedy"):
+            raise BadInputError(f"allocator '{self.allocator}'; expected exact or greedy")
+        if not 0.0 <= self.keep_fp32_share <= 1.0:
+            raise BadInputError(f"fp32 share {self.keep_fp32_share}; expected a fraction between 0 and 1")
+        if self.ratio is not None and not 0.0 < self.ratio <= 1.0:
+            raise BadInputError(f"ratio {self.ratio}; expected a fraction of the fp32 size in (0, 1]")
+        if self.budget_bytes is not None and self.budget_bytes <= 0:
+            raise BadInputError(f"budget {self.budget_bytes} bytes; expected a positive size")
+        if self.lowest_bits is not None and not 2 <= self.lowest_bits <= 32:
+            raise BadInputError(f"lowest bits {self.lowest_bits}; expected 2..32")
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str
+    group: str
+    op: str
+    n_params: int
+    precision: str
+    granularity: str | None
+    bytes: int
+    fp32_bytes: int
+    residual: float
+    error_share: float
+    rule: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The bit plan, written as ``plan.json``."""
+
+    model: str
+    model_sha256: str
+    target: str
+    runtime: str
+    objective: str
+    allocator: str
+    budget_bytes: int
+    weight_bytes: int  # planned tensors + non-weight initializers
+    fixed_bytes: int  # non-weight initializers (shapes, indices), stored as they are
+    fp32_bytes: int  # the same model with every weight in fp32
+    min_feasible_bytes: int
+    predicted_error: float | None  # sqrt(sum (A_g r_g)^2), normalised units at the score horizon; None: a
+    # group whose probe diverged could not be kept exact on this runtime (unbounded prediction)
+    paper_objective: float
+    tensors: tuple[TensorPlan, ...]
+    options: dict
+    solve_seconds: float
+    horizon: int
+    schema_version: int = SCHEMA_VERSION
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.budget_bytes - self.weight_bytes
+
+    def precisions(self) -> dict[str, str]:
+        return {t.name: t.precision for t in self.tensors}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["headroom_bytes"] = self.headroom_bytes
+        d["tensors"] = [asdict(t) for t in self.tensors]
+        d["notes"] = list(self.notes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise BadInputError(f"plan file has schema_version {d.get('schema_version')}; this edgetqs reads {SCHEMA_VERSION}: rerun `edgetqs plan`")
+        d = dict(d)
+        d.pop("headroom_bytes", None)
+        d["tensors"] = tuple(TensorPlan(**t) for t in d["tensors"])
+        d["notes"] = tuple(d.get("notes", ()))
+        return cls(**d)
+
+    def save(self, path: str | Path) -> Path:
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        tmp.replace(p)
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        p = Path(path)
+        if not p.exists():
+            raise BadInputError(f"plan file '{p}' does not exist; run `edgetqs plan` first")
+        try:
+            return cls.from_dict(json.loads(p.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise BadInputError(f"'{p}' is not a plan.json written by edgetqs ({exc})") from None
+
+
+# ------------------------------------------------------------------ the problem
+
+
+@dataclass
+class _Item:
+    """One tensor's choices: precisions (deduplicated, dominated ones removed), bytes and cost."""
+
+    name: str
+    group: str
+    n: int
+    options: list[Precision]
+    bytes: np.ndarray
+    cost: np.ndarray  # gain objective: A_g^2 (n_t/n_g) r^2 ; paper: gamma_g (n_t/n_g) 2^-b
+    err: np.ndarray  # always the gain-objective cost: what E is computed from
+    residual: np.ndarray
+    rule: str = "optimiser"
+
+
+def _bits(p: Precision) -> int:
+    return p.bits
+
+
+def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions) -> tuple[list[_Item], str]:
+    """Every weight tensor with its allowed precisions, sizes, residuals and costs."""
+    runtime = opts.runtime or target.runtimes[0]
+    if runtime not in target.precisions:
+        raise BadInputError(f"runtime '{runtime}' is not one of target '{target.name}' runtimes {list(target.precisions)}")
+    if scores.model_sha256 != model.sha256:
+        raise BadInputError(
+            f"scores were computed for model sha256 {scores.model_sha256[:12]}..., but '{model.path}' has {model.sha256[:12]}...; rescore or pass the right --model"
+        )
+    group_of = {t: g for g in scores.groups for t in g.tensors}
+    missing = [w.name for w in model.weights if w.name not in group_of]
+    if missing:
+        raise BadInputError(f"weights {missing[:5]} are not in the scores (scored with different settings?); rescore the model")
+    finite_gamma = [g.gamma for g in scores.groups if g.gamma is not None]
+    gmin = min(finite_gamma) if finite_gamma else 0.0
+    items = []
+    for w in model.weights:
+        g = group_of[w.name]
+        arr = model.weight_array(w.name)
+        layout = model.layout(w.name)
+        allowed = target.allowed(runtime, model.op_type(w.name), model.role(w.name))
+        pinned = [p for p in opts.pins if p.matches(w.name)]
+        exact = [p for p in pinned if not p.is_regex]
+        rule = "optimiser"
+        if exact or pinned:
+            pin = (exact or pinned)[0]
+            choices = [pin.precision]
+            rule = f"pin {pin.pattern}={pin.precision.name}" + (" (exact name)" if exact else " (regex)")
+        else:
+            choices = list(allowed)
+            if opts.lowest_bits is not None:
+                kept = [p for p in choices if _bits(p) >= opts.lowest_bits]
+                if not kept:
+                    raise BadInputError(f"--lowest {opts.lowest_bits} bits leaves tensor '{w.name}' no precision among {[p.name for p in allowed]}")
+                choices = kept
+        # 1-D tensors turn channel/block into per-tensor: keep one entry per precision actually stored
+        seen: dict[str, Precision] = {}
+        for p in choices:
+            e = effective(p, arr.shape, layout)
+            seen.setdefault(e.name, e)
+        opts_ = list(seen.values())
+        nb = np.array([packed_bytes(arr.shape, p, layout, runtime) for p in opts_], dtype=np.int64)
+        res = np.array([residual_rms(arr, p, layout) for p in opts_])
+        share = w.size / g.n_params if g.n_params else 1.0
+        gain = math.inf if g.diverged_step is not None else (g.gain or 0.0)
+        err = np.array([(gain**2) * share * r * r if r > 0 else 0.0 for r in res])
+        if opts.objective == "paper":
+            gamma = g.gamma if g.gamma is not None else (math.inf if g.diverged_step is not None else gmin)
+            cost = np.array([gamma * share * 2.0 ** (-_bits(p)) for p in opts_])
+        else:
+            cost = err
+        item = _Item(w.name, g.name, w.size, opts_, nb, cost, err, res, rule)
+        if rule == "optimiser":
+            if g.diverged_step is not None:
+                _fix(item, int(np.argmin(res)), f"diverged under the probe at step {g.diverged_step}: highest precision")
+            elif g.dead:
+                _fix(item, int(np.argmin(nb)), "dead group: lowest tier")
+        items.append(item)
+    _keep_fp32(items, scores, opts.keep_fp32_share)
+    for it in items:
+        _prune(it)
+    return items, runtime
+
+
+def _fix(item: _Item, k: int, rule: str) -> None:
+    item.options, item.bytes, item.cost = [item.options[k]], item.bytes[k:k + 1], item.cost[k:k + 1]
+    item.err, item.residual, item.rule = item.err[k:k + 1], item.residual[k:k + 1], rule
+
+
+def _keep_fp32(items: list[_Item], scores: Scores, share: float) -> None:
+    """Keep the most sensitive groups in fp32 until ``share`` of the parameters is covered."""
+    if share <= 0:
+        return
+    total = sum(it.n for it in items)
+    kept = 0
+    by_group: dict[str, list[_Item]] = {}
+    for it in items:
+        by_group.setdefault(it.group, []).append(it)
+    for g in scores.ranked():
+        if kept >= share * total:
+            break
+        for it in by_group.get(g.name, []):
+            if it.rule == "optimiser":
+                fp = [k for k, p in enumerate(it.options) if p == FP32]
+                k = fp[0] if fp else int(np.argmin(it.residual))
+                _fix(it, k, f"fp32 share {share:g}: among the most sensitive groups")
+            kept += it.n
+
+
+def _prune(item: _Item) -> None:
+    """Drop dominated options (as large or larger and no better), order by bytes."""
+    order = sorted(range(len(item.options)), key=lambda k: (item.bytes[k], item.cost[k]))
+    keep: list[int] = []
+    best = math.inf
+    for k in order:
+        if item.cost[k] < best - 1e-300 or not keep:
+            if keep and item.bytes[k] == item.bytes[keep[-1]]:
+                continue
+            keep.append(k)
+            best = item.cost[k]
+    item.options = [item.options[k] for k in keep]
+    item.bytes, item.cost, item.err, item.residual = item.bytes[keep], item.cost[keep], item.err[keep], item.residual[keep]
+
+
+# ------------------------------------------------------------------ solvers
+
+
+def solve_exact(items: list[_Item], budget: int) -> list[int]:
+    """Multiple-choice knapsack as a MILP (scipy / HiGHS)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_matrix
+
+    sizes = [len(it.options) for it in items]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    nvar = int(offsets[-1])
+    c = np.concatenate([it.cost for it in items]).astype(float)
+    finite = np.isfinite(c)
+    big = (np.max(np.abs(c[finite])) if finite.any() else 1.0) * 1e6 + 1.0
+    c = np.where(finite, c, big)
+    # costs span many decades (fp16 ~1e-9, int2 ~1): scale by a near-optimal total (greedy's), so the
+    # terms that decide the optimum sit well above HiGHS's tolerances
+    g = solve_greedy(items, budget)
+    scale = float(sum(min(it.cost[k], big) for it, k in zip(items, g))) or (np.max(np.abs(c)) or 1.0)
+    rows = np.repeat(np.arange(len(items)), sizes)
+    choose = csr_matrix((np.ones(nvar), (rows, np.arange(nvar))), shape=(len(items), nvar))
+    weights = np.concatenate([it.bytes for it in items]).astype(float)[None, :]
+    res = milp(
+        c / scale,
+        constraints=[LinearConstraint(choose, 1, 1), LinearConstraint(weights, -np.inf, budget)],
+        integrality=np.ones(nvar),
+        bounds=Bounds(0, 1),
+        options={"disp": False, "mip_rel_gap": 0.0},
+    )
+    if res.x is None:
+        raise InfeasibleBudgetError(f"the MILP found no plan within {budget} bytes ({res.message})")
+    x = res.x
+    return [int(np.argmax(x[offsets[i]:offsets[i + 1]])) for i in range(len(items))]
+
+
+def solve_greedy(items: list[_Item], budget: int) -> list[int]:
+    """Start at each tensor's largest option; repeatedly take the downgrade with the least cost
+    increase per byte saved (any cheaper option of a tensor, not only the next one)."""
+    choice = [len(it.options) - 1 for it in items]  # options are sorted by bytes: last is largest
+    total = int(sum(it.bytes[c] for it, c in zip(items, choice)))
+
+    def best_move(i: int) -> tuple[float, int] | None:
+        it, c = items[i], choice[i]
+        best = None
+        for k in range(c):
+            saved = it.bytes[c] - it.bytes[k]
+            if saved <= 0:
+                continue
+            ratio = (it.cost[k] - it.cost[c]) / saved
+            if best is None or ratio < best[0]:
+                best = (float(ratio), k)
+        return best
+
+    heap = []
+    for i in range(len(items)):
+        m = best_move(i)
+        if m:
+            heapq.heappush(heap, (m[0], i, m[1], choice[i]))
+    while total > budget and heap:
+        ratio, i, k, was = heapq.heappop(heap)
+        if choice[i] != was:
+            continue  # stale entry
+        total -= int(items[i].bytes[choice[i]] - items[i].bytes[k])
+        choice[i] = k
+        m = best_move(i)
+        if m:
+            heapq.heappush(heap, (m[0], i, m[1], choice[i]))
+    return choice
+
+
+# ------------------------------------------------------------------ the plan
+
+
+def _sizes(model: Model) -> tuple[int, int]:
+    fixed = model.fixed_bytes
+    fp32 = fixed + sum(w.size * 4 for w in model.weights)
+    return fixed, fp32
+
+
+def make_plan(scores: Scores, model: Model, target: Target, opts: PlanOptions = PlanOptions()) -> Plan:
+    """Allocate a precision to every weight tensor.
+
+    Raises:
+        InfeasibleBudgetError: the budget is below the smallest feasible size (given in the message).
+        BadInputError: scores of another model, bad options, pins the target cannot execute.
+    """
+    opts.validate()
+    t0 = time.perf_counter()
+    items, runtime = build_items(scores, model, target, opts)
+    fixed, fp32 = _sizes(model)
+    if opts.budget_bytes is not None:
+        budget, source = opts.budget_bytes, "--budget"
+    elif opts.ratio is not None:
+        budget, source = int(opts.ratio * fp32), f"--ratio {opts.ratio:g} of fp32"
+    else:
+        budget, source = target.weight_budget_bytes, f"target {target.name}"
+    min_bytes = fixed + int(sum(it.bytes.min() for it in items))
+    if min_bytes > budget:
+        raise InfeasibleBudgetError(
+            f"budget {budget:,} bytes ({kib(budget)}, from {source}) is below the smallest feasible size "
+            f"{min_bytes:,} bytes ({kib(min_bytes)}) for {runtime} on {target.name} with these options; "
+            f"raise the budget to at least {min_bytes} bytes, allow lower precisions or relax pins"
+        )
+    free = budget - fixed
+    if sum(int(it.bytes[-1]) for it in items) <= free:
+        # everything fits at its largest (least-error) option: that is the optimum, and asking the
+        # MILP would let costs below its tolerances (~1e-12) pass for zero
+        choice = [len(it.options) - 1 for it in items]
+    else:
+        choice = solve_exact(items, free) if opts.allocator == "exact" else solve_greedy(items, free)
+    errs = np.array([it.err[c] for it, c in zip(items, choice)])
+    total_err = float(errs.sum())
+    paper = 0.0
+    gamma_of = {g.name: g.gamma for g in scores.groups}
+    group_n = {g.name: g.n_params for g in scores.groups}
+    tensors = []
+    for it, c in zip(items, choice):
+        p = it.options[c]
+        gm = gamma_of.get(it.group)
+        if gm is not None:
+            paper += gm * (it.n / max(1, group_n[it.group])) * 2.0 ** (-p.bits)
+        share = float(it.err[c] / total_err) if total_err > 0 and math.isfinite(total_err) else 0.0
+        tensors.append(TensorPlan(it.name, it.group, model.role(it.name), it.n, p.name, p.granularity, int(it.bytes[c]), it.n * 4,
+                                  float(it.residual[c]), share, it.rule))
+    weight_bytes = fixed + sum(t.bytes for t in tensors)
+    return Plan(
+        model=scores.model, model_sha256=scores.model_sha256, target=target.name, runtime=runtime, objective=opts.objective,
+        allocator=opts.allocator, budget_bytes=budget, weight_bytes=weight_bytes, fixed_bytes=fixed, fp32_bytes=fp32,
+        min_feasible_bytes=min_bytes, predicted_error=math.sqrt(total_err) if math.isfinite(total_err) else None,
+        paper_objective=paper, tensors=tuple(tensors),
+        options={"budget_source": source, "keep_fp32_share": opts.keep_fp32_share, "lowest_bits": opts.lowest_bits,
+                 "pins": [f"{p.pattern}={p.precision.name}" for p in opts.pins]},
+        solve_seconds=time.perf_counter() - t0, horizon=scores.horizon,
+    )
+
+
+def pareto(scores: Scores, model: Model, target: Target, opts: PlanOptions, n: int) -> list[Plan]:
+    """``n`` plans at budgets spread evenly between the smallest feasible size and fp32."""
+    if n < 2:
+        raise BadInputError(f"--pareto {n}; expected at least 2 budgets")
+    from dataclasses import replace
+
+    items, _ = build_items(scores, model, target, opts)
+    fixed, fp32 = _sizes(model)
+    lo = fixed + int(sum(it.bytes.min() for it in items))
+    hi = fixed + int(sum(it.bytes.max() for it in items))
+    budgets = np.unique(np.linspace(lo, hi, n).astype(int))
+    return [make_plan(scores, model, target, replace(opts, budget_bytes=int(b), ratio=None)) for b in budgets]
