@@ -23,7 +23,7 @@ from .tqs import channel_inv_scale, divergence
 class Measured:
     """Quantized vs float rollout errors (normalised units)."""
 
-    error_at_horizon: float  # mean over contexts of e_T: what the predicted error estimates
+    error_at_horizon: float  # mean over contexts of e_T: what the predicted error estimates; inf if it diverged
     rmse_by_lead: tuple[float, ...]  # RMS over contexts and variables, per lead step
     rmse_by_variable: tuple[float, ...]  # at the horizon, per channel
     first_nonfinite: int | None
@@ -53,4 +53,5 @@ def measure(model: Model, spec: RolloutSpec, contexts: Contexts, weights: dict[s
         ax = spec.channel_axis if spec.channel_axis is not None else -1
         ax = ax if ax >= 0 else d.ndim + ax
         per_var = np.sqrt(np.mean(np.moveaxis(d, ax, 0).reshape(d.shape[ax], -1) ** 2, axis=1))
-    return Measured(float(np.mean(e[-1])), tuple(float(v) for v in by_lead), tuple(float(v) for v in per_var), quant.first_nonfinite)
+    at_t = float(np.mean(e[-1])) if quant.first_nonfinite is None else float("inf")
+    return Measured(at_t, tuple(float(v) for v in by_lead), tuple(float(v) for v in per_var), quant.first_nonfinite)

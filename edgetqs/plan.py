@@ -267,8 +267,14 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions)
             e = effective(p, arr.shape, layout)
             seen.setdefault(e.name, e)
         opts_ = list(seen.values())
-        nb = np.array([packed_bytes(arr.shape, p, layout, runtime) for p in opts_], dtype=np.int64)
         res = np.array([residual_rms(arr, p, layout) for p in opts_])
+        if not np.isfinite(res).all():
+            # e.g. fp16 of a pressure normaliser (~1e5 Pa > 65504): not a precision this tensor can have
+            keep = [k for k in range(len(opts_)) if np.isfinite(res[k])]
+            if not keep:
+                raise BadInputError(f"tensor '{w.name}' cannot be stored at any of {[p.name for p in opts_]} (values overflow)")
+            opts_, res = [opts_[k] for k in keep], res[keep]
+        nb = np.array([packed_bytes(arr.shape, p, layout, runtime) for p in opts_], dtype=np.int64)
         share = w.size / g.n_params if g.n_params else 1.0
         gain = math.inf if g.diverged_step is not None else (g.gain or 0.0)
         err = np.array([(gain**2) * share * r * r if r > 0 else 0.0 for r in res])

@@ -124,7 +124,10 @@ def fake_quant(w: np.ndarray, p: Precision, layout: Layout = Layout()) -> np.nda
     """Quantize-dequantize: the values the runtime will compute with, same shape and dtype as ``w``."""
     p = effective(p, w.shape, layout)
     if p.kind == "float":
-        return w.astype(np.float16).astype(w.dtype) if p.bits == 16 else w.copy()
+        if p.bits == 16:
+            with np.errstate(over="ignore"):  # values beyond 65504 become inf: `residual_rms` reports it
+                return w.astype(np.float16).astype(w.dtype)
+        return w.copy()
     if p.bits == 32:  # int32 biases of full-integer models: scale tiny enough to be exact at float32
         return w.copy()
     x = np.asarray(w, dtype=np.float64)
@@ -175,6 +178,6 @@ def packed_bytes(shape: tuple[int, ...], p: Precision, layout: Layout = Layout()
 
 
 def residual_rms(w: np.ndarray, p: Precision, layout: Layout = Layout()) -> float:
-    """RMS(Q_p(W) - W) over the tensor."""
+    """RMS(Q_p(W) - W) over the tensor; inf when the precision cannot represent it (fp16 beyond 65504)."""
     d = fake_quant(w, p, layout).astype(np.float64) - w
     return float(np.sqrt(np.mean(np.square(d)))) if d.size else 0.0

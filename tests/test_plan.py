@@ -188,3 +188,25 @@ def test_exact_never_worse_than_greedy_property(scored, ratio, target) -> None:
     g = make_plan(s, m, t, PlanOptions(ratio=ratio, allocator="greedy"))
     assert e.weight_bytes <= e.budget_bytes and g.weight_bytes <= g.budget_bytes
     assert e.predicted_error <= g.predicted_error * (1 + 1e-6) + 1e-12
+
+
+def test_fp16_is_not_offered_for_values_beyond_its_range(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    # y = x - mean with mean ~ 1e5 (a sea-level-pressure normaliser): fp16 would store inf
+    mean = np.array([101325.0] * 4, np.float32)
+    g = helper.make_graph([helper.make_node("Sub", ["x", "norm.mean"], ["d"]), helper.make_node("Add", ["d", "norm.mean"], ["y"])], "n",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])], [numpy_helper.from_array(mean, "norm.mean")])
+    mp = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    mp.ir_version = 8
+    onnx.save(mp, str(tmp_path / "n.onnx"))
+    m = load_model(tmp_path / "n.onnx")
+    spec = infer_spec(m)
+    rec = tmp_path / "r.npy"
+    np.save(rec, (101325 + np.random.default_rng(0).standard_normal((20, 4))).astype(np.float32))
+    s = run_sweep(m, spec, select_contexts(read_record(rec, spec), m, spec, 3), ProbeSettings(horizon=3))
+    for ratio in (0.5, 0.9):
+        p = make_plan(s, m, find_target("x86-64"), PlanOptions(ratio=ratio))
+        assert p.tensors[0].precision != "fp16" and math.isfinite(p.tensors[0].residual)
