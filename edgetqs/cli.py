@@ -197,11 +197,27 @@ def _plan(scores_file, target, model, runtime, budget, ratio, objective, allocat
         ref = Rollout(m, inp.spec, inp.contexts.statics, model_bytes=m.bytes).run(inp.contexts.arrays, scores.horizon).steps
         for p in [result] + front:
             measured[id(p)] = measure(m, inp.spec, inp.contexts, simulated_weights(m, p), scores.horizon, ref)
+        mm = measured[id(result)]
+        from dataclasses import replace as _replace
+
+        variables = list(inp.contexts.variables) or [f"ch{i}" for i in range(len(mm.rmse_by_variable))]
+        result = _replace(result, evaluation={
+            "contexts": inp.contexts.describe(), "horizon": scores.horizon,
+            "error_at_horizon": mm.error_at_horizon if mm.first_nonfinite is None else None,
+            "first_nonfinite_step": mm.first_nonfinite,
+            "nrmse_by_lead": [v if v == v and v != float("inf") else None for v in mm.rmse_by_lead],
+            "nrmse_by_variable_at_horizon": dict(zip(variables, [v if v == v and v != float("inf") else None for v in mm.rmse_by_variable])),
+        })
+        measured[id(result)] = mm
     result.save(output)
     if not quiet:
         from .tables import pareto_table, plan_table
 
         out.print(plan_table(result, measured.get(id(result))))
+        if result.evaluation:
+            from .tables import evaluation_table
+
+            out.print(evaluation_table(result))
         if front:
             out.print(pareto_table(front, measured, result))
     if plot and front:

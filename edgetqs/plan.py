@@ -160,6 +160,7 @@ class Plan:
     horizon: int
     schema_version: int = SCHEMA_VERSION
     notes: tuple[str, ...] = field(default=())
+    evaluation: dict | None = None  # simulated-quantization rollout error, when --evaluate ran
 
     @property
     def headroom_bytes(self) -> int:

@@ -62,3 +62,26 @@ def pareto_table(front, measured: dict, chosen=None) -> Table:
         t.add_row(f"{p.budget_bytes:,}", f"{p.weight_bytes:,}", f"{p.weight_bytes / p.fp32_bytes:.1%}", f"{bits:.2f}", pe,
                   "-" if m is None else f"{m.error_at_horizon:.4g}")
     return t
+
+
+def evaluation_table(plan) -> Table:
+    """Measured (simulated quantization) normalised RMSE per lead time and per variable at the horizon."""
+    ev = plan.evaluation
+    leads = ev["nrmse_by_lead"]
+    picks = sorted({1, max(1, len(leads) // 4), max(1, len(leads) // 2), len(leads)})
+    t = Table(title=f"quantized vs float, measured on {ev['contexts']['k']} contexts (normalised RMSE)",
+              caption=None if ev["first_nonfinite_step"] is None else f"rollout became non-finite at step {ev['first_nonfinite_step']}")
+    t.add_column("lead step", justify="right")
+    t.add_column("all variables", justify="right")
+    for lead in picks:
+        v = leads[lead - 1]
+        t.add_row(str(lead), "non-finite" if v is None else f"{v:.4g}")
+    per = ev["nrmse_by_variable_at_horizon"]
+    if len(per) <= 12:
+        for name, v in per.items():
+            t.add_row(f"{name} @ {len(leads)}", "non-finite" if v is None else f"{v:.4g}")
+    else:
+        worst = sorted(per.items(), key=lambda kv: -(kv[1] if kv[1] is not None else float("inf")))[:5]
+        for name, v in worst:
+            t.add_row(f"{name} @ {len(leads)} (worst 5 of {len(per)})", "non-finite" if v is None else f"{v:.4g}")
+    return t

@@ -129,7 +129,9 @@ def test_plan_writes_json_table_pareto_and_evaluation(tmp_path: Path) -> None:
     assert d["schema_version"] == 1 and d["budget_bytes"] == 4000 and d["weight_bytes"] <= 4000
     assert d["headroom_bytes"] == 4000 - d["weight_bytes"] and d["predicted_error"] > 0
     assert {"name", "precision", "granularity", "bytes", "residual", "error_share", "rule"} <= set(d["tensors"][0])
-    assert "Pareto front" in r.stdout and "measured" in r.stdout
+    assert "Pareto front" in r.stdout and "measured" in r.stdout and "lead step" in r.stdout
+    ev = d["evaluation"]
+    assert len(ev["nrmse_by_lead"]) == 5 and ev["error_at_horizon"] >= 0 and ev["contexts"]["k"] == 8
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
