@@ -230,6 +230,37 @@ def _plan(scores_file, target, model, runtime, budget, ratio, objective, allocat
 
 
 @app.command()
+def convert(
+    model: Optional[Path] = typer.Argument(None, help="The float ONNX model (default: `model` in ./edgetqs.toml)."),
+    plan_file: Path = typer.Option(Path("plan.json"), "--plan", "-p", help="plan.json from `edgetqs plan`."),
+    fmt: str = typer.Option(..., "--format", "-f", help="ort | ort-mobile | tflite | tflm."),
+    output: Path = typer.Option(Path("artifacts"), "--output", "-o", help="Folder for the artifact and convert.json."),
+    contexts: Optional[Path] = typer.Option(None, "--contexts", "-c", help="Contexts for the host check (default: the project's)."),
+    k: Optional[int] = typer.Option(None, "-k", help="Contexts for the host check (default 8)."),
+    horizon: Optional[int] = typer.Option(None, "--horizon", "-T", help="Steps of the host check (default: the plan's)."),
+    overwrite: bool = typer.Option(False, help="Replace an artifact of the same name."),
+    project: Optional[Path] = typer.Option(None, help="Project file (default: ./edgetqs.toml when present)."),
+) -> None:
+    """Write the plan as an artifact a runtime loads, read it back, and roll it out on the host."""
+    try:
+        from .convert import convert as run_convert
+        from .inputs import resolve
+        from .plan import Plan
+        from .project import find_project, load_project
+
+        p = Plan.load(plan_file)
+        proj = load_project(project) if project else find_project()
+        inp = resolve(model, proj, contexts_path=contexts, k=k)
+        r = run_convert(inp.model, p, fmt, output, inp.contexts, inp.spec, horizon=horizon, overwrite=overwrite)
+        from .tables import convert_table
+
+        out.print(convert_table(r))
+        console.print(f"wrote {output / r.artifact} and {output / 'convert.json'} in {r.seconds:.2f} s")
+    except EdgetqsError as exc:
+        _fail(exc)
+
+
+@app.command()
 def targets() -> None:
     """List the targets (shipped in targets/ and ./targets) with their budgets."""
     try:

@@ -89,35 +89,70 @@ def effective(p: Precision, shape: tuple[int, ...], layout: Layout) -> Precision
         return p
     if len(shape) <= 1 and p.granularity != "tensor":
         return Precision("int", p.bits, "tensor")
+    if p.granularity == "channel" and shape[layout.out_axis] == 1:  # one channel: the same as one scale
+        return Precision("int", p.bits, "tensor")
     if p.granularity == "block" and layout.in_axis is None:
         return Precision("int", p.bits, "channel")
     return p
 
 
-def _scale_view(x: np.ndarray, p: Precision, layout: Layout) -> tuple[np.ndarray, tuple]:
-    """Reshape so that max over the last axis gives one scale per group; and how to undo it."""
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """Integers and scales in ONNX ``DequantizeLinear`` layout: tensor (scalar scale), channel
+    (scale [C] along ``axis``), block (scale shaped like q with ``axis`` shrunk to ceil(K / block_size))."""
+
+    q: np.ndarray  # int8 values within [-2^(b-1), 2^(b-1) - 1]
+    scale: np.ndarray  # float32
+    axis: int | None
+    block_size: int | None
+    precision: Precision
+
+    def dequantize(self) -> np.ndarray:
+        s = self.scale.astype(np.float32)
+        if self.precision.granularity == "channel":
+            shape = [1] * self.q.ndim
+            shape[self.axis] = -1
+            s = s.reshape(shape)
+        elif self.precision.granularity == "block":
+            s = np.repeat(s, self.block_size, axis=self.axis)
+            s = np.take(s, np.arange(self.q.shape[self.axis]), axis=self.axis)
+        return self.q.astype(np.float32) * s
+
+
+def quantize_int(w: np.ndarray, p: Precision, layout: Layout = Layout()) -> QuantizedTensor:
+    """Symmetric round-to-nearest integers and scales: the numbers every converter stores."""
+    p = effective(p, w.shape, layout)
+    if p.kind != "int" or p.bits > 8:
+        raise ValueError(f"quantize_int needs int2..int8, got {p.name}")
+    x = np.asarray(w, dtype=np.float64)
+    qmax = 2 ** (p.bits - 1) - 1
+
+    def scales(amax: np.ndarray) -> np.ndarray:
+        # float32 first: the runtime multiplies by the stored float32 scale, so round with it too
+        return np.where(amax > 0, amax / qmax, 1.0).astype(np.float32).astype(np.float64)
+
     if p.granularity == "tensor" or x.ndim == 0:
-        return x.reshape(1, -1), ("tensor", x.shape)
+        sc = scales(np.abs(x).max(keepdims=True) if x.size else np.ones(1))
+        q = np.clip(np.round(x / sc), -qmax - 1, qmax)
+        return QuantizedTensor(q.astype(np.int8), sc.reshape(()).astype(np.float32), None, None, p)
     if p.granularity == "channel":
-        moved = np.moveaxis(x, layout.out_axis, 0)
-        return moved.reshape(moved.shape[0], -1), ("channel", moved.shape)
-    # block: contiguous runs of block_size along the reduction axis, separately for every other position
+        ax = layout.out_axis
+        moved = np.moveaxis(x, ax, 0)
+        sc = scales(np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1))
+        shape = [1] * x.ndim
+        shape[ax] = -1
+        q = np.clip(np.round(x / sc.reshape(shape)), -qmax - 1, qmax)
+        return QuantizedTensor(q.astype(np.int8), sc.astype(np.float32), ax, None, p)
     ax = layout.in_axis if layout.in_axis is not None else x.ndim - 1
+    bs = p.block_size
     moved = np.moveaxis(x, ax, -1)
     k = moved.shape[-1]
-    pad = (-k) % p.block_size
-    padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, pad)])
-    return padded.reshape(-1, p.block_size), ("block", moved.shape, pad, ax)
-
-
-def _undo(q: np.ndarray, how: tuple, shape: tuple[int, ...], layout: Layout) -> np.ndarray:
-    if how[0] == "tensor":
-        return q.reshape(shape)
-    if how[0] == "channel":
-        return np.moveaxis(q.reshape(how[1]), 0, layout.out_axis)
-    _, mshape, pad, ax = how
-    padded = q.reshape(mshape[:-1] + (mshape[-1] + pad,))
-    return np.moveaxis(padded[..., : mshape[-1]], -1, ax)
+    nb = -(-k // bs)
+    padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, nb * bs - k)])
+    blocks = padded.reshape(moved.shape[:-1] + (nb, bs))
+    sc = scales(np.abs(blocks).max(axis=-1))  # [..., nb]
+    q = np.clip(np.round(blocks / sc[..., None]), -qmax - 1, qmax).reshape(moved.shape[:-1] + (nb * bs,))[..., :k]
+    return QuantizedTensor(np.moveaxis(q, -1, ax).astype(np.int8), np.moveaxis(sc, -1, ax).astype(np.float32), ax, bs, p)
 
 
 def fake_quant(w: np.ndarray, p: Precision, layout: Layout = Layout()) -> np.ndarray:
@@ -130,21 +165,7 @@ def fake_quant(w: np.ndarray, p: Precision, layout: Layout = Layout()) -> np.nda
         return w.copy()
     if p.bits == 32:  # int32 biases of full-integer models: scale tiny enough to be exact at float32
         return w.copy()
-    x = np.asarray(w, dtype=np.float64)
-    view, how = _scale_view(x, p, layout)
-    qmax = 2 ** (p.bits - 1) - 1
-    amax = np.abs(view).max(axis=1, keepdims=True)
-    scale = np.where(amax > 0, amax / qmax, 1.0)
-    q = np.clip(np.round(view / scale), -qmax - 1, qmax) * scale
-    return _undo(q, how, x.shape, layout).astype(w.dtype)
-
-
-def quantize_rtn(w: np.ndarray, bits: int, granularity: Granularity = "channel", block_size: int = 32,
-                 layout: Layout = Layout()) -> np.ndarray:
-    """Shorthand for `fake_quant` with an integer precision."""
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits={bits}; expected 2..8")
-    return fake_quant(w, Precision("int", bits, granularity, block_size if granularity == "block" else None), layout)
+    return quantize_int(w, p, layout).dequantize().astype(w.dtype)
 
 
 def n_scales(shape: tuple[int, ...], p: Precision, layout: Layout = Layout()) -> int:

@@ -197,10 +197,11 @@ class Rollout:
         statics: value (without batch axis) of each static input.
         threads: intra-op threads of the session (1 inside parallel workers).
         model_bytes: the graph to run; default: the model with every weight overridable per run.
+        ort_format: ``model_bytes`` is an ORT-format (``.ort``) model, not ONNX.
     """
 
     def __init__(self, model: Model, spec: RolloutSpec, statics: dict[str, np.ndarray] | None = None,
-                 threads: int = 0, model_bytes: bytes | None = None) -> None:
+                 threads: int = 0, model_bytes: bytes | None = None, ort_format: bool = False) -> None:
         import onnxruntime as ort
 
         self.model = model
@@ -213,6 +214,8 @@ class Rollout:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if ort_format:
+            opts.add_session_config_entry("session.load_model_format", "ORT")
         graph = model.overridable_bytes() if model_bytes is None else model_bytes
         self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         self.out_names = [p[1] for p in spec.pairs]

@@ -85,3 +85,22 @@ def evaluation_table(plan) -> Table:
         for name, v in worst:
             t.add_row(f"{name} @ {len(leads)} (worst 5 of {len(per)})", "non-finite" if v is None else f"{v:.4g}")
     return t
+
+
+def convert_table(r) -> Table:
+    """Read-back per tensor, then sizes and host-runtime errors."""
+    from .plan import kib
+
+    def f(v):
+        return "non-finite" if v is None else f"{v:.3g}"
+
+    cap = (f"weights {r.weight_bytes:,} B ({kib(r.weight_bytes)}) vs fp32 {r.fp32_weight_bytes:,} B ({r.weight_bytes / r.fp32_weight_bytes:.1%}), "
+           f"budget {r.budget_bytes:,} B; file {r.file_bytes:,} B vs fp32 file {r.fp32_file_bytes:,} B. "
+           f"Host rollout vs float: step 1 {f(r.one_step_error)}, step {r.horizon} {f(r.error_by_lead[-1])}; "
+           f"simulated quantization at step {r.horizon}: {f(r.simulated_error_by_lead[-1])}; artifact vs simulated: {f(r.artifact_vs_simulated)}")
+    t = Table(title=f"{r.artifact} ({r.format}, plan for {r.target}/{r.runtime})", caption=cap)
+    for col in ("tensor", "planned", "stored", "bytes", "match"):
+        t.add_column(col)
+    for c in r.tensors:
+        t.add_row(c.name, c.planned, c.found, f"{c.bytes:,}", "yes" if c.match else "[red]NO[/]")
+    return t

@@ -1,0 +1,126 @@
+"""Read an artifact back and say at which precision each planned tensor is really stored.
+
+The converters are not trusted: the file they wrote is parsed (the ONNX protobuf, or the ORT-format
+flatbuffer) and every planned tensor is traced to what produces it: a float initializer, a Cast
+from fp16, a DequantizeLinear from int8/int4 (scale shape and block_size give the granularity), or
+the packed 4-bit input of a MatMulNBits node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BadModelError
+
+# onnx.TensorProto data types
+_DT = {1: "float32", 10: "float16", 3: "int8", 2: "uint8", 22: "int4", 21: "uint4", 6: "int32", 7: "int64", 11: "float64"}
+_BITS = {"float32": 32, "float16": 16, "int8": 8, "uint8": 8, "int4": 4, "uint4": 4, "int32": 32, "int64": 64, "float64": 64}
+
+
+@dataclass
+class Init:
+    dtype: str
+    dims: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass
+class Node:
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class GraphView:
+    inits: dict[str, Init]
+    nodes: list[Node]
+
+    def producer(self, name: str) -> Node | None:
+        return next((n for n in self.nodes if name in n.outputs), None)
+
+
+def view_onnx(data: bytes) -> GraphView:
+    import onnx
+
+    m = onnx.load_from_string(data)
+    inits = {}
+    for i in m.graph.initializer:
+        dt = _DT.get(i.data_type, str(i.data_type))
+        n = 1
+        for d in i.dims:
+            n *= d
+        # raw: packed bytes; typed fields (float_data, int32_data varints): what the file really holds
+        nbytes = len(i.raw_data) if i.raw_data else max(i.ByteSize() - len(i.name) - 8, -(-n * _BITS.get(dt, 32) // 8))
+        inits[i.name] = Init(dt, tuple(i.dims), nbytes)
+    nodes = [Node(n.op_type, list(n.input), list(n.output),
+                  {a.name: a.i for a in n.attribute if a.type == onnx.AttributeProto.INT}) for n in m.graph.node]
+    return GraphView(inits, nodes)
+
+
+def view_ort(data: bytes) -> GraphView:
+    """Parse an ORT-format model with the flatbuffer schema that ships with onnxruntime."""
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import InferenceSession
+
+    if not InferenceSession.InferenceSession.InferenceSessionBufferHasIdentifier(data, 0):
+        raise BadModelError("not an ORT-format model (flatbuffer identifier missing)")
+    g = InferenceSession.InferenceSession.GetRootAsInferenceSession(data, 0).Model().Graph()
+    inits = {}
+    for k in range(g.InitializersLength()):
+        t = g.Initializers(k)
+        dt = _DT.get(t.DataType(), str(t.DataType()))
+        dims = tuple(int(d) for d in t.DimsAsNumpy()) if t.DimsLength() else ()
+        nbytes = t.RawDataLength()
+        if nbytes == 0 and t.ExternalDataOffset() >= 0:
+            n = 1
+            for d in dims:
+                n *= d
+            nbytes = -(-n * _BITS.get(dt, 32) // 8)
+        inits[t.Name().decode()] = Init(dt, dims, nbytes)
+    nodes = []
+    for k in range(g.NodesLength()):
+        n = g.Nodes(k)
+        attrs = {}
+        for j in range(n.AttributesLength()):
+            a = n.Attributes(j)
+            attrs[a.Name().decode()] = int(a.I())
+        nodes.append(Node(n.OpType().decode(), [n.Inputs(j).decode() for j in range(n.InputsLength())],
+                          [n.Outputs(j).decode() for j in range(n.OutputsLength())], attrs))
+    return GraphView(inits, nodes)
+
+
+def view(path: Path) -> GraphView:
+    data = Path(path).read_bytes()
+    return view_ort(data) if Path(path).suffix == ".ort" else view_onnx(data)
+
+
+def stored_precision(g: GraphView, name: str, nbits_weight: dict[str, str] | None = None) -> tuple[str, int]:
+    """(precision name, bytes stored for it) of one planned tensor; ('missing', 0) if not found."""
+    if name in g.inits:
+        i = g.inits[name]
+        return ("fp32" if i.dtype == "float32" else i.dtype), i.nbytes
+    node = g.producer(name)
+    if node is not None and node.op == "Cast" and node.inputs[0] in g.inits:
+        i = g.inits[node.inputs[0]]
+        return ("fp16" if i.dtype == "float16" else f"cast-from-{i.dtype}"), i.nbytes
+    if node is not None and node.op == "DequantizeLinear" and node.inputs[0] in g.inits:
+        q, s = g.inits[node.inputs[0]], g.inits.get(node.inputs[1])
+        bits = {"int8": 8, "int4": 4}.get(q.dtype)
+        if bits is None or s is None:
+            return f"dq-{q.dtype}", q.nbytes
+        if node.attrs.get("block_size", 0) > 0:
+            gran = f"block{node.attrs['block_size']}"
+        elif len(s.dims) == 0 or (len(s.dims) == 1 and s.dims[0] == 1):
+            gran = "tensor"
+        else:
+            gran = "channel"
+        return f"int{bits}-{gran}", q.nbytes + s.nbytes
+    key = (nbits_weight or {}).get(name)
+    if key:
+        for n in g.nodes:
+            if n.op == "MatMulNBits" and len(n.inputs) > 2 and n.inputs[1] == key:
+                b, s = g.inits[n.inputs[1]], g.inits[n.inputs[2]]
+                return f"int{n.attrs.get('bits', 4)}-block{n.attrs.get('block_size', 0)}", b.nbytes + s.nbytes
+    return "missing", 0
