@@ -233,7 +233,7 @@ def _plan(scores_file, target, model, runtime, budget, ratio, objective, allocat
 def convert(
     model: Optional[Path] = typer.Argument(None, help="The float ONNX model (default: `model` in ./edgetqs.toml)."),
     plan_file: Path = typer.Option(Path("plan.json"), "--plan", "-p", help="plan.json from `edgetqs plan`."),
-    fmt: str = typer.Option(..., "--format", "-f", help="ort | ort-mobile | tflite | tflm."),
+    fmt: str = typer.Option(..., "--format", "-f", help="ort | ort-mobile | tflite."),
     output: Path = typer.Option(Path("artifacts"), "--output", "-o", help="Folder for the artifact and convert.json."),
     contexts: Optional[Path] = typer.Option(None, "--contexts", "-c", help="Contexts for the host check (default: the project's)."),
     k: Optional[int] = typer.Option(None, "-k", help="Contexts for the host check (default 8)."),

@@ -198,26 +198,31 @@ class Rollout:
         threads: intra-op threads of the session (1 inside parallel workers).
         model_bytes: the graph to run; default: the model with every weight overridable per run.
         ort_format: ``model_bytes`` is an ORT-format (``.ort``) model, not ONNX.
+        session: any object with onnxruntime's ``run(output_names, feeds)`` (e.g. a LiteRT
+            interpreter adapter) to roll out instead of an onnxruntime session.
     """
 
     def __init__(self, model: Model, spec: RolloutSpec, statics: dict[str, np.ndarray] | None = None,
-                 threads: int = 0, model_bytes: bytes | None = None, ort_format: bool = False) -> None:
-        import onnxruntime as ort
-
+                 threads: int = 0, model_bytes: bytes | None = None, ort_format: bool = False, session: object | None = None) -> None:
         self.model = model
         self.spec = spec
         self.statics = {k: np.asarray(v) for k, v in (statics or {}).items()}
         missing = [s for s in spec.static if s not in self.statics]
         if missing:
             raise RolloutSpecError(f"static input(s) {missing} need values: put arrays with those names in the contexts .npz")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        if ort_format:
-            opts.add_session_config_entry("session.load_model_format", "ORT")
-        graph = model.overridable_bytes() if model_bytes is None else model_bytes
-        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        if session is not None:
+            self.session = session
+        else:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            if ort_format:
+                opts.add_session_config_entry("session.load_model_format", "ORT")
+            graph = model.overridable_bytes() if model_bytes is None else model_bytes
+            self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         self.out_names = [p[1] for p in spec.pairs]
         self.index = parse_slice(spec.output_slice) if spec.output_slice else None
         ins = {i.name: i for i in model.inputs}

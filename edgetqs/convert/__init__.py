@@ -1,7 +1,8 @@
 """Convert: the float model + plan.json -> an artifact a runtime loads, verified by reading it back.
 
 Formats: ``ort`` (ONNX with weight-only QDQ / fp16 Casts), ``ort-mobile`` (``.ort``, 4-bit through
-MatMulNBits), ``tflite`` and ``tflm`` (see `edgetqs.convert.tflite`). Every artifact is parsed after
+MatMulNBits) and ``tflite`` (onnx2tf + ai-edge-quantizer, see `edgetqs.convert.tflite`). The
+full-integer TFLite-Micro format is not written yet. Every artifact is parsed after
 writing and each planned tensor's stored precision compared with the plan; sizes are reported as
 weight bytes (what the plan budgets) and file bytes (with graph and metadata overhead); the artifact
 is rolled out on the host runtime beside the float model and beside the plan's simulated
@@ -24,9 +25,9 @@ import numpy as np
 from ..errors import EdgetqsError
 
 SCHEMA_VERSION = 1
-FORMATS = ("ort", "ort-mobile", "tflite", "tflm")
+FORMATS = ("ort", "ort-mobile", "tflite")
 # which plan runtimes a format accepts
-_RUNTIMES = {"ort": ("ort", "ort-mobile"), "ort-mobile": ("ort-mobile", "ort"), "tflite": ("tflite",), "tflm": ("tflm",)}
+_RUNTIMES = {"ort": ("ort", "ort-mobile"), "ort-mobile": ("ort-mobile", "ort"), "tflite": ("tflite",)}
 
 
 class ConvertError(EdgetqsError):
@@ -104,7 +105,7 @@ def convert(model, plan, fmt: str, out_dir: str | Path, contexts, spec, horizon:
     Args:
         model: the float `Model` the plan was made for.
         plan: the `Plan`.
-        fmt: one of ``ort``, ``ort-mobile``, ``tflite``, ``tflm``.
+        fmt: one of ``ort``, ``ort-mobile``, ``tflite``.
         out_dir: folder for the artifact and convert.json (created).
         contexts, spec: the rollout the host check runs (`edgetqs.inputs.resolve`).
         horizon: steps of the host check (default: the plan's score horizon).
@@ -126,8 +127,8 @@ def convert(model, plan, fmt: str, out_dir: str | Path, contexts, spec, horizon:
     if plan.runtime not in _RUNTIMES[fmt]:
         raise ConvertError(f"plan.json was made for runtime '{plan.runtime}', which cannot be written as {fmt}; replan with --runtime {_RUNTIMES[fmt][0]}")
     out = Path(out_dir)
-    ext = {"ort": ".onnx", "ort-mobile": ".ort", "tflite": ".tflite", "tflm": ".tflite"}[fmt]
-    name = f"{model.name}.{fmt}{ext}" if fmt in ("ort", "tflm") else f"{model.name}{ext}"
+    ext = {"ort": ".onnx", "ort-mobile": ".ort", "tflite": ".tflite"}[fmt]
+    name = f"{model.name}.{fmt}{ext}" if fmt == "ort" else f"{model.name}{ext}"
     if (out / name).exists() and not overwrite:
         raise ConvertError(f"{out / name} already exists; pass --overwrite to replace it")
     t0 = time.perf_counter()
