@@ -9,8 +9,8 @@ Schema (unknown keys are an error naming the file and the key):
     [validation] horizon = 20, tolerance = 0.1    rollout steps and normalised-RMSE tolerance
     [precisions.RUNTIME]                          precisions each runtime executes, per weight role:
         default = [...]                           any weight
-        Conv = [...]                              weights consumed by that ONNX op type
-        "Conv.bias" = [...]                       the bias input of Conv / Gemm
+        Conv = [...]                              the weight input of that ONNX op type
+        "Conv.bias" = [...]                       the bias input of Conv / Gemm (else: default)
 """
 
 from __future__ import annotations
@@ -55,11 +55,13 @@ class Target:
 
     def allowed(self, runtime: str, op_type: str, role: str) -> tuple[Precision, ...]:
         """Precisions ``runtime`` executes for a weight: its role (``Conv.bias``) beats its op type
-        (``Conv``), which beats ``default``."""
+        (``Conv``), which beats ``default``. An op-type entry describes the op's weight input, so a
+        bias without an entry of its own falls back on ``default``, never on its op's weight list."""
         table = self.precisions.get(runtime)
         if table is None:
             raise BadInputError(f"target '{self.name}' has no precisions for runtime '{runtime}'; it lists {sorted(self.precisions)}")
-        for key in (role, op_type, "default"):
+        keys = (role, "default") if role.endswith(".bias") else (role, op_type, "default")
+        for key in keys:
             if key in table:
                 return table[key]
         raise BadInputError(f"target '{self.name}' ({self.path}): runtime '{runtime}' lists no precisions for '{role}' and no 'default'")

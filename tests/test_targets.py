@@ -66,3 +66,10 @@ def test_a_users_own_file_works_where_a_name_does(tmp_path: Path) -> None:
 def test_target_files_lists_each_name_once() -> None:
     names = [f.stem for f in target_files()]
     assert len(names) == len(set(names))
+
+
+def test_a_bias_does_not_inherit_its_ops_weight_precisions() -> None:
+    t = find_target("raspberrypi")
+    assert "int4-block32" in [p.name for p in t.allowed("ort-mobile", "Gemm", "Gemm")]
+    assert [p.name for p in t.allowed("ort-mobile", "Gemm", "Gemm.bias")] == [p.name for p in t.allowed("ort-mobile", "x", "default")]
+    assert [p.name for p in t.allowed("tflite", "Conv", "Conv.bias")] == ["fp32"]

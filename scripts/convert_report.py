@@ -1,0 +1,63 @@
+"""Every bundled example in every format: sizes, read-back, host-runtime error vs simulated quantization.
+
+    python scripts/convert_report.py [--ratio 0.25] [--examples ...]
+
+For each example: score (gauss, tensor groups), plan at --ratio of fp32 on the raspberrypi target for
+the format's runtime (ort, ort-mobile, tflite), convert, and print weight bytes and file bytes beside
+fp32, whether every planned precision was found on read-back, the artifact's rollout error on the host
+runtime beside the plan's simulated-quantization error, their largest difference, and the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--examples", default="lorenz96,station,blizzard")
+    ap.add_argument("--ratio", type=float, default=0.25)
+    ap.add_argument("--k", type=int, default=4)
+    a = ap.parse_args()
+
+    from edgetqs.convert import ConvertError, convert
+    from edgetqs.examples import example_path
+    from edgetqs.inputs import resolve
+    from edgetqs.plan import InfeasibleBudgetError, PlanOptions, make_plan
+    from edgetqs.project import load_project
+    from edgetqs.targets import find_target
+    from edgetqs.tqs import ProbeSettings, run_sweep
+
+    pi = find_target("raspberrypi")
+    print(f"plans at {a.ratio:g} of fp32 on raspberrypi, or the smallest feasible budget where that is infeasible")
+    print("example | format | weight B (fp32) | file B (fp32) | read-back | host err @T | simulated @T | max |artifact-simulated| | seconds")
+    print("--- | --- | --- | --- | --- | --- | --- | --- | ---")
+    for name in a.examples.split(","):
+        proj = load_project(example_path(name) / "edgetqs.toml")
+        inp = resolve(None, proj, k=a.k)
+        s = run_sweep(inp.model, inp.spec, inp.contexts, ProbeSettings(horizon=int(proj.score.get("horizon", 20))))
+        for fmt, runtime in (("ort", "ort"), ("ort-mobile", "ort-mobile"), ("tflite", "tflite")):
+            try:
+                plan = make_plan(s, inp.model, pi, PlanOptions(runtime=runtime, ratio=a.ratio))
+                label = fmt
+            except InfeasibleBudgetError as exc:  # e.g. conv weights have no 4-bit kernel in ORT-mobile
+                smallest = int(exc.args[0].split("smallest feasible size ")[1].split(" bytes")[0].replace(",", ""))
+                plan = make_plan(s, inp.model, pi, PlanOptions(runtime=runtime, budget_bytes=smallest))
+                label = f"{fmt} (smallest feasible {smallest:,} B)"
+            with tempfile.TemporaryDirectory() as d:
+                t0 = time.perf_counter()
+                try:
+                    r = convert(inp.model, plan, fmt, Path(d) / "out", inp.contexts, inp.spec)
+                except ConvertError as exc:
+                    print(f"{name} | {label} | failed: {str(exc)[:160]} | | | | | | {time.perf_counter() - t0:.1f}")
+                    continue
+            ok = sum(c.match for c in r.tensors)
+            print(f"{name} | {label} | {r.weight_bytes:,} ({r.fp32_weight_bytes:,}) | {r.file_bytes:,} ({r.fp32_file_bytes:,}) | "
+                  f"{ok}/{len(r.tensors)} | {r.error_by_lead[-1]:.4g} | {r.simulated_error_by_lead[-1]:.4g} | {r.artifact_vs_simulated:.2g} | {r.seconds:.1f}")
+
+
+if __name__ == "__main__":
+    main()
