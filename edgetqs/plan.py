@@ -18,7 +18,6 @@ fp32 share (most sensitive groups kept at fp32), then the optimiser.
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import re
 import time
@@ -28,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 
+from .jsonfile import read_json, write_json
 from .errors import BadInputError, EdgetqsError
 from .model import Model
 from .quantize import FP32, Precision, effective, packed_bytes, parse_precision, residual_rms
@@ -187,22 +187,15 @@ class Plan:
         return cls(**d)
 
     def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        tmp.replace(p)
-        return p
+        """Write JSON atomically (temporary name, then rename)."""
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
-        p = Path(path)
-        if not p.exists():
-            raise BadInputError(f"plan file '{p}' does not exist; run `edgetqs plan` first")
         try:
-            return cls.from_dict(json.loads(p.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise BadInputError(f"'{p}' is not a plan.json written by edgetqs ({exc})") from None
+            return cls.from_dict(read_json(path, "plan.json", "edgetqs plan"))
+        except (KeyError, TypeError) as exc:
+            raise BadInputError(f"'{path}' is not a plan.json written by edgetqs (missing or bad field {exc})") from None
 
 
 # ------------------------------------------------------------------ the problem

@@ -7,14 +7,28 @@ from pathlib import Path
 from .tqs import Scores
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a field station or in CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    _pyplot().close(fig)
+    return out
+
+
 def plot_scores(scores: Scores, path: str | Path, top: int = 12) -> Path:
     """Two panels: gamma per group (ranked, dead and diverged marked) and gamma(t) curves of the
     most sensitive groups beside the model's own state exponent."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     ranked = scores.ranked()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(4.0, 0.22 * len(ranked) + 1.5)))
     names = [g.name for g in ranked][::-1]
@@ -46,21 +60,12 @@ def plot_scores(scores: Scores, path: str | Path, top: int = 12) -> Path:
     ax2.set_title(f"gamma(t), top {top} groups", fontsize=9)
     ax2.legend(fontsize=6, ncol=2)
     fig.suptitle(f"{scores.model}: trajectory-based quantization sensitivity", fontsize=11)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def plot_pareto(front, measured: dict, chosen, path: str | Path) -> Path:
     """Predicted (and measured) trajectory error against weight bytes, the chosen plan marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [p.weight_bytes / 1024 for p in front]
     ax.plot(xs, [p.predicted_error if p.predicted_error is not None else float("nan") for p in front], "o-", label="predicted (from TQS gains)")
@@ -75,9 +80,4 @@ def plot_pareto(front, measured: dict, chosen, path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.set_title(f"{front[0].model}: error vs size ({front[0].runtime}, {front[0].allocator})", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, path)

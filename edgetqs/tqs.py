@@ -14,7 +14,6 @@ perturbation; A_g is the output error one unit of weight error buys at T. The mo
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -27,6 +26,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from .contexts import Contexts
+from .jsonfile import read_json, write_json
 from .errors import BadInputError, DivergedRolloutError
 from .model import Model
 from .quantize import Precision, fake_quant
@@ -193,22 +193,14 @@ class Scores:
 
     def save(self, path: str | Path) -> Path:
         """Write JSON atomically (temporary name, then rename)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        tmp.replace(p)
-        return p
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "Scores":
-        p = Path(path)
-        if not p.exists():
-            raise BadInputError(f"scores file '{p}' does not exist; run `edgetqs score` first")
         try:
-            return cls.from_dict(json.loads(p.read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise BadInputError(f"'{p}' is not a scores.json written by edgetqs ({exc})") from None
+            return cls.from_dict(read_json(path, "scores.json", "edgetqs score"))
+        except (KeyError, TypeError) as exc:
+            raise BadInputError(f"'{path}' is not a scores.json written by edgetqs (missing or bad field {exc})") from None
 
 
 # ---------------------------------------------------------------- groups

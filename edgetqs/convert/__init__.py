@@ -12,7 +12,6 @@ succeeded, so a failure leaves nothing half-written in the output folder.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -80,10 +79,9 @@ class ConvertResult:
         return d
 
     def save(self, path: Path) -> Path:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        tmp.replace(path)
-        return path
+        from ..jsonfile import write_json
+
+        return write_json(path, self.to_dict())
 
 
 def _finite(values) -> tuple[float | None, ...]:
