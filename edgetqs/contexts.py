@@ -167,15 +167,13 @@ def _sample_shape(model: Model, name: str) -> tuple[int | None, ...]:
     return info.shape[1:]
 
 
-def select_contexts(record: Record, model: Model, spec: RolloutSpec, k: int, span: tuple[float, float] = (0.0, 1.0),
-                    need_future: int = 0) -> Contexts:
+def select_contexts(record: Record, model: Model, spec: RolloutSpec, k: int, span: tuple[float, float] = (0.0, 1.0)) -> Contexts:
     """Cut K initial states spread evenly over the record (or a fraction ``span`` of it).
 
     Args:
         record: what `read_record` returned.
         k: number of contexts.
         span: fraction of the record to draw from, e.g. (0, 0.5) and (0.5, 1) for two disjoint sets.
-        need_future: steps of truth to keep after each context where the record allows (0: none).
 
     Raises:
         ContextsError: shape mismatch with the model's inputs, or K larger than the record allows.
@@ -217,9 +215,7 @@ def select_contexts(record: Record, model: Model, spec: RolloutSpec, k: int, spa
                 f"K={k} contexts do not fit: '{record.source}' rows {lo}..{hi - 1} ({hi - lo} time steps) give at most "
                 f"{max(room, 0)} distinct windows of length {length}; use -k {max(room, 1)} or a longer record"
             )
-        # keep truth after each context where possible, without shrinking below K distinct starts
-        last_f = last - need_future if (last - need_future - lo + 1) >= k else last
-        starts = np.unique(np.round(np.linspace(lo, last_f, k)).astype(int))
+        starts = np.unique(np.round(np.linspace(lo, last, k)).astype(int))
         if len(starts) < k:
             starts = np.arange(lo, lo + k)
         indices = tuple(int(s) for s in starts)

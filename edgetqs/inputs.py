@@ -50,7 +50,7 @@ def resolve(model_path: Path | None, project: Project | None, *, contexts_path: 
             variables: list[str] | None = None, k: int | None = None, span: str | None = None, spinup: bool = False,
             spinup_scale: float = 1.0, seed: int = 0, mode: str | None = None, state: list[str] | None = None,
             increment: bool | None = None, static: list[str] | None = None, output_slice: str | None = None,
-            channel_axis: int | None = None, need_future: int = 0) -> Inputs:
+            channel_axis: int | None = None) -> Inputs:
     """Load the model, work out the rollout and cut the contexts.
 
     Raises:
@@ -87,7 +87,7 @@ def resolve(model_path: Path | None, project: Project | None, *, contexts_path: 
         notes.append(f"contexts: data-free spin-up from noise (seed {seed}, scale {spinup_scale}); no contexts file was given")
     else:
         rec = read_record(cpath, spec, vars_)
-        ctx = select_contexts(rec, model, spec, kk, parse_span(span), need_future=need_future)
+        ctx = select_contexts(rec, model, spec, kk, parse_span(span))
         if vars_ and not ctx.variables:
             ctx = Contexts(ctx.arrays, ctx.statics, tuple(vars_), ctx.source, ctx.indices, ctx.record)
     return Inputs(model, spec, ctx, tuple(notes))

@@ -476,10 +476,10 @@ def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
         horizon, rule = choose_horizon(e_state.mean(axis=1), state.eps, settings.max_horizon)
         ref_steps = [s[:horizon] for s in ref.steps]
         state = StateExponent(state.curve[horizon - 1], state.curve[:horizon], state.eps, state.error_curve[:horizon])
+        inv = channel_inv_scale(ref_steps, spec, arrays)  # spreads over the chosen horizon only
     else:
         horizon, rule = settings.horizon, "fixed"
         ref_steps = ref.steps
-    inv = channel_inv_scale(ref_steps, spec, arrays)
     groups = make_groups(model, settings.granularity, settings.block_depth)
     calls = extra_calls + roll.forward_calls
     results: dict[str, GroupScore] = {}
