@@ -178,7 +178,7 @@ def _plan(scores_file, target, model, runtime, budget, ratio, objective, allocat
         raise BadInputError("no model: pass --model (the ONNX file that was scored)")
     m = load_model(mpath)
     tgt = find_target(target)
-    lowest_bits = parse_precision(lowest if "-" in lowest or lowest.startswith("fp") else lowest + "-tensor").bits if lowest else None
+    lowest_bits = parse_precision(lowest).bits if lowest else None
     opts = PlanOptions(runtime=runtime, budget_bytes=parse_size(budget) if budget else None, ratio=ratio, objective=objective,
                        allocator=allocator, keep_fp32_share=keep_fp32, lowest_bits=lowest_bits,
                        pins=tuple(parse_pin(p) for p in (pin or [])))
@@ -198,16 +198,9 @@ def _plan(scores_file, target, model, runtime, budget, ratio, objective, allocat
         for p in [result] + front:
             measured[id(p)] = measure(m, inp.spec, inp.contexts, simulated_weights(m, p), scores.horizon, ref)
         mm = measured[id(result)]
-        from dataclasses import replace as _replace
+        from dataclasses import replace
 
-        variables = list(inp.contexts.variables) or [f"ch{i}" for i in range(len(mm.rmse_by_variable))]
-        result = _replace(result, evaluation={
-            "contexts": inp.contexts.describe(), "horizon": scores.horizon,
-            "error_at_horizon": mm.error_at_horizon if mm.first_nonfinite is None else None,
-            "first_nonfinite_step": mm.first_nonfinite,
-            "nrmse_by_lead": [v if v == v and v != float("inf") else None for v in mm.rmse_by_lead],
-            "nrmse_by_variable_at_horizon": dict(zip(variables, [v if v == v and v != float("inf") else None for v in mm.rmse_by_variable])),
-        })
+        result = replace(result, evaluation=mm.to_dict(inp.contexts, scores.horizon))
         measured[id(result)] = mm
     result.save(output)
     if not quiet:

@@ -16,7 +16,8 @@ from .model import Model
 from .plan import Plan
 from .quantize import fake_quant, parse_precision
 from .rollout import Rollout, RolloutSpec
-from .tqs import channel_inv_scale, divergence
+from .jsonfile import finite_or_none
+from .tqs import channel_inv_scale, divergence, rms_by_lead
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,17 @@ class Measured:
     rmse_by_lead: tuple[float, ...]  # RMS over contexts and variables, per lead step
     rmse_by_variable: tuple[float, ...]  # at the horizon, per channel
     first_nonfinite: int | None
+
+    def to_dict(self, contexts: Contexts, horizon: int) -> dict:
+        """The evaluation as stored in plan.json (non-finite values as null)."""
+        variables = list(contexts.variables) or [f"ch{i}" for i in range(len(self.rmse_by_variable))]
+        return {
+            "contexts": contexts.describe(), "horizon": horizon,
+            "error_at_horizon": finite_or_none([self.error_at_horizon])[0] if self.first_nonfinite is None else None,
+            "first_nonfinite_step": self.first_nonfinite,
+            "nrmse_by_lead": list(finite_or_none(self.rmse_by_lead)),
+            "nrmse_by_variable_at_horizon": dict(zip(variables, finite_or_none(self.rmse_by_variable))),
+        }
 
 
 def simulated_weights(model: Model, plan: Plan) -> dict[str, np.ndarray]:
@@ -47,7 +59,7 @@ def measure(model: Model, spec: RolloutSpec, contexts: Contexts, weights: dict[s
     inv = channel_inv_scale(reference, spec, contexts.arrays)
     with np.errstate(all="ignore"):
         e = divergence(quant.steps, reference, inv)  # [T, K]
-        by_lead = np.sqrt(np.mean(e**2, axis=1))
+        by_lead = rms_by_lead(e)
         # per variable at the horizon: move the channel axis first in the first fed-back tensor
         d = (quant.steps[0][-1].astype(np.float64) - reference[0][-1]) * inv[0][0]
         ax = spec.channel_axis if spec.channel_axis is not None else -1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from .errors import BadInputError
@@ -35,3 +36,8 @@ def read_json(path: str | Path, what: str, command: str) -> dict:
         return json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"'{p}' is not a {what} written by edgetqs ({exc})") from None
+
+
+def finite_or_none(values) -> tuple[float | None, ...]:
+    """JSON holds no NaN or Inf: a non-finite number (a diverged rollout) is written as null."""
+    return tuple(float(v) if math.isfinite(v) else None for v in values)

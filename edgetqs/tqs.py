@@ -268,6 +268,11 @@ def divergence(steps: list[np.ndarray], reference: list[np.ndarray], inv_scale: 
     return np.sqrt(total / max(count, 1))
 
 
+def rms_by_lead(e: np.ndarray) -> np.ndarray:
+    """RMS over contexts of the divergence e [T, K], per lead step."""
+    return np.sqrt(np.mean(np.square(e), axis=1))
+
+
 class _Sweep:
     """State shared by every group of one sweep (built once per process).
 
@@ -294,14 +299,17 @@ class _Sweep:
 
     def score_group(self, name: str, tensors: tuple[str, ...]) -> GroupScore:
         settings = self.settings
+        def delta_of(new: dict[str, np.ndarray]) -> np.ndarray:
+            return np.concatenate([(new[t].astype(np.float64) - self.model.weight_array(t)).ravel() for t in tensors])
+
         new = probe_delta(self.model, tensors, settings)
-        delta = np.concatenate([(new[t].astype(np.float64) - self.model.weight_array(t)).ravel() for t in tensors])
+        delta = delta_of(new)
         if not delta.any() and settings.probe == "quant":
             # round-to-nearest represents this group exactly (a one-element bias, say): quantizing it
             # costs nothing at these bits, but the planner still needs its gain: measure with gauss
             settings = replace(settings, probe="gauss")
             new = probe_delta(self.model, tensors, settings)
-            delta = np.concatenate([(new[t].astype(np.float64) - self.model.weight_array(t)).ravel() for t in tensors])
+            delta = delta_of(new)
         eps = _rms(delta)
         n_params = int(delta.size)
         if self.strategy == "feed":

@@ -84,10 +84,6 @@ class ConvertResult:
         return write_json(path, self.to_dict())
 
 
-def _finite(values) -> tuple[float | None, ...]:
-    return tuple(float(v) if np.isfinite(v) else None for v in values)
-
-
 def _versions() -> dict:
     import onnx
     import onnxruntime
@@ -114,8 +110,9 @@ def convert(model, plan, fmt: str, out_dir: str | Path, contexts, spec, horizon:
             precision not found on read-back, or weights over the budget.
     """
     from ..evaluate import simulated_weights
+    from ..jsonfile import finite_or_none
     from ..rollout import Rollout
-    from ..tqs import channel_inv_scale, divergence
+    from ..tqs import channel_inv_scale, divergence, rms_by_lead
     from . import readback
 
     if fmt not in FORMATS:
@@ -178,15 +175,15 @@ def convert(model, plan, fmt: str, out_dir: str | Path, contexts, spec, horizon:
             e = divergence(got.steps, ref.steps, inv)
             e_sim = divergence(sim.steps, ref.steps, inv)
             e_as = divergence(got.steps, sim.steps, inv)
-        by_lead = np.sqrt(np.mean(e**2, axis=1))
+        by_lead = rms_by_lead(e)
         result = ConvertResult(
             format=fmt, artifact=name, model=model.name, model_sha256=model.sha256, target=plan.target, runtime=plan.runtime,
             budget_bytes=plan.budget_bytes, planned_weight_bytes=plan.weight_bytes, weight_bytes=weight_bytes,
             file_bytes=artifact.stat().st_size, fp32_weight_bytes=plan.fp32_bytes, fp32_file_bytes=len(model.bytes),
             tensors=tuple(checks), all_match=not bad, horizon=horizon, contexts=contexts.describe(),
-            one_step_error=_finite([by_lead[0]])[0], error_by_lead=_finite(by_lead),
-            simulated_error_by_lead=_finite(np.sqrt(np.mean(e_sim**2, axis=1))),
-            artifact_vs_simulated=_finite([np.max(e_as)])[0], first_nonfinite_step=got.first_nonfinite,
+            one_step_error=finite_or_none([by_lead[0]])[0], error_by_lead=finite_or_none(by_lead),
+            simulated_error_by_lead=finite_or_none(rms_by_lead(e_sim)),
+            artifact_vs_simulated=finite_or_none([np.max(e_as)])[0], first_nonfinite_step=got.first_nonfinite,
             seconds=time.perf_counter() - t0, versions={**_versions(), **roll_kw.get("versions", {})}, notes=tuple(notes),
         )
         result.save(work / "convert.json")
