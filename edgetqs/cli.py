@@ -226,12 +226,13 @@ def _plan(scores_file, target, model, runtime, budget, ratio, objective, allocat
 def convert(
     model: Optional[Path] = typer.Argument(None, help="The float ONNX model (default: `model` in ./edgetqs.toml)."),
     plan_file: Path = typer.Option(Path("plan.json"), "--plan", "-p", help="plan.json from `edgetqs plan`."),
-    fmt: str = typer.Option(..., "--format", "-f", help="ort | ort-mobile | tflite."),
+    fmt: str = typer.Option(..., "--format", "-f", help="ort | ort-mobile | tflite | tflm."),
     output: Path = typer.Option(Path("artifacts"), "--output", "-o", help="Folder for the artifact and convert.json."),
     contexts: Optional[Path] = typer.Option(None, "--contexts", "-c", help="Contexts for the host check (default: the project's)."),
     k: Optional[int] = typer.Option(None, "-k", help="Contexts for the host check (default 8)."),
     horizon: Optional[int] = typer.Option(None, "--horizon", "-T", help="Steps of the host check (default: the plan's)."),
     overwrite: bool = typer.Option(False, help="Replace an artifact of the same name."),
+    activations: str = typer.Option("auto", help="tflm: int16 | int8 | auto (the target's preference, falling back when TFLM refuses)."),
     project: Optional[Path] = typer.Option(None, help="Project file (default: ./edgetqs.toml when present)."),
 ) -> None:
     """Write the plan as an artifact a runtime loads, read it back, and roll it out on the host."""
@@ -244,7 +245,8 @@ def convert(
         p = Plan.load(plan_file)
         proj = load_project(project) if project else find_project()
         inp = resolve(model, proj, contexts_path=contexts, k=k)
-        r = run_convert(inp.model, p, fmt, output, inp.contexts, inp.spec, horizon=horizon, overwrite=overwrite)
+        r = run_convert(inp.model, p, fmt, output, inp.contexts, inp.spec, horizon=horizon, overwrite=overwrite,
+                        activations=activations)
         from .tables import convert_table
 
         out.print(convert_table(r))

@@ -2,7 +2,8 @@
 
 The `quant` TQS probe uses the residual, the planner uses residuals and packed sizes, and the
 converters realise the same rounding. A `Precision` is written as ``fp32``, ``fp16``, ``int32``
-or ``int{2..8}[-tensor|-channel|-block{N}]`` (``int8`` alone means per channel).
+or ``int{2..8,16}[-tensor|-channel|-block{N}]`` (``int8`` alone means per channel; ``int16`` is what
+full-integer TFLite-Micro models with int16 activations store elementwise constants in).
 
 Symmetric round-to-nearest: scale = max|w| / (2^(b-1) - 1) per tensor, per output channel, or per
 block of N consecutive weights along the reduction (input) axis within an output channel — the
@@ -23,7 +24,7 @@ Granularity = Literal["tensor", "channel", "block"]
 Runtime = Literal["ort", "ort-mobile", "tflite", "tflm"]
 RUNTIMES: tuple[str, ...] = ("ort", "ort-mobile", "tflite", "tflm")
 
-_PAT = re.compile(r"^(?:(fp32|fp16|int32)|int([2-8])(?:-(tensor|channel|block(\d+)))?)$")
+_PAT = re.compile(r"^(?:(fp32|fp16|int32)|int(16|[2-8])(?:-(tensor|channel|block(\d+)))?)$")
 
 
 @dataclass(frozen=True, order=True)
@@ -52,11 +53,11 @@ def parse_precision(text: str) -> Precision:
     """``int4-block32`` -> Precision.
 
     Raises:
-        BadInputError: not of the form fp32, fp16, int32 or int{2..8}[-tensor|-channel|-block{N}].
+        BadInputError: not of the form fp32, fp16, int32 or int{2..8,16}[-tensor|-channel|-block{N}].
     """
     m = _PAT.match(text.strip().lower())
     if not m:
-        raise BadInputError(f"precision '{text}'; expected fp32, fp16, int32 or int{{2..8}}[-tensor|-channel|-block{{N}}], e.g. int4-block32")
+        raise BadInputError(f"precision '{text}'; expected fp32, fp16, int32 or int{{2..8,16}}[-tensor|-channel|-block{{N}}], e.g. int4-block32")
     if m.group(1):
         word = m.group(1)
         return Precision("float", int(word[2:])) if word.startswith("fp") else Precision("int", 32, "tensor")
@@ -122,10 +123,11 @@ class QuantizedTensor:
 def quantize_int(w: np.ndarray, p: Precision, layout: Layout = Layout()) -> QuantizedTensor:
     """Symmetric round-to-nearest integers and scales: the numbers every converter stores."""
     p = effective(p, w.shape, layout)
-    if p.kind != "int" or p.bits > 8:
-        raise ValueError(f"quantize_int needs int2..int8, got {p.name}")
+    if p.kind != "int" or p.bits > 16:
+        raise ValueError(f"quantize_int needs int2..int8 or int16, got {p.name}")
     x = np.asarray(w, dtype=np.float64)
     qmax = 2 ** (p.bits - 1) - 1
+    qdt = np.int16 if p.bits > 8 else np.int8
 
     def scales(amax: np.ndarray) -> np.ndarray:
         # float32 first: the runtime multiplies by the stored float32 scale, so round with it too
@@ -134,7 +136,7 @@ def quantize_int(w: np.ndarray, p: Precision, layout: Layout = Layout()) -> Quan
     if p.granularity == "tensor" or x.ndim == 0:
         sc = scales(np.abs(x).max(keepdims=True) if x.size else np.ones(1))
         q = np.clip(np.round(x / sc), -qmax - 1, qmax)
-        return QuantizedTensor(q.astype(np.int8), sc.reshape(()).astype(np.float32), None, None, p)
+        return QuantizedTensor(q.astype(qdt), sc.reshape(()).astype(np.float32), None, None, p)
     if p.granularity == "channel":
         ax = layout.out_axis
         moved = np.moveaxis(x, ax, 0)
@@ -142,7 +144,7 @@ def quantize_int(w: np.ndarray, p: Precision, layout: Layout = Layout()) -> Quan
         shape = [1] * x.ndim
         shape[ax] = -1
         q = np.clip(np.round(x / sc.reshape(shape)), -qmax - 1, qmax)
-        return QuantizedTensor(q.astype(np.int8), sc.astype(np.float32), ax, None, p)
+        return QuantizedTensor(q.astype(qdt), sc.astype(np.float32), ax, None, p)
     ax = layout.in_axis if layout.in_axis is not None else x.ndim - 1
     bs = p.block_size
     moved = np.moveaxis(x, ax, -1)
@@ -152,7 +154,7 @@ def quantize_int(w: np.ndarray, p: Precision, layout: Layout = Layout()) -> Quan
     blocks = padded.reshape(moved.shape[:-1] + (nb, bs))
     sc = scales(np.abs(blocks).max(axis=-1))  # [..., nb]
     q = np.clip(np.round(blocks / sc[..., None]), -qmax - 1, qmax).reshape(moved.shape[:-1] + (nb * bs,))[..., :k]
-    return QuantizedTensor(np.moveaxis(q, -1, ax).astype(np.int8), np.moveaxis(sc, -1, ax).astype(np.float32), ax, bs, p)
+    return QuantizedTensor(np.moveaxis(q, -1, ax).astype(qdt), np.moveaxis(sc, -1, ax).astype(np.float32), ax, bs, p)
 
 
 def fake_quant(w: np.ndarray, p: Precision, layout: Layout = Layout()) -> np.ndarray:

@@ -98,6 +98,10 @@ def convert_table(r) -> Table:
            f"budget {r.budget_bytes:,} B; file {r.file_bytes:,} B vs fp32 file {r.fp32_file_bytes:,} B. "
            f"Host rollout vs float: step 1 {f(r.one_step_error)}, step {r.horizon} {f(r.error_by_lead[-1])}; "
            f"simulated quantization at step {r.horizon}: {f(r.simulated_error_by_lead[-1])}; artifact vs simulated: {f(r.artifact_vs_simulated)}")
+    if r.arena_bytes is not None:
+        ram = "" if r.ram_budget_bytes is None else f" of a {r.ram_budget_bytes:,} B RAM budget"
+        cap += (f". TFLite-Micro: {r.activations} activations; tensor arena {r.arena_bytes:,} B measured minimum{ram}, "
+                f"{'?' if r.arena_bytes_reported is None else f'{r.arena_bytes_reported:,}'} B reported by the interpreter")
     t = Table(title=f"{r.artifact} ({r.format}, plan for {r.target}/{r.runtime})", caption=cap)
     for col in ("tensor", "planned", "stored", "bytes", "match"):
         t.add_column(col)

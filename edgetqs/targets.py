@@ -11,6 +11,7 @@ Schema (unknown keys are an error naming the file and the key):
         default = [...]                           any weight
         Conv = [...]                              the weight input of that ONNX op type
         "Conv.bias" = [...]                       the bias input of Conv / Gemm (else: default)
+    [activations] tflm = ["int16", "int8"]        activation types of full-integer runtimes, preferred first
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ TARGET_DIRS = [Path.cwd() / "targets", Path(__file__).resolve().parents[1] / "ta
 
 _TOP: dict[str, type | tuple[type, ...]] = {
     "name": str, "description": str, "arch": str, "runtimes": list, "weight_budget_bytes": int,
-    "ram_budget_bytes": int, "default_device": str, "validation": dict, "precisions": dict,
+    "ram_budget_bytes": int, "default_device": str, "validation": dict, "precisions": dict, "activations": dict,
 }
+_ACTIVATIONS = ("int8", "int16")
 _REQUIRED = ("name", "arch", "runtimes", "weight_budget_bytes", "ram_budget_bytes", "precisions")
 _VALIDATION: dict[str, type | tuple[type, ...]] = {"horizon": int, "tolerance": (float, int)}
 
@@ -52,6 +54,7 @@ class Target:
     validation_horizon: int = 20
     validation_tolerance: float = 0.1
     path: str = ""
+    activations: dict[str, tuple[str, ...]] | None = None  # runtime -> activation types, preferred first
 
     def allowed(self, runtime: str, op_type: str, role: str) -> tuple[Precision, ...]:
         """Precisions ``runtime`` executes for a weight: its role (``Conv.bias``) beats its op type
@@ -132,6 +135,15 @@ def load_target(path: str | Path) -> Target:
             if not parsed[role]:
                 raise TargetFileError(f"{p}: precisions.{runtime}.{role} is empty; list at least one precision")
         precisions[runtime] = parsed
+    activations: dict[str, tuple[str, ...]] = {}
+    for runtime, names in data.get("activations", {}).items():
+        if runtime != "tflm":
+            raise TargetFileError(f"{p}: 'activations.{runtime}': only the full-integer runtime 'tflm' takes activation types")
+        _check_type(p, f"activations.{runtime}", names, list)
+        bad = [n for n in names if n not in _ACTIVATIONS]
+        if bad or not names:
+            raise TargetFileError(f"{p}: activations.{runtime} = {names!r}; expected a non-empty list of {list(_ACTIVATIONS)}")
+        activations[runtime] = tuple(names)
     missing = [r for r in runtimes if r not in precisions]
     if missing:
         raise TargetFileError(f"{p}: runtimes {missing} have no [precisions.RUNTIME] table")
@@ -139,7 +151,7 @@ def load_target(path: str | Path) -> Target:
         name=data["name"], arch=data["arch"], runtimes=tuple(runtimes), weight_budget_bytes=data["weight_budget_bytes"],
         ram_budget_bytes=data["ram_budget_bytes"], precisions=precisions, description=data.get("description", ""),
         default_device=data.get("default_device", "local"), validation_horizon=val.get("horizon", 20),
-        validation_tolerance=float(val.get("tolerance", 0.1)), path=str(p),
+        validation_tolerance=float(val.get("tolerance", 0.1)), path=str(p), activations=activations,
     )
 
 

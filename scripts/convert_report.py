@@ -6,6 +6,8 @@ For each example: score (gauss, tensor groups), plan at --ratio of fp32 on the r
 the format's runtime (ort, ort-mobile, tflite), convert, and print weight bytes and file bytes beside
 fp32, whether every planned precision was found on read-back, the artifact's rollout error on the host
 runtime beside the plan's simulated-quantization error, their largest difference, and the time.
+Then the full-integer TFLite-Micro format on each microcontroller target (--mcu), with the tensor
+arena found by bisection beside the interpreter's own report and the target's RAM budget.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ def main() -> None:
     ap.add_argument("--examples", default="lorenz96,station,blizzard")
     ap.add_argument("--ratio", type=float, default=0.25)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--mcu", default="stm32h743,esp32s3,nrf52840", help="microcontroller targets for the tflm format ('' for none)")
     a = ap.parse_args()
 
     from edgetqs.convert import ConvertError, convert
@@ -35,6 +38,7 @@ def main() -> None:
     print(f"plans at {a.ratio:g} of fp32 on raspberrypi, or the smallest feasible budget where that is infeasible")
     print("example | format | weight B (fp32) | file B (fp32) | read-back | host err @T | simulated @T | max |artifact-simulated| | seconds")
     print("--- | --- | --- | --- | --- | --- | --- | --- | ---")
+    results = {}
     for name in a.examples.split(","):
         proj = load_project(example_path(name) / "edgetqs.toml")
         inp = resolve(None, proj, k=a.k)
@@ -57,6 +61,28 @@ def main() -> None:
             ok = sum(c.match for c in r.tensors)
             print(f"{name} | {label} | {r.weight_bytes:,} ({r.fp32_weight_bytes:,}) | {r.file_bytes:,} ({r.fp32_file_bytes:,}) | "
                   f"{ok}/{len(r.tensors)} | {r.error_by_lead[-1]:.4g} | {r.simulated_error_by_lead[-1]:.4g} | {r.artifact_vs_simulated:.2g} | {r.seconds:.1f}")
+        results[name] = (inp, s)
+    if not a.mcu:
+        return
+    print("\nTFLite-Micro, full integer (int8 weights; int16 activations where the target and TFLM allow)")
+    print("example | target | activations | weight B | file B (flash budget) | read-back | host err @T | simulated @T | "
+          "arena B measured | arena B reported | RAM budget B | seconds")
+    print("--- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | ---")
+    for name, (inp, s) in results.items():
+        for tname in a.mcu.split(","):
+            tg = find_target(tname)
+            t0 = time.perf_counter()
+            try:
+                plan = make_plan(s, inp.model, tg, PlanOptions(runtime="tflm"))
+                with tempfile.TemporaryDirectory() as d:
+                    r = convert(inp.model, plan, "tflm", Path(d) / "out", inp.contexts, inp.spec)
+            except (ConvertError, InfeasibleBudgetError) as exc:
+                print(f"{name} | {tname} | failed: {str(exc)[:200]} | | | | | | | | | {time.perf_counter() - t0:.1f}")
+                continue
+            ok = sum(c.match for c in r.tensors)
+            print(f"{name} | {tname} | {r.activations} | {r.weight_bytes:,} | {r.file_bytes:,} ({r.budget_bytes:,}) | {ok}/{len(r.tensors)} | "
+                  f"{r.error_by_lead[-1]:.4g} | {r.simulated_error_by_lead[-1]:.4g} | {r.arena_bytes:,} | {r.arena_bytes_reported:,} | "
+                  f"{r.ram_budget_bytes:,} | {r.seconds:.1f}")
 
 
 if __name__ == "__main__":

@@ -117,9 +117,10 @@ class StationNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = ((x - self.in_mean) / self.in_std).flatten(1)
-        h = torch.nn.functional.gelu(self.l1(z))
-        h = h + torch.nn.functional.gelu(self.l2(h))
-        h = h + torch.nn.functional.gelu(self.l3(h))
+        # ReLU, not GELU: TFLite-Micro has no GELU kernel, and this is the example that fits microcontrollers
+        h = torch.relu(self.l1(z))
+        h = h + torch.relu(self.l2(h))
+        h = h + torch.relu(self.l3(h))
         last = z.reshape(-1, x.shape[1], self.c)[:, -1:, :]  # persistence + learned change: beats persistence at short leads
         y = last + self.l4(h).reshape(-1, self.horizon, self.c)
         return y * self.in_std + self.in_mean
@@ -290,7 +291,7 @@ def train_station(out: Path, seed: int = 0) -> None:
         "title": "Hourly station weather, 24 h in -> 6 h out", "name": "station", "mode": "window", "n_params": n_params, "seed": seed,
         "summary": f"A window MLP on six hourly variables from {where} (pvlib's bundled TMY3 file). Normalisation constants live in the graph as buffers, as in many frozen exports.",
         "data": f"pvlib TMY3 723170TYA.CSV, variables {', '.join(cols)}; first 80% of the year for training, last 20% held out (contexts.npz)",
-        "architecture": "normalise (buffers in_mean/in_std), Linear(144->128), 2 residual Linear(128->128) + GELU, Linear(128->36) added to the last observed hour, de-normalise; input [B, 24, 6], output [B, 6, 6]",
+        "architecture": "normalise (buffers in_mean/in_std), Linear(144->128), 2 residual Linear(128->128) + ReLU, Linear(128->36) added to the last observed hour, de-normalise; input [B, 24, 6], output [B, 6, 6]",
         "parameters": f"{n_params:,} (+12 normalisation constants)", "rollout": "window mode: append the 6 predicted hours, drop the oldest 6",
         "training": f"Adam 1e-3 cosine, 2,500 steps of 256, 6-hour MSE in normalised units; final loss {final:.4f}",
         "contexts": f"held-out record [{len(test)}, 6] with variable names", "skill": skill, "train_seconds": time.time() - t0,

@@ -11,8 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 OPSET = 17
 
 
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+def _save(graph: onnx.GraphProto, path: Path, opset: int = OPSET) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
@@ -125,8 +125,10 @@ def no_weights(path: Path, n: int = 4) -> Path:
     return _save(graph, path)
 
 
-def deep_mlp(path: Path, n: int = 8, hidden: int = 24, layers: int = 5, seed: int = 0) -> Path:
-    """x -> x + 0.3 * tanh(chain of `layers` Gemm+tanh): more groups, for planner tests."""
+def deep_mlp(path: Path, n: int = 8, hidden: int = 24, layers: int = 5, seed: int = 0, act: str = "Tanh") -> Path:
+    """x -> x + 0.3 * tanh(chain of `layers` Gemm+act): more groups, for planner tests.
+
+    act: the hidden activation's ONNX op (``Gelu`` has no TFLite-Micro kernel)."""
     rng = np.random.default_rng(seed)
     inits, nodes, prev, width = [], [], "x", n
     for i in range(layers):
@@ -134,10 +136,10 @@ def deep_mlp(path: Path, n: int = 8, hidden: int = 24, layers: int = 5, seed: in
         inits += [_init(f"fc{i}.weight", (rng.standard_normal((out, width)) / np.sqrt(width)).astype(np.float32)),
                   _init(f"fc{i}.bias", (0.1 * rng.standard_normal(out)).astype(np.float32))]
         nodes += [helper.make_node("Gemm", [prev, f"fc{i}.weight", f"fc{i}.bias"], [f"h{i}"], transB=1),
-                  helper.make_node("Tanh", [f"h{i}"], [f"a{i}"])]
+                  helper.make_node("Tanh" if i == layers - 1 else act, [f"h{i}"], [f"a{i}"])]
         prev, width = f"a{i}", out
     inits.append(_init("k", np.array(0.3, np.float32)))
     nodes += [helper.make_node("Mul", [prev, "k"], ["d"]), helper.make_node("Add", ["x", "d"], ["y"])]
     graph = helper.make_graph(nodes, "deep_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])], inits)
-    return _save(graph, path)
+    return _save(graph, path, opset=20 if act == "Gelu" else OPSET)  # Gelu is an opset-20 op

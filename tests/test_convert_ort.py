@@ -98,8 +98,8 @@ def test_over_budget_and_wrong_runtime_and_wrong_model(tmp_path: Path) -> None:
         convert(m, replace(plan, budget_bytes=plan.weight_bytes - 1), "ort", tmp_path / "o1", ctx, spec)
     with pytest.raises(ConvertError, match="runtime 'ort'.*tflite"):
         convert(m, plan, "tflite", tmp_path / "o2", ctx, spec)
-    with pytest.raises(ConvertError, match="format 'tflm'"):
-        convert(m, plan, "tflm", tmp_path / "o2", ctx, spec)
+    with pytest.raises(ConvertError, match="format 'onnx'"):
+        convert(m, plan, "onnx", tmp_path / "o2", ctx, spec)
     other = load_model(models.deep_mlp(tmp_path / "o.onnx", seed=5))
     with pytest.raises(ConvertError, match="sha256"):
         convert(other, plan, "ort", tmp_path / "o3", ctx, spec)

@@ -1,8 +1,8 @@
 """Convert: the float model + plan.json -> an artifact a runtime loads, verified by reading it back.
 
 Formats: ``ort`` (ONNX with weight-only QDQ / fp16 Casts), ``ort-mobile`` (``.ort``, 4-bit through
-MatMulNBits) and ``tflite`` (onnx2tf + ai-edge-quantizer, see `edgetqs.convert.tflite`). The
-full-integer TFLite-Micro format is not written yet. Every artifact is parsed after
+MatMulNBits), ``tflite`` (onnx2tf + ai-edge-quantizer, see `edgetqs.convert.tflite`) and ``tflm``
+(full-integer TFLite for TFLite-Micro with a measured tensor arena, see `edgetqs.convert.tflm`). Every artifact is parsed after
 writing and each planned tensor's stored precision compared with the plan; sizes are reported as
 weight bytes (what the plan budgets) and file bytes (with graph and metadata overhead); the artifact
 is rolled out on the host runtime beside the float model and beside the plan's simulated
@@ -24,9 +24,9 @@ import numpy as np
 from ..errors import EdgetqsError
 
 SCHEMA_VERSION = 1
-FORMATS = ("ort", "ort-mobile", "tflite")
+FORMATS = ("ort", "ort-mobile", "tflite", "tflm")
 # which plan runtimes a format accepts
-_RUNTIMES = {"ort": ("ort", "ort-mobile"), "ort-mobile": ("ort-mobile", "ort"), "tflite": ("tflite",)}
+_RUNTIMES = {"ort": ("ort", "ort-mobile"), "ort-mobile": ("ort-mobile", "ort"), "tflite": ("tflite",), "tflm": ("tflm",)}
 
 
 class ConvertError(EdgetqsError):
@@ -71,6 +71,12 @@ class ConvertResult:
     versions: dict
     schema_version: int = SCHEMA_VERSION
     notes: tuple[str, ...] = field(default=())
+    # TFLite-Micro only: activation type, smallest tensor arena that runs (bisection in child
+    # processes), what the interpreter's recording allocator reports, the target's RAM budget
+    activations: str | None = None
+    arena_bytes: int | None = None
+    arena_bytes_reported: int | None = None
+    ram_budget_bytes: int | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -93,17 +99,20 @@ def _versions() -> dict:
     return {"edgetqs": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
-def convert(model, plan, fmt: str, out_dir: str | Path, contexts, spec, horizon: int | None = None, overwrite: bool = False) -> ConvertResult:
+def convert(model, plan, fmt: str, out_dir: str | Path, contexts, spec, horizon: int | None = None, overwrite: bool = False,
+            activations: str = "auto") -> ConvertResult:
     """Write the artifact for ``plan`` in ``fmt`` under ``out_dir`` and verify it.
 
     Args:
         model: the float `Model` the plan was made for.
         plan: the `Plan`.
-        fmt: one of ``ort``, ``ort-mobile``, ``tflite``.
+        fmt: one of ``ort``, ``ort-mobile``, ``tflite``, ``tflm``.
         out_dir: folder for the artifact and convert.json (created).
         contexts, spec: the rollout the host check runs (`edgetqs.inputs.resolve`).
         horizon: steps of the host check (default: the plan's score horizon).
         overwrite: replace an artifact of the same name.
+        activations: ``tflm`` only: ``int16``, ``int8`` or ``auto`` (the target's preference, falling
+            back when TFLM refuses a kernel).
 
     Raises:
         ConvertError: plan/model mismatch, a tensor or op the converter cannot handle, a planned
@@ -122,7 +131,7 @@ def convert(model, plan, fmt: str, out_dir: str | Path, contexts, spec, horizon:
     if plan.runtime not in _RUNTIMES[fmt]:
         raise ConvertError(f"plan.json was made for runtime '{plan.runtime}', which cannot be written as {fmt}; replan with --runtime {_RUNTIMES[fmt][0]}")
     out = Path(out_dir)
-    ext = {"ort": ".onnx", "ort-mobile": ".ort", "tflite": ".tflite"}[fmt]
+    ext = {"ort": ".onnx", "ort-mobile": ".ort", "tflite": ".tflite", "tflm": ".tflm.tflite"}[fmt]
     name = f"{model.name}.{fmt}{ext}" if fmt == "ort" else f"{model.name}{ext}"
     if (out / name).exists() and not overwrite:
         raise ConvertError(f"{out / name} already exists; pass --overwrite to replace it")
@@ -131,6 +140,7 @@ def convert(model, plan, fmt: str, out_dir: str | Path, contexts, spec, horizon:
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".edgetqs-convert-", dir=out.parent))
     notes: list[str] = []
+    facts: dict = {}
     try:
         nbits: dict[str, str] = {}
         if fmt in ("ort", "ort-mobile"):
@@ -153,10 +163,21 @@ def convert(model, plan, fmt: str, out_dir: str | Path, contexts, spec, horizon:
                 checks.append(TensorCheck(t.name, t.precision, found, found == planned, nbytes))
             weight_bytes = sum(i.nbytes for i in g.inits.values())
             roll_kw = {"model_bytes": artifact.read_bytes(), "ort_format": fmt == "ort-mobile"}
-        else:
+        elif fmt == "tflite":
             from .tflite import convert_tflite
 
             artifact, checks, weight_bytes, roll_kw, more = convert_tflite(model, plan, fmt, work, name, contexts, spec, horizon)
+            notes.extend(more)
+        else:
+            from ..targets import find_target
+            from .tflm import convert_tflm
+
+            try:
+                target = find_target(plan.target)
+            except EdgetqsError:
+                target = None
+                notes.append(f"target '{plan.target}' not found: the arena was not checked against a RAM budget")
+            artifact, checks, weight_bytes, roll_kw, more, facts = convert_tflm(model, plan, work, name, contexts, spec, horizon, target, activations)
             notes.extend(more)
         bad = [c for c in checks if not c.match]
         if bad:
@@ -185,6 +206,8 @@ def convert(model, plan, fmt: str, out_dir: str | Path, contexts, spec, horizon:
             simulated_error_by_lead=finite_or_none(rms_by_lead(e_sim)),
             artifact_vs_simulated=finite_or_none([np.max(e_as)])[0], first_nonfinite_step=got.first_nonfinite,
             seconds=time.perf_counter() - t0, versions={**_versions(), **roll_kw.get("versions", {})}, notes=tuple(notes),
+            activations=facts.get("activations"), arena_bytes=facts.get("arena_bytes"),
+            arena_bytes_reported=facts.get("arena_bytes_reported"), ram_budget_bytes=facts.get("ram_budget_bytes"),
         )
         result.save(work / "convert.json")
         out.mkdir(parents=True, exist_ok=True)

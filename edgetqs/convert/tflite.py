@@ -197,12 +197,58 @@ def _nhwc_perm(rank: int) -> tuple[int, ...]:
     return (0,) + tuple(range(2, rank)) + (1,)
 
 
-class LiteRTSession:
-    """A LiteRT interpreter that answers like an onnxruntime session (``run(output_names, feeds)``).
+class Batch1Session:
+    """Answers like an onnxruntime session (``run(output_names, feeds)``) for a batch-1 TFLite graph.
 
-    The TFLite graph has batch 1, so the rows of a batch run one after the other. Where onnx2tf turned
-    an NCHW tensor into NHWC, inputs are transposed on the way in and outputs on the way out.
+    The rows of a batch run one after the other. Where onnx2tf turned an NCHW tensor into NHWC,
+    inputs are transposed on the way in and outputs on the way out. Subclasses set and get tensors.
     """
+
+    def _layouts(self, model, in_shapes: list[tuple], out_shapes: list[tuple]) -> None:
+        self.in_perm = {i.name: self._perm(i.shape, s, i.name) for i, s in zip(model.inputs, in_shapes)}
+        self.out_inv = {}
+        for o, s in zip(model.outputs, out_shapes):
+            perm = self._perm(o.shape, s, o.name)
+            self.out_inv[o.name] = None if perm is None else tuple(np.argsort(perm))
+
+    @staticmethod
+    def _perm(onnx_shape, tfl_shape, name: str) -> tuple | None:
+        want = (1,) + tuple(onnx_shape[1:])
+        tfl_shape = tuple(int(d) for d in tfl_shape)
+        if len(want) == len(tfl_shape) and all(a is None or a == b for a, b in zip(want, tfl_shape)):
+            return None
+        perm = _nhwc_perm(len(want))
+        if len(want) >= 3 and all(want[p] is None or want[p] == b for p, b in zip(perm, tfl_shape)):
+            return perm
+        raise ConvertError(f"TFLite tensor '{name}' has shape {list(tfl_shape)}, which is neither the ONNX shape {list(want)} nor its NHWC form")
+
+    def _set(self, name: str, x: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _invoke(self) -> None:
+        raise NotImplementedError
+
+    def _get(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        batch = next(iter(feeds.values())).shape[0]
+        rows: list[list[np.ndarray]] = [[] for _ in output_names]
+        for b in range(batch):
+            for name, arr in feeds.items():
+                if name in self.in_perm:
+                    perm = self.in_perm[name]
+                    x = arr[b:b + 1]
+                    self._set(name, np.ascontiguousarray(x if perm is None else x.transpose(perm)))
+            self._invoke()
+            for j, o in enumerate(output_names):
+                y, inv = self._get(o), self.out_inv[o]
+                rows[j].append(y.copy() if inv is None else np.ascontiguousarray(y.transpose(inv)))
+        return [np.concatenate(r, axis=0) for r in rows]
+
+
+class LiteRTSession(Batch1Session):
+    """A LiteRT interpreter behind `Batch1Session`."""
 
     def __init__(self, model_content: bytes, model, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -211,41 +257,21 @@ class LiteRTSession:
         self.it.allocate_tensors()
         ins, outs = self.it.get_input_details(), self.it.get_output_details()
         by_in, by_out = {d["name"]: d for d in ins}, {d["name"]: d for d in outs}
-        self.inputs: dict[str, tuple[int, tuple | None]] = {}
-        for k, i in enumerate(model.inputs):  # -coion keeps ONNX names; fall back on order
-            d = by_in.get(i.name, ins[k])
-            self.inputs[i.name] = (d["index"], self._perm(i.shape, tuple(d["shape"]), i.name))
-        self.outputs: dict[str, tuple[int, tuple | None]] = {}
-        for k, o in enumerate(model.outputs):
-            d = by_out.get(o.name, outs[k])
-            perm = self._perm(o.shape, tuple(d["shape"]), o.name)
-            self.outputs[o.name] = (d["index"], None if perm is None else tuple(np.argsort(perm)))
+        # -coion keeps ONNX names; fall back on order
+        din = [by_in.get(i.name, ins[k]) for k, i in enumerate(model.inputs)]
+        dout = [by_out.get(o.name, outs[k]) for k, o in enumerate(model.outputs)]
+        self.in_idx = {i.name: d["index"] for i, d in zip(model.inputs, din)}
+        self.out_idx = {o.name: d["index"] for o, d in zip(model.outputs, dout)}
+        self._layouts(model, [tuple(d["shape"]) for d in din], [tuple(d["shape"]) for d in dout])
 
-    @staticmethod
-    def _perm(onnx_shape, tfl_shape, name: str) -> tuple | None:
-        want = (1,) + tuple(onnx_shape[1:])
-        if len(want) == len(tfl_shape) and all(a is None or a == b for a, b in zip(want, tfl_shape)):
-            return None
-        perm = _nhwc_perm(len(want))
-        if len(want) >= 3 and all(want[p] is None or want[p] == b for p, b in zip(perm, tfl_shape)):
-            return perm
-        raise ConvertError(f"TFLite tensor '{name}' has shape {list(tfl_shape)}, which is neither the ONNX shape {list(want)} nor its NHWC form")
+    def _set(self, name: str, x: np.ndarray) -> None:
+        self.it.set_tensor(self.in_idx[name], x)
 
-    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        batch = next(iter(feeds.values())).shape[0]
-        rows: list[list[np.ndarray]] = [[] for _ in output_names]
-        for b in range(batch):
-            for name, arr in feeds.items():
-                if name in self.inputs:
-                    idx, perm = self.inputs[name]
-                    x = arr[b:b + 1]
-                    self.it.set_tensor(idx, np.ascontiguousarray(x if perm is None else x.transpose(perm)))
-            self.it.invoke()
-            for j, o in enumerate(output_names):
-                idx, inv = self.outputs[o]
-                y = self.it.get_tensor(idx)
-                rows[j].append(y.copy() if inv is None else np.ascontiguousarray(y.transpose(inv)))
-        return [np.concatenate(r, axis=0) for r in rows]
+    def _invoke(self) -> None:
+        self.it.invoke()
+
+    def _get(self, name: str) -> np.ndarray:
+        return self.it.get_tensor(self.out_idx[name])
 
 
 def _versions() -> dict:

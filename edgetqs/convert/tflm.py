@@ -1,0 +1,373 @@
+"""TFLite-Micro artifacts: a full-integer TFLite model for microcontrollers, with its arena measured.
+
+The route: ONNX -> SavedModel (onnx2tf) -> float TFLite with a ``serving_default`` signature
+(TensorFlow's converter; onnx2tf's own .tflite has no signature and ai-edge-quantizer's calibrator
+needs one) -> static quantization by ai-edge-quantizer: weights int8 per channel or per tensor as
+the plan says, activations int16 where the target allows (int16x8: a single input scale spans
+variables of very different ranges, and int8 rounds the small ones to nothing), else int8. The
+activation ranges are calibrated with min/max (not the default moving average, which shrinks
+ranges until the output is garbage) on the float model's own closed-loop rollouts from the
+contexts, because an autoregressive model leaves the teacher-forced range as it rolls out.
+
+The tensor arena is measured with the tflite-micro interpreter: an arena that is too small
+segfaults the process instead of raising, so each size is tried in a child process and the
+smallest that loads and runs is found by bisection, beside the figure the interpreter's recording
+allocator prints. The arena is checked against the target's RAM budget and the file (which lives
+in flash) against its weight budget.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import OptionalDependencyError
+from ..quantize import parse_precision
+from . import ConvertError, TensorCheck
+from .tflite import _WEIGHT_OPS, Batch1Session, _constants, _names, _op_name, _scope, _schema, float_tflite
+
+ARENA_ALIGN = 16  # TFLM aligns arena allocations to 16 bytes
+ARENA_CEILING = 256 * 2**20  # a model that does not run in 256 MiB does not run on a microcontroller
+
+_SAVED_TO_TFLITE = r"""
+import sys, tensorflow as tf
+conv = tf.lite.TFLiteConverter.from_saved_model(sys.argv[1])
+open(sys.argv[2], "wb").write(conv.convert())
+"""
+
+# Loads the model with a given arena, runs it once on zeros, prints the recording allocator's report.
+_PROBE = r"""
+import ctypes, sys
+import numpy as np
+from tflite_micro import runtime
+it = runtime.Interpreter.from_file(sys.argv[1], arena_size=int(sys.argv[2]))
+for i in range(int(sys.argv[3])):
+    d = it.get_input_details(i)
+    it.set_input(np.zeros(d["shape"], d["dtype"]), i)
+it.invoke()
+it.print_allocations()
+ctypes.CDLL(None).fflush(None)
+"""
+
+
+def require() -> None:
+    for mod, pkg in (("tflite_micro", "tflite-micro"), ("onnx2tf", "onnx2tf"), ("tensorflow", "tensorflow"), ("ai_edge_quantizer", "ai-edge-quantizer")):
+        try:
+            __import__(mod)
+        except ImportError:
+            raise OptionalDependencyError(pkg, "mcu", "converting for TFLite-Micro") from None
+
+
+def signature_tflite(model, work: Path) -> bytes:
+    """Float TFLite with a ``serving_default`` signature, from the SavedModel onnx2tf writes."""
+    float_tflite(model, work)
+    out = work / "float_signature.tflite"
+    r = subprocess.run([sys.executable, "-c", _SAVED_TO_TFLITE, str(work / "onnx2tf"), str(out)], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0 or not out.exists():
+        tail = [ln for ln in r.stderr.splitlines() if ln.strip()][-3:]
+        raise ConvertError("TensorFlow could not convert onnx2tf's SavedModel to TFLite: " + " | ".join(tail)[:400])
+    return out.read_bytes()
+
+
+class _Recorder:
+    """Wraps a session and keeps every row it is fed: the calibration set of closed-loop inputs."""
+
+    def __init__(self, session) -> None:
+        self.session, self.rows = session, []
+
+    def run(self, names, feeds):
+        batch = next(iter(feeds.values())).shape[0]
+        for b in range(batch):
+            self.rows.append({k: np.array(v[b:b + 1]) for k, v in feeds.items()})
+        return self.session.run(names, feeds)
+
+
+def calibration_rows(model, spec, contexts, horizon: int) -> list[dict[str, np.ndarray]]:
+    """Every input the float model sees while rolling out each context for ``horizon`` steps."""
+    import onnxruntime as ort
+
+    from ..rollout import Rollout
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    rec = _Recorder(ort.InferenceSession(model.bytes, opts, providers=["CPUExecutionProvider"]))
+    Rollout(model, spec, contexts.statics, session=rec).run(contexts.arrays, horizon)
+    return rec.rows
+
+
+def _signature(m) -> tuple[dict[str, int], list[int]]:
+    sd = m.signatureDefs[0]
+    return {t.name.decode(): t.tensorIndex for t in sd.inputs}, [t.tensorIndex for t in sorted(sd.outputs, key=lambda t: t.name)]
+
+
+def _input_keys(model, sig_inputs: dict[str, int]) -> dict[str, str]:
+    """ONNX input name -> signature input name (onnx2tf keeps names with -coion; else by order)."""
+    keys = list(sig_inputs)
+    out = {}
+    for k, i in enumerate(model.inputs):
+        cand = [s for s in keys if s == i.name or s == re.sub(r"[^0-9A-Za-z_]", "_", i.name)]
+        out[i.name] = cand[0] if cand else keys[k]
+    return out
+
+
+def _quantize(fbuf: bytes, model, plan, matched: dict, rows: list[dict], act_bits: int, in_perm: dict, keys: dict) -> bytes:
+    import contextlib
+    import io
+
+    from ai_edge_quantizer import calibrator, qtyping, quantizer
+    from ai_edge_quantizer.utils import qsv_utils
+
+    qt = quantizer.Quantizer(fbuf)
+    qt.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=act_bits, weight_num_bits=8)
+    for tname, (scope, op_name, pos) in matched.items():
+        p = parse_precision(next(t.precision for t in plan.tensors if t.name == tname))
+        if _WEIGHT_OPS.get(op_name) == pos and p.kind == "int":  # the weight input; biases follow the kernel
+            gran = qtyping.QuantGranularity.CHANNELWISE if p.granularity != "tensor" else qtyping.QuantGranularity.TENSORWISE
+            qt.add_static_config(regex="^" + re.escape(scope) + "$", operation_name=qtyping.TFLOperationName[op_name],
+                                 activation_num_bits=act_bits, weight_num_bits=p.bits, weight_granularity=gran)
+    data = []
+    for r in rows:
+        feed = {}
+        for name, x in r.items():
+            if name in keys:
+                perm = in_perm[name]
+                feed[keys[name]] = np.ascontiguousarray(x if perm is None else x.transpose(perm))
+        data.append(feed)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars and a size summary
+            cal = calibrator.Calibrator(fbuf, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
+            cal.calibrate({"serving_default": data}, qt._recipe_manager)
+            return bytes(qt.quantize(cal.get_model_qsvs()).quantized_model)
+    except (ValueError, KeyError, RuntimeError) as exc:  # the quantizer's policy refuses an op/config
+        raise ConvertError(f"ai-edge-quantizer cannot quantize this graph to full integer with int{act_bits} activations: {str(exc)[:400]}") from None
+
+
+def _probe(path: Path, arena: int, n_inputs: int) -> tuple[bool, str]:
+    r = subprocess.run([sys.executable, "-c", _PROBE, str(path), str(arena), str(n_inputs)], capture_output=True, text=True, timeout=120)
+    return r.returncode == 0, r.stdout + r.stderr
+
+
+def measure_arena(path: Path, n_inputs: int, ceiling: int = ARENA_CEILING) -> tuple[int, int | None, int]:
+    """(smallest arena in bytes that loads and runs, what the recording allocator reports, probes run).
+
+    Raises ConvertError when the model does not run in TFLM at all (an op without a kernel, a
+    type the kernels reject), naming what the interpreter said.
+    """
+    ok, log = _probe(path, ceiling, n_inputs)
+    if not ok:
+        said = [ln.strip() for ln in log.splitlines() if ln.strip() and not ln.startswith(("Traceback", "  ", "[Recording"))]
+        raise ConvertError(f"TFLite-Micro cannot run {path.name} even with a {ceiling // 2**20} MiB arena: " + " | ".join(said[-4:])[:500])
+    m = re.search(r"Arena allocation total (\d+) bytes", log)
+    reported = int(m.group(1)) if m else None
+    probes = 1
+    lo, hi = 0, ceiling  # lo fails (or is 0), hi runs
+    if reported:  # start the bisection around the report
+        ok, _ = _probe(path, reported, n_inputs)
+        probes += 1
+        if ok:
+            hi = reported
+        else:
+            lo = reported
+    while hi - lo > ARENA_ALIGN:
+        mid = (lo + hi) // 2 // ARENA_ALIGN * ARENA_ALIGN
+        if mid <= lo:
+            break
+        ok, _ = _probe(path, mid, n_inputs)
+        probes += 1
+        lo, hi = (lo, mid) if ok else (mid, hi)
+    return hi, reported, probes
+
+
+def _readback(buf: bytes, names: dict[str, str]) -> tuple[dict[str, tuple[str, int]], int, list[str]]:
+    """Stored precision and bytes of each planned tensor (by its tensor name in the float graph),
+    all constant bytes, and the names of float tensors left (a full-integer model has none)."""
+    schema = _schema()
+    _, types = _names(schema)
+    m = schema.ModelT.InitFromPackedBuf(buf, 0)
+    sg = m.subgraphs[0]
+    by_name: dict[str, int] = {}
+    for idx, t in enumerate(sg.tensors):
+        by_name.setdefault(t.name.decode(), idx)
+
+    def qbytes(t) -> int:
+        q = t.quantization
+        if q is None or q.scale is None:
+            return 0
+        return 4 * len(q.scale) + 8 * (0 if q.zeroPoint is None else len(q.zeroPoint))
+
+    out = {}
+    for plan_name, tfl_name in names.items():
+        idx = by_name.get(tfl_name)
+        if idx is None:
+            out[plan_name] = ("missing", 0)
+            continue
+        t = sg.tensors[idx]
+        b = m.buffers[t.buffer]
+        nbytes = (0 if b.data is None else len(b.data)) + qbytes(t)
+        kind = types.get(t.type, "?")
+        if kind in ("INT8", "INT16", "INT4"):
+            n = len(t.quantization.scale) if t.quantization is not None and t.quantization.scale is not None else 0
+            out[plan_name] = (f"{kind.lower()}-{'tensor' if n == 1 else 'channel'}", nbytes)
+        else:
+            out[plan_name] = (kind.lower().replace("float", "fp"), nbytes)
+    total, floats = 0, []
+    for t in sg.tensors:
+        b = m.buffers[t.buffer]
+        if types.get(t.type) in ("FLOAT32", "FLOAT16"):
+            floats.append(t.name.decode())
+        if b.data is not None and len(b.data):
+            total += len(b.data) + qbytes(t)
+    return out, total, floats
+
+
+def _bits(precision: str) -> int:
+    m = re.match(r"[a-z]+?(\d+)", precision)
+    return int(m.group(1)) if m else 0
+
+
+class TFLMSession(Batch1Session):
+    """The tflite-micro interpreter behind `Batch1Session`, quantizing inputs and dequantizing outputs."""
+
+    def __init__(self, path: Path, model, arena: int, in_order: dict[str, int], out_order: dict[str, int]) -> None:
+        from tflite_micro import runtime
+
+        self.it = runtime.Interpreter.from_file(str(path), arena_size=arena)
+        self.in_idx, self.out_idx = in_order, out_order
+        self.qin = {n: self._q(self.it.get_input_details(i)) for n, i in in_order.items()}
+        self.qout = {n: self._q(self.it.get_output_details(i)) for n, i in out_order.items()}
+        self._layouts(model, [tuple(self.qin[i.name][3]) for i in model.inputs], [tuple(self.qout[o.name][3]) for o in model.outputs])
+
+    @staticmethod
+    def _q(d) -> tuple:
+        qp = d["quantization_parameters"]
+        return float(qp["scales"][0]), int(qp["zero_points"][0]), np.dtype(d["dtype"]), tuple(int(s) for s in d["shape"])
+
+    def _set(self, name: str, x: np.ndarray) -> None:
+        s, z, dt, _ = self.qin[name]
+        info = np.iinfo(dt)
+        self.it.set_input(np.clip(np.rint(x / s) + z, info.min, info.max).astype(dt), self.in_idx[name])
+
+    def _invoke(self) -> None:
+        self.it.invoke()
+
+    def _get(self, name: str) -> np.ndarray:
+        s, z, _, _ = self.qout[name]
+        return ((self.it.get_output(self.out_idx[name]).astype(np.float32) - z) * s).astype(np.float32)
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("onnx2tf", "ai-edge-quantizer", "ai-edge-litert", "tensorflow", "tflite-micro"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def convert_tflm(model, plan, work: Path, name: str, contexts, spec, horizon: int, target, activations: str = "auto"):
+    """Returns (artifact path, per-tensor checks, weight bytes, rollout kwargs, notes, TFLM facts)."""
+    require()
+    schema = _schema()
+    ops, _ = _names(schema)
+    fbuf = signature_tflite(model, work)
+    fm = schema.ModelT.InitFromPackedBuf(fbuf, 0)
+    sg = fm.subgraphs[0]
+    sig_in, sig_out = _signature(fm)
+    keys = _input_keys(model, sig_in)
+    in_shapes = [tuple(sg.tensors[sig_in[keys[i.name]]].shape) for i in model.inputs]
+    out_shapes = [tuple(sg.tensors[i].shape) for i in sig_out]
+    layout = Batch1Session()
+    layout._layouts(model, in_shapes, out_shapes)
+
+    # planned tensors by content, as for TFLite; in a full-integer graph every constant is quantized,
+    # so one that onnx2tf folded or transformed (1/std for a division) is quantized in its new form
+    consts = _constants(fm, sg)
+    consumers: dict[int, list] = {}
+    for op in sg.operators:
+        for pos, i in enumerate(op.inputs):
+            if i >= 0:
+                consumers.setdefault(i, []).append((op, pos))
+    matched: dict[str, tuple[str, str, int]] = {}
+    tensor_names: dict[str, str] = {}
+    used: set[int] = set()
+    for t in plan.tensors:
+        w = np.sort(model.weight_array(t.name).astype(np.float32).ravel())
+        cands = [idx for idx, vals in consts if idx not in used and vals.size == w.size and np.allclose(np.sort(vals), w, rtol=1e-6, atol=1e-8)]
+        if not cands:
+            continue
+        idx = cands[0]
+        used.add(idx)
+        tensor_names[t.name] = sg.tensors[idx].name.decode()
+        users = consumers.get(idx, [])
+        if users:
+            op, pos = users[0]
+            matched[t.name] = (_scope(sg, op), _op_name(fm, op, ops), pos)
+
+    allowed = list(target.activations.get("tflm", ["int8"])) if target is not None else ["int8"]
+    if activations != "auto":
+        if activations not in allowed:
+            raise ConvertError(f"activations {activations} are not allowed by target '{plan.target}' (allowed: {', '.join(allowed)})")
+        allowed = [activations]
+    rows = calibration_rows(model, spec, contexts, horizon)
+    notes = [f"calibrated with min/max on {len(rows)} inputs from the float model's closed-loop rollouts of {contexts.k} contexts x {horizon} steps"]
+    artifact = work / name
+    arena = reported = probes = None
+    act = None
+    for i, act in enumerate(allowed):
+        bits = _bits(act)
+        buf = _quantize(fbuf, model, plan, matched, rows, bits, layout.in_perm, keys)
+        artifact.write_bytes(buf)
+        try:
+            arena, reported, probes = measure_arena(artifact, len(model.inputs))
+            break
+        except ConvertError as e:
+            if i == len(allowed) - 1:
+                raise
+            notes.append(f"{act} activations: {e}; falling back to {allowed[i + 1]}")
+    qm = schema.ModelT.InitFromPackedBuf(buf, 0)
+    q_in, q_out = _signature(qm)
+    qsg = qm.subgraphs[0]
+    in_order = {i.name: list(qsg.inputs).index(q_in[keys[i.name]]) for i in model.inputs}
+    out_order = {o.name: list(qsg.outputs).index(q_out[k]) for k, o in enumerate(model.outputs)}
+
+    stored, total, floats = _readback(buf, tensor_names)
+    checks = []
+    for t in plan.tensors:
+        planned = parse_precision(t.precision)
+        if t.name not in stored:  # folded or transformed by onnx2tf: full integer if no float tensor is left
+            checks.append(TensorCheck(t.name, t.precision, "folded (integer)" if not floats else "folded", not floats, 0))
+            continue
+        found, nbytes = stored[t.name]
+        op_name = matched.get(t.name, ("", "", -1))[1]
+        if op_name in _WEIGHT_OPS and matched[t.name][2] == _WEIGHT_OPS[op_name]:
+            ok = found == t.precision  # a weight: exactly the planned int8 form
+        else:  # a bias or an elementwise constant: quantized at the width the kernels need (int32/int64 bias;
+            # elementwise constants at the activation width, so int8 when activations fell back to int8)
+            ok = found.startswith("int") and _bits(found) >= min(planned.bits, _bits(act))
+        checks.append(TensorCheck(t.name, t.precision, found, ok, nbytes))
+    if floats:
+        raise ConvertError(f"the TFLite-Micro model still has float tensors ({', '.join(floats[:4])}); TFLM needs a full-integer model")
+    file_bytes = len(buf)
+    if file_bytes > plan.budget_bytes:
+        raise ConvertError(f"the TFLite-Micro model is {file_bytes:,} bytes, over the flash budget of {plan.budget_bytes:,} bytes; replan with a smaller budget")
+    if target is not None and target.ram_budget_bytes and arena > target.ram_budget_bytes:
+        raise ConvertError(f"the TFLite-Micro tensor arena needs {arena:,} bytes, over target '{target.name}''s RAM budget of {target.ram_budget_bytes:,} bytes")
+    notes.append(f"{act} activations, int8 weights; tensor arena measured by bisection in {probes} child processes: "
+                 f"{arena:,} bytes minimum, the recording allocator reports {reported if reported is None else f'{reported:,}'} bytes")
+    session = TFLMSession(artifact, model, arena, in_order, out_order)
+    facts = {"activations": act, "arena_bytes": arena, "arena_bytes_reported": reported,
+             "ram_budget_bytes": None if target is None else target.ram_budget_bytes, "calibration_inputs": len(rows)}
+
+    from ..rollout import Rollout
+
+    def runner(arrays, steps):
+        return Rollout(model, spec, contexts.statics, session=session).run(arrays, steps)
+
+    return artifact, checks, total, {"runner": runner, "versions": _versions()}, notes, facts
