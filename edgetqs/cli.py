@@ -256,6 +256,106 @@ def convert(
 
 
 @app.command()
+def check(
+    artifact: Path = typer.Argument(..., help="The converted artifact (.onnx, .ort, .tflite, .tflm.tflite)."),
+    device: str = typer.Option("local", "--device", "-d", help="Device name (devices/*.toml) or file: local, qemu-pi4, qemu-pi5, ..."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="The float model for the reference (default: the project's)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="A reference.npz (from a bundle) instead of the float model."),
+    contexts: Optional[Path] = typer.Option(None, "--contexts", "-c", help="Contexts (default: the project's)."),
+    k: Optional[int] = typer.Option(None, "-k", help="Number of contexts (default 8)."),
+    horizon: Optional[int] = typer.Option(None, "--horizon", "-T", help="Steps (default: the target's validation horizon, else 20)."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target for the tolerance and horizon (default: from convert.json)."),
+    tolerance: Optional[float] = typer.Option(None, help="Normalised-RMSE tolerance vs float (default: the target's, else 0.1)."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="ort | ort-mobile | tflite | tflm (default: from convert.json / the extension)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for check.json, check.png, reference.npz (default: the artifact's)."),
+    project: Optional[Path] = typer.Option(None, help="Project file (default: ./edgetqs.toml when present)."),
+) -> None:
+    """Roll the artifact out on a device (host, emulated ARM, ssh) and compare it with the float trajectory.
+
+    Exit status: 0 pass, 1 fail (diverged, NaN, over tolerance), 2 error."""
+    import json as _json
+
+    try:
+        from .check import Reference, check as run_check, contexts_with_truth, make_reference, plot_check
+        from .devices import find_device
+        from .errors import BadInputError
+
+        dev = find_device(device)
+        conv = artifact.parent / "convert.json"
+        info = {}
+        if conv.exists():
+            try:
+                info = _json.loads(conv.read_text())
+            except _json.JSONDecodeError:
+                info = {}
+        tname = target or info.get("target")
+        tg = None
+        if tname:
+            from .targets import find_target
+
+            try:
+                tg = find_target(tname)
+            except EdgetqsError:
+                if target:
+                    raise
+        tol = tolerance if tolerance is not None else (tg.validation_tolerance if tg else 0.1)
+        T = horizon or (tg.validation_horizon if tg else 20)
+        outdir = output or artifact.parent
+        outdir.mkdir(parents=True, exist_ok=True)
+        if reference is not None:
+            ref = Reference.load(reference)
+            if horizon and horizon != ref.horizon:
+                raise BadInputError(f"--horizon {horizon}, but {reference} holds {ref.horizon} steps; drop --horizon or rebuild the reference")
+        else:
+            from .inputs import resolve
+            from .project import find_project, load_project
+
+            proj = load_project(project) if project else find_project()
+            inp = resolve(model, proj, contexts_path=contexts, k=k)
+            if info.get("model_sha256") and info["model_sha256"] != inp.model.sha256:
+                raise BadInputError(f"{artifact.name} was converted from model sha256 {info['model_sha256'][:12]}..., not {inp.model.path} ({inp.model.sha256[:12]}...)")
+            ctx = contexts_with_truth(inp, T)
+            ref = make_reference(inp.model, inp.spec, ctx, T)
+            ref.save(outdir / "reference.npz")
+        console.print(f"checking {artifact.name} on {dev.name} ({dev.description or dev.kind}): {ref.horizon} steps x {ref.contexts[next(iter(ref.contexts))].shape[0]} contexts")
+        r, _ = run_check(artifact, ref, dev, tol, target=tname, fmt=fmt, arena_bytes=info.get("arena_bytes"))
+        r.save(outdir / "check.json")
+        plot_check(r, outdir / "check.png")
+        from .tables import check_table
+
+        out.print(check_table(r))
+        console.print(f"wrote {outdir / 'check.json'}, {outdir / 'check.png'}" + ("" if reference else f", {outdir / 'reference.npz'}"))
+        out.print(("[bold green]" if r.passed else "[bold red]") + r.verdict + "[/]", highlight=False)
+        raise typer.Exit(0 if r.passed else 1)
+    except EdgetqsError as exc:
+        _fail(exc)
+
+
+@app.command()
+def devices() -> None:
+    """List the devices (shipped in devices/ and ./devices) and whether each is ready."""
+    try:
+        from rich.table import Table
+
+        from .devices import device_files, load_device
+
+        t = Table(title="devices")
+        for col in ("name", "kind", "description", "ready", "file"):
+            t.add_column(col)
+        for f in device_files():
+            try:
+                d = load_device(f)
+            except EdgetqsError as exc:
+                t.add_row(f.stem, "?", "", f"[red]bad file: {exc}[/]", str(f))
+                continue
+            ok, why = d.ready()
+            t.add_row(d.name, d.kind, d.description, ("[green]yes[/]: " if ok else "[red]no[/]: ") + why, str(f))
+        out.print(t)
+    except EdgetqsError as exc:
+        _fail(exc)
+
+
+@app.command()
 def targets() -> None:
     """List the targets (shipped in targets/ and ./targets) with their budgets."""
     try:

@@ -108,3 +108,33 @@ def convert_table(r) -> Table:
     for c in r.tensors:
         t.add_row(c.name, c.planned, c.found, f"{c.bytes:,}", "yes" if c.match else "[red]NO[/]")
     return t
+
+
+def check_table(r) -> Table:
+    """The three rows users know, at a few leads, then latency and memory."""
+    rows = r.rows
+    n = r.leads
+    picks = sorted({1, max(1, n // 4), max(1, n // 2), n})
+
+    def f(v):
+        return "NaN/Inf" if v is None else f"{v:.3g}"
+
+    lat = r.latency_ms
+    cap = (f"latency per step (batch 1, first excluded): p50 {lat.get('p50', float('nan')):.3g} ms, p90 {lat.get('p90', float('nan')):.3g} ms, "
+           f"p99 {lat.get('p99', float('nan')):.3g} ms over {lat.get('n', 0)} steps; first {r.latency_ms_first or float('nan'):.3g} ms; "
+           f"start-up {r.latency_ms_init or float('nan'):.3g} ms; peak memory {(r.peak_rss_bytes or 0) / 2**20:.1f} MiB; "
+           f"{r.runtime.get('name', '?')} {r.runtime.get('version', '')} on {r.machine} ({r.cpu})")
+    if r.emulated:
+        cap += ". EMULATED: qemu latency is not board latency"
+    t = Table(title=f"{r.artifact} on {r.device['name']}: normalised RMSE by lead (tolerance {r.tolerance:g})", caption=cap)
+    t.add_column("comparison")
+    for p in picks:
+        t.add_column(f"lead {p}", justify="right")
+    t.add_column("diverges at", justify="right")
+    t.add_column("NaN/Inf at", justify="right")
+    for key in ("quantized_vs_float", "quantized_vs_truth", "float_vs_truth"):
+        if key in rows:
+            m = rows[key]
+            t.add_row(key.replace("_", " "), *[f(m["nrmse_by_lead"][p - 1]) for p in picks],
+                      str(m["divergence_lead"] or "-"), str(m["first_nonfinite_lead"] or "-"))
+    return t

@@ -104,6 +104,21 @@ def _signature(m) -> tuple[dict[str, int], list[int]]:
     return {t.name.decode(): t.tensorIndex for t in sd.inputs}, [t.tensorIndex for t in sorted(sd.outputs, key=lambda t: t.name)]
 
 
+def io_order(buf: bytes, model) -> tuple[dict[str, int], dict[str, int]]:
+    """ONNX input/output name -> position among the TFLite subgraph's inputs/outputs (what the
+    tflite-micro interpreter indexes by), through the ``serving_default`` signature."""
+    schema = _schema()
+    m = schema.ModelT.InitFromPackedBuf(buf, 0)
+    if not m.signatureDefs:
+        raise ConvertError("the TFLite model has no signature; convert it with edgetqs convert --format tflm")
+    sig_in, sig_out = _signature(m)
+    keys = _input_keys(model, sig_in)
+    sg = m.subgraphs[0]
+    ins = {i.name: list(sg.inputs).index(sig_in[keys[i.name]]) for i in model.inputs}
+    outs = {o.name: list(sg.outputs).index(sig_out[k]) for k, o in enumerate(model.outputs)}
+    return ins, outs
+
+
 def _input_keys(model, sig_inputs: dict[str, int]) -> dict[str, str]:
     """ONNX input name -> signature input name (onnx2tf keeps names with -coion; else by order)."""
     keys = list(sig_inputs)
@@ -331,11 +346,7 @@ def convert_tflm(model, plan, work: Path, name: str, contexts, spec, horizon: in
             if i == len(allowed) - 1:
                 raise
             notes.append(f"{act} activations: {e}; falling back to {allowed[i + 1]}")
-    qm = schema.ModelT.InitFromPackedBuf(buf, 0)
-    q_in, q_out = _signature(qm)
-    qsg = qm.subgraphs[0]
-    in_order = {i.name: list(qsg.inputs).index(q_in[keys[i.name]]) for i in model.inputs}
-    out_order = {o.name: list(qsg.outputs).index(q_out[k]) for k, o in enumerate(model.outputs)}
+    in_order, out_order = io_order(buf, model)
 
     stored, total, floats = _readback(buf, tensor_names)
     checks = []
