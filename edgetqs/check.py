@@ -129,9 +129,10 @@ def make_reference(model, spec, contexts, horizon: int) -> Reference:
     return Reference({n: c for (n, _), c in zip(spec.pairs, contexts.arrays)}, dict(contexts.statics), float_traj, truth, meta)
 
 
-def contexts_with_truth(inputs, horizon: int):
-    """The same number of contexts, drawn so the record still holds ``horizon`` steps after each
-    (so quantized vs truth and float vs truth cover every lead); unchanged when it cannot."""
+def contexts_with_truth(inputs, horizon: int, span: tuple[float, float] = (0.0, 1.0)):
+    """The same number of contexts, drawn from ``span`` of the record so that it still holds
+    ``horizon`` steps after each (quantized vs truth and float vs truth then cover every lead);
+    unchanged when it cannot."""
     from .contexts import select_contexts
 
     ctx = inputs.contexts
@@ -146,10 +147,11 @@ def contexts_with_truth(inputs, horizon: int):
     else:
         need = horizon + 1
     hi = 1.0 - (need - (ctx.arrays[0].shape[1] if spec.mode == "window" else 1)) / n
-    if hi <= 0.05:
+    hi = min(hi, span[1])
+    if hi - span[0] <= 0.05:
         return ctx
     try:
-        return select_contexts(ctx.record, model, spec, ctx.k, span=(0.0, hi))
+        return select_contexts(ctx.record, model, spec, ctx.k, span=(span[0], hi))
     except EdgetqsError:
         return ctx
 

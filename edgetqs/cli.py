@@ -263,6 +263,7 @@ def check(
     reference: Optional[Path] = typer.Option(None, "--reference", "-r", help="A reference.npz (from a bundle) instead of the float model."),
     contexts: Optional[Path] = typer.Option(None, "--contexts", "-c", help="Contexts (default: the project's)."),
     k: Optional[int] = typer.Option(None, "-k", help="Number of contexts (default 8)."),
+    span: Optional[str] = typer.Option(None, help="Fraction of the record to draw contexts from, e.g. 0.5:1 (held out from scoring)."),
     horizon: Optional[int] = typer.Option(None, "--horizon", "-T", help="Steps (default: the target's validation horizon, else 20)."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target for the tolerance and horizon (default: from convert.json)."),
     tolerance: Optional[float] = typer.Option(None, help="Normalised-RMSE tolerance vs float (default: the target's, else 0.1)."),
@@ -276,11 +277,12 @@ def check(
     import json as _json
 
     try:
-        from .check import Reference, check as run_check, contexts_with_truth, make_reference, plot_check
+        from .check import Reference, artifact_format, check as run_check, contexts_with_truth, make_reference, plot_check, validate_artifact
         from .devices import find_device
         from .errors import BadInputError
 
         dev = find_device(device)
+        validate_artifact(artifact, artifact_format(artifact, fmt))  # a corrupted file fails before any work
         conv = artifact.parent / "convert.json"
         info = {}
         if conv.exists():
@@ -311,10 +313,12 @@ def check(
             from .project import find_project, load_project
 
             proj = load_project(project) if project else find_project()
-            inp = resolve(model, proj, contexts_path=contexts, k=k)
+            inp = resolve(model, proj, contexts_path=contexts, k=k, span=span)
             if info.get("model_sha256") and info["model_sha256"] != inp.model.sha256:
                 raise BadInputError(f"{artifact.name} was converted from model sha256 {info['model_sha256'][:12]}..., not {inp.model.path} ({inp.model.sha256[:12]}...)")
-            ctx = contexts_with_truth(inp, T)
+            from .inputs import parse_span
+
+            ctx = contexts_with_truth(inp, T, parse_span(span))
             ref = make_reference(inp.model, inp.spec, ctx, T)
             ref.save(outdir / "reference.npz")
         console.print(f"checking {artifact.name} on {dev.name} ({dev.description or dev.kind}): {ref.horizon} steps x {ref.contexts[next(iter(ref.contexts))].shape[0]} contexts")

@@ -172,7 +172,7 @@ def _driver_failure(device: Device, job_dir: Path, rc: int, log: str, fmt: str) 
         except json.JSONDecodeError:
             info = {}
         if info.get("error") == "missing-module":
-            pkgs = "numpy" if info.get("missing") == "numpy" else RUNTIME_PACKAGES.get(fmt, info.get("missing"))
+            pkgs = RUNTIME_PACKAGES.get(fmt, info.get("missing"))  # numpy missing: the runtime is likely missing too
             where = f"the Python at '{device.python}'" if device.kind == "ssh" else "its Python"
             return DeviceError(f"device '{device.name}': {info.get('message')} ({where}, {info.get('machine')}, Python {info.get('python')}); "
                                f"install it there with: pip install numpy {pkgs}")

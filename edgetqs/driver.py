@@ -210,6 +210,19 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
+def _peak_rss() -> int:
+    """Peak resident memory of this process in bytes. VmHWM, not getrusage: ru_maxrss survives
+    execve, so a driver started from a large parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def _percentiles(ms: list[float]) -> dict:
     import numpy as np
 
@@ -283,7 +296,7 @@ def main(job_dir: str) -> None:
                         new.append(y)
                 state = new
     np.savez(os.path.join(job_dir, "result.npz"), **{"traj__" + o: tr for o, tr in zip(outs, traj)})
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    peak = _peak_rss()
     result = {
         "runtime": run.runtime, "format": fmt, "python": sys.version.split()[0], "numpy": np.__version__,
         "machine": platform.machine(), "cpu": _cpu(), "threads": threads, "contexts": int(k), "horizon": horizon,
