@@ -336,6 +336,44 @@ def check(
 
 
 @app.command()
+def build(
+    model: Optional[Path] = typer.Argument(None, help="The float ONNX model (default: `model` in ./edgetqs.toml)."),
+    target: str = typer.Option(..., "--target", "-t", help="Target name (see `edgetqs targets`) or path of a target .toml."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Where to check (default: the target's device, else the host)."),
+    budget: Optional[str] = typer.Option(None, help="Weight budget, e.g. 600KB (default: the target's)."),
+    ratio: Optional[float] = typer.Option(None, help="Weight budget as a fraction of the fp32 size, e.g. 0.25."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="ort | ort-mobile | tflite | tflm (default: the target's first runtime)."),
+    output: Path = typer.Option(Path("dist"), "--output", "-o", help="Folder for the bundle <model>-<target>/."),
+    force: bool = typer.Option(False, help="Rescore even when cached scores exist."),
+    k: Optional[int] = typer.Option(None, "-k", help="Number of contexts (default: the project's, else 8)."),
+    contexts: Optional[Path] = typer.Option(None, "--contexts", "-c", help="Contexts (default: the project's)."),
+    project: Optional[Path] = typer.Option(None, help="Project file (default: ./edgetqs.toml when present)."),
+) -> None:
+    """Score, plan, convert, check and report in one command: a validated bundle in dist/<model>-<target>/.
+
+    Exit status: 0 when the check passes, 1 when it fails (the bundle is still written), 2 on error."""
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from .build import build as run_build
+
+        with Progress(TextColumn("      scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                      TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("groups", total=None, visible=False)
+
+            def cb(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, visible=True)
+
+            r = run_build(model, target, device=device, budget=budget, ratio=ratio, fmt=fmt, output=output, project=project,
+                          force=force, k=k, contexts_path=contexts, log=lambda m: bar.console.print(m, highlight=False), progress=cb)
+        out.print(("[bold green]" if r.passed else "[bold red]") + r.verdict + "[/]", highlight=False)
+        out.print(f"bundle: {r.bundle} (report: {r.bundle / 'report.html'})")
+        raise typer.Exit(0 if r.passed else 1)
+    except EdgetqsError as exc:
+        _fail(exc)
+
+
+@app.command()
 def devices() -> None:
     """List the devices (shipped in devices/ and ./devices) and whether each is ready."""
     try:

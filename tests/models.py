@@ -143,3 +143,22 @@ def deep_mlp(path: Path, n: int = 8, hidden: int = 24, layers: int = 5, seed: in
     graph = helper.make_graph(nodes, "deep_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])], inits)
     return _save(graph, path, opset=20 if act == "Gelu" else OPSET)  # Gelu is an opset-20 op
+
+
+def fused_mlp(path: Path, n: int = 8, hidden: int = 16, seed: int = 0) -> Path:
+    """x -> x + 0.3 * tanh(FusedMatMul(tanh(FusedMatMul(x, W1)), W2)): onnxruntime's fused contrib op
+    (com.microsoft), as in a graph saved after onnxruntime's optimisations. onnx2tf has no converter for it."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("l1.weight", (rng.standard_normal((n, hidden)) / np.sqrt(n)).astype(np.float32)),
+             _init("l2.weight", (rng.standard_normal((hidden, n)) / np.sqrt(hidden)).astype(np.float32)),
+             _init("k", np.array(0.3, np.float32))]
+    nodes = [helper.make_node("FusedMatMul", ["x", "l1.weight"], ["h"], domain="com.microsoft", alpha=1.0),
+             helper.make_node("Tanh", ["h"], ["a"]),
+             helper.make_node("FusedMatMul", ["a", "l2.weight"], ["o"], domain="com.microsoft", alpha=1.0),
+             helper.make_node("Tanh", ["o"], ["t"]), helper.make_node("Mul", ["t", "k"], ["d"]), helper.make_node("Add", ["x", "d"], ["y"])]
+    graph = helper.make_graph(nodes, "fused_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

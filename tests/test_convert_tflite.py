@@ -64,14 +64,27 @@ def test_nchw_conv_model_runs_through_nhwc_transposes() -> None:
 
 
 def test_an_op_onnx2tf_cannot_convert_is_named(tmp_path: Path) -> None:
+    m = load_model(models.fused_mlp(tmp_path / "f.onnx"))
+    spec = infer_spec(m)
+    rec = tmp_path / "r.npy"
+    np.save(rec, np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32))
+    ctx = select_contexts(read_record(rec, spec), m, spec, 2)
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=3))  # onnxruntime runs the fused op: TQS works on it
+    plan = make_plan(s, m, PI, PlanOptions(runtime="tflite", ratio=1.0))
+    out = tmp_path / "out"
+    with pytest.raises(ConvertError, match=r"FusedMatMul"):
+        convert(m, plan, "tflite", out, ctx, spec, horizon=3)
+    assert not out.exists() and not list(tmp_path.glob(".edgetqs-convert-*"))
+
+
+def test_one_channel_conv1d_with_a_symbolic_batch_converts(tmp_path: Path) -> None:
+    # regression: onnx2tf misread Lorenz-96's [B, 1, 44] Conv1d input while the batch was symbolic
     proj = load_project(example_path("lorenz96") / "edgetqs.toml")
     inp = resolve(None, proj, k=2)
     s = run_sweep(inp.model, inp.spec, inp.contexts, ProbeSettings(horizon=3))
     plan = make_plan(s, inp.model, PI, PlanOptions(runtime="tflite", ratio=0.5))
-    out = tmp_path / "out"
-    with pytest.raises(ConvertError, match=r"ONNX node '.*' \(Conv\)"):
-        convert(inp.model, plan, "tflite", out, inp.contexts, inp.spec, horizon=3)
-    assert not out.exists() and not list(tmp_path.glob(".edgetqs-convert-*"))
+    r = convert(inp.model, plan, "tflite", tmp_path / "out", inp.contexts, inp.spec, horizon=3)
+    assert r.all_match and r.artifact_vs_simulated < 1e-3
 
 
 def test_missing_extra_names_it(tmp_path: Path, monkeypatch) -> None:

@@ -12,6 +12,7 @@ onnx2tf rewrites its input file in place, so it is always given a copy.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OptionalDependencyError
+
+# TensorFlow's C++ logging (imported by ai-edge-quantizer and the converters) would flood the terminal
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GLOG_minloglevel", "3")
 from ..quantize import effective, parse_precision
 from ..rollout import Rollout
 from . import ConvertError, TensorCheck
@@ -59,6 +64,29 @@ def _scope(sg, op) -> str:
     return ";".join(names) + ";"
 
 
+def batch1_bytes(model) -> bytes:
+    """The model with its batch axis fixed to 1 and intermediate shapes re-inferred.
+
+    onnx2tf's ``-b 1`` is not enough: with a symbolic batch in the graph's value_info it misreads the
+    layout of a 1-channel Conv1d (Lorenz-96: "depth of output 48 is not a multiple of groups 44"),
+    while the same graph exported with a static batch converts."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model.proto)
+    for v in list(m.graph.input) + list(m.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        if len(dims) and not dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    del m.graph.value_info[:]
+    try:
+        m = onnx.shape_inference.infer_shapes(m)
+    except Exception:  # noqa: BLE001 - onnx raises several types; onnx2tf infers shapes itself then
+        pass
+    return m.SerializeToString()
+
+
 def float_tflite(model, work: Path) -> Path:
     """ONNX -> float32 TFLite with onnx2tf in a child process, batch fixed to 1.
 
@@ -68,7 +96,7 @@ def float_tflite(model, work: Path) -> Path:
     src = work / "float_input.onnx"
     logs = []
     for keep in (True, False):
-        src.write_bytes(model.bytes)  # onnx2tf simplifies and overwrites its input file
+        src.write_bytes(batch1_bytes(model))  # onnx2tf simplifies and overwrites its input file
         out = work / "onnx2tf"
         shutil.rmtree(out, ignore_errors=True)
         cmd = [sys.executable, "-m", "onnx2tf", "-i", str(src), "-o", str(out), "-b", "1", "-n", "-coion"]
@@ -79,6 +107,12 @@ def float_tflite(model, work: Path) -> Path:
         if r.returncode == 0 and path is not None:
             return path
         logs.append(r.stdout + r.stderr)
+    missing = re.findall(r"No module named 'onnx2tf\.ops\.(\w+)'", logs[-1] + logs[0])
+    if missing:
+        op = missing[-1]
+        nodes = [n.name or n.output[0] for n in model.proto.graph.node if n.op_type == op]
+        raise ConvertError(f"onnx2tf (the ONNX -> TFLite route) has no converter for the op {op} (ONNX node{'s' if len(nodes) > 1 else ''} "
+                           f"{', '.join(repr(x) for x in nodes[:3])}); use --format ort or ort-mobile for this model")
     failed = re.findall(r"onnx_op_name:\s*(\S+)", logs[-1]) or re.findall(r"onnx_op_name:\s*(\S+)", logs[0])
     ops_by_name = {n.name: n.op_type for n in model.proto.graph.node}
     where = f"ONNX node '{failed[-1]}' ({ops_by_name.get(failed[-1], 'unknown op')})" if failed else "the model"

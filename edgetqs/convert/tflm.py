@@ -18,6 +18,7 @@ in flash) against its weight budget.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -26,6 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OptionalDependencyError
+
+# TensorFlow's C++ logging (imported by ai-edge-quantizer and the converters) would flood the terminal
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("GLOG_minloglevel", "3")
 from ..quantize import parse_precision
 from . import ConvertError, TensorCheck
 from .tflite import _WEIGHT_OPS, Batch1Session, _constants, _names, _op_name, _scope, _schema, float_tflite
