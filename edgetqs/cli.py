@@ -357,15 +357,25 @@ def build(
 
         from .build import build as run_build
 
-        with Progress(TextColumn("      scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
-                      TimeRemainingColumn(), console=console, transient=True) as bar:
-            task = bar.add_task("groups", total=None, visible=False)
+        bars: list = []  # the sweep's progress bar, started at its first report (nothing is drawn otherwise)
 
-            def cb(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total, visible=True)
+        def cb(done: int, total: int) -> None:
+            if not bars:
+                bar = Progress(TextColumn("      scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                               TimeRemainingColumn(), console=console, transient=True)
+                bar.start()
+                bars.append((bar, bar.add_task("groups", total=total)))
+            bar, task = bars[0]
+            bar.update(task, completed=done, total=total)
+            if done >= total:
+                bar.stop()
 
+        try:
             r = run_build(model, target, device=device, budget=budget, ratio=ratio, fmt=fmt, output=output, project=project,
-                          force=force, k=k, contexts_path=contexts, log=lambda m: bar.console.print(m, highlight=False), progress=cb)
+                          force=force, k=k, contexts_path=contexts, log=lambda m: console.print(m, highlight=False), progress=cb)
+        finally:
+            for bar, _ in bars:
+                bar.stop()
         out.print(("[bold green]" if r.passed else "[bold red]") + r.verdict + "[/]", highlight=False)
         out.print(f"bundle: {r.bundle} (report: {r.bundle / 'report.html'})")
         raise typer.Exit(0 if r.passed else 1)
