@@ -26,7 +26,7 @@ import numpy as np
 from .errors import BadInputError, EdgetqsError
 
 MANIFEST_VERSION = 1
-SCORE_KEYS = ("probe", "granularity", "block_depth", "max_horizon", "scale", "bits", "seed", "horizon", "state_scale")
+SCORE_KEYS = ("probe", "granularity", "block_depth", "max_horizon", "scale", "bits", "seed", "horizon", "state_scale", "ladder")
 
 
 def cache_dir() -> Path:
@@ -77,6 +77,8 @@ def settings_from(cfg: dict):
             v = cfg[key]
             if key == "horizon" and v == "auto":
                 v = None
+            if key == "ladder":
+                v = tuple(int(x) for x in v)
             s = replace(s, **{key: v})
     s.validate()
     return s

@@ -60,6 +60,7 @@ def score(
     max_horizon: Optional[int] = typer.Option(None, help="Upper bound for --horizon auto (default 64)."),
     scale: Optional[float] = typer.Option(None, help="Relative size of the gauss probe (default 1e-3)."),
     bits: Optional[int] = typer.Option(None, help="Bit-width of the quant probe (default 4)."),
+    ladder: Optional[str] = typer.Option(None, help="Also measure the quant probe at these bit-widths, e.g. 2,3,4,5,6,8: the plan prices each option with its own gain."),
     seed: Optional[int] = typer.Option(None, help="Seed for probes and spin-up (default 0)."),
     workers: Optional[int] = typer.Option(None, help="Parallel worker processes (default 1)."),
     strategy: str = typer.Option("auto", help="feed (one session, weights as inputs), rebuild (optimised session per group) or auto (timed)."),
@@ -77,7 +78,7 @@ def score(
 
 
 def _score(model, contexts, variables, k, span, spinup, spinup_scale, mode, state, increment, static, output_slice,
-           channel_axis, probe, granularity, block_depth, horizon, max_horizon, scale, bits, seed, workers, strategy, output, plot,
+           channel_axis, probe, granularity, block_depth, horizon, max_horizon, scale, bits, ladder, seed, workers, strategy, output, plot,
            top, project, quiet) -> None:
     from dataclasses import replace
 
@@ -97,6 +98,15 @@ def _score(model, contexts, variables, k, span, spinup, spinup_scale, mode, stat
         if v is not None:
             settings = replace(settings, **{key: v})
     settings = replace(settings, horizon=_horizon(horizon) if horizon is not None else settings.horizon)
+    lad = ladder if ladder is not None else cfg.get("ladder")
+    if lad:
+        from .errors import BadInputError
+
+        try:
+            widths = tuple(int(x) for x in (lad.split(",") if isinstance(lad, str) else lad))
+        except ValueError:
+            raise BadInputError(f"ladder '{lad}'; expected bit-widths such as 2,3,4,5,6,8") from None
+        settings = replace(settings, ladder=widths)
     settings.validate()
     inp = resolve(model, proj, contexts_path=contexts, variables=variables.split(",") if variables else None, k=k, span=span,
                   spinup=spinup, spinup_scale=spinup_scale, seed=settings.seed, mode=mode, state=state, increment=increment,

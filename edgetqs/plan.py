@@ -271,7 +271,8 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions)
         nb = np.array([packed_bytes(arr.shape, p, layout, runtime) for p in opts_], dtype=np.int64)
         share = w.size / g.n_params if g.n_params else 1.0
         gain = math.inf if g.diverged_step is not None else (g.gain or 0.0)
-        err = np.array([(gain**2) * share * r * r if r > 0 else 0.0 for r in res])
+        gains = [_ladder_gain(g, p, gain) for p in opts_]
+        err = np.array([(a**2) * share * r * r if r > 0 else 0.0 for a, r in zip(gains, res)])
         if opts.objective == "paper":
             gamma = g.gamma if g.gamma is not None else (math.inf if g.diverged_step is not None else gmin)
             cost = np.array([gamma * share * 2.0 ** (-_bits(p)) for p in opts_])
@@ -288,6 +289,30 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions)
     for it in items:
         _prune(it)
     return items, runtime
+
+
+def _ladder_gain(g, p: Precision, default: float) -> float:
+    """The gain that prices ``g`` at precision ``p``: the quant probe's at p's bit-width when the
+    scores have a ladder (--ladder), else the one gain of the main probe."""
+    ladder = g.gain_by_bits
+    if not ladder or p.kind != "int" or p.bits >= 32:
+        return default
+    if str(p.bits) in ladder:
+        v = ladder[str(p.bits)]
+        return math.inf if v is None else v
+    measured = sorted(int(b) for b in ladder)
+    below = [b for b in measured if b < p.bits]
+    above = [b for b in measured if b > p.bits]
+    if not below or not above:  # outside the ladder: the nearest measured width
+        b = min(measured, key=lambda x: abs(x - p.bits))
+        v = ladder[str(b)]
+        return math.inf if v is None else v
+    lo, hi = below[-1], above[0]
+    a, c = ladder[str(lo)], ladder[str(hi)]
+    if a is None or c is None:
+        return math.inf if a is None else c
+    w = (p.bits - lo) / (hi - lo)  # geometric interpolation between the neighbouring widths
+    return float(math.exp((1 - w) * math.log(max(a, 1e-30)) + w * math.log(max(c, 1e-30))))
 
 
 def _fix(item: _Item, k: int, rule: str) -> None:
@@ -333,6 +358,33 @@ def _prune(item: _Item) -> None:
 # ------------------------------------------------------------------ solvers
 
 
+class _quiet_stdout:
+    """Send file descriptor 1 to /dev/null for the duration (C libraries write there directly)."""
+
+    def __enter__(self):
+        import os
+        import sys
+
+        sys.stdout.flush()
+        try:
+            self.saved = os.dup(1)
+        except OSError:  # no fd 1 (embedded interpreters): nothing to silence
+            self.saved = None
+            return self
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        if self.saved is not None:
+            os.dup2(self.saved, 1)
+            os.close(self.saved)
+        return False
+
+
 def solve_exact(items: list[_Item], budget: int) -> list[int]:
     """Multiple-choice knapsack as a MILP (scipy / HiGHS)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
@@ -352,13 +404,14 @@ def solve_exact(items: list[_Item], budget: int) -> list[int]:
     rows = np.repeat(np.arange(len(items)), sizes)
     choose = csr_matrix((np.ones(nvar), (rows, np.arange(nvar))), shape=(len(items), nvar))
     weights = np.concatenate([it.bytes for it in items]).astype(float)[None, :]
-    res = milp(
-        c / scale,
-        constraints=[LinearConstraint(choose, 1, 1), LinearConstraint(weights, -np.inf, budget)],
-        integrality=np.ones(nvar),
-        bounds=Bounds(0, 1),
-        options={"disp": False, "mip_rel_gap": 0.0},
-    )
+    with _quiet_stdout():  # HiGHS prints solver internals to C stdout even with disp=False
+        res = milp(
+            c / scale,
+            constraints=[LinearConstraint(choose, 1, 1), LinearConstraint(weights, -np.inf, budget)],
+            integrality=np.ones(nvar),
+            bounds=Bounds(0, 1),
+            options={"disp": False, "mip_rel_gap": 0.0},
+        )
     if res.x is None:
         raise InfeasibleBudgetError(f"the MILP found no plan within {budget} bytes ({res.message})")
     x = res.x

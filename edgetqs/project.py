@@ -19,7 +19,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"model": str, "contexts": str, "variables": list, "k": int, "name": str},
     "rollout": {"mode": str, "state": list, "increment": bool, "static": list, "output_slice": str, "channel_axis": int},
     "score": {"probe": str, "granularity": str, "block_depth": int, "horizon": (int, str), "max_horizon": int,
-              "seed": int, "scale": float, "bits": int, "workers": int},
+              "seed": int, "scale": float, "bits": int, "workers": int, "ladder": list},
 }
 
 

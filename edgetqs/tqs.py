@@ -65,6 +65,7 @@ class ProbeSettings:
     max_horizon: int = 64
     seed: int = 0
     state_scale: float = 1e-3
+    ladder: tuple[int, ...] = ()  # also measure the quant probe's gain at each of these bit-widths
 
     def validate(self) -> None:
         if self.probe not in ("gauss", "quant"):
@@ -77,6 +78,9 @@ class ProbeSettings:
             raise BadInputError(f"max horizon {self.max_horizon}; expected a positive number of steps")
         if not 2 <= self.bits <= 8:
             raise BadInputError(f"quant probe bits {self.bits}; expected 2..8")
+        bad = [b for b in self.ladder if not 2 <= int(b) <= 8]
+        if bad:
+            raise BadInputError(f"ladder bit-widths {bad}; expected 2..8")
         if not self.scale > 0:
             raise BadInputError(f"gauss probe scale {self.scale}; expected > 0 (e.g. 1e-3)")
         if self.block_depth is not None and self.block_depth < 1:
@@ -97,6 +101,9 @@ class GroupScore:
     dead: bool
     diverged_step: int | None
     probe: str
+    # quant probe at each bit-width of the ladder (--ladder): the output error per unit of weight error
+    # when this group alone is rounded to that many bits; None where that rollout diverged
+    gain_by_bits: dict[str, float | None] | None = None
 
     @property
     def sort_key(self) -> float:
@@ -174,7 +181,7 @@ class Scores:
             model=d["model"],
             model_sha256=d["model_sha256"],
             spec=RolloutSpec.from_dict(d["rollout"]),
-            settings=ProbeSettings(**d["settings"]),
+            settings=ProbeSettings(**{**d["settings"], "ladder": tuple(d["settings"].get("ladder", ()))}),
             horizon=d["horizon"],
             horizon_rule=d["horizon_rule"],
             contexts=d["contexts"],
@@ -438,6 +445,8 @@ def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
     settings.validate()
     if workers < 1:
         raise BadInputError(f"workers {workers}; expected >= 1")
+    if settings.ladder:
+        return _with_ladder(model, spec, contexts, settings, workers, progress, notes, strategy)
     if strategy not in ("auto", "feed", "rebuild"):
         raise BadInputError(f"strategy '{strategy}'; expected auto, feed or rebuild")
     t0 = time.perf_counter()
@@ -534,6 +543,39 @@ def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
         model_path=str(model.path.resolve()) if model.path else "",
         notes=notes,
     )
+
+
+def _with_ladder(model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings, workers: int,
+                 progress: Callable[[int, int], None] | None, notes: tuple[str, ...], strategy: Strategy) -> Scores:
+    """The sweep with the main probe, then the quant probe at each bit-width of the ladder.
+
+    The knapsack then prices "group g at b bits" with the gain measured at b bits rather than with
+    one small-perturbation gain: large residuals (2-3 bits) leave the linear regime, where one gain
+    under- or over-states the damage."""
+    from dataclasses import replace as _replace
+
+    base = _replace(settings, ladder=())
+    n = len(settings.ladder) + 1
+    done = [0]
+
+    def sub(i: int):
+        if progress is None:
+            return None
+        return lambda d, t: progress(i * t + d, n * t)
+
+    main = run_sweep(model, spec, contexts, base, workers, sub(0), notes, strategy)
+    ladder: dict[str, dict[str, float | None]] = {g.name: {} for g in main.groups}
+    calls, wall = main.forward_calls, main.wall_seconds
+    for i, b in enumerate(sorted({int(x) for x in settings.ladder}), start=1):
+        q = run_sweep(model, spec, contexts, _replace(base, probe="quant", bits=b, horizon=main.horizon), workers, sub(i), (), main.strategy)
+        calls += q.forward_calls
+        wall += q.wall_seconds
+        for g in q.groups:
+            ladder[g.name][str(b)] = None if g.diverged_step is not None else (g.gain if g.gain is not None else 0.0)  # None: diverged
+        done[0] += 1
+    groups = tuple(_replace(g, gain_by_bits=ladder[g.name]) for g in main.groups)
+    return _replace(main, groups=groups, settings=settings, forward_calls=calls, wall_seconds=wall,
+                    notes=tuple(main.notes) + (f"quant-probe gains measured at {', '.join(map(str, sorted(set(settings.ladder))))} bits",))
 
 
 def _min_size(model: Model) -> int:

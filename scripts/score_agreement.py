@@ -6,6 +6,11 @@ For each bundled example and granularity (tensor, block) it scores:
   - gauss vs quant probe (contexts from the whole record),
   - the gauss probe on two disjoint context sets (first and second half of the record),
 and prints Spearman's rho of gamma (dead and diverged groups excluded) with the group counts.
+
+Then the test that would settle it: score on the first half of the record, quantize each tensor
+group *alone* to 4 bits per output channel (everything else float), measure the rollout error at the
+horizon on the second half, and print Spearman's rho between that measured error and (a) gamma,
+(b) the error the planner predicts for it, A_g * r_g(int4), for both probes.
 """
 
 from __future__ import annotations
@@ -52,6 +57,39 @@ def main() -> None:
                 gb = gammas(run_sweep(half_b.model, half_b.spec, half_b.contexts, st[p]))
                 ctx[p] = rho(ga, gb)[0]
             print(f"{name} | {gran} | {n} | {r_pq:.3f} | {ctx['gauss']:.3f} | {ctx['quant']:.3f}")
+    print()
+    print("example | groups | rho(gamma, measured) gauss | rho(A*r, measured) gauss | rho(gamma, measured) quant | rho(A*r, measured) quant | "
+          "most harmful group alone (measured error)")
+    print("--- | --- | --- | --- | --- | --- | ---")
+    import numpy as np
+
+    from edgetqs.evaluate import measure
+    from edgetqs.quantize import fake_quant, parse_precision, residual_rms
+    from edgetqs.rollout import Rollout
+
+    p4 = parse_precision("int4-channel")
+    for name in a.examples.split(","):
+        proj = load_project(example_path(name) / "edgetqs.toml")
+        horizon = int(proj.score.get("horizon", 20))
+        train = resolve(None, proj, k=a.k, span="0:0.5")
+        held = resolve(None, proj, k=a.k, span="0.5:1")
+        m = train.model
+        ref = Rollout(m, held.spec, held.contexts.statics, model_bytes=m.bytes).run(held.contexts.arrays, horizon).steps
+        sc = {p: run_sweep(m, train.spec, train.contexts, ProbeSettings(probe=p, horizon=horizon)) for p in ("gauss", "quant")}
+        measured = {}
+        for g in sc["gauss"].groups:
+            w = {t: fake_quant(m.weight_array(t), p4, m.layout(t)) for t in g.tensors}
+            measured[g.name] = measure(m, held.spec, held.contexts, w, horizon, ref).error_at_horizon
+        cols = []
+        for p in ("gauss", "quant"):
+            gam = {g.name: (np.inf if g.diverged_step is not None else g.gamma) for g in sc[p].groups if g.gamma is not None or g.diverged_step is not None}
+            pred = {}
+            for g in sc[p].groups:
+                r = float(np.sqrt(sum(residual_rms(m.weight_array(t), p4, m.layout(t)) ** 2 * m.weight_array(t).size for t in g.tensors) / g.n_params))
+                pred[g.name] = np.inf if g.diverged_step is not None else (g.gain or 0.0) * r
+            cols += [rho(gam, measured)[0], rho(pred, measured)[0]]
+        worst = max(measured, key=lambda k: measured[k])
+        print(f"{name} | {len(measured)} | " + " | ".join(f"{c:.3f}" for c in cols) + f" | {worst} ({measured[worst]:.3g})")
 
 
 if __name__ == "__main__":

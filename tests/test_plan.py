@@ -210,3 +210,32 @@ def test_fp16_is_not_offered_for_values_beyond_its_range(tmp_path: Path) -> None
     for ratio in (0.5, 0.9):
         p = make_plan(s, m, find_target("x86-64"), PlanOptions(ratio=ratio))
         assert p.tensors[0].precision != "fp16" and math.isfinite(p.tensors[0].residual)
+
+
+def test_ladder_gains_price_each_bit_width(scored, tmp_path: Path) -> None:
+    """With --ladder the planner prices 'group at b bits' with the gain measured at b bits: a group
+    whose 2-bit gain is enormous is not sent to 2 bits even when its small-perturbation gain is tiny."""
+    from dataclasses import replace
+
+    from edgetqs.targets import load_target
+
+    from edgetqs.tqs import Scores
+
+    m, spec, ctx, _ = scored
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=6, ladder=(2, 4, 8)))
+    assert all(set(g.gain_by_bits) == {"2", "4", "8"} for g in s.groups)
+    s.save(tmp_path / "s.json")
+    assert Scores.load(tmp_path / "s.json").groups[0].gain_by_bits == s.groups[0].gain_by_bits
+    (tmp_path / "t.toml").write_text('name = "t"\narch = "any"\nruntimes = ["ort"]\nweight_budget_bytes = 1000000\nram_budget_bytes = 1000000\n'
+                                     '[precisions.ort]\ndefault = ["int8-channel", "int4-channel", "int2-channel"]\n')
+    t = load_target(tmp_path / "t.toml")
+    big = max(s.groups, key=lambda g: g.n_params)
+    tiny = {g.name: replace(g, gain=1e-9 if g.name == big.name else 1.0) for g in s.groups}
+    trap = replace(s, groups=tuple(replace(tiny[g.name], gain_by_bits={"2": 1e9, "4": 1e-9, "8": 1e-9}) if g.name == big.name else tiny[g.name]
+                                   for g in s.groups))
+    budget = PlanOptions(ratio=0.2)
+    plain = make_plan(replace(trap, groups=tuple(replace(g, gain_by_bits=None) for g in trap.groups)), m, t, budget)
+    laddered = make_plan(trap, m, t, budget)
+    prec = {x.name: x.precision for x in laddered.tensors}
+    assert all(prec[n] != "int2-channel" for n in big.tensors)
+    assert any(x.precision == "int2-channel" for x in plain.tensors if x.name in big.tensors)
