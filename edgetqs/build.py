@@ -143,7 +143,7 @@ def pick_device(target, name: str | None, fmt: str):
 
 def build(model_path: Path | None = None, target: str = "raspberrypi", *, device: str | None = None, budget: str | None = None,
           ratio: float | None = None, fmt: str | None = None, output: Path = Path("dist"), project: Path | None = None,
-          force: bool = False, k: int | None = None, contexts_path: Path | None = None, overwrite: bool = True,
+          force: bool = False, refine: bool = True, k: int | None = None, contexts_path: Path | None = None, overwrite: bool = True,
           log: Callable[[str], None] = print, progress=None) -> BuildResult:
     """Run the whole pipeline and write ``output/<model>-<target>/``.
 
@@ -154,6 +154,7 @@ def build(model_path: Path | None = None, target: str = "raspberrypi", *, device
         budget, ratio: weight budget (``600KB``) or fraction of fp32 (default: the target's budget).
         fmt: artifact format (default: the format of the target's first runtime).
         force: rescore even when cached scores exist.
+        refine: measure candidate plans on the scoring contexts and keep the best (`edgetqs.refine`).
 
     Raises:
         InfeasibleBudgetError: before any conversion, with the smallest feasible size.
@@ -204,7 +205,13 @@ def build(model_path: Path | None = None, target: str = "raspberrypi", *, device
     # 2. plan (an infeasible budget stops here, before any conversion)
     t = time.perf_counter()
     opts = PlanOptions(runtime=runtime, budget_bytes=parse_size(budget) if budget else None, ratio=ratio)
-    plan = make_plan(scores, model, tg, opts)
+    if refine:
+        from .refine import refine as run_refine
+
+        plan, _ = run_refine(scores, model, tg, opts, inp.spec, inp.contexts)
+        notes.append(plan.notes[-1])
+    else:
+        plan = make_plan(scores, model, tg, opts)
     try:
         front = pareto(scores, model, tg, opts, 8)
     except EdgetqsError:

@@ -155,6 +155,7 @@ def plan(
     pin: Optional[list[str]] = typer.Option(None, help="NAME=PRECISION or re:REGEX=PRECISION (repeatable); exact beats regex."),
     pareto_n: Optional[int] = typer.Option(None, "--pareto", help="Also plan at N budgets from the smallest feasible to fp32."),
     evaluate: bool = typer.Option(False, help="Measure the rollout error of the plan(s) by simulated quantization."),
+    refine: bool = typer.Option(False, help="Measure candidates with the lowest tier raised (none, 3..6 bits) on the contexts; keep the best."),
     contexts: Optional[Path] = typer.Option(None, "--contexts", "-c", help="Contexts for --evaluate (default: the project's)."),
     k: Optional[int] = typer.Option(None, "-k", help="Contexts for --evaluate (default 8)."),
     span: Optional[str] = typer.Option(None, help="Fraction of the record for --evaluate contexts, e.g. 0.5:1."),
@@ -171,7 +172,7 @@ def plan(
 
 
 def _plan(scores_file, target, model, runtime, budget, ratio, objective, allocator, keep_fp32, lowest, pin, pareto_n, evaluate,
-          contexts, k, span, output, plot, project, quiet) -> None:
+          refine, contexts, k, span, output, plot, project, quiet) -> None:
     from .model import load_model
     from .plan import PlanOptions, make_plan, parse_pin, parse_size, pareto
     from .project import find_project, load_project
@@ -192,16 +193,25 @@ def _plan(scores_file, target, model, runtime, budget, ratio, objective, allocat
     opts = PlanOptions(runtime=runtime, budget_bytes=parse_size(budget) if budget else None, ratio=ratio, objective=objective,
                        allocator=allocator, keep_fp32_share=keep_fp32, lowest_bits=lowest_bits,
                        pins=tuple(parse_pin(p) for p in (pin or [])))
-    result = make_plan(scores, m, tgt, opts)
-    front = pareto(scores, m, tgt, opts, pareto_n) if pareto_n else []
-    measured = {}
-    if evaluate:
-        from .evaluate import measure, simulated_weights
+    inp = None
+    if evaluate or refine:
         from .inputs import resolve
 
         inp = resolve(mpath, proj, contexts_path=contexts, k=k, span=span, mode=scores.spec.mode,
                       state=[f"{a}={b}" for a, b in scores.spec.pairs], increment=scores.spec.increment,
                       static=list(scores.spec.static), output_slice=scores.spec.output_slice, channel_axis=scores.spec.channel_axis)
+    if refine:
+        from .refine import refine as run_refine
+
+        result, _ = run_refine(scores, m, tgt, opts, inp.spec, inp.contexts)
+        console.print(f"[yellow]note:[/] {result.notes[-1]}")
+    else:
+        result = make_plan(scores, m, tgt, opts)
+    front = pareto(scores, m, tgt, opts, pareto_n) if pareto_n else []
+    measured = {}
+    if evaluate:
+        from .evaluate import measure, simulated_weights
+
         from .rollout import Rollout
 
         ref = Rollout(m, inp.spec, inp.contexts.statics, model_bytes=m.bytes).run(inp.contexts.arrays, scores.horizon).steps
@@ -355,6 +365,7 @@ def build(
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="ort | ort-mobile | tflite | tflm (default: the target's first runtime)."),
     output: Path = typer.Option(Path("dist"), "--output", "-o", help="Folder for the bundle <model>-<target>/."),
     force: bool = typer.Option(False, help="Rescore even when cached scores exist."),
+    refine: bool = typer.Option(True, help="Measure candidate plans (lowest tier raised step by step) on the contexts and keep the best."),
     k: Optional[int] = typer.Option(None, "-k", help="Number of contexts (default: the project's, else 8)."),
     contexts: Optional[Path] = typer.Option(None, "--contexts", "-c", help="Contexts (default: the project's)."),
     project: Optional[Path] = typer.Option(None, help="Project file (default: ./edgetqs.toml when present)."),
@@ -382,7 +393,7 @@ def build(
 
         try:
             r = run_build(model, target, device=device, budget=budget, ratio=ratio, fmt=fmt, output=output, project=project,
-                          force=force, k=k, contexts_path=contexts, log=lambda m: console.print(m, highlight=False), progress=cb)
+                          force=force, refine=refine, k=k, contexts_path=contexts, log=lambda m: console.print(m, highlight=False), progress=cb)
         finally:
             for bar, _ in bars:
                 bar.stop()

@@ -146,12 +146,14 @@ def main() -> None:
     from edgetqs.inputs import resolve
     from edgetqs.plan import InfeasibleBudgetError, PlanOptions
     from edgetqs.project import load_project
+    from edgetqs.refine import refine
     from edgetqs.rollout import Rollout
     from edgetqs.targets import load_target
     from edgetqs.tqs import ProbeSettings, run_sweep
 
     target = load_target(ROOT / "scripts" / "bench_target.toml")
-    ALL = (*METHODS, "tqs-ladder")
+    ALL = (*METHODS, "tqs-ladder", "tqs-refine", "tqs-ladder-refine")
+    VARIANTS = ("tqs", "tqs-ladder", "tqs-refine", "tqs-ladder-refine")
     LADDER = (2, 3, 4, 5, 6, 8)
     bits = [float(b) for b in a.bits.split(",")]
     lines: list[str] = []
@@ -165,6 +167,7 @@ def main() -> None:
     emit("--- | --- | --- | --- | --- | --- | --- | --- | ---")
     cells: dict = {}  # (example, variable, bits) -> {method: error at last lead}
     leads_table: list[str] = []
+    overall_cells: dict = {}  # (example, bits) -> {method: overall error at the last lead}
     notes: list[str] = []
     for name in a.examples.split(","):
         proj = load_project(example_path(name) / "edgetqs.toml")
@@ -196,6 +199,10 @@ def main() -> None:
                     try:
                         if method == "tqs-ladder":  # the tool with --ladder: a TQS variant, not a competitor
                             plan = method_plan("tqs", scores_l, m, target, PlanOptions(runtime="ort", budget_bytes=budget))
+                        elif method == "tqs-refine":  # the tool with --refine: candidates measured on the scoring contexts
+                            plan = refine(scores, m, target, PlanOptions(runtime="ort", budget_bytes=budget), train.spec, train.contexts)[0]
+                        elif method == "tqs-ladder-refine":
+                            plan = refine(scores_l, m, target, PlanOptions(runtime="ort", budget_bytes=budget), train.spec, train.contexts)[0]
                         else:
                             plan = method_plan(method, scores, m, target, PlanOptions(runtime="ort", budget_bytes=budget), traces=traces,
                                                seed=seed, fp32=tuple(buffers))
@@ -208,6 +215,7 @@ def main() -> None:
             for method, g in grids.items():
                 last = g.shape[0]
                 overall = np.sqrt(np.mean(g ** 2, axis=1))
+                overall_cells.setdefault((name, b), {})[method] = float(overall[-1])
                 picks = sorted({1, last // 2, last})
                 leads_table.append(f"{name} | {b:g} | {budget:,} | {method} | " + " | ".join(f"{overall[p - 1]:.4g}" for p in picks)
                                    + f" | leads {', '.join(map(str, picks))}")
@@ -225,13 +233,13 @@ def main() -> None:
     emit()
     emit("## Per variable at the last lead: the win-rate cells\n")
     others = [x for x in METHODS if x != "tqs"]
-    emit("example | variable | bits | " + " | ".join(ALL) + " | tqs wins | tqs-ladder wins")
-    emit(" | ".join(["---"] * (len(ALL) + 5)))
+    emit("example | variable | bits | " + " | ".join(ALL) + " | " + " | ".join(f"{v} wins" for v in VARIANTS))
+    emit(" | ".join(["---"] * (len(ALL) + 3 + len(VARIANTS))))
     rates = {}
-    losses: dict[str, list[str]] = {"tqs": [], "tqs-ladder": []}
+    losses: dict[str, list[str]] = {v: [] for v in VARIANTS}
     for (name, v, b), errs in cells.items():
         marks = []
-        for variant in ("tqs", "tqs-ladder"):
+        for variant in VARIANTS:
             if variant not in errs:
                 marks.append("n/a")
                 continue
@@ -246,8 +254,21 @@ def main() -> None:
         emit(f"{name} | {v} | {b:g} | " + " | ".join(f"{errs[x]:.4g}" if x in errs else "n/a" for x in ALL) + " | " + " | ".join(marks))
     emit()
     for variant, (w, t) in rates.items():
-        label = "TQS (default: gauss probe)" if variant == "tqs" else "TQS with --ladder 2,3,4,5,6,8 (quant probe at each bit-width)"
+        label = {"tqs": "TQS (default: gauss probe)", "tqs-ladder": "TQS with --ladder 2,3,4,5,6,8 (quant probe at each bit-width)",
+                 "tqs-refine": "TQS with --refine (candidates measured on the scoring contexts)",
+                 "tqs-ladder-refine": "TQS with --ladder and --refine"}[variant]
         emit(f"**{label} win rate: {w} of {t} cells ({w / max(t, 1):.0%})** (best or within 1% of the best non-TQS method).")
+    emit()
+    emit("Over all variables at once (the quantity TQS minimises: RMS over variables of the normalised error at the last lead), "
+         "one cell per example and budget:\n")
+    for variant in VARIANTS:
+        w = t = 0
+        for errs in overall_cells.values():
+            if variant in errs:
+                best_other = min((errs[o] for o in others if o in errs), default=np.inf)
+                w += errs[variant] <= best_other * 1.01
+                t += 1
+        emit(f"- {variant}: best or within 1% in {w} of {t} example x budget cells")
     for variant, ls in losses.items():
         if ls:
             emit(f"\nCells {variant} loses:\n")
@@ -265,7 +286,9 @@ def main() -> None:
         "**hessian** (HAWQ-v2: Hutchinson trace of the one-step loss Hessian times the squared weight perturbation), "
         f"**random** (random gains, mean error over {a.random_seeds} seeds), **uniform** (int8 everywhere if it fits, else int4). "
         "**tqs-ladder** is the tool with `--ladder 2,3,4,5,6,8`: the quant probe's gain measured at each bit-width prices each option; "
-        "it is a TQS variant, not counted as a competitor of tqs. "
+        "**tqs-refine** is the tool with `--refine`: plans with the lowest tier raised step by step (none, 3, 4, 5, 6 bits) are "
+        "rolled out by simulated quantization on the *scoring* contexts and the best is kept; **tqs-ladder-refine** combines both. "
+        "The TQS variants are not counted as competitors of one another. "
         "All use the same precision menu, quantizer and knapsack; plans are measured by simulated quantization on held-out contexts "
         "(second half of each record; scoring and Hessians use the first half). Errors are normalised RMSE against the float "
         "rollout; n/a = the budget is below what the method can reach.\n",

@@ -239,3 +239,23 @@ def test_ladder_gains_price_each_bit_width(scored, tmp_path: Path) -> None:
     prec = {x.name: x.precision for x in laddered.tensors}
     assert all(prec[n] != "int2-channel" for n in big.tensors)
     assert any(x.precision == "int2-channel" for x in plain.tensors if x.name in big.tensors)
+
+
+def test_refine_keeps_the_best_measured_candidate(scored, tmp_path: Path) -> None:
+    from edgetqs.refine import refine
+    from edgetqs.targets import load_target
+
+    m = load_model(models.deep_mlp(tmp_path / "wide.onnx", hidden=96))  # wide enough that scales do not dominate the bytes
+    _, spec, ctx, _ = scored
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=8))
+    (tmp_path / "t.toml").write_text('name = "t"\narch = "any"\nruntimes = ["ort"]\nweight_budget_bytes = 1000000\nram_budget_bytes = 1000000\n'
+                                     '[precisions.ort]\ndefault = ["fp32", "int8-channel", "int6-channel", "int4-channel", "int3-channel", "int2-channel"]\n')
+    t = load_target(tmp_path / "t.toml")
+    plan, rows = refine(s, m, t, PlanOptions(ratio=0.14), spec, ctx)  # candidates: no floor, and 4 bits
+    assert plan.weight_bytes <= plan.budget_bytes and plan.options["refine"] == rows and len(rows) >= 2
+    finite = [r["measured_error"] for r in rows if r["measured_error"] is not None]
+    chosen = next(r for r in rows if r["lowest_bits"] == plan.options["lowest_bits"])
+    assert chosen["measured_error"] == min(finite)
+    assert "refined" in plan.notes[-1]
+    with pytest.raises(InfeasibleBudgetError):
+        refine(s, m, t, PlanOptions(budget_bytes=100), spec, ctx)
