@@ -142,26 +142,17 @@ def load_device(path: str | Path) -> Device:
 
 
 def device_files() -> list[Path]:
-    seen: dict[str, Path] = {}
-    for d in DEVICE_DIRS:
-        if d.is_dir():
-            for f in sorted(d.glob("*.toml")):
-                seen.setdefault(f.stem, f)
-    return list(seen.values())
+    """Shipped and local device files, local ones (./devices) first; one per name."""
+    from .targets import named_files
+
+    return named_files(DEVICE_DIRS)
 
 
 def find_device(name_or_path: str) -> Device:
     """A device by name (``qemu-pi4``) or by the path of a user's own file."""
-    p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
-        if not p.exists():
-            raise BadInputError(f"device file '{p}' does not exist")
-        return load_device(p)
-    for f in device_files():
-        if f.stem == name_or_path:
-            return load_device(f)
-    known = ", ".join(f.stem for f in device_files())
-    raise BadInputError(f"unknown device '{name_or_path}'; known devices: {known} (or give the path of a .toml file)")
+    from .targets import find_named
+
+    return find_named(name_or_path, DEVICE_DIRS, "device", load_device)
 
 
 def _driver_failure(device: Device, job_dir: Path, rc: int, log: str, fmt: str) -> DeviceError:

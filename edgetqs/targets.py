@@ -155,14 +155,38 @@ def load_target(path: str | Path) -> Target:
     )
 
 
-def target_files() -> list[Path]:
-    """Shipped and local target files, local ones (./targets) first; one per name."""
+def named_files(dirs: list[Path]) -> list[Path]:
+    """``*.toml`` files in ``dirs``, one per name (the first folder wins: ./targets before the shipped ones)."""
     seen: dict[str, Path] = {}
-    for d in TARGET_DIRS:
+    for d in dirs:
         if d.is_dir():
             for f in sorted(d.glob("*.toml")):
                 seen.setdefault(f.stem, f)
     return list(seen.values())
+
+
+def find_named(name_or_path: str, dirs: list[Path], kind: str, load):
+    """Load a ``kind`` file by name (searched in ``dirs``) or by path.
+
+    Raises:
+        BadInputError: no such name (the message lists the known ones) or a missing path.
+    """
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.exists():
+            raise BadInputError(f"{kind} file '{p}' does not exist")
+        return load(p)
+    files = named_files(dirs)
+    for f in files:
+        if f.stem == name_or_path:
+            return load(f)
+    known = ", ".join(f.stem for f in files)
+    raise BadInputError(f"unknown {kind} '{name_or_path}'; known {kind}s: {known} (or give the path of a .toml file)")
+
+
+def target_files() -> list[Path]:
+    """Shipped and local target files, local ones (./targets) first; one per name."""
+    return named_files(TARGET_DIRS)
 
 
 def find_target(name_or_path: str) -> Target:
@@ -171,13 +195,4 @@ def find_target(name_or_path: str) -> Target:
     Raises:
         BadInputError: no such target (the message lists the known ones).
     """
-    p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
-        if not p.exists():
-            raise BadInputError(f"target file '{p}' does not exist")
-        return load_target(p)
-    for f in target_files():
-        if f.stem == name_or_path:
-            return load_target(f)
-    known = ", ".join(f.stem for f in target_files())
-    raise BadInputError(f"unknown target '{name_or_path}'; known targets: {known} (or give the path of a .toml file)")
+    return find_named(name_or_path, TARGET_DIRS, "target", load_target)

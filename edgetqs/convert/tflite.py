@@ -191,12 +191,6 @@ def _readback(buf: bytes, matched: dict[str, tuple[str, str, int]]) -> tuple[dic
     by_scope = {_scope(sg, op): op for op in sg.operators}
     producer = {o: op for op in sg.operators for o in op.outputs}
 
-    def qbytes(t) -> int:
-        q = t.quantization
-        if q is None or q.scale is None:
-            return 0
-        return 4 * len(q.scale) + 8 * (0 if q.zeroPoint is None else len(q.zeroPoint))
-
     out = {}
     for name, (scope, _, pos) in matched.items():
         op = by_scope.get(scope)
@@ -225,6 +219,14 @@ def _readback(buf: bytes, matched: dict[str, tuple[str, str, int]]) -> tuple[dic
         if b.data is not None and len(b.data):
             total += len(b.data) + qbytes(t)
     return out, total
+
+
+def qbytes(t) -> int:
+    """Bytes of a TFLite tensor's quantization parameters: float32 scales and int64 zero points."""
+    q = t.quantization
+    if q is None or q.scale is None:
+        return 0
+    return 4 * len(q.scale) + 8 * (0 if q.zeroPoint is None else len(q.zeroPoint))
 
 
 def _nhwc_perm(rank: int) -> tuple[int, ...]:

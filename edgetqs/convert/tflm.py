@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GLOG_minloglevel", "3")
 from ..quantize import parse_precision
 from . import ConvertError, TensorCheck
-from .tflite import _WEIGHT_OPS, Batch1Session, _constants, _names, _op_name, _scope, _schema, float_tflite
+from .tflite import _WEIGHT_OPS, Batch1Session, _constants, _names, _op_name, _scope, _schema, float_tflite, qbytes
 
 ARENA_ALIGN = 16  # TFLM aligns arena allocations to 16 bytes
 ARENA_CEILING = 256 * 2**20  # a model that does not run in 256 MiB does not run on a microcontroller
@@ -212,12 +212,6 @@ def _readback(buf: bytes, names: dict[str, str]) -> tuple[dict[str, tuple[str, i
     by_name: dict[str, int] = {}
     for idx, t in enumerate(sg.tensors):
         by_name.setdefault(t.name.decode(), idx)
-
-    def qbytes(t) -> int:
-        q = t.quantization
-        if q is None or q.scale is None:
-            return 0
-        return 4 * len(q.scale) + 8 * (0 if q.zeroPoint is None else len(q.zeroPoint))
 
     out = {}
     for plan_name, tfl_name in names.items():
