@@ -322,7 +322,11 @@ def check(
                     raise
         tol = tolerance if tolerance is not None else (tg.validation_tolerance if tg else 0.1)
         T = horizon or (tg.validation_horizon if tg else 20)
-        outdir = output or artifact.parent
+        in_bundle = (artifact.parent / "manifest.json").exists()
+        if in_bundle and reference is None and (artifact.parent / "reference.npz").exists():
+            reference = artifact.parent / "reference.npz"  # a bundle carries its reference: no float model needed
+        # never write into a bundle: its manifest lists every file with its hash
+        outdir = output or (Path.cwd() / f"check-{artifact.parent.name}-{dev.name}" if in_bundle else artifact.parent)
         outdir.mkdir(parents=True, exist_ok=True)
         if reference is not None:
             ref = Reference.load(reference)

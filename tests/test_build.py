@@ -118,3 +118,14 @@ def test_cli_build_then_other_target_reuses_scores(project: Path) -> None:
     assert verify_manifest(project / "dist" / "lorenz96-stm32h743") == []
     c = subprocess.run([*exe, "--target", "nope"], capture_output=True, text=True, cwd=project)
     assert c.returncode == 2 and c.stderr.startswith("error: unknown target 'nope'")
+
+
+def test_checking_a_bundle_again_uses_its_reference_and_leaves_it_intact(project: Path) -> None:
+    r = build(None, "raspberrypi", ratio=0.25, device="local", output=project / "dist", log=lambda m: None)
+    (project / "edgetqs.toml").unlink()  # no project, no float model: the bundle's reference.npz is enough
+    (project / "model.onnx").unlink()
+    c = subprocess.run([sys.executable, "-m", "edgetqs.cli", "check", str(r.bundle / "lorenz96.ort.onnx"), "-d", "local"],
+                       capture_output=True, text=True, cwd=project)
+    assert c.returncode == 0, c.stderr
+    assert (project / "check-lorenz96-raspberrypi-local" / "check.json").exists()
+    assert verify_manifest(r.bundle) == []
