@@ -190,8 +190,15 @@ def measure_arena(path: Path, n_inputs: int, ceiling: int = ARENA_CEILING) -> tu
         probes += 1
         if ok:
             hi = reported
-        else:
-            lo = reported
+        else:  # the report was short: double from it until a size runs, then bisect in between
+            lo, step = reported, max(reported // 8, 1024)
+            while lo + step < ceiling:
+                ok, _ = _probe(path, lo + step, n_inputs)
+                probes += 1
+                if ok:
+                    hi = lo + step
+                    break
+                lo, step = lo + step, step * 2
     while hi - lo > ARENA_ALIGN:
         mid = (lo + hi) // 2 // ARENA_ALIGN * ARENA_ALIGN
         if mid <= lo:
