@@ -13,10 +13,11 @@ if [ "${1:-}" = "--force" ]; then rm -rf "$SYSROOT"; fi
 if [ -f "$SYSROOT/.edgetqs-ready" ] && command -v qemu-aarch64-static >/dev/null; then
   echo "aarch64 sysroot ready at $SYSROOT"; exit 0
 fi
-if ! command -v qemu-aarch64-static >/dev/null; then
-  [ "$(id -u)" = 0 ] || { echo "error: qemu-user-static is missing and installing it needs root (apt-get)" >&2; exit 2; }
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg  # verifies the arm64 packages downloaded below
+if ! command -v qemu-aarch64-static >/dev/null || [ ! -f "$KEYRING" ]; then
+  [ "$(id -u)" = 0 ] || { echo "error: qemu-user-static or debian-archive-keyring is missing and installing them needs root (apt-get)" >&2; exit 2; }
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user-static >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user-static debian-archive-keyring >/dev/null
 fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -27,7 +28,7 @@ APT=$WORK/apt
 mkdir -p "$APT/etc/apt/sources.list.d" "$APT/etc/apt/preferences.d" "$APT/var/lib/apt/lists/partial" \
          "$APT/var/cache/apt/archives/partial" "$APT/var/lib/dpkg"
 touch "$APT/var/lib/dpkg/status"
-echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main" > "$APT/etc/apt/sources.list"
+echo "deb [arch=arm64 signed-by=$KEYRING] http://deb.debian.org/debian bookworm main" > "$APT/etc/apt/sources.list"
 APTOPTS=(-o "Dir=$APT" -o "Dir::State::status=$APT/var/lib/dpkg/status" -o APT::Architecture=arm64 -o APT::Architectures::=arm64
          -o "Dir::Etc::trusted=/etc/apt/trusted.gpg" -o "Dir::Etc::trustedparts=/etc/apt/trusted.gpg.d" -o Debug::NoLocking=1)
 apt-get "${APTOPTS[@]}" update -qq
