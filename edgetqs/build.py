@@ -26,7 +26,6 @@ import numpy as np
 from .errors import BadInputError, EdgetqsError
 
 MANIFEST_VERSION = 1
-SCORE_KEYS = ("probe", "granularity", "block_depth", "max_horizon", "scale", "bits", "seed", "horizon", "state_scale", "ladder")
 
 
 def cache_dir() -> Path:
@@ -65,23 +64,6 @@ def score_cached(model, spec, contexts, settings, force: bool = False, progress=
     path.parent.mkdir(parents=True, exist_ok=True)
     scores.save(path)
     return scores, False, path
-
-
-def settings_from(cfg: dict):
-    """Probe settings from a project's [score] table."""
-    from .tqs import ProbeSettings
-
-    s = ProbeSettings()
-    for key in SCORE_KEYS:
-        if key in cfg:
-            v = cfg[key]
-            if key == "horizon" and v == "auto":
-                v = None
-            if key == "ladder":
-                v = tuple(int(x) for x in v)
-            s = replace(s, **{key: v})
-    s.validate()
-    return s
 
 
 @dataclass(frozen=True)
@@ -169,7 +151,6 @@ def build(model_path: Path | None = None, target: str = "raspberrypi", *, device
 
     t_all = time.perf_counter()
     stages: dict[str, float] = {}
-    notes: list[str] = []
     proj = load_project(project) if project else find_project()
     tg = find_target(target)
     runtime = None
@@ -186,9 +167,10 @@ def build(model_path: Path | None = None, target: str = "raspberrypi", *, device
 
     inp = resolve(model_path, proj, contexts_path=contexts_path, k=k)
     model = inp.model
-    for n in inp.notes:
-        notes.append(n)
-    settings = settings_from(dict(proj.score) if proj and model_path is None else {})
+    notes: list[str] = list(inp.notes)
+    from .tqs import ProbeSettings
+
+    settings = ProbeSettings.from_config(dict(proj.score) if proj and model_path is None else {})
     name = f"{model.name}-{tg.name}"
     out = Path(output)
     final = out / name
@@ -252,7 +234,7 @@ def build(model_path: Path | None = None, target: str = "raspberrypi", *, device
         ref = make_reference(model, inp.spec, ctx, tg.validation_horizon)
         ref.save(work / "reference.npz")
         chk, _ = check(work / conv.artifact, ref, dev, tg.validation_tolerance, target=tg.name, fmt=fmt, arena_bytes=conv.arena_bytes)
-        chk = replace(chk, notes=chk.notes + tuple(notes))
+        chk = replace(chk, notes=chk.notes + tuple(notes))  # the build's notes travel in check.json (and so the report)
         chk.save(work / "check.json")
         stages["check"] = time.perf_counter() - t
         log(f"      {chk.verdict}")
@@ -265,7 +247,7 @@ def build(model_path: Path | None = None, target: str = "raspberrypi", *, device
         figs.mkdir()
         plot_check(chk, figs / "check.png")
         write_report(work / "report.html", model=model, target=tg, scores=scores, plan=plan, front=front, conv=conv, chk=chk,
-                     figures=figs, notes=notes, cached=cached)
+                     figures=figs, cached=cached)
         shutil.rmtree(figs)
         stages["report"] = time.perf_counter() - t
         manifest = {

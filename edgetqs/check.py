@@ -116,7 +116,7 @@ def make_reference(model, spec, contexts, horizon: int) -> Reference:
     clim = spread = None
     if contexts.record is not None:
         data = contexts.record.arrays[spec.pairs[0][0]].astype(np.float64)  # [N, ...]: time plays the batch axis
-        ax = _channel_axis(spec, data.ndim) if spec.mode == "state" else data.ndim - 1
+        ax = _channel_axis(spec.to_dict(), data.ndim) if spec.mode == "state" else data.ndim - 1
         moved = np.moveaxis(data, ax, 0).reshape(data.shape[ax], -1)
         clim = moved.mean(axis=1).tolist()
         spread = moved.std(axis=1).tolist()
@@ -159,9 +159,8 @@ def contexts_with_truth(inputs, horizon: int, span: tuple[float, float] = (0.0, 
 # ------------------------------------------------------------------------------------ metrics
 
 
-def _channel_axis(spec_dict_or_spec, ndim_with_batch: int) -> int:
-    ax = spec_dict_or_spec["channel_axis"] if isinstance(spec_dict_or_spec, dict) else spec_dict_or_spec.channel_axis
-    ax = -1 if ax is None else ax
+def _channel_axis(spec: dict, ndim_with_batch: int) -> int:
+    ax = -1 if spec["channel_axis"] is None else spec["channel_axis"]
     return ax if ax >= 0 else ndim_with_batch + ax
 
 
@@ -319,27 +318,23 @@ def _job(ref: Reference, artifact: Path, fmt: str, work: Path, arena: int | None
     shutil.copy(driver.__file__, work / "driver.py")
     shutil.copy(artifact, work / artifact.name)
     spec = ref.meta["spec"]
-    outs = {o["name"]: o for o in ref.meta["outputs"]}
     job = {
         "artifact": artifact.name, "format": fmt, "horizon": ref.horizon, "mode": spec["mode"], "pairs": spec["pairs"],
         "increment": spec["increment"], "output_slice": spec["output_slice"], "threads": 1,
-        "inputs": ref.meta["inputs"], "outputs": [outs[o] for o in outs],
+        "inputs": ref.meta["inputs"], "outputs": ref.meta["outputs"],
     }
     if fmt == "tflm":
         from .convert.tflm import io_order, measure_arena
 
-        class _M:  # the names and order io_order needs, from the reference
-            inputs = [type("I", (), {"name": i["name"]}) for i in ref.meta["inputs"]]
-            outputs = [type("O", (), {"name": o["name"]}) for o in ref.meta["outputs"]]
-
-        job["tflm_inputs"], job["tflm_outputs"] = io_order(artifact.read_bytes(), _M)
+        job["tflm_inputs"], job["tflm_outputs"] = io_order(artifact.read_bytes(), [i["name"] for i in ref.meta["inputs"]],
+                                                           [o["name"] for o in ref.meta["outputs"]])
         job["arena_bytes"] = arena or measure_arena(artifact, len(ref.meta["inputs"]))[0]
     (work / "job.json").write_text(json.dumps(job))
     np.savez(work / "inputs.npz", **{f"ctx__{k}": v for k, v in ref.contexts.items()}, **{f"static__{k}": v for k, v in ref.statics.items()})
 
 
 def check(artifact: Path, reference: Reference, device, tolerance: float, target: str | None = None, fmt: str | None = None,
-          arena_bytes: int | None = None) -> tuple[CheckResult, dict[str, np.ndarray]]:
+          arena_bytes: int | None = None, validated: bool = False) -> tuple[CheckResult, dict[str, np.ndarray]]:
     """Run ``artifact`` on ``device`` from the reference's contexts and compare. Returns the result
     and the device's trajectories (pair output -> [T, K, ...]).
 
@@ -351,7 +346,8 @@ def check(artifact: Path, reference: Reference, device, tolerance: float, target
     t0 = time.perf_counter()
     artifact = Path(artifact)
     fmt = artifact_format(artifact, fmt)
-    validate_artifact(artifact, fmt)
+    if not validated:  # the CLI parses the artifact first, before it builds a reference
+        validate_artifact(artifact, fmt)
     work = Path(tempfile.mkdtemp(prefix="edgetqs-check-"))
     try:
         _job(reference, artifact, fmt, work, arena_bytes)

@@ -27,17 +27,6 @@ def _fail(exc: EdgetqsError) -> None:
     raise typer.Exit(2)
 
 
-def _horizon(text: Optional[str]) -> Optional[int]:
-    from .errors import BadInputError
-
-    if text is None or text == "auto":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise BadInputError(f"horizon '{text}'; expected a positive integer or 'auto'") from None
-
-
 @app.command()
 def score(
     model: Optional[Path] = typer.Argument(None, help="ONNX model (default: `model` in ./edgetqs.toml)."),
@@ -80,34 +69,16 @@ def score(
 def _score(model, contexts, variables, k, span, spinup, spinup_scale, mode, state, increment, static, output_slice,
            channel_axis, probe, granularity, block_depth, horizon, max_horizon, scale, bits, ladder, seed, workers, strategy, output, plot,
            top, project, quiet) -> None:
-    from dataclasses import replace
-
     from .inputs import resolve
     from .project import find_project, load_project
     from .tqs import ProbeSettings, run_sweep
 
     proj = load_project(project) if project else find_project()
     cfg = dict(proj.score) if proj else {}
-    if horizon is None and "horizon" in cfg:
-        horizon = str(cfg["horizon"])
     n_workers = workers if workers is not None else int(cfg.get("workers", 1))
-    settings = ProbeSettings()
-    fields = dict(probe=probe, granularity=granularity, block_depth=block_depth, max_horizon=max_horizon, scale=scale, bits=bits, seed=seed)
-    for key, val in fields.items():
-        v = val if val is not None else cfg.get(key)
-        if v is not None:
-            settings = replace(settings, **{key: v})
-    settings = replace(settings, horizon=_horizon(horizon) if horizon is not None else settings.horizon)
-    lad = ladder if ladder is not None else cfg.get("ladder")
-    if lad:
-        from .errors import BadInputError
-
-        try:
-            widths = tuple(int(x) for x in (lad.split(",") if isinstance(lad, str) else lad))
-        except ValueError:
-            raise BadInputError(f"ladder '{lad}'; expected bit-widths such as 2,3,4,5,6,8") from None
-        settings = replace(settings, ladder=widths)
-    settings.validate()
+    options = dict(probe=probe, granularity=granularity, block_depth=block_depth, max_horizon=max_horizon, scale=scale, bits=bits,
+                   seed=seed, horizon=horizon, ladder=ladder)
+    settings = ProbeSettings.from_config({**cfg, **{k: v for k, v in options.items() if v is not None}})  # options beat the file
     inp = resolve(model, proj, contexts_path=contexts, variables=variables.split(",") if variables else None, k=k, span=span,
                   spinup=spinup, spinup_scale=spinup_scale, seed=settings.seed, mode=mode, state=state, increment=increment,
                   static=static, output_slice=output_slice, channel_axis=channel_axis)
@@ -302,7 +273,8 @@ def check(
         from .errors import BadInputError
 
         dev = find_device(device)
-        validate_artifact(artifact, artifact_format(artifact, fmt))  # a corrupted file fails before any work
+        fmt = artifact_format(artifact, fmt)
+        validate_artifact(artifact, fmt)  # a corrupted file fails before any work
         conv = artifact.parent / "convert.json"
         info = {}
         if conv.exists():
@@ -346,7 +318,7 @@ def check(
             ref = make_reference(inp.model, inp.spec, ctx, T)
             ref.save(outdir / "reference.npz")
         console.print(f"checking {artifact.name} on {dev.name} ({dev.description or dev.kind}): {ref.horizon} steps x {ref.contexts[next(iter(ref.contexts))].shape[0]} contexts")
-        r, _ = run_check(artifact, ref, dev, tol, target=tname, fmt=fmt, arena_bytes=info.get("arena_bytes"))
+        r, _ = run_check(artifact, ref, dev, tol, target=tname, fmt=fmt, arena_bytes=info.get("arena_bytes"), validated=True)
         r.save(outdir / "check.json")
         plot_check(r, outdir / "check.png")
         from .tables import check_table

@@ -30,7 +30,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadInputError, EdgetqsError
+from .errors import EdgetqsError
 
 
 class DeviceFileError(EdgetqsError):

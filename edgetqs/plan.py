@@ -17,9 +17,12 @@ fp32 share (most sensitive groups kept at fp32), then the optimiser.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
+import os
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -358,31 +361,23 @@ def _prune(item: _Item) -> None:
 # ------------------------------------------------------------------ solvers
 
 
-class _quiet_stdout:
+@contextlib.contextmanager
+def _quiet_stdout():
     """Send file descriptor 1 to /dev/null for the duration (C libraries write there directly)."""
-
-    def __enter__(self):
-        import os
-        import sys
-
-        sys.stdout.flush()
-        try:
-            self.saved = os.dup(1)
-        except OSError:  # no fd 1 (embedded interpreters): nothing to silence
-            self.saved = None
-            return self
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.close(null)
-        return self
-
-    def __exit__(self, *exc):
-        import os
-
-        if self.saved is not None:
-            os.dup2(self.saved, 1)
-            os.close(self.saved)
-        return False
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 (embedded interpreters): nothing to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def solve_exact(items: list[_Item], budget: int) -> list[int]:

@@ -30,7 +30,7 @@ def refine(scores, model, target, opts: PlanOptions, spec, contexts, floors: tup
 
     horizon = scores.horizon
     ref = Rollout(model, spec, contexts.statics, model_bytes=model.bytes).run(contexts.arrays, horizon).steps
-    seen: dict[tuple, dict] = {}
+    seen: set[tuple] = set()
     rows: list[dict] = []
     best: tuple[float, Plan] | None = None
     for floor in floors:
@@ -49,7 +49,7 @@ def refine(scores, model, target, opts: PlanOptions, spec, contexts, floors: tup
         m = measure(model, spec, contexts, simulated_weights(model, plan), horizon, ref)
         row = {"lowest_bits": lowest, "weight_bytes": plan.weight_bytes, "predicted_error": plan.predicted_error,
                "measured_error": None if m.first_nonfinite is not None else m.error_at_horizon}
-        seen[key] = row
+        seen.add(key)
         rows.append(row)
         err = m.error_at_horizon if m.first_nonfinite is None else float("inf")
         if best is None or err < best[0]:

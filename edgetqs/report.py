@@ -67,7 +67,7 @@ img{max-width:100%;border:1px solid #e5e9ee;margin:6px 0} .muted{color:#5d6d7e;f
 """
 
 
-def write_report(path: Path, *, model, target, scores, plan, front, conv, chk, figures: Path, notes, cached: bool) -> Path:
+def write_report(path: Path, *, model, target, scores, plan, front, conv, chk, figures: Path, cached: bool) -> Path:
     from .plots import plot_pareto, plot_scores
 
     plot_scores(scores, figures / "scores.png")
@@ -136,7 +136,7 @@ def write_report(path: Path, *, model, target, scores, plan, front, conv, chk, f
 <p>{plan.allocator} allocation for {_esc(plan.runtime)}, objective {_esc(plan.objective)}: {plan.weight_bytes:,} of {plan.budget_bytes:,} B, predicted error {_fmt(plan.predicted_error)} at T={plan.horizon}.</p>
 <table><tr><th>tensor</th><th>op</th><th>params</th><th>precision</th><th>bytes</th><th>fp32 bytes</th><th>gamma</th><th>share of predicted error</th><th>rule</th></tr>{''.join(tens)}</table>
 {('<h2>Size against predicted error</h2>' + _img(figures / 'pareto.png', 'Pareto front') + '<p class="muted">Plans at budgets from the smallest feasible to fp32; the star is this bundle.</p>') if front else ''}
-<h2>Notes</h2><ul>{''.join(f'<li>{_esc(n)}</li>' for n in (list(notes) + list(conv.notes) + list(chk.notes)))}</ul>
+<h2>Notes</h2><ul>{''.join(f'<li>{_esc(n)}</li>' for n in (list(conv.notes) + list(chk.notes)))}</ul>
 <p class="muted">Versions: {_esc(', '.join(f'{k} {v}' for k, v in conv.versions.items()))}</p>
 </body></html>"""
     tmp = path.with_name(path.name + ".tmp")

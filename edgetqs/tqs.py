@@ -40,6 +40,16 @@ DEAD_GAMMA = -50.0
 TINY = float(np.finfo(np.float32).tiny)
 
 
+def parse_horizon(value: int | str) -> int | None:
+    """``auto`` -> None (see `choose_horizon`); an integer or its text -> that many steps."""
+    if value == "auto":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise BadInputError(f"horizon '{value}'; expected a positive integer or 'auto'") from None
+
+
 @dataclass(frozen=True)
 class ProbeSettings:
     """Everything the score depends on besides the model and the contexts.
@@ -66,6 +76,25 @@ class ProbeSettings:
     seed: int = 0
     state_scale: float = 1e-3
     ladder: tuple[int, ...] = ()  # also measure the quant probe's gain at each of these bit-widths
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "ProbeSettings":
+        """Settings from a project's ``[score]`` table merged with command-line values: ``horizon``
+        may be ``auto``, an integer or its text; ``ladder`` a list or ``"2,3,4"``. Other keys (workers) are ignored."""
+        s = cls()
+        for key in ("probe", "granularity", "block_depth", "max_horizon", "scale", "bits", "seed", "state_scale"):
+            if cfg.get(key) is not None:
+                s = replace(s, **{key: cfg[key]})
+        if cfg.get("horizon") is not None:
+            s = replace(s, horizon=parse_horizon(cfg["horizon"]))
+        lad = cfg.get("ladder")
+        if lad:
+            try:
+                s = replace(s, ladder=tuple(int(x) for x in (lad.split(",") if isinstance(lad, str) else lad)))
+            except ValueError:
+                raise BadInputError(f"ladder '{lad}'; expected bit-widths such as 2,3,4,5,6,8") from None
+        s.validate()
+        return s
 
     def validate(self) -> None:
         if self.probe not in ("gauss", "quant"):

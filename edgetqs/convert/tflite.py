@@ -233,6 +233,28 @@ def _nhwc_perm(rank: int) -> tuple[int, ...]:
     return (0,) + tuple(range(2, rank)) + (1,)
 
 
+def _perm(onnx_shape, tfl_shape, name: str) -> tuple | None:
+    want = (1,) + tuple(onnx_shape[1:])
+    tfl_shape = tuple(int(d) for d in tfl_shape)
+    if len(want) == len(tfl_shape) and all(a is None or a == b for a, b in zip(want, tfl_shape)):
+        return None
+    perm = _nhwc_perm(len(want))
+    if len(want) >= 3 and all(want[p] is None or want[p] == b for p, b in zip(perm, tfl_shape)):
+        return perm
+    raise ConvertError(f"TFLite tensor '{name}' has shape {list(tfl_shape)}, which is neither the ONNX shape {list(want)} nor its NHWC form")
+
+
+def layouts(model, in_shapes: list[tuple], out_shapes: list[tuple]) -> tuple[dict, dict]:
+    """(input name -> NCHW->NHWC permutation or None, output name -> inverse permutation or None)
+    from the batch-1 TFLite shapes beside the ONNX ones."""
+    in_perm = {i.name: _perm(i.shape, s, i.name) for i, s in zip(model.inputs, in_shapes)}
+    out_inv = {}
+    for o, s in zip(model.outputs, out_shapes):
+        perm = _perm(o.shape, s, o.name)
+        out_inv[o.name] = None if perm is None else tuple(np.argsort(perm))
+    return in_perm, out_inv
+
+
 class Batch1Session:
     """Answers like an onnxruntime session (``run(output_names, feeds)``) for a batch-1 TFLite graph.
 
@@ -241,22 +263,7 @@ class Batch1Session:
     """
 
     def _layouts(self, model, in_shapes: list[tuple], out_shapes: list[tuple]) -> None:
-        self.in_perm = {i.name: self._perm(i.shape, s, i.name) for i, s in zip(model.inputs, in_shapes)}
-        self.out_inv = {}
-        for o, s in zip(model.outputs, out_shapes):
-            perm = self._perm(o.shape, s, o.name)
-            self.out_inv[o.name] = None if perm is None else tuple(np.argsort(perm))
-
-    @staticmethod
-    def _perm(onnx_shape, tfl_shape, name: str) -> tuple | None:
-        want = (1,) + tuple(onnx_shape[1:])
-        tfl_shape = tuple(int(d) for d in tfl_shape)
-        if len(want) == len(tfl_shape) and all(a is None or a == b for a, b in zip(want, tfl_shape)):
-            return None
-        perm = _nhwc_perm(len(want))
-        if len(want) >= 3 and all(want[p] is None or want[p] == b for p, b in zip(perm, tfl_shape)):
-            return perm
-        raise ConvertError(f"TFLite tensor '{name}' has shape {list(tfl_shape)}, which is neither the ONNX shape {list(want)} nor its NHWC form")
+        self.in_perm, self.out_inv = layouts(model, in_shapes, out_shapes)
 
     def _set(self, name: str, x: np.ndarray) -> None:
         raise NotImplementedError

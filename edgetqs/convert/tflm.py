@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("GLOG_minloglevel", "3")
 from ..quantize import parse_precision
 from . import ConvertError, TensorCheck
-from .tflite import _WEIGHT_OPS, Batch1Session, _constants, _names, _op_name, _scope, _schema, float_tflite, qbytes
+from .tflite import _WEIGHT_OPS, Batch1Session, _constants, _names, _op_name, _scope, _schema, float_tflite, layouts, qbytes
 
 ARENA_ALIGN = 16  # TFLM aligns arena allocations to 16 bytes
 ARENA_CEILING = 256 * 2**20  # a model that does not run in 256 MiB does not run on a microcontroller
@@ -109,7 +109,7 @@ def _signature(m) -> tuple[dict[str, int], list[int]]:
     return {t.name.decode(): t.tensorIndex for t in sd.inputs}, [t.tensorIndex for t in sorted(sd.outputs, key=lambda t: t.name)]
 
 
-def io_order(buf: bytes, model) -> tuple[dict[str, int], dict[str, int]]:
+def io_order(buf: bytes, inputs: list[str], outputs: list[str]) -> tuple[dict[str, int], dict[str, int]]:
     """ONNX input/output name -> position among the TFLite subgraph's inputs/outputs (what the
     tflite-micro interpreter indexes by), through the ``serving_default`` signature."""
     schema = _schema()
@@ -117,20 +117,20 @@ def io_order(buf: bytes, model) -> tuple[dict[str, int], dict[str, int]]:
     if not m.signatureDefs:
         raise ConvertError("the TFLite model has no signature; convert it with edgetqs convert --format tflm")
     sig_in, sig_out = _signature(m)
-    keys = _input_keys(model, sig_in)
+    keys = _input_keys(inputs, sig_in)
     sg = m.subgraphs[0]
-    ins = {i.name: list(sg.inputs).index(sig_in[keys[i.name]]) for i in model.inputs}
-    outs = {o.name: list(sg.outputs).index(sig_out[k]) for k, o in enumerate(model.outputs)}
+    ins = {n: list(sg.inputs).index(sig_in[keys[n]]) for n in inputs}
+    outs = {n: list(sg.outputs).index(sig_out[k]) for k, n in enumerate(outputs)}
     return ins, outs
 
 
-def _input_keys(model, sig_inputs: dict[str, int]) -> dict[str, str]:
+def _input_keys(inputs: list[str], sig_inputs: dict[str, int]) -> dict[str, str]:
     """ONNX input name -> signature input name (onnx2tf keeps names with -coion; else by order)."""
     keys = list(sig_inputs)
     out = {}
-    for k, i in enumerate(model.inputs):
-        cand = [s for s in keys if s == i.name or s == re.sub(r"[^0-9A-Za-z_]", "_", i.name)]
-        out[i.name] = cand[0] if cand else keys[k]
+    for k, name in enumerate(inputs):
+        cand = [s for s in keys if s == name or s == re.sub(r"[^0-9A-Za-z_]", "_", name)]
+        out[name] = cand[0] if cand else keys[k]
     return out
 
 
@@ -301,11 +301,11 @@ def convert_tflm(model, plan, work: Path, name: str, contexts, spec, horizon: in
     fm = schema.ModelT.InitFromPackedBuf(fbuf, 0)
     sg = fm.subgraphs[0]
     sig_in, sig_out = _signature(fm)
-    keys = _input_keys(model, sig_in)
-    in_shapes = [tuple(sg.tensors[sig_in[keys[i.name]]].shape) for i in model.inputs]
+    in_names, out_names = [i.name for i in model.inputs], [o.name for o in model.outputs]
+    keys = _input_keys(in_names, sig_in)
+    in_shapes = [tuple(sg.tensors[sig_in[keys[n]]].shape) for n in in_names]
     out_shapes = [tuple(sg.tensors[i].shape) for i in sig_out]
-    layout = Batch1Session()
-    layout._layouts(model, in_shapes, out_shapes)
+    in_perm, _ = layouts(model, in_shapes, out_shapes)
 
     # planned tensors by content, as for TFLite; in a full-integer graph every constant is quantized,
     # so one that onnx2tf folded or transformed (1/std for a division) is quantized in its new form
@@ -343,7 +343,7 @@ def convert_tflm(model, plan, work: Path, name: str, contexts, spec, horizon: in
     act = None
     for i, act in enumerate(allowed):
         bits = _bits(act)
-        buf = _quantize(fbuf, model, plan, matched, rows, bits, layout.in_perm, keys)
+        buf = _quantize(fbuf, model, plan, matched, rows, bits, in_perm, keys)
         artifact.write_bytes(buf)
         try:
             arena, reported, probes = measure_arena(artifact, len(model.inputs))
@@ -352,7 +352,7 @@ def convert_tflm(model, plan, work: Path, name: str, contexts, spec, horizon: in
             if i == len(allowed) - 1:
                 raise
             notes.append(f"{act} activations: {e}; falling back to {allowed[i + 1]}")
-    in_order, out_order = io_order(buf, model)
+    in_order, out_order = io_order(buf, in_names, out_names)
 
     stored, total, floats = _readback(buf, tensor_names)
     checks = []
