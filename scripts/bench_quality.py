@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _examples import halves  # scripts/ is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -142,10 +144,7 @@ def main() -> None:
 
     from edgetqs.baselines import METHODS, method_plan
     from edgetqs.evaluate import simulated_weights
-    from edgetqs.examples import example_path
-    from edgetqs.inputs import resolve
     from edgetqs.plan import InfeasibleBudgetError, PlanOptions
-    from edgetqs.project import load_project
     from edgetqs.refine import refine
     from edgetqs.rollout import Rollout
     from edgetqs.targets import load_target
@@ -170,10 +169,7 @@ def main() -> None:
     overall_cells: dict = {}  # (example, bits) -> {method: overall error at the last lead}
     notes: list[str] = []
     for name in a.examples.split(","):
-        proj = load_project(example_path(name) / "edgetqs.toml")
-        horizon = int(proj.score.get("horizon", 20))
-        train = resolve(None, proj, k=a.k, span="0:0.5")
-        held = resolve(None, proj, k=a.k, span="0.5:1")
+        _, horizon, train, held = halves(name, a.k)
         m = train.model
         t0 = time.perf_counter()
         scores = run_sweep(m, train.spec, train.contexts, ProbeSettings(horizon=horizon))
@@ -211,7 +207,6 @@ def main() -> None:
                     per_seed.append(measure_grid(m, held.spec, held.contexts, simulated_weights(m, plan), horizon, ref))
                 if per_seed:
                     grids[method] = np.mean(per_seed, axis=0)  # random: the mean error over seeds
-            T = horizon if held.spec.mode == "state" else None
             for method, g in grids.items():
                 last = g.shape[0]
                 overall = np.sqrt(np.mean(g ** 2, axis=1))

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _examples import halves  # scripts/ is on sys.path when a script runs
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,10 +31,7 @@ def main() -> None:
     from edgetqs.convert import convert
     from edgetqs.devices import find_device
     from edgetqs.errors import EdgetqsError
-    from edgetqs.examples import example_path
-    from edgetqs.inputs import resolve
     from edgetqs.plan import InfeasibleBudgetError, PlanOptions, make_plan
-    from edgetqs.project import load_project
     from edgetqs.targets import find_target
     from edgetqs.tqs import ProbeSettings, run_sweep
 
@@ -42,10 +41,8 @@ def main() -> None:
     print(" | ".join(["---"] * 14))
     identical = []
     for name in a.examples.split(","):
-        proj = load_project(example_path(name) / "edgetqs.toml")
-        score_in = resolve(None, proj, k=a.k, span="0:0.5")
-        check_in = resolve(None, proj, k=a.k, span="0.5:1")
-        s = run_sweep(score_in.model, score_in.spec, score_in.contexts, ProbeSettings(horizon=int(proj.score.get("horizon", 20))))
+        _, horizon, score_in, check_in = halves(name, a.k)
+        s = run_sweep(score_in.model, score_in.spec, score_in.contexts, ProbeSettings(horizon=horizon))
         jobs = [("ort", "raspberrypi", "ort"), ("tflite", "raspberrypi", "tflite"), ("tflm", "stm32h743", "tflm")]
         for fmt, tname, runtime in jobs:
             tg = find_target(tname)

@@ -16,6 +16,8 @@ import argparse
 import numpy as np
 from scipy.stats import spearmanr
 
+from _examples import halves  # scripts/ is on sys.path when a script runs
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -25,10 +27,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from edgetqs.evaluate import measure, simulated_weights
-    from edgetqs.examples import example_path
-    from edgetqs.inputs import resolve
     from edgetqs.plan import InfeasibleBudgetError, PlanOptions, make_plan, pareto
-    from edgetqs.project import load_project
     from edgetqs.rollout import Rollout
     from edgetqs.targets import load_target, target_files
     from edgetqs.tqs import ProbeSettings, run_sweep
@@ -38,10 +37,7 @@ def main() -> None:
     print("--- | --- | --- | --- | --- | --- | --- | --- | ---")
     fronts = []
     for name in a.examples.split(","):
-        proj = load_project(example_path(name) / "edgetqs.toml")
-        horizon = int(proj.score.get("horizon", 20))
-        train = resolve(None, proj, k=a.k, span="0:0.5")
-        held = resolve(None, proj, k=a.k, span="0.5:1")
+        _, horizon, train, held = halves(name, a.k)
         scores = run_sweep(train.model, train.spec, train.contexts, ProbeSettings(horizon=horizon))
         m = train.model
         for t in targets:

@@ -19,6 +19,8 @@ import argparse
 
 from scipy.stats import spearmanr
 
+from _examples import halves  # scripts/ is on sys.path when a script runs
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,9 +28,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     a = ap.parse_args()
 
-    from edgetqs.examples import example_path
     from edgetqs.inputs import resolve
-    from edgetqs.project import load_project
     from edgetqs.tqs import ProbeSettings, run_sweep
 
     def gammas(s):
@@ -41,11 +41,8 @@ def main() -> None:
     print("example | granularity | groups | rho gauss vs quant | rho contexts A vs B (gauss) | rho contexts A vs B (quant)")
     print("--- | --- | --- | --- | --- | ---")
     for name in a.examples.split(","):
-        proj = load_project(example_path(name) / "edgetqs.toml")
-        horizon = int(proj.score.get("horizon", 20))
+        proj, horizon, half_a, half_b = halves(name, a.k)
         full = resolve(None, proj, k=a.k)
-        half_a = resolve(None, proj, k=a.k, span="0:0.5")
-        half_b = resolve(None, proj, k=a.k, span="0.5:1")
         for gran in ("tensor", "block"):
             st = {p: ProbeSettings(probe=p, horizon=horizon, granularity=gran) for p in ("gauss", "quant")}
             g = gammas(run_sweep(full.model, full.spec, full.contexts, st["gauss"]))
@@ -69,10 +66,7 @@ def main() -> None:
 
     p4 = parse_precision("int4-channel")
     for name in a.examples.split(","):
-        proj = load_project(example_path(name) / "edgetqs.toml")
-        horizon = int(proj.score.get("horizon", 20))
-        train = resolve(None, proj, k=a.k, span="0:0.5")
-        held = resolve(None, proj, k=a.k, span="0.5:1")
+        _, horizon, train, held = halves(name, a.k)
         m = train.model
         ref = Rollout(m, held.spec, held.contexts.statics, model_bytes=m.bytes).run(held.contexts.arrays, horizon).steps
         sc = {p: run_sweep(m, train.spec, train.contexts, ProbeSettings(probe=p, horizon=horizon)) for p in ("gauss", "quant")}

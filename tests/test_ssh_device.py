@@ -117,7 +117,7 @@ def test_unknown_host_key_is_not_accepted(sshd, tmp_path: Path) -> None:
     art, ref, _ = ort_artifact(tmp_path)
     fake = _keygen(tmp_path / "fake_host")
     kh = tmp_path / "kh"
-    kh.write_text(f"[127.0.0.1]:{sshd['port']} " + " ".join((tmp_path / "fake_host.pub").read_text().split()[:2]) + "\n")
+    kh.write_text(f"[127.0.0.1]:{sshd['port']} " + " ".join(fake.with_suffix(".pub").read_text().split()[:2]) + "\n")
     with pytest.raises(DeviceError, match="host key is not the one in"):
         check(art, ref, _device(sshd, tmp_path, known_hosts=str(kh)), tolerance=0.2)
     empty = tmp_path / "empty_kh"
