@@ -1,88 +1,301 @@
-"""The Python API: one function per CLI command, taking paths or the objects the others return.
+"""The Python API: one function per pipeline stage, taking paths or the objects the others return.
+The command line is a thin layer over these functions, so everything it does is callable from Python.
 
     import edgetqs
-    scores = edgetqs.score("model.onnx", "contexts.npz")
-    plan = edgetqs.plan(scores, "model.onnx", "stm32h743")
+    scores = edgetqs.score("model.onnx", "contexts.npz", horizon=12)
+    plan = edgetqs.plan(scores, "model.onnx", "stm32h743", pareto=8, evaluate=True, contexts="contexts.npz")
     conv = edgetqs.convert("model.onnx", plan, "tflm", "artifacts", contexts="contexts.npz")
     result = edgetqs.check("artifacts/model.tflm.tflite", model="model.onnx", contexts="contexts.npz", target="stm32h743")
-    bundle = edgetqs.build("model.onnx", "raspberrypi", contexts="contexts.npz")
+    bundle = edgetqs.build("model.onnx", "raspberrypi", contexts="contexts.npz", ratio=0.25)
+    again = edgetqs.check(bundle.bundle, device="qemu-pi5")   # a bundle carries its own reference
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .core.project import Project, RolloutConfig, ScoreConfig, merged, open_project
+from .errors import BadInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .allocation.plan import Plan
+    from .allocation.targets import Target
+    from .bundle.build import BuildResult
+    from .core.inputs import Inputs
+    from .core.model import Model
+    from .runtimes.convert import ConvertResult
+    from .sensitivity.scores import Scores
+    from .validation.check import CheckResult
+
+Log = Callable[[str], None]
+DEFAULT_TOLERANCE = 0.1
+DEFAULT_CHECK_HORIZON = 20
 
 
-def _model_path(model: Any) -> Path | None:
-    if model is None:
-        return None
-    return Path(getattr(model, "path", model))
+def _target(target: Any, log: Log | None = None) -> Target:
+    from .allocation.targets import Target, find_target
+
+    return target if isinstance(target, Target) else find_target(str(target), log)
 
 
-def _inputs(model: Any, contexts: Any, k: int | None, project: Any):
-    from .inputs import resolve
-    from .project import find_project, load_project
+def _model_arg(model: Any, example_input: Any) -> Any:
+    """A path, a loaded `Model`, or a torch module (exported once with the dynamo exporter)."""
+    from .core.model import Model
 
-    proj = load_project(project) if project else find_project()
-    return resolve(_model_path(model), proj, contexts_path=None if contexts is None else Path(contexts), k=k)
+    if model is None or isinstance(model, (str, Path, Model)):
+        return model
+    if example_input is None:
+        raise BadInputError("a torch module needs example_input= (a tensor with the batch axis first) to be exported")
+    import tempfile
+
+    from .core.model import export_torch, load_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="edgetqs-export-")) / "model.onnx"
+    return load_model(export_torch(model, example_input, tmp))
 
 
-def _target(target: Any):
-    from .targets import Target, find_target
+def inputs(model: Any = None, contexts: Any = None, *, project: Any = None, k: int | None = None, span: str | None = None,
+           variables: list[str] | None = None, spinup: bool = False, spinup_scale: float = 1.0, seed: int = 0,
+           rollout: RolloutConfig | dict[str, Any] | None = None) -> Inputs:
+    """The model, its rollout and the contexts, resolved from these arguments and the project file."""
+    from .core.inputs import resolve
 
-    return target if isinstance(target, Target) else find_target(str(target))
+    return resolve(model, open_project(project), contexts=contexts, variables=variables, k=k, span=span, spinup=spinup,
+                   spinup_scale=spinup_scale, seed=seed, rollout=rollout)
 
 
-def plan(scores: Any, model: Any, target: Any, **options: Any):
-    """A `Plan` for ``target`` from scores (a `Scores` or a scores.json path); ``options`` are
-    `edgetqs.plan.PlanOptions` fields (runtime, budget_bytes, ratio, objective, allocator, ...)."""
-    from .model import Model, load_model
-    from .plan import PlanOptions, make_plan
-    from .tqs import Scores
+def score(model: Any = None, contexts: Any = None, *, project: Any = None, k: int | None = None, span: str | None = None,
+          variables: list[str] | None = None, spinup: bool = False, spinup_scale: float = 1.0, rollout: RolloutConfig | dict[str, Any] | None = None,
+          settings: ScoreConfig | dict[str, Any] | None = None, strategy: str = "auto", cache: bool = True, force: bool = False,
+          example_input: Any = None, progress: Callable[[int, int], None] | None = None, log: Log | None = None, **options: Any) -> Scores:
+    """Score a model's quantization sensitivity with TQS.
+
+    Args:
+        model: an .onnx path, a loaded `Model`, or a torch module (with ``example_input``); default: the project's.
+        contexts: a contexts file (default: the project's; none: data-free spin-up from noise).
+        settings / **options: probe settings (``probe``, ``horizon``, ``granularity``, ``ladder``, ``workers``...,
+            the keys of ``[score]`` in edgetqs.toml); they beat the project file.
+        cache: reuse (and fill) the score cache that `build` uses for the same model, contexts and settings.
+        force: rescore even when the cache holds these scores.
+
+    Raises:
+        EdgetqsError: bad input (named), a diverging float rollout, ...
+    """
+    from .sensitivity.cache import score_cached
+    from .sensitivity.scores import ProbeSettings
+    from .sensitivity.sweep import run_sweep
+
+    proj = open_project(project)
+    cfg = merged(merged(proj.score if proj else ScoreConfig(), settings), _score_config(options))
+    probe = ProbeSettings.from_config(cfg)
+    inp = inputs(_model_arg(model, example_input), contexts, project=proj, k=k, span=span, variables=variables, spinup=spinup,
+                 spinup_scale=spinup_scale, seed=probe.seed, rollout=rollout)
+    workers = cfg.workers or 1
+    if cache:
+        scores, cached, path = score_cached(inp.model, inp.spec, inp.contexts, probe, force=force, progress=progress, notes=inp.notes,
+                                            workers=workers, strategy=strategy, log=log)
+        if cached and log:
+            log(f"reused cached scores {path} (same model, contexts and probe settings; --force scores again)")
+        return scores
+    return run_sweep(inp.model, inp.spec, inp.contexts, probe, workers=workers, progress=progress, notes=inp.notes, strategy=strategy)
+
+
+def _score_config(options: dict[str, Any]) -> ScoreConfig:
+    from pydantic import ValidationError
+
+    from .core.results import describe_validation_error
+
+    try:
+        return ScoreConfig.model_validate({k: (tuple(v) if isinstance(v, list) else v) for k, v in options.items()})
+    except ValidationError as exc:
+        raise BadInputError(describe_validation_error(exc, "score settings")) from None
+
+
+def plan(scores: Any, model: Any = None, target: Any = "raspberrypi", *, project: Any = None, pareto: int | None = None,
+         evaluate: bool = False, refine: bool = False, contexts: Any = None, k: int | None = None, span: str | None = None,
+         lowest: str | int | None = None, pins: list[str] | tuple[str, ...] = (), budget: str | int | None = None,
+         log: Log | None = None, **options: Any) -> Plan:
+    """Bits per tensor for ``target``.
+
+    Args:
+        scores: a `Scores` or a scores.json path.
+        model: the scored model (default: the project's, then the path in the scores).
+        pareto: also plan at this many budgets from the smallest feasible to fp32 (stored in ``plan.pareto``).
+        evaluate: measure the plan (and the Pareto points) by simulated quantization on the contexts.
+        refine: measure candidate plans on the contexts and keep the best.
+        lowest: lowest allowed tier (``int4`` or 4).
+        pins: ``NAME=PRECISION`` or ``re:REGEX=PRECISION`` rules.
+        budget: ``600KB``, ``1.5MiB`` or bytes.
+        **options: other `edgetqs.allocation.plan.PlanOptions` fields (runtime, ratio, objective, allocator,
+            keep_fp32_share, rounding).
+    """
+    from pydantic import ValidationError
+
+    from .allocation.plan import PlanOptions, parse_pin, parse_size
+    from .allocation.planner import plan_stage
+    from .core.inputs import rollout_config
+    from .core.model import Model, load_model
+    from .core.quantize import parse_precision
+    from .core.results import describe_validation_error
+    from .sensitivity.scores import Scores
 
     s = scores if isinstance(scores, Scores) else Scores.load(scores)
-    m = model if isinstance(model, Model) else load_model(model)
-    return make_plan(s, m, _target(target), PlanOptions(**options))
+    proj = open_project(project)
+    if isinstance(model, Model):
+        m = model
+    else:
+        mpath = model or (proj.model if proj else None) or (Path(s.model_path) if s.model_path else None)
+        if mpath is None:
+            raise BadInputError("no model: pass --model (the ONNX file that was scored)")
+        m = load_model(mpath)
+    tg = _target(target, log)
+    lowest_bits = None if lowest is None else (int(lowest) if isinstance(lowest, int) else parse_precision(str(lowest)).bits)
+    try:
+        opts = PlanOptions(budget_bytes=parse_size(str(budget)) if budget is not None else None, lowest_bits=lowest_bits,
+                           pins=tuple(parse_pin(p) for p in pins), **options)
+    except ValidationError as exc:
+        raise BadInputError(describe_validation_error(exc, "plan options")) from None
+    spec = ctx = None
+    if evaluate or refine or opts.rounding != "rtn":
+        inp = inputs(m, contexts, project=proj, k=k, span=span, rollout=rollout_config(s.spec))
+        spec, ctx = inp.spec, inp.contexts
+    return plan_stage(s, m, tg, opts, spec=spec, contexts=ctx, refine=refine, evaluate_plans=evaluate, pareto_n=pareto, log=log)
 
 
 def convert(model: Any, plan: Any, fmt: str, out_dir: Any = "artifacts", *, contexts: Any = None, k: int | None = None,
-            horizon: int | None = None, overwrite: bool = False, project: Any = None):
+            horizon: int | None = None, overwrite: bool = False, activations: str = "auto", project: Any = None) -> ConvertResult:
     """Write and verify the artifact (a `ConvertResult`); ``plan`` is a `Plan` or a plan.json path."""
-    from .convert import convert as run
-    from .plan import Plan
+    from .allocation.plan import Plan
+    from .runtimes.convert import convert as run
 
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
-    inp = _inputs(model, contexts, k, project)
-    return run(inp.model, p, fmt, Path(out_dir), inp.contexts, inp.spec, horizon=horizon, overwrite=overwrite)
+    _check_horizon(horizon)
+    inp = inputs(model, contexts, project=project, k=k)
+    return run(inp.model, p, fmt, Path(out_dir), inp.contexts, inp.spec, horizon=horizon, overwrite=overwrite, activations=activations)
 
 
-def check(artifact: Any, *, device: str = "local", reference: Any = None, model: Any = None, contexts: Any = None,
-          k: int | None = None, horizon: int | None = None, target: Any = None, tolerance: float | None = None, project: Any = None):
+def _check_horizon(horizon: int | None) -> None:
+    from .allocation.targets import MAX_VALIDATION_HORIZON
+
+    if horizon is not None and not 1 <= horizon <= MAX_VALIDATION_HORIZON:
+        raise BadInputError(f"horizon {horizon}; expected 1..{MAX_VALIDATION_HORIZON:,} steps")
+
+
+def check(artifact: Any, *, device: str = "local", reference: Any = None, model: Any = None, contexts: Any = None, k: int | None = None,
+          span: str | None = None, horizon: int | None = None, target: Any = None, tolerance: float | None = None, fmt: str | None = None,
+          project: Any = None, output: Any = None, write: bool = True, log: Log | None = None) -> CheckResult:
     """Roll ``artifact`` out on ``device`` and compare with the float trajectory (a `CheckResult`).
 
-    The reference is a reference.npz path, or computed from ``model`` and ``contexts``."""
-    from .check import Reference, check as run, contexts_with_truth, make_reference
-    from .devices import find_device
+    ``artifact`` may be a bundle folder (its artifact and reference.npz are used: no float model needed).
+    The reference is otherwise a reference.npz path, or computed from ``model`` and ``contexts``. With
+    ``write``, check.json, check.png (and a new reference.npz) go to ``output``: by default the artifact's
+    folder, or ``./check-<bundle>-<device>/`` for a bundle, whose manifest must stay valid.
+    """
+    import json
+    import math
 
-    tg = _target(target) if target is not None else None
-    tol = tolerance if tolerance is not None else (tg.validation_tolerance if tg else 0.1)
-    steps = horizon or (tg.validation_horizon if tg else 20)
+    from .core.inputs import parse_span
+    from .validation.check import artifact_format, validate_artifact
+    from .validation.check import check as run
+    from .validation.devices import find_device
+    from .validation.reference import Reference, contexts_with_truth, make_reference
+
+    a = Path(artifact)
+    if a.is_dir() and (a / "manifest.json").is_file():
+        from .bundle.manifest import Manifest
+
+        a = a / Manifest.load(a / "manifest.json").artifact
+    dev = find_device(device, log)
+    fmt = artifact_format(a, fmt)
+    validate_artifact(a, fmt)  # a corrupted file fails before any work
+    info: dict[str, Any] = {}
+    conv = a.parent / "convert.json"
+    if conv.is_file():
+        try:
+            raw = json.loads(conv.read_text())
+            info = raw if isinstance(raw, dict) and raw.get("artifact") == a.name else {}
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            info = {}
+    tname = target or info.get("target")
+    tg = None
+    if tname:
+        try:
+            tg = _target(tname, log)
+        except BadInputError:
+            if target:
+                raise
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
+        raise BadInputError(f"tolerance {tolerance}; expected a positive, finite normalised RMSE")
+    _check_horizon(horizon)
+    tol = tolerance if tolerance is not None else (tg.validation_tolerance if tg else DEFAULT_TOLERANCE)
+    steps = horizon or (tg.validation_horizon if tg else DEFAULT_CHECK_HORIZON)
+    in_bundle = (a.parent / "manifest.json").exists()
+    if in_bundle and reference is None and (a.parent / "reference.npz").exists():
+        reference = a.parent / "reference.npz"  # a bundle carries its reference: no float model needed
+    outdir = Path(output) if output is not None else (Path.cwd() / f"check-{a.parent.name}-{dev.name}" if in_bundle else a.parent)
+    made_reference = False
     if reference is not None:
         ref = reference if isinstance(reference, Reference) else Reference.load(Path(reference))
+        if horizon and horizon != ref.horizon:
+            raise BadInputError(f"--horizon {horizon}, but the reference holds {ref.horizon} steps; drop --horizon or rebuild the reference")
     else:
-        inp = _inputs(model, contexts, k, project)
-        ref = make_reference(inp.model, inp.spec, contexts_with_truth(inp, steps), steps)
-    result, _ = run(Path(artifact), ref, find_device(device), tol, target=tg.name if tg else None)
+        inp = inputs(model, contexts, project=project, k=k, span=span)
+        if info.get("model_sha256") and info["model_sha256"] != inp.model.sha256:
+            raise BadInputError(f"{a.name} was converted from model sha256 {str(info['model_sha256'])[:12]}..., "
+                                f"not {inp.model.path} ({inp.model.sha256[:12]}...)")
+        ref = make_reference(inp.model, inp.spec, contexts_with_truth(inp, steps, parse_span(span)), steps)
+        made_reference = True
+    if log:
+        log(f"checking {a.name} on {dev.name} ({dev.description or dev.kind}): {ref.horizon} steps x {ref.k} contexts")
+    facts = {**(info.get("facts") or {}), "arena_bytes": info.get("arena_bytes")}
+    result, _ = run(a, ref, dev, tol, target=tname, fmt=fmt, facts=facts, validated=True)
+    if write:
+        from .bundle.plots import plot_check
+
+        outdir.mkdir(parents=True, exist_ok=True)
+        if made_reference:
+            ref.save(outdir / "reference.npz")
+        result.save(outdir / "check.json")
+        plot_check(result, outdir / "check.png")
     return result
 
 
-def build(model: Any = None, target: Any = "raspberrypi", **kwargs: Any):
+def build(model: Any = None, target: Any = "raspberrypi", *, contexts: Any = None, log: Log | None = None, **kwargs: Any) -> BuildResult:
     """`edgetqs build`: the whole pipeline into ``output/<model>-<target>/`` (a `BuildResult`).
-    Keyword arguments as `edgetqs.build.build` (device, budget, ratio, fmt, output, force, contexts_path, ...)."""
-    from .build import build as run
+    Keyword arguments as `edgetqs.bundle.build.build` (device, budget, ratio, fmt, output, force, refine, k, score, ...)."""
+    from .bundle.build import build as run
 
-    if "contexts" in kwargs:
-        kwargs["contexts_path"] = Path(kwargs.pop("contexts"))
-    kwargs.setdefault("log", lambda m: None)
-    return run(_model_path(model), str(getattr(target, "path", target)), **kwargs)
+    return run(model, str(getattr(target, "path", None) or target), contexts=contexts, log=log, **kwargs)
+
+
+def targets() -> list[tuple[Any, Any]]:
+    """Every known target with where it came from: [(Target or the error loading it, catalogue entry)]."""
+    from .allocation.targets import load_target, target_files
+    from .errors import EdgetqsError
+
+    out: list[tuple[Any, Any]] = []
+    for e in target_files():
+        try:
+            out.append((load_target(e.path), e))
+        except EdgetqsError as exc:
+            out.append((exc, e))
+    return out
+
+
+def devices() -> list[tuple[Any, Any]]:
+    """Every known device with where it came from: [(Device or the error loading it, catalogue entry)]."""
+    from .errors import EdgetqsError
+    from .validation.devices import device_files, load_device
+
+    out: list[tuple[Any, Any]] = []
+    for e in device_files():
+        try:
+            out.append((load_device(e.path), e))
+        except EdgetqsError as exc:
+            out.append((exc, e))
+    return out
+
+
+__all__ = ["score", "plan", "convert", "check", "build", "inputs", "targets", "devices", "Project"]

@@ -39,14 +39,20 @@ def chain_model(path: Path, tensors: int, width: int = 16) -> Path:
 
 
 def synthetic_scores(model):
-    from edgetqs.rollout import RolloutSpec
-    from edgetqs.tqs import GroupScore, ProbeSettings, Scores, StateExponent
+    from edgetqs.core.rollout import RolloutSpec
+    from edgetqs.sensitivity.scores import GroupScore, ProbeSettings, Scores, StateExponent
 
     rng = np.random.default_rng(1)
-    groups = tuple(GroupScore(w.name, (w.name,), w.size, float(rng.normal(0.1, 0.05)), (0.0,), float(rng.lognormal(2, 1)), 1e-3, False, None, "gauss")
+    groups = tuple(GroupScore(name=w.name, tensors=(w.name,), n_params=w.size, gamma=float(rng.normal(0.1, 0.05)), gamma_curve=(0.0,),
+                              gain=float(rng.lognormal(2, 1)), eps=1e-3, dead=False, diverged_step=None, probe="gauss")
                    for w in model.weights)
-    return Scores(model.name, model.sha256, RolloutSpec("state", (("x", "y"),)), ProbeSettings(), 20, "fixed", {"k": 8}, groups,
-                  StateExponent(0.0, (0.0,), 1e-3, (0.0,)), 0.0, 0, 1, "bench")
+    from edgetqs.core.contexts import ContextsInfo
+
+    return Scores(edgetqs_version="bench", model=model.name, model_sha256=model.sha256, rollout=RolloutSpec(mode="state", pairs=(("x", "y"),)),
+                  settings=ProbeSettings(), horizon=20, horizon_rule="fixed",
+                  contexts=ContextsInfo(source="bench", k=8, start_indices=(), variables=(), shape=()), groups=groups,
+                  state_exponent=StateExponent(exponent=0.0, curve=(0.0,), eps=1e-3, error_curve=(0.0,)), wall_seconds=0.0, forward_calls=0,
+                  workers=1)
 
 
 def main() -> None:
@@ -55,9 +61,9 @@ def main() -> None:
     ap.add_argument("--target", default="raspberrypi")
     a = ap.parse_args()
 
-    from edgetqs.model import load_model
-    from edgetqs.plan import PlanOptions, build_items, make_plan
-    from edgetqs.targets import find_target
+    from edgetqs.core.model import load_model
+    from edgetqs.allocation.plan import PlanOptions, build_items, make_plan
+    from edgetqs.allocation.targets import find_target
 
     target = find_target(a.target)
     print("groups | options/tensor | prepare s | exact s (total) | greedy s (total) | exact E | greedy E | greedy/exact")

@@ -65,10 +65,11 @@ def _vmhwm() -> int:
 
 
 def child(path: str, granularity: str, workers: int, horizon: int, k: int) -> None:
-    from edgetqs.contexts import read_record, select_contexts
-    from edgetqs.model import load_model
-    from edgetqs.rollout import Rollout, infer_spec
-    from edgetqs.tqs import ProbeSettings, run_sweep
+    from edgetqs.core.contexts import read_record, select_contexts
+    from edgetqs.core.model import load_model
+    from edgetqs.core.rollout import Rollout, infer_spec
+    from edgetqs.sensitivity.scores import ProbeSettings
+    from edgetqs.sensitivity.sweep import run_sweep
 
     m = load_model(path)
     spec = infer_spec(m)

@@ -38,7 +38,7 @@ def naive_sweep(model, spec, ctx, groups, settings, horizon: int, batched: bool)
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    from edgetqs.tqs import probe_delta
+    from edgetqs.sensitivity.probes import probe_delta
 
     t0 = time.perf_counter()
     for name, tensors in [("reference", ())] + list(groups):
@@ -74,9 +74,11 @@ def main() -> None:
     import onnxruntime as ort
 
     from edgetqs.examples import example_path
-    from edgetqs.inputs import resolve
-    from edgetqs.project import load_project
-    from edgetqs.tqs import ProbeSettings, make_groups, run_sweep
+    from edgetqs.core.inputs import resolve
+    from edgetqs.core.project import load_project
+    from edgetqs.sensitivity.scores import ProbeSettings
+    from edgetqs.sensitivity.sweep import run_sweep
+    from edgetqs.sensitivity.groups import make_groups
 
     rows = []
     for name in a.examples.split(","):

@@ -27,13 +27,15 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     a = ap.parse_args()
 
-    from edgetqs.check import check, contexts_with_truth, make_reference
-    from edgetqs.convert import convert
-    from edgetqs.devices import find_device
+    from edgetqs.validation.reference import contexts_with_truth, make_reference
+    from edgetqs.validation.check import check
+    from edgetqs.runtimes.convert import convert
+    from edgetqs.validation.devices import find_device
     from edgetqs.errors import EdgetqsError
-    from edgetqs.plan import InfeasibleBudgetError, PlanOptions, make_plan
-    from edgetqs.targets import find_target
-    from edgetqs.tqs import ProbeSettings, run_sweep
+    from edgetqs.allocation.plan import InfeasibleBudgetError, PlanOptions, make_plan
+    from edgetqs.allocation.targets import find_target
+    from edgetqs.sensitivity.scores import ProbeSettings
+    from edgetqs.sensitivity.sweep import run_sweep
 
     devices = [find_device(d) for d in a.devices.split(",")]
     print("example | format | device | passed | diverges at (lead) | nRMSE q-vs-float @1 / @end | q-vs-truth @end | float-vs-truth @end | "

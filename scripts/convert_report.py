@@ -26,13 +26,14 @@ def main() -> None:
     ap.add_argument("--mcu", default="stm32h743,esp32s3,nrf52840", help="microcontroller targets for the tflm format ('' for none)")
     a = ap.parse_args()
 
-    from edgetqs.convert import ConvertError, convert
+    from edgetqs.runtimes.convert import ConvertError, convert
     from edgetqs.examples import example_path
-    from edgetqs.inputs import resolve
-    from edgetqs.plan import InfeasibleBudgetError, PlanOptions, make_plan
-    from edgetqs.project import load_project
-    from edgetqs.targets import find_target
-    from edgetqs.tqs import ProbeSettings, run_sweep
+    from edgetqs.core.inputs import resolve
+    from edgetqs.allocation.plan import InfeasibleBudgetError, PlanOptions, make_plan
+    from edgetqs.core.project import load_project
+    from edgetqs.allocation.targets import find_target
+    from edgetqs.sensitivity.scores import ProbeSettings
+    from edgetqs.sensitivity.sweep import run_sweep
 
     pi = find_target("raspberrypi")
     print(f"plans at {a.ratio:g} of fp32 on raspberrypi, or the smallest feasible budget where that is infeasible")

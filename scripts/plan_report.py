@@ -26,11 +26,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     a = ap.parse_args()
 
-    from edgetqs.evaluate import measure, simulated_weights
-    from edgetqs.plan import InfeasibleBudgetError, PlanOptions, make_plan, pareto
-    from edgetqs.rollout import Rollout
-    from edgetqs.targets import load_target, target_files
-    from edgetqs.tqs import ProbeSettings, run_sweep
+    from edgetqs.allocation.evaluate import measure, simulated_weights
+    from edgetqs.allocation.plan import InfeasibleBudgetError, PlanOptions, make_plan, pareto
+    from edgetqs.core.rollout import Rollout
+    from edgetqs.allocation.targets import load_target, target_files
+    from edgetqs.sensitivity.scores import ProbeSettings
+    from edgetqs.sensitivity.sweep import run_sweep
 
     targets = [load_target(f) for f in target_files()]
     print("example | target | budget B | weights B | fp32 B | exact E | greedy E | exact ms | greedy ms")

@@ -28,8 +28,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     a = ap.parse_args()
 
-    from edgetqs.inputs import resolve
-    from edgetqs.tqs import ProbeSettings, run_sweep
+    from edgetqs.core.inputs import resolve
+    from edgetqs.sensitivity.scores import ProbeSettings
+    from edgetqs.sensitivity.sweep import run_sweep
 
     def gammas(s):
         return {g.name: g.gamma for g in s.groups if g.gamma is not None}
@@ -60,9 +61,9 @@ def main() -> None:
     print("--- | --- | --- | --- | --- | --- | ---")
     import numpy as np
 
-    from edgetqs.evaluate import measure
-    from edgetqs.quantize import fake_quant, parse_precision, residual_rms
-    from edgetqs.rollout import Rollout
+    from edgetqs.allocation.evaluate import measure
+    from edgetqs.core.quantize import fake_quant, parse_precision, residual_rms
+    from edgetqs.core.rollout import Rollout
 
     p4 = parse_precision("int4-channel")
     for name in a.examples.split(","):

@@ -7,14 +7,15 @@ from pathlib import Path
 import numpy as np
 
 import models
-from edgetqs.check import make_reference
-from edgetqs.contexts import read_record, select_contexts
-from edgetqs.convert import convert
-from edgetqs.model import load_model
-from edgetqs.plan import PlanOptions, make_plan
-from edgetqs.rollout import infer_spec
-from edgetqs.targets import find_target
-from edgetqs.tqs import ProbeSettings, run_sweep
+from edgetqs.validation.reference import make_reference
+from edgetqs.core.contexts import read_record, select_contexts
+from edgetqs.runtimes.convert import convert
+from edgetqs.core.model import load_model
+from edgetqs.allocation.plan import PlanOptions, make_plan
+from edgetqs.core.rollout import infer_spec
+from edgetqs.allocation.targets import find_target
+from edgetqs.sensitivity.scores import ProbeSettings
+from edgetqs.sensitivity.sweep import run_sweep
 
 
 def ort_artifact(tmp_path: Path, horizon: int = 10):

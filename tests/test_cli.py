@@ -26,7 +26,7 @@ def test_score_writes_json_table_and_plot(state_model: Path, record: Path, tmp_p
     r = run("score", str(state_model), "-c", str(record), "-k", "4", "-T", "6", "-o", str(out), "--plot", str(png), "--strategy", "feed")
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
-    assert d["schema_version"] == 1 and d["horizon"] == 6 and d["contexts"]["k"] == 4
+    assert d["schema_version"] == 2 and d["horizon"] == 6 and d["contexts"]["k"] == 4
     assert len(d["groups"]) == 4 and d["forward_calls"] == 6 * 6
     assert {"name", "tensors", "n_params", "gamma", "gamma_curve", "gain", "dead", "probe", "diverged_step"} <= set(d["groups"][0])
     assert len(d["model_sha256"]) == 64 and d["wall_seconds"] > 0
@@ -126,7 +126,7 @@ def test_plan_writes_json_table_pareto_and_evaluation(tmp_path: Path) -> None:
             "-c", str(rec), "-o", str(out), "--plot", str(png))
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
-    assert d["schema_version"] == 1 and d["budget_bytes"] == 4000 and d["weight_bytes"] <= 4000
+    assert d["schema_version"] == 2 and d["budget_bytes"] == 4000 and d["weight_bytes"] <= 4000
     assert d["headroom_bytes"] == 4000 - d["weight_bytes"] and d["predicted_error"] > 0
     assert {"name", "precision", "granularity", "bytes", "residual", "error_share", "rule"} <= set(d["tensors"][0])
     assert "Pareto front" in r.stdout and "measured" in r.stdout and "lead step" in r.stdout

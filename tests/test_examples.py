@@ -12,9 +12,10 @@ import pytest
 
 from edgetqs.examples import example_path, init_project, list_examples
 from edgetqs.errors import BadInputError
-from edgetqs.inputs import resolve
-from edgetqs.project import load_project
-from edgetqs.tqs import ProbeSettings, run_sweep
+from edgetqs.core.inputs import resolve
+from edgetqs.core.project import load_project
+from edgetqs.sensitivity.scores import ProbeSettings
+from edgetqs.sensitivity.sweep import run_sweep
 
 NAMES = ["lorenz96", "station", "blizzard"]
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import edgetqs
-from edgetqs.model import export_torch, load_model
+from edgetqs.core.model import export_torch, load_model
 
 
 class Tiny(nn.Module):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,14 +47,20 @@ def init_project(directory: str | Path, name: str, overwrite: bool = False) -> l
     Raises:
         BadInputError: unknown example, or files already there without ``overwrite``.
     """
+    from ..core.files import preflight, write_bytes
+
     src = example_path(name)
     dst = Path(directory)
-    clash = [dst / f for f in FILES if (dst / f).exists()]
+    if dst.exists() and not dst.is_dir():
+        raise BadInputError(f"'{dst}' exists and is not a folder; give a folder for the project")
+    clash = [dst / f for f in FILES if (dst / f).exists() or (dst / f).is_symlink()]
     if clash and not overwrite:
         raise BadInputError(f"{', '.join(str(c) for c in clash)} already exist; pass --overwrite to replace them or choose another folder")
-    dst.mkdir(parents=True, exist_ok=True)
-    written = []
+    policy = "replace" if overwrite else "refuse_existing"
     for f in FILES:
-        shutil.copyfile(src / f, dst / f)
-        written.append(dst / f)
-    return written
+        preflight(dst / f, policy=policy)
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot create the folder '{dst}': {exc.strerror}") from None
+    return [write_bytes(dst / f, (src / f).read_bytes(), policy=policy) for f in FILES]

@@ -1,0 +1,1 @@
+"""Build: the whole pipeline into one bundle folder (`build`), its manifest, report, tables and plots."""

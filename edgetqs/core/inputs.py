@@ -1,0 +1,108 @@
+"""Resolve what a command works on (model, rollout spec, contexts) from the caller's options and `edgetqs.toml`.
+
+Precedence (`edgetqs.core.project.merged`): an option given by the caller beats the project file, which
+beats inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BadInputError
+from .contexts import Contexts, read_record, select_contexts, spinup_contexts
+from .model import Model, load_model
+from .project import Project, RolloutConfig, merged
+from .rollout import RolloutSpec, SpecHints, infer_spec
+
+
+@dataclass(frozen=True)
+class Inputs:
+    model: Model
+    spec: RolloutSpec
+    contexts: Contexts
+    notes: tuple[str, ...]
+
+
+def parse_span(text: str | None) -> tuple[float, float]:
+    """'0:0.5' -> (0.0, 0.5): the fraction of the record contexts are drawn from."""
+    if not text:
+        return (0.0, 1.0)
+    parts = str(text).split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        a, b = (float(x) if x.strip() else d for x, d in zip(parts, (0.0, 1.0)))
+    except ValueError:
+        raise BadInputError(f"span '{text}'; expected START:STOP fractions of the record, e.g. 0:0.5") from None
+    if not 0.0 <= a < b <= 1.0:
+        raise BadInputError(f"span '{text}'; expected 0 <= START < STOP <= 1")
+    return (a, b)
+
+
+def parse_pairs(items: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for it in items:
+        if "=" not in it:
+            raise BadInputError(f"state pair '{it}'; expected INPUT=OUTPUT")
+        a, b = it.split("=", 1)
+        out.append((a.strip(), b.strip()))
+    return tuple(out)
+
+
+def spec_hints(cfg: RolloutConfig) -> SpecHints:
+    return SpecHints(mode=cfg.mode, pairs=parse_pairs(cfg.state), increment=bool(cfg.increment), static=tuple(cfg.static),
+                     output_slice=cfg.output_slice, channel_axis=cfg.channel_axis)
+
+
+def rollout_config(spec: RolloutSpec) -> RolloutConfig:
+    """The declaration that reproduces ``spec`` (to redo a scored rollout exactly)."""
+    return RolloutConfig(mode=spec.mode, state=tuple(f"{a}={b}" for a, b in spec.pairs), increment=spec.increment,
+                         static=tuple(spec.static), output_slice=spec.output_slice, channel_axis=spec.channel_axis)
+
+
+def resolve(model: Path | str | Model | None, project: Project | None, *, contexts: Path | str | None = None,
+            variables: list[str] | tuple[str, ...] | None = None, k: int | None = None, span: str | None = None, spinup: bool = False,
+            spinup_scale: float = 1.0, seed: int = 0, rollout: RolloutConfig | dict[str, Any] | None = None) -> Inputs:
+    """Load the model, work out the rollout and cut the contexts.
+
+    Args:
+        model: an .onnx path or a loaded `Model` (default: the project's model).
+        project: the project file, if any.
+        contexts: a contexts file (default: the project's; none at all: spin up from noise).
+        rollout: declared rollout settings; they beat the project's ``[rollout]``.
+
+    Raises:
+        BadInputError: no model given and no project file; plus whatever loading raises.
+    """
+    proj = project
+    if isinstance(model, Model):
+        m = model
+    else:
+        path = Path(model) if model is not None else (proj.model if proj else None)
+        if path is None:
+            raise BadInputError("no model given: pass MODEL (an .onnx file) or run in a folder with an edgetqs.toml (see `edgetqs init`)")
+        m = load_model(path)
+        if proj and proj.name and model is None:
+            m.name = proj.name
+    cfg = merged(proj.rollout if proj else RolloutConfig(), rollout)
+    spec = infer_spec(m, spec_hints(cfg))
+    kk = k if k is not None else (proj.k if proj and proj.k else 8)
+    if kk <= 0:
+        raise BadInputError(f"number of contexts k={kk}; expected at least 1")
+    vars_ = list(variables) if variables else (list(proj.variables) if proj and proj.variables else None)
+    cpath = Path(contexts) if contexts is not None else (proj.contexts if proj and not spinup else None)
+    notes: list[str] = []
+    if cpath is None:
+        if spec.static:
+            raise BadInputError(f"static inputs {list(spec.static)} need values from a contexts .npz; spin-up cannot invent them")
+        ctx = spinup_contexts(m, spec, kk, seed=seed, scale=spinup_scale, statics={})
+        notes.append(f"contexts: data-free spin-up from noise (seed {seed}, scale {spinup_scale}); no contexts file was given")
+    else:
+        rec = read_record(cpath, spec, vars_)
+        ctx = select_contexts(rec, m, spec, kk, parse_span(span))
+        if vars_ and not ctx.variables:
+            ctx = dataclasses.replace(ctx, variables=tuple(vars_))
+    return Inputs(m, spec, ctx, tuple(notes))

@@ -1,0 +1,260 @@
+"""Load a forecaster as an ONNX graph and expose its float weights (the black-box view).
+
+ONNX is the one internal representation: a torch module is exported once, here, and from then
+on every stage works on the ONNX bytes. Weights are the float initializers; no module tree is
+needed, so frozen exports with fused operators work the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .quantize import Layout
+
+from ..errors import BadInputError, BadModelError
+
+FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx.TensorProto enum -> dtype
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (None for a symbolic dimension) and dtype of a graph input or output."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def describe(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}[{dims}]"
+
+
+@dataclass(frozen=True)
+class Weight:
+    """One float initializer: the unit TQS perturbs and the planner quantizes."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+class Model:
+    """An ONNX forecaster: its bytes, inputs/outputs and float weights.
+
+    Args:
+        proto: the loaded ``onnx.ModelProto``.
+        path: where it came from (for messages and the sha256 in result files).
+        min_weight_size: initializers with fewer elements are not weights. Rank-0 float
+            initializers are always constants of the graph (epsilons, scales of fused ops), never weights.
+    """
+
+    def __init__(self, proto: Any, path: Path | None = None, min_weight_size: int = 1) -> None:
+        import onnx
+        from onnx import numpy_helper
+
+        self.proto = proto
+        self.path = path
+        self.name = path.stem if path else "model"  # a project file may give a better one
+        self.bytes = proto.SerializeToString()
+        self.sha256 = hashlib.sha256(self.bytes).hexdigest()
+        graph = proto.graph
+        init_names = {i.name for i in graph.initializer}
+        self.inputs = [_info(v) for v in graph.input if v.name not in init_names]
+        self.outputs = [_info(v) for v in graph.output]
+        self._arrays: dict[str, np.ndarray] = {}
+        weights = []
+        for init in graph.initializer:
+            if init.data_type not in FLOAT_TYPES:
+                continue
+            arr = numpy_helper.to_array(init)
+            if arr.ndim == 0 or arr.size < min_weight_size:
+                continue
+            self._arrays[init.name] = arr
+            weights.append(Weight(init.name, tuple(int(d) for d in arr.shape), str(arr.dtype)))
+        self.weights = weights
+        # the first node consuming each weight decides its layout (output channels, reduction axis)
+        self._consumer: dict[str, tuple[str, int, dict]] = {}
+        for node in graph.node:
+            for j, name in enumerate(node.input):
+                if name in self._arrays and name not in self._consumer:
+                    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.name in ("transA", "transB")}
+                    self._consumer[name] = (node.op_type, j, attrs)
+
+    def weight_array(self, name: str) -> np.ndarray:
+        """The stored value of a weight (read-only view)."""
+        return self._arrays[name]
+
+    def consumer(self, name: str) -> tuple[str, int, dict]:
+        """(op type, input index, transA/transB) of the first node that consumes a weight."""
+        return self._consumer.get(name, ("default", 0, {}))
+
+    def op_type(self, name: str) -> str:
+        """Op type of the node that consumes a weight (``default`` when none does)."""
+        return self._consumer.get(name, ("default", 0, {}))[0]
+
+    def role(self, name: str) -> str:
+        """``Conv.bias`` / ``Gemm.bias`` for bias inputs, else the consuming op type: the key that
+        target files use to say which precisions a runtime executes."""
+        op, idx, _ = self._consumer.get(name, ("default", 0, {}))
+        return f"{op}.bias" if op in ("Conv", "Gemm", "ConvTranspose") and idx == 2 else op
+
+    def layout(self, name: str) -> "Layout":
+        """Output-channel and reduction axes of a weight, from the op that consumes it."""
+        from .quantize import Layout
+
+        op, idx, attrs = self._consumer.get(name, ("", 0, {}))
+        nd = self._arrays[name].ndim
+        if nd < 2:
+            return Layout(0, None)
+        if op == "Conv" and idx == 1:
+            return Layout(0, 1)
+        if op == "ConvTranspose" and idx == 1:
+            return Layout(1, 0)
+        if op == "Gemm" and idx == 1:
+            return Layout(0, 1) if attrs.get("transB", 0) else Layout(1, 0)
+        if op == "Gemm" and idx == 0:
+            return Layout(1, 0) if attrs.get("transA", 0) else Layout(0, 1)
+        if op == "MatMul" and idx == 1:
+            return Layout(nd - 1, nd - 2)
+        if op == "MatMul" and idx == 0:
+            return Layout(nd - 2, nd - 1)
+        if op == "Gather" and idx == 0:
+            return Layout(0, 1)
+        return Layout(0, None)
+
+    @property
+    def fixed_bytes(self) -> int:
+        """Bytes of initializers that are not weights (shapes, indices, scalars): stored as they are."""
+        from onnx import numpy_helper
+
+        names = set(self._arrays)
+        return sum(numpy_helper.to_array(i).nbytes for i in self.proto.graph.initializer if i.name not in names)
+
+    @property
+    def n_params(self) -> int:
+        return sum(w.size for w in self.weights)
+
+    def overridable_bytes(self, names: list[str] | None = None) -> bytes:
+        """The model with the given initializers (default: all weights) declared as graph inputs.
+
+        onnxruntime treats an initializer that is also a graph input as a default that a feed
+        may override, so one session serves a whole sweep: no rebuild per perturbed group.
+        """
+        import onnx
+        from onnx import helper
+
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        names = [w.name for w in self.weights] if names is None else names
+        existing = {i.name for i in proto.graph.input}
+        by_name = {i.name: i for i in proto.graph.initializer}
+        for n in names:
+            if n in existing:
+                continue
+            init = by_name[n]
+            proto.graph.input.append(helper.make_tensor_value_info(n, init.data_type, list(init.dims)))
+        if proto.ir_version < 4:
+            proto.ir_version = 4
+        return proto.SerializeToString()
+
+
+    def with_weights(self, new: dict[str, np.ndarray]) -> bytes:
+        """The model bytes with some initializers replaced (baked in as constants).
+
+        Patches the shared proto in place and restores it, so a large model is not copied per call.
+        """
+        from onnx import numpy_helper
+
+        saved = []
+        for init in self.proto.graph.initializer:
+            if init.name in new:
+                old = type(init)()
+                old.CopyFrom(init)
+                saved.append((init, old))
+                init.CopyFrom(numpy_helper.from_array(np.asarray(new[init.name], dtype=self._arrays[init.name].dtype), init.name))
+        try:
+            return self.proto.SerializeToString()
+        finally:
+            for init, old in saved:
+                init.CopyFrom(old)
+
+
+def _info(v: Any) -> TensorInfo:
+    t = v.type.tensor_type
+    dims: list[int | None] = []
+    for d in t.shape.dim:
+        dims.append(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None)
+    dtype = str(np.dtype(FLOAT_TYPES.get(t.elem_type, np.float32)))
+    return TensorInfo(v.name, tuple(dims), dtype)
+
+
+def load_model(path: str | Path, min_weight_size: int = 1) -> Model:
+    """Read an ONNX file and check that it has something to score.
+
+    Raises:
+        BadInputError: the file does not exist.
+        BadModelError: not an ONNX model, or no float weights.
+    """
+    import onnx
+
+    p = Path(path)
+    if not p.exists():
+        raise BadInputError(f"model file '{p}' does not exist; give the path of an .onnx file")
+    if p.is_dir():
+        raise BadInputError(f"model path '{p}' is a directory; give the path of an .onnx file")
+    try:
+        proto = onnx.load(str(p), load_external_data=True)
+    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        raise BadModelError(f"'{p}' is not a readable ONNX model ({type(exc).__name__}); export it with torch.onnx.export or check the file") from None
+    if len(proto.graph.node) == 0 or not proto.graph.output:
+        raise BadModelError(f"'{p}' is not an ONNX model with a graph (no nodes or outputs); check the file")
+    model = Model(proto, p, min_weight_size=min_weight_size)
+    if not model.weights:
+        raise BadModelError(
+            f"'{p}' has no float weight initializers (tensors of rank >= 1); "
+            "TQS perturbs float weights, so there is nothing to score (was it exported with weights as inputs?)"
+        )
+    return model
+
+
+def export_torch(module: Any, example_input: Any, path: str | Path, dynamic_batch: bool = True) -> Path:
+    """Export a torch module once to ONNX (dynamo exporter), batch axis dynamic when possible.
+
+    Args:
+        module: a ``torch.nn.Module`` in eval mode.
+        example_input: a tensor or tuple of tensors with batch axis first.
+        path: where to write the ``.onnx`` file.
+        dynamic_batch: mark axis 0 of every input as dynamic so contexts can be batched.
+
+    Returns:
+        The path written.
+    """
+    try:
+        import torch
+    except ImportError:
+        from ..errors import OptionalDependencyError
+
+        raise OptionalDependencyError("torch", "torch", "exporting a torch model") from None
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    module = module.eval()
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dynamic_shapes = tuple({0: batch} for _ in args)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.onnx")
+    onnx_program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
+    onnx_program.save(str(tmp))
+    tmp.replace(out)
+    return out

@@ -1,0 +1,254 @@
+"""The model as a discrete-time dynamical system: how outputs feed back into inputs.
+
+A `RolloutSpec` says which output becomes which input (``state`` mode) or how predicted steps
+slide into a window (``window`` mode); `Rollout` runs it with one onnxruntime session whose
+weights can be overridden per call, so a whole TQS sweep never rebuilds a session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import RolloutSpecError
+from ..ondevice.step import Feedback, closed_loop, first_nonfinite
+from ..ondevice.step import parse_slice as _parse_slice
+from .model import Model, TensorInfo
+from .results import Frozen
+
+Mode = Literal["state", "window"]
+
+
+class RolloutSpec(Frozen):
+    """How one model step maps to the next.
+
+    Attributes:
+        mode: ``state`` (x_{t+1} = F(x_t), outputs replace the inputs of the same shape) or
+            ``window`` (input [B, L, C], output [B, H, C]: append H steps, drop the oldest H).
+        pairs: (input name, output name) for each fed-back tensor.
+        increment: the model predicts the change: next = input + output (window: last step + output).
+        static: inputs held fixed along the rollout (masks, orography); values come with the contexts.
+        output_slice: a numpy-style index applied to each fed-back output first, e.g. ``...,1``
+            to take the median of three quantiles on the last axis.
+        channel_axis: axis (with batch) of the variables, for per-channel normalisation.
+    """
+
+    mode: Mode
+    pairs: tuple[tuple[str, str], ...]
+    increment: bool = False
+    static: tuple[str, ...] = ()
+    output_slice: str | None = None
+    channel_axis: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def state_inputs(self) -> list[str]:
+        return [p[0] for p in self.pairs]
+
+    def feedback(self) -> Feedback:
+        return Feedback(self.mode == "window", self.increment, self.output_slice)
+
+
+@dataclass(frozen=True)
+class SpecHints:
+    """What a user declared (project file or CLI); anything left None is inferred."""
+
+    mode: Mode | None = None
+    pairs: tuple[tuple[str, str], ...] = ()
+    increment: bool = False
+    static: tuple[str, ...] = ()
+    output_slice: str | None = None
+    channel_axis: int | None = None
+
+
+def parse_slice(text: str) -> tuple[Any, ...]:
+    """Parse a numpy-style index such as ``...,1`` or ``:, :, 0:3`` without eval.
+
+    Raises:
+        RolloutSpecError: a part that is not ``...``, an integer or start:stop.
+    """
+    try:
+        return _parse_slice(text)
+    except ValueError as exc:
+        raise RolloutSpecError(str(exc)) from None
+
+
+def _compatible(a: tuple[int | None, ...], b: tuple[int | None, ...]) -> bool:
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def _sliced_shape(info: TensorInfo, index: tuple | None) -> tuple[int | None, ...]:
+    if index is None:
+        return info.shape
+    probe = np.empty([d if d is not None else 7 for d in info.shape], dtype=np.int8)
+    try:
+        out = probe[index].shape
+    except IndexError as exc:
+        raise RolloutSpecError(f"output slice does not fit output {info.describe()}: {exc}") from None
+    # map back the symbolic dims we substituted with 7 where the slice kept them
+    return tuple(None if (d == 7 and 7 not in [x for x in info.shape if x]) else d for d in out)
+
+
+def infer_spec(model: Model, hints: SpecHints = SpecHints()) -> RolloutSpec:
+    """Work out the rollout from the graph's inputs and outputs, honouring what was declared.
+
+    Raises:
+        RolloutSpecError: naming the inputs and outputs with their shapes when it is ambiguous.
+    """
+    ins = {i.name: i for i in model.inputs}
+    outs = {o.name: o for o in model.outputs}
+    listing = (
+        "inputs: " + ", ".join(i.describe() for i in model.inputs) + "; outputs: " + ", ".join(o.describe() for o in model.outputs)
+    )
+    for s in hints.static:
+        if s not in ins:
+            raise RolloutSpecError(f"static input '{s}' is not an input of the model ({listing})")
+    index = parse_slice(hints.output_slice) if hints.output_slice else None
+    pairs = list(hints.pairs)
+    for a, b in pairs:
+        if a not in ins or b not in outs:
+            raise RolloutSpecError(f"state pair '{a}={b}' does not name an input and an output of the model ({listing})")
+    if not pairs:
+        free_in = [n for n in ins if n not in hints.static]
+        free_out = list(outs)
+        if len(free_in) == 1 and len(free_out) == 1:
+            pairs = [(free_in[0], free_out[0])]
+        else:
+            for n in free_in:
+                matches = [o for o in free_out if _compatible(ins[n].shape, _sliced_shape(outs[o], index))]
+                if len(matches) == 1:
+                    pairs.append((n, matches[0]))
+                else:
+                    pairs = []
+                    break
+            unpaired = [n for n in free_in if n not in {p[0] for p in pairs}]
+            if not pairs or unpaired:
+                raise RolloutSpecError(
+                    "cannot infer which outputs feed back into which inputs (" + listing + "); "
+                    "declare them with --state INPUT=OUTPUT and --static NAME, or [rollout] state/static in edgetqs.toml"
+                )
+    mode = hints.mode
+    a, b = pairs[0]
+    ishape, oshape = ins[a].shape, _sliced_shape(outs[b], index)
+    if mode is None:
+        if all(_compatible(ins[x].shape, _sliced_shape(outs[y], index)) for x, y in pairs):
+            mode = "state"
+        elif len(pairs) == 1 and len(ishape) == 3 and len(oshape) == 3 and _compatible((ishape[0], ishape[2]), (oshape[0], oshape[2])):
+            mode = "window"
+        else:
+            raise RolloutSpecError(
+                f"input {ins[a].describe()} and output {outs[b].describe()} neither have the same shape (state mode) "
+                f"nor are [B, L, C] -> [B, H, C] (window mode) ({listing}); declare --mode and --output-slice"
+            )
+    if mode == "window":
+        if len(pairs) != 1 or len(ishape) != 3 or len(oshape) != 3:
+            raise RolloutSpecError(f"window mode needs one input [B, L, C] and one output [B, H, C] ({listing})")
+        if ishape[1] is not None and oshape[1] is not None and oshape[1] > ishape[1]:
+            raise RolloutSpecError(f"window mode: output {outs[b].describe()} predicts more steps than input {ins[a].describe()} holds")
+    else:
+        for x, y in pairs:
+            if not _compatible(ins[x].shape, _sliced_shape(outs[y], index)):
+                raise RolloutSpecError(f"state mode: output {outs[y].describe()} does not have the shape of input {ins[x].describe()}")
+    channel_axis = hints.channel_axis
+    if channel_axis is None:
+        rank = len(ishape)
+        channel_axis = -1 if (mode == "window" or rank == 3) else (1 if rank >= 2 else 0)
+    return RolloutSpec(mode=mode, pairs=tuple(pairs), increment=hints.increment, static=tuple(hints.static),
+                       output_slice=hints.output_slice, channel_axis=channel_axis)
+
+
+@dataclass
+class RolloutResult:
+    """Trajectories of one rollout: per fed-back output, array [T, K, ...] of what each step produced."""
+
+    steps: list[np.ndarray]  # one per pair
+    forward_calls: int
+    first_nonfinite: int | None = None  # 1-based step where a non-finite value first appeared
+
+
+class Rollout:
+    """Runs a model autoregressively (`edgetqs.ondevice.step.closed_loop`, the code the device driver runs).
+
+    Args:
+        model: the model.
+        spec: how outputs feed back.
+        statics: value (without batch axis) of each static input.
+        threads: intra-op threads of the session (1 inside parallel workers).
+        model_bytes: the graph to run; default: the model with every weight overridable per run.
+        ort_format: ``model_bytes`` is an ORT-format (``.ort``) model, not ONNX.
+        session: any object with onnxruntime's ``run(output_names, feeds)`` (e.g. a LiteRT runner) to
+            roll out instead of an onnxruntime session.
+    """
+
+    def __init__(self, model: Model, spec: RolloutSpec, statics: dict[str, np.ndarray] | None = None,
+                 threads: int = 0, model_bytes: bytes | None = None, ort_format: bool = False, session: Any = None) -> None:
+        self.model = model
+        self.spec = spec
+        self.statics = {k: np.asarray(v) for k, v in (statics or {}).items()}
+        missing = [s for s in spec.static if s not in self.statics]
+        if missing:
+            raise RolloutSpecError(f"static input(s) {missing} need values: put arrays with those names in the contexts .npz")
+        if session is None:
+            from ..ondevice.runners import OrtRunner
+
+            graph = model.overridable_bytes() if model_bytes is None else model_bytes
+            session = OrtRunner(graph, ort_format=ort_format, threads=threads)
+        self.session = session
+        self.feedback = spec.feedback()
+        first = next(i for i in model.inputs if i.name == spec.pairs[0][0])
+        self.fixed_batch: int | None = first.shape[0] if first.shape else None  # None: any batch size
+        self.input_dtypes = {i.name: np.dtype(i.dtype) for i in model.inputs}
+        self.forward_calls = 0
+
+    def run(self, contexts: Sequence[np.ndarray], horizon: int, overrides: dict[str, np.ndarray] | None = None) -> RolloutResult:
+        """Roll out every context for ``horizon`` steps, batching contexts when the model allows.
+
+        Args:
+            contexts: per pair, the initial inputs [K, ...].
+            horizon: number of model steps.
+            overrides: weight name -> replacement value for this rollout only.
+        """
+        with np.errstate(all="ignore"):  # overflow is a finding, reported by first_nonfinite
+            steps, calls = closed_loop(self.session.run, self.spec.pairs, contexts, horizon, self.feedback, statics=self.statics,
+                                       overrides=overrides, batch=self.fixed_batch, dtypes=self.input_dtypes)
+        self.forward_calls += calls
+        return RolloutResult(steps, calls, first_nonfinite(steps))
+
+
+def float_reference(model: Model, spec: RolloutSpec, contexts: Any, horizon: int) -> RolloutResult:
+    """The float model's own rollout from ``contexts`` (a `Contexts`), on a fully optimised session: the
+    trajectory every quantized rollout is compared with."""
+    return Rollout(model, spec, contexts.statics, model_bytes=model.bytes).run(contexts.arrays, horizon)
+
+
+class _Recorder:
+    """Wraps a session and keeps every row it is fed."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.rows: list[dict[str, np.ndarray]] = []
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        batch = next(iter(feeds.values())).shape[0]
+        for b in range(batch):
+            self.rows.append({k: np.array(v[b:b + 1]) for k, v in feeds.items()})
+        return list(self.session.run(names, feeds))
+
+
+def closed_loop_inputs(model: Model, spec: RolloutSpec, contexts: Any, horizon: int) -> list[dict[str, np.ndarray]]:
+    """Every input row (batch 1) the float model sees while rolling each context out for ``horizon`` steps:
+    the calibration set of full-integer and GPTQ rounding. An autoregressive model leaves the teacher-forced
+    range as it rolls out, so ranges and Hessians come from its own closed loop."""
+    from ..ondevice.runners import OrtRunner
+
+    rec = _Recorder(OrtRunner(model.bytes, threads=0))
+    Rollout(model, spec, contexts.statics, session=rec).run(contexts.arrays, horizon)
+    return rec.rows
+
+
+__all__ = ["closed_loop_inputs", "RolloutSpec", "SpecHints", "Rollout", "RolloutResult", "infer_spec", "parse_slice", "float_reference"]

@@ -1,0 +1,134 @@
+"""The runtime plug-in interface and its registry.
+
+A runtime (``ort``, ``ort-mobile``, ``tflite``, ``tflm``) says, in one place, everything the pipeline
+needs to know about it: the artifact's file suffix, which plans it can realise, how it stores scales
+(the planner's byte prices), what a device must have installed, which on-device runner executes it,
+how to convert a plan, how to open a host session and how to parse an artifact. Adding a runtime is
+one module plus one `RUNTIMES.register` line in `edgetqs.runtimes._load`; nothing else switches on
+runtime names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..core.quantize import ONNX_STORAGE, Storage
+from ..errors import EdgetqsError
+from ..registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..allocation.plan import Plan
+    from ..allocation.targets import Target
+    from ..core.contexts import Contexts
+    from ..core.model import Model
+    from ..core.rollout import RolloutSpec
+    from .convert import TensorCheck
+
+
+class ConvertError(EdgetqsError):
+    """A converter cannot realise the plan (missing tensor, unsupported op or precision, over budget)."""
+
+
+@dataclass
+class ConvertJob:
+    """What a converter gets: the float model, the plan, where to write, and the rollout for calibration."""
+
+    model: Model
+    plan: Plan
+    work: Path  # a private temporary folder; the artifact goes in here
+    file_name: str
+    contexts: Contexts
+    spec: RolloutSpec
+    horizon: int
+    target: Target | None
+    activations: str = "auto"
+
+    def plan_integers(self) -> dict[str, Any] | None:
+        """Tensor name -> the integers and scales the plan's rounding chose (`QuantizedTensor`), for
+        roundings other than round-to-nearest; None: converters round to nearest themselves."""
+        from ..allocation.rounding import plan_integers
+
+        return plan_integers(self.model, self.plan, self.contexts, self.spec, self.horizon)
+
+
+@dataclass
+class Converted:
+    """What a converter returns: the artifact, its read-back, and what the host rollout needs."""
+
+    artifact: Path
+    checks: list[TensorCheck]
+    weight_bytes: int  # every stored constant, read back from the file
+    session: Any  # an object with ``run(output_names, feeds)`` for the host rollout
+    notes: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)  # runtime-specific: activations, arena bytes...
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+class Runtime(Protocol):
+    """One runtime. Attributes are plain data; methods do the work (and import heavy packages lazily)."""
+
+    name: str
+    description: str
+    suffix: str  # artifact file name = <model><suffix>
+    accepts: tuple[str, ...]  # plan runtimes this format can realise
+    storage: Storage  # what scales and wide integers cost in its files
+    extra: str | None  # the edgetqs extra its host conversion needs
+    device_packages: str  # pip names a device needs to run it
+    runner: str  # the on-device runner (`edgetqs.ondevice.runners.RUNNERS`)
+    emulated: bool  # whether the emulated ARM Python can run it
+    full_integer: bool  # activations are integers too (calibrated)
+    also_reads: tuple[str, ...]
+
+    def convert(self, job: ConvertJob) -> Converted: ...
+
+    def open(self, artifact: Path, model: Model, facts: dict[str, Any]) -> Any:
+        """A host session for ``artifact`` (``run(output_names, feeds)``)."""
+        ...
+
+    def validate(self, artifact: Path) -> None:
+        """Parse the artifact on the host; raise on a corrupted file."""
+        ...
+
+    def job(self, artifact: Path, io: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+        """Runtime-specific fields of the on-device job (runner, arena, I/O order...)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """Shared plain-data part of a runtime (subclass and add the methods)."""
+
+    name: str
+    description: str
+    suffix: str
+    accepts: tuple[str, ...]
+    storage: Storage = ONNX_STORAGE
+    extra: str | None = None
+    device_packages: str = "onnxruntime"
+    runner: str = "onnxruntime"
+    emulated: bool = True
+    full_integer: bool = False
+    also_reads: tuple[str, ...] = ()  # other suffixes recognised as this format (``.onnx`` for ``ort``)
+
+
+def _load() -> None:
+    from . import ort, ort_mobile, tflite, tflm
+
+    for mod in (ort, ort_mobile, tflite, tflm):
+        RUNTIMES.register(mod.RUNTIME.name, mod.RUNTIME)
+
+
+RUNTIMES: Registry[Runtime] = Registry("runtime", _load)
+
+
+def runtime(name: str) -> Runtime:
+    """The registered runtime ``name`` (BadInputError lists the known ones)."""
+    return RUNTIMES.get(name)
+
+
+def by_artifact(path: Path) -> Runtime | None:
+    """The runtime whose suffix the file name ends with (the longest match: ``.tflm.tflite`` before ``.tflite``)."""
+    matches = [(len(sfx), r) for r in RUNTIMES for sfx in (r.suffix, *r.also_reads) if path.name.endswith(sfx)]
+    return max(matches, key=lambda m: m[0])[1] if matches else None

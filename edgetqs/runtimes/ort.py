@@ -1,0 +1,211 @@
+"""ONNX Runtime artifacts: weight-only mixed precision written into the ONNX graph by hand.
+
+Per planned tensor (TOOLCHAIN.md says what onnxruntime 1.32 runs):
+- fp32: untouched; fp16: an fp16 initializer and a ``Cast`` to float that outputs the original name;
+- int8 / int4: integer initializer + float32 scale + ``DequantizeLinear`` (per tensor: scalar scale;
+  per channel: ``axis``; blocked: ``block_size``, opset 21) that outputs the original name.
+For ORT-mobile (``.ort``) onnxruntime refuses INT4 initializers, so 4-bit weights go through the
+``com.microsoft.MatMulNBits`` kernel instead (Gemm is rewritten to MatMulNBits + Add first, since
+nothing else handles Gemm), and the ``.ort`` file is written by onnxruntime's converter with its
+optimiser disabled (the default level folds fp16 Casts back into fp32 weights).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.model import Model
+from ..core.quantize import Layout, Precision, QuantizedTensor, effective, quantize_int
+from .base import ConvertError, Converted, ConvertJob, RuntimeInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..allocation.plan import Plan
+
+NBITS_SUFFIX = "__nbits4"
+OPSET = 21
+
+
+def _int_initializer(q: np.ndarray, bits: int, name: str):
+    """Packed raw storage: int8 one byte each, int4 two to a byte (a list of values would be stored
+    as varints in int32_data, several times larger)."""
+    import ml_dtypes
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(q.astype(ml_dtypes.int4) if bits == 4 else q.astype(np.int8), name)
+
+
+def qdq_model(model: Model, plan: Plan, mobile: bool = False, integers: dict[str, QuantizedTensor] | None = None) -> tuple[bytes, dict[str, str]]:
+    """The float model rewritten with the plan's precisions.
+
+    ``integers``: tensor name -> the integers and scales to store (e.g. GPTQ's); default: round-to-nearest.
+
+    Returns:
+        (ONNX bytes, planned tensor name -> MatMulNBits weight initializer name for 4-bit in mobile).
+
+    Raises:
+        ConvertError: a planned tensor the model lacks, a precision the runtime cannot store, or a
+            4-bit weight whose op has no 4-bit kernel in ORT-mobile.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper, version_converter
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < OPSET:  # int4 and blocked DequantizeLinear need opset 21
+        try:
+            proto = version_converter.convert_version(proto, OPSET)
+        except Exception as exc:  # the converter raises bare RuntimeErrors naming the op
+            raise ConvertError(f"cannot raise the model from opset {opset} to {OPSET} for int4/blocked weights: {exc}") from None
+    proto.ir_version = max(proto.ir_version, 10)
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    missing = [t.name for t in plan.tensors if t.name not in inits]
+    if missing:
+        raise ConvertError(f"the plan names tensor(s) {missing[:5]} that the model lacks; was plan.json made for this model? (model sha256 {model.sha256[:12]}...)")
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for j, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, j))
+    front, replaced, nbits = [], set(), {}
+    for t in plan.tensors:
+        p = effective(t.precision, model.weight_array(t.name).shape, model.layout(t.name))
+        if p.stays_float:
+            continue  # int32 is a full-integer bias: in a float graph it stays fp32
+        w = numpy_helper.to_array(inits[t.name])
+        if p.kind == "float":
+            graph.initializer.append(numpy_helper.from_array(w.astype(np.float16), t.name + "__fp16"))
+            front.append(helper.make_node("Cast", [t.name + "__fp16"], [t.name], to=TensorProto.FLOAT, name=t.name + "__cast"))
+            replaced.add(t.name)
+            continue
+        if p.bits not in (8, 4):
+            raise ConvertError(f"tensor '{t.name}' is planned {p.name}; ONNX Runtime stores int8 or int4 weights: plan for a target whose ort precisions list those")
+        if mobile and p.bits == 4:
+            nbits[t.name] = _to_matmul_nbits(graph, consumers, t.name, w, p)
+            replaced.add(t.name)
+            continue
+        qt = (integers or {}).get(t.name) or quantize_int(w, p, model.layout(t.name))
+        q_init = _int_initializer(qt.q, p.bits, t.name + "__q")
+        graph.initializer.extend([q_init, numpy_helper.from_array(qt.scale, t.name + "__scale")])
+        attrs = {}
+        if qt.axis is not None:
+            attrs["axis"] = qt.axis
+        if qt.block_size is not None:
+            attrs["block_size"] = qt.block_size
+        front.append(helper.make_node("DequantizeLinear", [t.name + "__q", t.name + "__scale"], [t.name], name=t.name + "__dq", **attrs))
+        replaced.add(t.name)
+    keep = [i for i in graph.initializer if i.name not in replaced]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    ins = [i for i in graph.input if i.name not in replaced]
+    del graph.input[:]
+    graph.input.extend(ins)
+    nodes = front + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if nbits and not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise ConvertError(f"the rewritten graph does not validate: {str(exc).splitlines()[0]}") from None
+    return proto.SerializeToString(), nbits
+
+
+def _to_matmul_nbits(graph, consumers: dict, name: str, w: np.ndarray, p: Precision) -> str:
+    """Replace the Gemm/MatMul consuming ``name`` by MatMulNBits (+ Add for a Gemm bias)."""
+    from onnx import helper, numpy_helper
+
+    users = consumers.get(name, [])
+    if len(users) != 1 or users[0][1] != 1 or users[0][0].op_type not in ("Gemm", "MatMul") or w.ndim != 2:
+        ops = ", ".join(f"{n.op_type} input {j}" for n, j in users) or "nothing"
+        raise ConvertError(
+            f"tensor '{name}' is planned {p.name}, but ORT-mobile runs 4-bit weights only as the 2-D weight of one "
+            f"MatMul/Gemm (MatMulNBits); it feeds {ops}: plan int8 for it (target precisions.ort-mobile)"
+        )
+    if p.granularity != "block" or p.block_size < 16 or p.block_size & (p.block_size - 1):
+        raise ConvertError(f"tensor '{name}' is planned {p.name}; MatMulNBits needs blocks of a power of two >= 16, e.g. int4-block32")
+    node = users[0][0]
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Gemm":
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            raise ConvertError(f"Gemm '{node.name or node.output[0]}' using '{name}' has transA/alpha/beta; only plain Gemm is rewritten to MatMulNBits")
+        w_nk = w if attrs.get("transB", 0) else w.T
+    else:
+        w_nk = w.T
+    n, k = w_nk.shape
+    qt = quantize_int(np.ascontiguousarray(w_nk), p, Layout(0, 1))
+    bs = p.block_size
+    nb = -(-k // bs)
+    q = np.zeros((n, nb * bs), np.int16)
+    q[:, :k] = qt.q
+    u = (q + 8).astype(np.uint8).reshape(n, nb, bs)  # unsigned with the default zero point 8
+    packed = (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
+    b_name = name + NBITS_SUFFIX
+    graph.initializer.extend([numpy_helper.from_array(packed, b_name), numpy_helper.from_array(qt.scale.reshape(-1).astype(np.float32), name + "__nbits_scale")])
+    out = node.output[0]
+    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+    mm_out = out + "__nbits" if bias else out
+    new = [helper.make_node("MatMulNBits", [node.input[0], b_name, name + "__nbits_scale"], [mm_out], domain="com.microsoft",
+                            K=k, N=n, bits=4, block_size=bs, name=(node.name or out) + "__nbits")]
+    if bias:
+        new.append(helper.make_node("Add", [mm_out, bias], [out], name=(node.name or out) + "__bias"))
+    idx = list(graph.node).index(node)
+    graph.node.remove(node)
+    for j, nn in enumerate(new):
+        graph.node.insert(idx + j, nn)
+    return b_name
+
+
+def read_back(artifact: Path, plan: Plan, nbits: dict[str, str]) -> tuple[list[Any], int]:
+    """Per planned tensor, the precision the file stores, and every constant byte it holds."""
+    from . import readback
+    from .convert import TensorCheck
+
+    g = readback.view(artifact)
+    checks = []
+    for t in plan.tensors:
+        found, nbytes = readback.stored_precision(g, t.name, nbits)
+        planned = "fp32" if t.precision.stays_float else t.precision.name  # float graphs keep full-integer biases in fp32
+        checks.append(TensorCheck(name=t.name, planned=t.precision.name, found=found, match=found == planned, bytes=nbytes))
+    return checks, sum(i.nbytes for i in g.inits.values())
+
+
+def validate_onnx(artifact: Path, ort_format: bool) -> None:
+    from ..ondevice.runners import OrtRunner
+
+    OrtRunner(str(artifact), ort_format=ort_format)
+
+
+class OrtRuntime(RuntimeInfo):
+    """ONNX Runtime: an .onnx file with weight-only QDQ (int8/int4 + DequantizeLinear) and fp16 Casts."""
+
+    def convert(self, job: ConvertJob) -> Converted:
+        from ..ondevice.runners import OrtRunner
+
+        data, nbits = qdq_model(job.model, job.plan, integers=job.plan_integers())
+        artifact = job.work / job.file_name
+        artifact.write_bytes(data)
+        checks, weight_bytes = read_back(artifact, job.plan, nbits)
+        return Converted(artifact, checks, weight_bytes, OrtRunner(data, threads=0))
+
+    def open(self, artifact: Path, model: Model, facts: dict[str, Any]) -> Any:
+        from ..ondevice.runners import OrtRunner
+
+        return OrtRunner(str(artifact), threads=0)
+
+    def validate(self, artifact: Path) -> None:
+        validate_onnx(artifact, ort_format=False)
+
+    def job(self, artifact: Path, io: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+        return {"runner": self.runner}
+
+
+RUNTIME = OrtRuntime(name="ort", description="ONNX Runtime (.onnx, weight-only int8/int4 QDQ, fp16)", suffix=".ort.onnx",
+                     accepts=("ort", "ort-mobile"), also_reads=(".onnx",))

@@ -1,0 +1,116 @@
+"""ONNX Runtime artifacts: real onnxruntime, real ORT-format converter, read back from the files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import models
+from edgetqs.errors import BadInputError
+from edgetqs.core.contexts import read_record, select_contexts
+from edgetqs.runtimes.convert import ConvertError, convert
+from edgetqs.runtimes.readback import view
+from edgetqs.core.model import load_model
+from edgetqs.allocation.plan import PlanOptions, make_plan, parse_pin
+from edgetqs.core.rollout import SpecHints, infer_spec
+from edgetqs.allocation.targets import find_target
+from edgetqs.sensitivity.scores import ProbeSettings
+from edgetqs.sensitivity.sweep import run_sweep
+
+PI = find_target("raspberrypi")
+
+
+def _setup(tmp_path: Path, model_path: Path, hints: SpecHints = SpecHints(), statics=None):
+    m = load_model(model_path)
+    spec = infer_spec(m, hints)
+    shape = [d if d is not None else 1 for d in m.inputs[0].shape[1:]]
+    rec = tmp_path / "r.npz"
+    np.savez(rec, record=np.random.default_rng(0).standard_normal([40] + shape).astype(np.float32), **(statics or {}))
+    ctx = select_contexts(read_record(rec, spec), m, spec, 4)
+    return m, spec, ctx, run_sweep(m, spec, ctx, ProbeSettings(horizon=5))
+
+
+def _mixed(m, runtime, pins):
+    return tuple(parse_pin(p) for p in pins)
+
+
+def test_ort_qdq_every_granularity_reads_back_and_matches_simulation(tmp_path: Path) -> None:
+    m, spec, ctx, s = _setup(tmp_path, models.deep_mlp(tmp_path / "d.onnx"))
+    pins = ("fc0.weight=int8-channel", "fc1.weight=int4-block32", "fc2.weight=int4-channel", "fc3.weight=fp16",
+            "fc4.weight=int8-tensor", "fc0.bias=int4-tensor")
+    plan = make_plan(s, m, PI, PlanOptions(ratio=1.0, pins=tuple(parse_pin(p) for p in pins)))
+    r = convert(m, plan, "ort", tmp_path / "out", ctx, spec)
+    found = {t.name: t.found for t in r.tensors}
+    assert found["fc1.weight"] == "int4-block32" and found["fc2.weight"] == "int4-channel" and found["fc3.weight"] == "fp16"
+    assert found["fc4.weight"] == "int8-tensor" and found["fc0.bias"] == "int4-tensor" and r.all_match
+    assert r.weight_bytes == plan.weight_bytes  # the sizes the planner budgets are the sizes written
+    assert r.artifact_vs_simulated is not None and r.artifact_vs_simulated < 1e-5
+    assert r.error_by_lead[-1] == pytest.approx(r.simulated_error_by_lead[-1], rel=1e-3, abs=1e-7)
+    saved = json.loads((tmp_path / "out" / "convert.json").read_text())
+    assert saved["all_match"] and saved["file_bytes"] == (tmp_path / "out" / r.artifact).stat().st_size
+
+
+def test_ort_mobile_keeps_fp16_and_runs_4_bit_gemm_through_matmulnbits(tmp_path: Path) -> None:
+    m, spec, ctx, s = _setup(tmp_path, models.deep_mlp(tmp_path / "d.onnx"))
+    pins = ("fc1.weight=int4-block32", "fc2.weight=fp16", "fc3.weight=int8-channel")
+    plan = make_plan(s, m, PI, PlanOptions(runtime="ort-mobile", ratio=1.0, pins=tuple(parse_pin(p) for p in pins)))
+    r = convert(m, plan, "ort-mobile", tmp_path / "out", ctx, spec)
+    assert r.artifact.endswith(".ort") and r.all_match
+    g = view(tmp_path / "out" / r.artifact)  # the flatbuffer itself
+    assert any(n.op == "MatMulNBits" for n in g.nodes) and not any(n.op == "Gemm" and "fc1.weight" in n.inputs for n in g.nodes)
+    assert g.inits["fc2.weight__fp16"].dtype == "float16"  # fp16 storage survived the .ort conversion
+    assert r.artifact_vs_simulated < 1e-5
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([r.artifact, "convert.json"])
+
+
+def test_ort_mobile_refuses_4_bit_conv_naming_tensor_and_op(tmp_path: Path) -> None:
+    m, spec, ctx, s = _setup(tmp_path, models.static_conv(tmp_path / "c.onnx"), SpecHints(static=("mask",)),
+                             {"mask": np.ones((1, 6, 6), np.float32)})
+    plan = make_plan(s, m, PI, PlanOptions(ratio=1.0, pins=(parse_pin("conv.weight=int4-block32"),)))
+    plan = plan.model_copy(update={"runtime": "ort-mobile"})
+    with pytest.raises(ConvertError, match=r"'conv.weight'.*Conv input 1"):
+        convert(m, plan, "ort-mobile", tmp_path / "out", ctx, spec)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not list(tmp_path.glob(".edgetqs-convert-*"))  # the work folder is gone too
+
+
+def test_plan_naming_a_tensor_the_model_lacks(tmp_path: Path) -> None:
+    from edgetqs.allocation.plan import TensorPlan
+
+    m, spec, ctx, s = _setup(tmp_path, models.deep_mlp(tmp_path / "d.onnx"))
+    plan = make_plan(s, m, PI, PlanOptions(ratio=0.5))
+    ghost = TensorPlan(name="decoder.ghost.weight", group="decoder", op="Gemm", n_params=10, precision="int8-channel", granularity="channel", bytes=14,
+                       fp32_bytes=40, residual=0.0, error_share=0.0, rule="optimiser")
+    bad = plan.model_copy(update={"tensors": plan.tensors + (ghost,)})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    with pytest.raises(ConvertError, match="decoder.ghost.weight"):
+        convert(m, bad, "ort", out, ctx, spec)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_over_budget_and_wrong_runtime_and_wrong_model(tmp_path: Path) -> None:
+    m, spec, ctx, s = _setup(tmp_path, models.deep_mlp(tmp_path / "d.onnx"))
+    plan = make_plan(s, m, PI, PlanOptions(ratio=0.5))
+    with pytest.raises(ConvertError, match="over the budget"):
+        convert(m, plan.model_copy(update={"budget_bytes": plan.weight_bytes - 1}), "ort", tmp_path / "o1", ctx, spec)
+    with pytest.raises(ConvertError, match="runtime 'ort'.*tflite"):
+        convert(m, plan, "tflite", tmp_path / "o2", ctx, spec)
+    with pytest.raises(BadInputError, match="unknown runtime 'onnx'; expected one of ort"):
+        convert(m, plan, "onnx", tmp_path / "o2", ctx, spec)
+    other = load_model(models.deep_mlp(tmp_path / "o.onnx", seed=5))
+    with pytest.raises(ConvertError, match="sha256"):
+        convert(other, plan, "ort", tmp_path / "o3", ctx, spec)
+
+
+def test_existing_artifact_needs_overwrite(tmp_path: Path) -> None:
+    m, spec, ctx, s = _setup(tmp_path, models.deep_mlp(tmp_path / "d.onnx"))
+    plan = make_plan(s, m, PI, PlanOptions(ratio=0.5))
+    convert(m, plan, "ort", tmp_path / "out", ctx, spec)
+    with pytest.raises(ConvertError, match="--overwrite"):
+        convert(m, plan, "ort", tmp_path / "out", ctx, spec)
+    assert convert(m, plan, "ort", tmp_path / "out", ctx, spec, overwrite=True).all_match

@@ -1,0 +1,96 @@
+"""TFLite artifacts with the real onnx2tf, ai-edge-quantizer and LiteRT interpreter (slow tier: CI runs it)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import models
+from edgetqs.core.contexts import read_record, select_contexts
+from edgetqs.runtimes.convert import ConvertError, convert
+from edgetqs.errors import OptionalDependencyError
+from edgetqs.examples import example_path
+from edgetqs.core.inputs import resolve
+from edgetqs.core.model import load_model
+from edgetqs.allocation.plan import PlanOptions, make_plan, parse_pin
+from edgetqs.core.project import load_project
+from edgetqs.core.rollout import infer_spec
+from edgetqs.allocation.targets import find_target
+from edgetqs.sensitivity.scores import ProbeSettings
+from edgetqs.sensitivity.sweep import run_sweep
+
+pytestmark = [pytest.mark.slow, pytest.mark.tflite]
+PI = find_target("raspberrypi")
+
+
+def _deep(tmp_path: Path):
+    m = load_model(models.deep_mlp(tmp_path / "d.onnx"))
+    spec = infer_spec(m)
+    rec = tmp_path / "r.npy"
+    np.save(rec, np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32))
+    ctx = select_contexts(read_record(rec, spec), m, spec, 3)
+    return m, spec, ctx, run_sweep(m, spec, ctx, ProbeSettings(horizon=5))
+
+
+def test_tflite_weight_only_mixed_reads_back_from_the_flatbuffer(tmp_path: Path) -> None:
+    m, spec, ctx, s = _deep(tmp_path)
+    pins = tuple(parse_pin(p) for p in ("fc0.weight=int4-channel", "fc1.weight=int8-tensor", "fc2.weight=fp16", "fc3.weight=int8-channel"))
+    plan = make_plan(s, m, PI, PlanOptions(runtime="tflite", ratio=1.0, pins=pins))
+    before = hashlib.sha256(m.path.read_bytes()).hexdigest()
+    r = convert(m, plan, "tflite", tmp_path / "out", ctx, spec)
+    found = {t.name: t.found for t in r.tensors}
+    # INT4 is reported as int8 by the interpreter: this comes from the flatbuffer's tensor type
+    assert found["fc0.weight"] == "int4-channel" and found["fc1.weight"] == "int8-tensor"
+    assert found["fc2.weight"] == "fp16" and found["fc3.weight"] == "int8-channel" and r.all_match
+    assert r.artifact_vs_simulated < 1e-3  # ai-edge-quantizer rounds like our quantizer, to float error
+    assert r.error_by_lead[-1] == pytest.approx(r.simulated_error_by_lead[-1], rel=0.05, abs=1e-6)
+    assert hashlib.sha256(m.path.read_bytes()).hexdigest() == before  # onnx2tf got a copy, not our file
+    assert "onnx2tf" in r.versions and "ai-edge-quantizer" in r.versions
+
+
+def test_nchw_conv_model_runs_through_nhwc_transposes() -> None:
+    proj = load_project(example_path("blizzard") / "edgetqs.toml")
+    inp = resolve(None, proj, k=2)
+    s = run_sweep(inp.model, inp.spec, inp.contexts, ProbeSettings(horizon=3))
+    plan = make_plan(s, inp.model, PI, PlanOptions(runtime="tflite", ratio=0.4))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        r = convert(inp.model, plan, "tflite", Path(d) / "out", inp.contexts, inp.spec, horizon=3)
+    assert r.all_match and r.artifact_vs_simulated < 1e-3
+
+
+def test_an_op_onnx2tf_cannot_convert_is_named(tmp_path: Path) -> None:
+    m = load_model(models.fused_mlp(tmp_path / "f.onnx"))
+    spec = infer_spec(m)
+    rec = tmp_path / "r.npy"
+    np.save(rec, np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32))
+    ctx = select_contexts(read_record(rec, spec), m, spec, 2)
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=3))  # onnxruntime runs the fused op: TQS works on it
+    plan = make_plan(s, m, PI, PlanOptions(runtime="tflite", ratio=1.0))
+    out = tmp_path / "out"
+    with pytest.raises(ConvertError, match=r"FusedMatMul"):
+        convert(m, plan, "tflite", out, ctx, spec, horizon=3)
+    assert not out.exists() and not list(tmp_path.glob(".edgetqs-convert-*"))
+
+
+def test_one_channel_conv1d_with_a_symbolic_batch_converts(tmp_path: Path) -> None:
+    # regression: onnx2tf misread Lorenz-96's [B, 1, 44] Conv1d input while the batch was symbolic
+    proj = load_project(example_path("lorenz96") / "edgetqs.toml")
+    inp = resolve(None, proj, k=2)
+    s = run_sweep(inp.model, inp.spec, inp.contexts, ProbeSettings(horizon=3))
+    plan = make_plan(s, inp.model, PI, PlanOptions(runtime="tflite", ratio=0.5))
+    r = convert(inp.model, plan, "tflite", tmp_path / "out", inp.contexts, inp.spec, horizon=3)
+    assert r.all_match and r.artifact_vs_simulated < 1e-3
+
+
+def test_missing_extra_names_it(tmp_path: Path, monkeypatch) -> None:
+    m, spec, ctx, s = _deep(tmp_path)
+    plan = make_plan(s, m, PI, PlanOptions(runtime="tflite", ratio=0.5))
+    monkeypatch.setitem(sys.modules, "onnx2tf", None)  # import fails as when the package is absent
+    with pytest.raises(OptionalDependencyError, match=r"edgetqs\[tflite\]"):
+        convert(m, plan, "tflite", tmp_path / "out", ctx, spec)

@@ -1,0 +1,125 @@
+"""TFLite-Micro artifacts with the real onnx2tf, ai-edge-quantizer and tflite-micro interpreter (slow tier: CI runs it)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import models
+from edgetqs.core.contexts import read_record, select_contexts
+from edgetqs.runtimes.convert import ConvertError, convert
+from edgetqs.runtimes.tflm import _probe, measure_arena
+from edgetqs.errors import OptionalDependencyError
+from edgetqs.examples import example_path
+from edgetqs.core.inputs import resolve
+from edgetqs.core.model import load_model
+from edgetqs.allocation.plan import PlanOptions, make_plan
+from edgetqs.core.project import load_project
+from edgetqs.core.rollout import infer_spec
+from edgetqs.allocation.targets import find_target
+from edgetqs.sensitivity.scores import ProbeSettings
+from edgetqs.sensitivity.sweep import run_sweep
+
+pytestmark = [pytest.mark.slow, pytest.mark.mcu]
+STM = find_target("stm32h743")
+
+
+def _deep(tmp_path: Path, act: str = "Tanh"):
+    m = load_model(models.deep_mlp(tmp_path / "d.onnx", act=act))
+    spec = infer_spec(m)
+    rec = tmp_path / "r.npy"
+    np.save(rec, np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32))
+    ctx = select_contexts(read_record(rec, spec), m, spec, 3)
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=5))
+    return m, spec, ctx, s
+
+
+@pytest.fixture(scope="module")
+def station_tflm(tmp_path_factory):
+    """The station example planned for the STM32H743 and converted once for the tests below."""
+    out = tmp_path_factory.mktemp("tflm")
+    inp = resolve(None, load_project(example_path("station") / "edgetqs.toml"), k=4)
+    s = run_sweep(inp.model, inp.spec, inp.contexts, ProbeSettings(horizon=8))
+    plan = make_plan(s, inp.model, STM, PlanOptions(runtime="tflm"))
+    return inp, plan, convert(inp.model, plan, "tflm", out, inp.contexts, inp.spec), out
+
+
+def test_station_full_integer_int16_activations_follow_float(station_tflm) -> None:
+    inp, plan, r, out = station_tflm
+    assert r.all_match and r.activations == "int16"
+    found = {t.name: t.found for t in r.tensors}
+    assert found["l1.weight"] == "int8-channel" and found["in_std"] == "int16-tensor"
+    assert found["l1.bias"] in ("int32", "int64")  # int16x8 kernels take int64 biases
+    # int16 activations: the full-integer rollout stays close to float (int8 activations do not, see below)
+    assert r.error_by_lead[-1] < 0.15
+    assert r.error_by_lead[-1] == pytest.approx(r.simulated_error_by_lead[-1], rel=0.5)
+    assert r.file_bytes <= plan.budget_bytes and r.arena_bytes <= STM.ram_budget_bytes
+    # the bisected minimum sits near what the recording allocator reports
+    assert 0.5 * r.arena_bytes_reported <= r.arena_bytes <= 2 * r.arena_bytes_reported
+    assert sorted(p.name for p in out.iterdir()) == ["convert.json", "station.tflm.tflite"]
+    assert "tflite-micro" in r.versions
+
+
+def test_undersized_arena_crashes_only_the_child(station_tflm) -> None:
+    _, _, r, out = station_tflm
+    ok, _ = _probe(out / r.artifact, r.arena_bytes - 64, 1)
+    assert not ok  # the child died (segfault or allocation error); we are still here
+    ok, log = _probe(out / r.artifact, r.arena_bytes, 1)
+    assert ok and "Arena allocation total" in log
+
+
+def test_int8_activations_are_worse_than_int16(station_tflm, tmp_path: Path) -> None:
+    inp, plan, r16, _ = station_tflm
+    r8 = convert(inp.model, plan, "tflm", tmp_path, inp.contexts, inp.spec, activations="int8")
+    assert r8.activations == "int8"
+    # one int8 input scale spans pressure (~1000 hPa) and wind (~5 m/s): the small variables round away
+    assert r8.error_by_lead[-1] > 3 * r16.error_by_lead[-1]
+
+
+def test_arena_over_the_ram_budget_fails_and_leaves_nothing(station_tflm, tmp_path: Path) -> None:
+    inp, plan, r, _ = station_tflm
+    small = tmp_path / "tiny.toml"
+    text = Path(STM.path).read_text().replace("ram_budget_bytes = 524288", "ram_budget_bytes = 4096").replace('name = "stm32h743"', 'name = "tiny"')
+    small.write_text(text)
+
+    p2 = plan.model_copy(update={"target": str(small)})
+    out = tmp_path / "out"
+    with pytest.raises(ConvertError, match=r"arena needs [\d,]+ bytes, over target 'tiny''s RAM budget of 4,096"):
+        convert(inp.model, p2, "tflm", out, inp.contexts, inp.spec)
+    assert not out.exists() or not any(out.iterdir())
+    assert not list(tmp_path.glob(".edgetqs-convert-*"))
+
+
+def test_op_without_tflm_kernel_is_named(tmp_path: Path) -> None:
+    m, spec, ctx, s = _deep(tmp_path, act="Gelu")
+    plan = make_plan(s, m, STM, PlanOptions(runtime="tflm"))
+    with pytest.raises(ConvertError, match="GELU"):
+        convert(m, plan, "tflm", tmp_path / "out", ctx, spec)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_small_model_arena_and_readback(tmp_path: Path) -> None:
+    m, spec, ctx, s = _deep(tmp_path)
+    plan = make_plan(s, m, STM, PlanOptions(runtime="tflm"))
+    r = convert(m, plan, "tflm", tmp_path / "out", ctx, spec)
+    assert r.all_match and r.first_nonfinite_step is None
+    arena, reported, probes = measure_arena(tmp_path / "out" / r.artifact, 1)
+    assert arena == r.arena_bytes and probes >= 3  # deterministic
+
+
+def test_plan_for_another_runtime_is_refused(tmp_path: Path) -> None:
+    m, spec, ctx, s = _deep(tmp_path)
+    plan = make_plan(s, m, find_target("raspberrypi"), PlanOptions(runtime="tflite", ratio=1.0))
+    with pytest.raises(ConvertError, match="runtime 'tflite'"):
+        convert(m, plan, "tflm", tmp_path / "out", ctx, spec)
+
+
+def test_missing_tflite_micro_names_the_extra(tmp_path: Path, monkeypatch) -> None:
+    m, spec, ctx, s = _deep(tmp_path)
+    plan = make_plan(s, m, STM, PlanOptions(runtime="tflm"))
+    monkeypatch.setitem(sys.modules, "tflite_micro", None)  # import fails as if not installed
+    with pytest.raises(OptionalDependencyError, match=r"tflite-micro.*edgetqs\[mcu\]"):
+        convert(m, plan, "tflm", tmp_path / "out", ctx, spec)
