@@ -14,4 +14,4 @@ __version__ = "0.2.0"
 
 from .api import build, check, convert, devices, inputs, plan, score, targets
 
-__all__ = ["__version__", "score", "plan", "convert", "check", "build", "inputs", "targets", "devices"]
+__all__ = ["__version__", "build", "check", "convert", "devices", "inputs", "plan", "score", "targets"]

@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .allocation.targets import Target
     from .bundle.build import BuildResult
     from .core.inputs import Inputs
-    from .core.model import Model
     from .runtimes.convert import ConvertResult
     from .sensitivity.scores import Scores
     from .validation.check import CheckResult
@@ -56,20 +55,56 @@ def _model_arg(model: Any, example_input: Any) -> Any:
     return load_model(export_torch(model, example_input, tmp))
 
 
-def inputs(model: Any = None, contexts: Any = None, *, project: Any = None, k: int | None = None, span: str | None = None,
-           variables: list[str] | None = None, spinup: bool = False, spinup_scale: float = 1.0, seed: int = 0,
-           rollout: RolloutConfig | dict[str, Any] | None = None) -> Inputs:
+def inputs(
+    model: Any = None,
+    contexts: Any = None,
+    *,
+    project: Any = None,
+    k: int | None = None,
+    span: str | None = None,
+    variables: list[str] | None = None,
+    spinup: bool = False,
+    spinup_scale: float = 1.0,
+    seed: int = 0,
+    rollout: RolloutConfig | dict[str, Any] | None = None,
+) -> Inputs:
     """The model, its rollout and the contexts, resolved from these arguments and the project file."""
     from .core.inputs import resolve
 
-    return resolve(model, open_project(project), contexts=contexts, variables=variables, k=k, span=span, spinup=spinup,
-                   spinup_scale=spinup_scale, seed=seed, rollout=rollout)
+    return resolve(
+        model,
+        open_project(project),
+        contexts=contexts,
+        variables=variables,
+        k=k,
+        span=span,
+        spinup=spinup,
+        spinup_scale=spinup_scale,
+        seed=seed,
+        rollout=rollout,
+    )
 
 
-def score(model: Any = None, contexts: Any = None, *, project: Any = None, k: int | None = None, span: str | None = None,
-          variables: list[str] | None = None, spinup: bool = False, spinup_scale: float = 1.0, rollout: RolloutConfig | dict[str, Any] | None = None,
-          settings: ScoreConfig | dict[str, Any] | None = None, strategy: str = "auto", cache: bool = True, force: bool = False,
-          example_input: Any = None, progress: Callable[[int, int], None] | None = None, log: Log | None = None, **options: Any) -> Scores:
+def score(
+    model: Any = None,
+    contexts: Any = None,
+    *,
+    project: Any = None,
+    k: int | None = None,
+    span: str | None = None,
+    variables: list[str] | None = None,
+    spinup: bool = False,
+    spinup_scale: float = 1.0,
+    rollout: RolloutConfig | dict[str, Any] | None = None,
+    settings: ScoreConfig | dict[str, Any] | None = None,
+    strategy: str = "auto",
+    cache: bool = True,
+    force: bool = False,
+    example_input: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    log: Log | None = None,
+    **options: Any,
+) -> Scores:
     """Score a model's quantization sensitivity with TQS.
 
     Args:
@@ -90,12 +125,32 @@ def score(model: Any = None, contexts: Any = None, *, project: Any = None, k: in
     proj = open_project(project)
     cfg = merged(merged(proj.score if proj else ScoreConfig(), settings), _score_config(options))
     probe = ProbeSettings.from_config(cfg)
-    inp = inputs(_model_arg(model, example_input), contexts, project=proj, k=k, span=span, variables=variables, spinup=spinup,
-                 spinup_scale=spinup_scale, seed=probe.seed, rollout=rollout)
+    inp = inputs(
+        _model_arg(model, example_input),
+        contexts,
+        project=proj,
+        k=k,
+        span=span,
+        variables=variables,
+        spinup=spinup,
+        spinup_scale=spinup_scale,
+        seed=probe.seed,
+        rollout=rollout,
+    )
     workers = cfg.workers or 1
     if cache:
-        scores, cached, path = score_cached(inp.model, inp.spec, inp.contexts, probe, force=force, progress=progress, notes=inp.notes,
-                                            workers=workers, strategy=strategy, log=log)
+        scores, cached, path = score_cached(
+            inp.model,
+            inp.spec,
+            inp.contexts,
+            probe,
+            force=force,
+            progress=progress,
+            notes=inp.notes,
+            workers=workers,
+            strategy=strategy,
+            log=log,
+        )
         if cached and log:
             log(f"reused cached scores {path} (same model, contexts and probe settings; --force scores again)")
         return scores
@@ -113,10 +168,24 @@ def _score_config(options: dict[str, Any]) -> ScoreConfig:
         raise BadInputError(describe_validation_error(exc, "score settings")) from None
 
 
-def plan(scores: Any, model: Any = None, target: Any = "raspberrypi", *, project: Any = None, pareto: int | None = None,
-         evaluate: bool = False, refine: bool = False, contexts: Any = None, k: int | None = None, span: str | None = None,
-         lowest: str | int | None = None, pins: list[str] | tuple[str, ...] = (), budget: str | int | None = None,
-         log: Log | None = None, **options: Any) -> Plan:
+def plan(
+    scores: Any,
+    model: Any = None,
+    target: Any = "raspberrypi",
+    *,
+    project: Any = None,
+    pareto: int | None = None,
+    evaluate: bool = False,
+    refine: bool = False,
+    contexts: Any = None,
+    k: int | None = None,
+    span: str | None = None,
+    lowest: str | int | None = None,
+    pins: list[str] | tuple[str, ...] = (),
+    budget: str | int | None = None,
+    log: Log | None = None,
+    **options: Any,
+) -> Plan:
     """Bits per tensor for ``target``.
 
     Args:
@@ -153,8 +222,12 @@ def plan(scores: Any, model: Any = None, target: Any = "raspberrypi", *, project
     tg = _target(target, log)
     lowest_bits = None if lowest is None else (int(lowest) if isinstance(lowest, int) else parse_precision(str(lowest)).bits)
     try:
-        opts = PlanOptions(budget_bytes=parse_size(str(budget)) if budget is not None else None, lowest_bits=lowest_bits,
-                           pins=tuple(parse_pin(p) for p in pins), **options)
+        opts = PlanOptions(
+            budget_bytes=parse_size(str(budget)) if budget is not None else None,
+            lowest_bits=lowest_bits,
+            pins=tuple(parse_pin(p) for p in pins),
+            **options,
+        )
     except ValidationError as exc:
         raise BadInputError(describe_validation_error(exc, "plan options")) from None
     spec = ctx = None
@@ -164,8 +237,19 @@ def plan(scores: Any, model: Any = None, target: Any = "raspberrypi", *, project
     return plan_stage(s, m, tg, opts, spec=spec, contexts=ctx, refine=refine, evaluate_plans=evaluate, pareto_n=pareto, log=log)
 
 
-def convert(model: Any, plan: Any, fmt: str, out_dir: Any = "artifacts", *, contexts: Any = None, k: int | None = None,
-            horizon: int | None = None, overwrite: bool = False, activations: str = "auto", project: Any = None) -> ConvertResult:
+def convert(
+    model: Any,
+    plan: Any,
+    fmt: str,
+    out_dir: Any = "artifacts",
+    *,
+    contexts: Any = None,
+    k: int | None = None,
+    horizon: int | None = None,
+    overwrite: bool = False,
+    activations: str = "auto",
+    project: Any = None,
+) -> ConvertResult:
     """Write and verify the artifact (a `ConvertResult`); ``plan`` is a `Plan` or a plan.json path."""
     from .allocation.plan import Plan
     from .runtimes.convert import convert as run
@@ -183,9 +267,24 @@ def _check_horizon(horizon: int | None) -> None:
         raise BadInputError(f"horizon {horizon}; expected 1..{MAX_VALIDATION_HORIZON:,} steps")
 
 
-def check(artifact: Any, *, device: str = "local", reference: Any = None, model: Any = None, contexts: Any = None, k: int | None = None,
-          span: str | None = None, horizon: int | None = None, target: Any = None, tolerance: float | None = None, fmt: str | None = None,
-          project: Any = None, output: Any = None, write: bool = True, log: Log | None = None) -> CheckResult:
+def check(
+    artifact: Any,
+    *,
+    device: str = "local",
+    reference: Any = None,
+    model: Any = None,
+    contexts: Any = None,
+    k: int | None = None,
+    span: str | None = None,
+    horizon: int | None = None,
+    target: Any = None,
+    tolerance: float | None = None,
+    fmt: str | None = None,
+    project: Any = None,
+    output: Any = None,
+    write: bool = True,
+    log: Log | None = None,
+) -> CheckResult:
     """Roll ``artifact`` out on ``device`` and compare with the float trajectory (a `CheckResult`).
 
     ``artifact`` may be a bundle folder (its artifact and reference.npz are used: no float model needed).
@@ -239,12 +338,16 @@ def check(artifact: Any, *, device: str = "local", reference: Any = None, model:
     if reference is not None:
         ref = reference if isinstance(reference, Reference) else Reference.load(Path(reference))
         if horizon and horizon != ref.horizon:
-            raise BadInputError(f"--horizon {horizon}, but the reference holds {ref.horizon} steps; drop --horizon or rebuild the reference")
+            raise BadInputError(
+                f"--horizon {horizon}, but the reference holds {ref.horizon} steps; drop --horizon or rebuild the reference"
+            )
     else:
         inp = inputs(model, contexts, project=project, k=k, span=span)
         if info.get("model_sha256") and info["model_sha256"] != inp.model.sha256:
-            raise BadInputError(f"{a.name} was converted from model sha256 {str(info['model_sha256'])[:12]}..., "
-                                f"not {inp.model.path} ({inp.model.sha256[:12]}...)")
+            raise BadInputError(
+                f"{a.name} was converted from model sha256 {str(info['model_sha256'])[:12]}..., "
+                f"not {inp.model.path} ({inp.model.sha256[:12]}...)"
+            )
         ref = make_reference(inp.model, inp.spec, contexts_with_truth(inp, steps, parse_span(span)), steps)
         made_reference = True
     if log:
@@ -298,4 +401,4 @@ def devices() -> list[tuple[Any, Any]]:
     return out
 
 
-__all__ = ["score", "plan", "convert", "check", "build", "inputs", "targets", "devices", "Project"]
+__all__ = ["Project", "build", "check", "convert", "devices", "inputs", "plan", "score", "targets"]

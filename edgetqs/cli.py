@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -35,10 +35,10 @@ def _runtimes() -> str:
 
 
 # options shared by several commands
-Project = Annotated[Optional[Path], typer.Option(help="Project file (default: ./edgetqs.toml when present).")]
-Contexts = Annotated[Optional[Path], typer.Option("--contexts", "-c", help="Contexts: .npy/.npz/.csv/.nc record (time first) or windows.")]
-K = Annotated[Optional[int], typer.Option("-k", help="Number of contexts (default: the project's, else 8).")]
-Span = Annotated[Optional[str], typer.Option(help="Fraction of the record to draw contexts from, e.g. 0:0.5.")]
+Project = Annotated[Path | None, typer.Option(help="Project file (default: ./edgetqs.toml when present).")]
+Contexts = Annotated[Path | None, typer.Option("--contexts", "-c", help="Contexts: .npy/.npz/.csv/.nc record (time first) or windows.")]
+K = Annotated[int | None, typer.Option("-k", help="Number of contexts (default: the project's, else 8).")]
+Span = Annotated[str | None, typer.Option(help="Fraction of the record to draw contexts from, e.g. 0:0.5.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
 
 
@@ -74,33 +74,35 @@ def main_options(debug: Annotated[bool, typer.Option("--debug", help="Print the 
 
 @app.command()
 def score(
-    model: Annotated[Optional[Path], typer.Argument(help="ONNX model (default: `model` in ./edgetqs.toml).")] = None,
+    model: Annotated[Path | None, typer.Argument(help="ONNX model (default: `model` in ./edgetqs.toml).")] = None,
     contexts: Contexts = None,
-    variables: Annotated[Optional[str], typer.Option(help="Comma-separated variables to read (CSV columns, NetCDF variables).")] = None,
+    variables: Annotated[str | None, typer.Option(help="Comma-separated variables to read (CSV columns, NetCDF variables).")] = None,
     k: K = None,
     span: Span = None,
     spinup: Annotated[bool, typer.Option(help="Data-free: spin the model up from noise and take states from its own trajectory.")] = False,
     spinup_scale: Annotated[float, typer.Option(help="Standard deviation of the spin-up noise.")] = 1.0,
-    mode: Annotated[Optional[str], typer.Option(help="Rollout mode: state or window (inferred when unambiguous).")] = None,
-    state: Annotated[Optional[list[str]], typer.Option(help="INPUT=OUTPUT pair fed back each step (repeatable).")] = None,
-    increment: Annotated[Optional[bool], typer.Option("--increment/--no-increment", help="The model predicts the change.")] = None,
-    static: Annotated[Optional[list[str]], typer.Option(help="Input held fixed along the rollout (repeatable).")] = None,
-    output_slice: Annotated[Optional[str], typer.Option(help="Index applied to outputs before feeding back, e.g. '...,1'.")] = None,
-    channel_axis: Annotated[Optional[int], typer.Option(help="Axis of the variables (with batch) for normalisation.")] = None,
-    probe: Annotated[Optional[str], typer.Option(help="gauss (default) or quant.")] = None,
-    granularity: Annotated[Optional[str], typer.Option(help="tensor (default) or block (tensors sharing a name prefix).")] = None,
-    block_depth: Annotated[Optional[int], typer.Option(help="Name components forming a block (default: the parent module).")] = None,
-    horizon: Annotated[Optional[str], typer.Option("--horizon", "-T", help="Rollout steps, or 'auto' (default 20).")] = None,
-    max_horizon: Annotated[Optional[int], typer.Option(help="Upper bound for --horizon auto (default 64).")] = None,
-    scale: Annotated[Optional[float], typer.Option(help="Relative size of the gauss probe (default 1e-3).")] = None,
-    bits: Annotated[Optional[int], typer.Option(help="Bit-width of the quant probe (default 4).")] = None,
-    ladder: Annotated[Optional[str], typer.Option(help="Also measure the quant probe at these bit-widths, e.g. 2,3,4,5,6,8.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for probes and spin-up (default 0).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Parallel worker processes (default 1).")] = None,
+    mode: Annotated[str | None, typer.Option(help="Rollout mode: state or window (inferred when unambiguous).")] = None,
+    state: Annotated[list[str] | None, typer.Option(help="INPUT=OUTPUT pair fed back each step (repeatable).")] = None,
+    increment: Annotated[bool | None, typer.Option("--increment/--no-increment", help="The model predicts the change.")] = None,
+    static: Annotated[list[str] | None, typer.Option(help="Input held fixed along the rollout (repeatable).")] = None,
+    output_slice: Annotated[str | None, typer.Option(help="Index applied to outputs before feeding back, e.g. '...,1'.")] = None,
+    channel_axis: Annotated[int | None, typer.Option(help="Axis of the variables (with batch) for normalisation.")] = None,
+    probe: Annotated[str | None, typer.Option(help="gauss (default) or quant.")] = None,
+    granularity: Annotated[str | None, typer.Option(help="tensor (default) or block (tensors sharing a name prefix).")] = None,
+    block_depth: Annotated[int | None, typer.Option(help="Name components forming a block (default: the parent module).")] = None,
+    horizon: Annotated[str | None, typer.Option("--horizon", "-T", help="Rollout steps, or 'auto' (default 20).")] = None,
+    max_horizon: Annotated[int | None, typer.Option(help="Upper bound for --horizon auto (default 64).")] = None,
+    scale: Annotated[float | None, typer.Option(help="Relative size of the gauss probe (default 1e-3).")] = None,
+    bits: Annotated[int | None, typer.Option(help="Bit-width of the quant probe (default 4).")] = None,
+    ladder: Annotated[str | None, typer.Option(help="Also measure the quant probe at these bit-widths, e.g. 2,3,4,5,6,8.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for probes and spin-up (default 0).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel worker processes (default 1).")] = None,
     strategy: Annotated[str, typer.Option(help="feed (one session, weights as inputs), rebuild (session per group) or auto.")] = "auto",
     force: Annotated[bool, typer.Option(help="Score again even when the score cache holds these scores.")] = False,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write scores.json (a previous one is replaced).")] = Path("scores.json"),
-    plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG of the scores and gamma curves.")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write scores.json (a previous one is replaced).")] = Path(
+        "scores.json"
+    ),
+    plot: Annotated[Path | None, typer.Option(help="Also write a PNG of the scores and gamma curves.")] = None,
     top: Annotated[int, typer.Option(help="Rows of the ranked table to print (0: all).")] = 20,
     project: Project = None,
     quiet: Quiet = False,
@@ -115,17 +117,48 @@ def score(
         preflight(output, kind="scores")
         if plot:
             preflight(plot, kind="figure")
-        rollout = _config(RolloutConfig, mode=mode, state=tuple(state or ()), increment=increment, static=tuple(static or ()),
-                          output_slice=output_slice, channel_axis=channel_axis)
-        settings = _config(ScoreConfig, probe=probe, granularity=granularity, block_depth=block_depth, horizon=_horizon(horizon),
-                           max_horizon=max_horizon, seed=seed, scale=scale, bits=bits, workers=workers,
-                           ladder=parse_ladder(ladder) if ladder is not None else None)
+        rollout = _config(
+            RolloutConfig,
+            mode=mode,
+            state=tuple(state or ()),
+            increment=increment,
+            static=tuple(static or ()),
+            output_slice=output_slice,
+            channel_axis=channel_axis,
+        )
+        settings = _config(
+            ScoreConfig,
+            probe=probe,
+            granularity=granularity,
+            block_depth=block_depth,
+            horizon=_horizon(horizon),
+            max_horizon=max_horizon,
+            seed=seed,
+            scale=scale,
+            bits=bits,
+            workers=workers,
+            ladder=parse_ladder(ladder) if ladder is not None else None,
+        )
         vars_ = [v.strip() for v in variables.split(",") if v.strip()] if variables is not None else None
         if variables is not None and not vars_:
             raise BadInputError("--variables is empty; give comma-separated names, e.g. t2m,psl")
         with progress("scoring groups", quiet) as bar:
-            scores = api.score(model, contexts, project=project, k=k, span=span, variables=vars_, spinup=spinup, spinup_scale=spinup_scale,
-                               rollout=rollout, settings=settings, strategy=strategy, force=force, progress=bar, log=note)
+            scores = api.score(
+                model,
+                contexts,
+                project=project,
+                k=k,
+                span=span,
+                variables=vars_,
+                spinup=spinup,
+                spinup_scale=spinup_scale,
+                rollout=rollout,
+                settings=settings,
+                strategy=strategy,
+                force=force,
+                progress=bar,
+                log=note,
+            )
         for n in scores.notes:
             if "spin-up" in n:
                 note(n)
@@ -139,32 +172,38 @@ def score(
 
             plot_scores(scores, plot)
             say(f"plot: {plot}")
-        say(f"wrote {output} ({len(scores.groups)} groups, T={scores.horizon}, {scores.forward_calls} forward calls, "
-            f"{scores.strategy} strategy, {scores.wall_seconds:.2f} s)")
+        say(
+            f"wrote {output} ({len(scores.groups)} groups, T={scores.horizon}, {scores.forward_calls} forward calls, "
+            f"{scores.strategy} strategy, {scores.wall_seconds:.2f} s)"
+        )
 
 
 @app.command()
 def plan(
     scores_file: Annotated[Path, typer.Argument(metavar="SCORES", help="scores.json from `edgetqs score`.")] = Path("scores.json"),
     target: Annotated[str, typer.Option("--target", "-t", help="Target name (see `edgetqs targets`) or path of a target .toml.")] = ...,  # type: ignore[assignment]
-    model: Annotated[Optional[Path], typer.Option(help="The scored ONNX model (default: ./edgetqs.toml, then the path in scores.json).")] = None,
-    runtime: Annotated[Optional[str], typer.Option(help="Runtime to plan for (default: the target's first).")] = None,
-    budget: Annotated[Optional[str], typer.Option(help="Weight budget, e.g. 150000, 600KB, 1.5MiB (default: the target's).")] = None,
-    ratio: Annotated[Optional[float], typer.Option(help="Weight budget as a fraction of the fp32 size, e.g. 0.25.")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="The scored ONNX model (default: ./edgetqs.toml, then the path in scores.json).")
+    ] = None,
+    runtime: Annotated[str | None, typer.Option(help="Runtime to plan for (default: the target's first).")] = None,
+    budget: Annotated[str | None, typer.Option(help="Weight budget, e.g. 150000, 600KB, 1.5MiB (default: the target's).")] = None,
+    ratio: Annotated[float | None, typer.Option(help="Weight budget as a fraction of the fp32 size, e.g. 0.25.")] = None,
     objective: Annotated[str, typer.Option(help="gain (predicted trajectory error) or paper (sum gamma * 2^-bits).")] = "gain",
     allocator: Annotated[str, typer.Option(help="exact (MILP, HiGHS) or greedy.")] = "exact",
     rounding: Annotated[str, typer.Option(help="rtn (round to nearest) or gptq (layer-wise error compensation).")] = "rtn",
     keep_fp32: Annotated[float, typer.Option(help="Share of parameters kept in fp32, most sensitive groups first.")] = 0.0,
-    lowest: Annotated[Optional[str], typer.Option(help="Lowest allowed tier, e.g. int4 or int8 (bits below are not used).")] = None,
-    pin: Annotated[Optional[list[str]], typer.Option(help="NAME=PRECISION or re:REGEX=PRECISION (repeatable); exact beats regex.")] = None,
-    pareto_n: Annotated[Optional[int], typer.Option("--pareto", help="Also plan at N budgets from the smallest feasible to fp32.")] = None,
+    lowest: Annotated[str | None, typer.Option(help="Lowest allowed tier, e.g. int4 or int8 (bits below are not used).")] = None,
+    pin: Annotated[list[str] | None, typer.Option(help="NAME=PRECISION or re:REGEX=PRECISION (repeatable); exact beats regex.")] = None,
+    pareto_n: Annotated[int | None, typer.Option("--pareto", help="Also plan at N budgets from the smallest feasible to fp32.")] = None,
     evaluate: Annotated[bool, typer.Option(help="Measure the rollout error of the plan(s) by simulated quantization.")] = False,
     refine: Annotated[bool, typer.Option(help="Measure candidate plans on the contexts and keep the best.")] = False,
     contexts: Contexts = None,
     k: K = None,
     span: Span = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write plan.json (a previous one is replaced).")] = Path("plan.json"),
-    plot: Annotated[Optional[Path], typer.Option(help="PNG of the Pareto front (with --pareto).")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write plan.json (a previous one is replaced).")] = Path(
+        "plan.json"
+    ),
+    plot: Annotated[Path | None, typer.Option(help="PNG of the Pareto front (with --pareto).")] = None,
     project: Project = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No tables.")] = False,
 ) -> None:
@@ -179,9 +218,28 @@ def plan(
             raise BadInputError("give --budget or --ratio, not both")
         if budget is not None and not budget.strip():
             raise BadInputError("--budget is empty; give a size such as 600KB, or leave it out for the target's budget")
-        result = api.plan(scores_file, model, target, project=project, pareto=pareto_n, evaluate=evaluate, refine=refine, contexts=contexts,
-                          k=k, span=span, lowest=lowest, pins=tuple(pin or ()), budget=budget, runtime=runtime, ratio=ratio,
-                          objective=objective, allocator=allocator, keep_fp32_share=keep_fp32, rounding=rounding, log=note)
+        result = api.plan(
+            scores_file,
+            model,
+            target,
+            project=project,
+            pareto=pareto_n,
+            evaluate=evaluate,
+            refine=refine,
+            contexts=contexts,
+            k=k,
+            span=span,
+            lowest=lowest,
+            pins=tuple(pin or ()),
+            budget=budget,
+            runtime=runtime,
+            ratio=ratio,
+            objective=objective,
+            allocator=allocator,
+            keep_fp32_share=keep_fp32,
+            rounding=rounding,
+            log=note,
+        )
         result.save(output)
         if not quiet:
             from .bundle.tables import evaluation_table, pareto_table, plan_table
@@ -199,19 +257,21 @@ def plan(
 
                 plot_pareto(result, plot)
                 say(f"plot: {plot}")
-        say(f"wrote {output} ({len(result.tensors)} tensors, {result.weight_bytes:,} of {result.budget_bytes:,} bytes, "
-            f"{result.allocator} in {result.solve_seconds * 1e3:.1f} ms)")
+        say(
+            f"wrote {output} ({len(result.tensors)} tensors, {result.weight_bytes:,} of {result.budget_bytes:,} bytes, "
+            f"{result.allocator} in {result.solve_seconds * 1e3:.1f} ms)"
+        )
 
 
 @app.command()
 def convert(
-    model: Annotated[Optional[Path], typer.Argument(help="The float ONNX model (default: `model` in ./edgetqs.toml).")] = None,
+    model: Annotated[Path | None, typer.Argument(help="The float ONNX model (default: `model` in ./edgetqs.toml).")] = None,
     plan_file: Annotated[Path, typer.Option("--plan", "-p", help="plan.json from `edgetqs plan`.")] = Path("plan.json"),
     fmt: Annotated[str, typer.Option("--format", "-f", help="Artifact format (a registered runtime: see `edgetqs targets`).")] = ...,  # type: ignore[assignment]
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the artifact and convert.json.")] = Path("artifacts"),
     contexts: Contexts = None,
     k: K = None,
-    horizon: Annotated[Optional[int], typer.Option("--horizon", "-T", help="Steps of the host check (default: the plan's).")] = None,
+    horizon: Annotated[int | None, typer.Option("--horizon", "-T", help="Steps of the host check (default: the plan's).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an artifact of the same name.")] = False,
     activations: Annotated[str, typer.Option(help="Full-integer runtimes: int16 | int8 | auto (the target's preference).")] = "auto",
     project: Project = None,
@@ -220,8 +280,18 @@ def convert(
     with boundary():
         if output.exists() and not output.is_dir():
             raise BadInputError(f"--output '{output}' is not a folder; give a folder for the artifact and convert.json")
-        r = api.convert(model, plan_file, fmt, output, contexts=contexts, k=k, horizon=horizon, overwrite=overwrite, activations=activations,
-                        project=project)
+        r = api.convert(
+            model,
+            plan_file,
+            fmt,
+            output,
+            contexts=contexts,
+            k=k,
+            horizon=horizon,
+            overwrite=overwrite,
+            activations=activations,
+            project=project,
+        )
         from .bundle.tables import convert_table
 
         out.print(convert_table(r))
@@ -232,16 +302,22 @@ def convert(
 def check(
     artifact: Annotated[Path, typer.Argument(help="The artifact (.onnx, .ort, .tflite, .tflm.tflite) or a bundle folder.")],
     device: Annotated[str, typer.Option("--device", "-d", help="Device name (see `edgetqs devices`) or file.")] = "local",
-    model: Annotated[Optional[Path], typer.Option("--model", "-m", help="The float model for the reference (default: the project's).")] = None,
-    reference: Annotated[Optional[Path], typer.Option("--reference", "-r", help="A reference.npz instead of the float model.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="The float model for the reference (default: the project's).")] = None,
+    reference: Annotated[Path | None, typer.Option("--reference", "-r", help="A reference.npz instead of the float model.")] = None,
     contexts: Contexts = None,
     k: K = None,
-    span: Annotated[Optional[str], typer.Option(help="Fraction of the record to draw contexts from, e.g. 0.5:1 (held out from scoring).")] = None,
-    horizon: Annotated[Optional[int], typer.Option("--horizon", "-T", help="Steps (default: the target's validation horizon, else 20).")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Target for the tolerance and horizon (default: from convert.json).")] = None,
-    tolerance: Annotated[Optional[float], typer.Option(help="Normalised-RMSE tolerance vs float (default: the target's, else 0.1).")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="Artifact format (default: from convert.json / the extension).")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Folder for check.json, check.png, reference.npz.")] = None,
+    span: Annotated[
+        str | None, typer.Option(help="Fraction of the record to draw contexts from, e.g. 0.5:1 (held out from scoring).")
+    ] = None,
+    horizon: Annotated[
+        int | None, typer.Option("--horizon", "-T", help="Steps (default: the target's validation horizon, else 20).")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", help="Target for the tolerance and horizon (default: from convert.json).")
+    ] = None,
+    tolerance: Annotated[float | None, typer.Option(help="Normalised-RMSE tolerance vs float (default: the target's, else 0.1).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="Artifact format (default: from convert.json / the extension).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for check.json, check.png, reference.npz.")] = None,
     project: Project = None,
 ) -> None:
     """Roll the artifact out on a device (host, emulated ARM, ssh) and compare it with the float trajectory.
@@ -250,8 +326,22 @@ def check(
     with boundary():
         if output is not None and output.exists() and not output.is_dir():
             raise BadInputError(f"--output '{output}' is not a folder; give a folder for check.json, check.png and reference.npz")
-        r = api.check(artifact, device=device, reference=reference, model=model, contexts=contexts, k=k, span=span, horizon=horizon,
-                      target=target, tolerance=tolerance, fmt=fmt, project=project, output=output, log=say)
+        r = api.check(
+            artifact,
+            device=device,
+            reference=reference,
+            model=model,
+            contexts=contexts,
+            k=k,
+            span=span,
+            horizon=horizon,
+            target=target,
+            tolerance=tolerance,
+            fmt=fmt,
+            project=project,
+            output=output,
+            log=say,
+        )
         from .bundle.tables import check_table
         from .console import Text
 
@@ -262,12 +352,14 @@ def check(
 
 @app.command()
 def build(
-    model: Annotated[Optional[Path], typer.Argument(help="The float ONNX model (default: `model` in ./edgetqs.toml).")] = None,
+    model: Annotated[Path | None, typer.Argument(help="The float ONNX model (default: `model` in ./edgetqs.toml).")] = None,
     target: Annotated[str, typer.Option("--target", "-t", help="Target name (see `edgetqs targets`) or path of a target .toml.")] = ...,  # type: ignore[assignment]
-    device: Annotated[Optional[str], typer.Option("--device", "-d", help="Where to check (default: the target's device, else the host).")] = None,
-    budget: Annotated[Optional[str], typer.Option(help="Weight budget, e.g. 600KB (default: the target's).")] = None,
-    ratio: Annotated[Optional[float], typer.Option(help="Weight budget as a fraction of the fp32 size, e.g. 0.25.")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="Artifact format (default: the target's first runtime).")] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", "-d", help="Where to check (default: the target's device, else the host).")
+    ] = None,
+    budget: Annotated[str | None, typer.Option(help="Weight budget, e.g. 600KB (default: the target's).")] = None,
+    ratio: Annotated[float | None, typer.Option(help="Weight budget as a fraction of the fp32 size, e.g. 0.25.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="Artifact format (default: the target's first runtime).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the bundle <model>-<target>/.")] = Path("dist"),
     force: Annotated[bool, typer.Option(help="Rescore even when cached scores exist.")] = False,
     refine: Annotated[bool, typer.Option(help="Measure candidate plans on the contexts and keep the best.")] = True,
@@ -286,8 +378,22 @@ def build(
         if budget is not None and not budget.strip():
             raise BadInputError("--budget is empty; give a size such as 600KB, or leave it out for the target's budget")
         with progress("      scoring") as bar:
-            r = api.build(model, target, device=device, budget=budget, ratio=ratio, fmt=fmt, output=output, project=project, force=force,
-                          refine=refine, k=k, contexts=contexts, log=say, progress=bar)
+            r = api.build(
+                model,
+                target,
+                device=device,
+                budget=budget,
+                ratio=ratio,
+                fmt=fmt,
+                output=output,
+                project=project,
+                force=force,
+                refine=refine,
+                k=k,
+                contexts=contexts,
+                log=say,
+                progress=bar,
+            )
         out.print(Text(r.verdict, style="bold green" if r.passed else "bold red"))
         out.print(Text(f"bundle: {r.bundle} (report: {r.bundle / 'report.html'})"))
         raise Exit(0 if r.passed else 1)
@@ -310,8 +416,14 @@ def devices() -> None:
                 t.add_row(Text(e.name), "?", "", Text(f"bad file: {d}", style="red"), Text(where), Text(str(e.path)))
                 continue
             ok, why = d.ready()
-            t.add_row(Text(d.name), d.kind, Text(d.description), Text(("yes: " if ok else "no: ") + why, style="green" if ok else "red"),
-                      Text(where), Text(str(e.path)))
+            t.add_row(
+                Text(d.name),
+                d.kind,
+                Text(d.description),
+                Text(("yes: " if ok else "no: ") + why, style="green" if ok else "red"),
+                Text(where),
+                Text(str(e.path)),
+            )
         out.print(t)
 
 
@@ -332,8 +444,16 @@ def targets() -> None:
             if isinstance(tg, Exception):
                 t.add_row(Text(e.name), "?", "", Text(f"bad file: {tg}", style="red"), "", "", Text(where), Text(str(e.path)))
                 continue
-            t.add_row(Text(tg.name), Text(tg.arch), ", ".join(tg.runtimes), f"{tg.weight_budget_bytes:,} B ({kib(tg.weight_budget_bytes)})",
-                      f"{tg.ram_budget_bytes:,} B ({kib(tg.ram_budget_bytes)})", Text(tg.default_device), Text(where), Text(str(e.path)))
+            t.add_row(
+                Text(tg.name),
+                Text(tg.arch),
+                ", ".join(tg.runtimes),
+                f"{tg.weight_budget_bytes:,} B ({kib(tg.weight_budget_bytes)})",
+                f"{tg.ram_budget_bytes:,} B ({kib(tg.ram_budget_bytes)})",
+                Text(tg.default_device),
+                Text(where),
+                Text(str(e.path)),
+            )
         out.print(t)
 
 
@@ -381,7 +501,7 @@ def main() -> None:  # console-script entry point
     except KeyboardInterrupt:
         err.print("interrupted")
         rc = 130
-    except Exception as exc:  # noqa: BLE001 - typer's own exceptions (it vendors click): usage errors, abort, exit
+    except Exception as exc:
         name = type(exc).__name__
         if name == "NoArgsIsHelpError":
             rc = 0

@@ -77,7 +77,7 @@ def describe_foreign(exc: BaseException) -> str | None:
     text = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
     if mod.startswith("onnxruntime"):
         return f"onnxruntime refused the model or its inputs ({type(exc).__name__}): {text}"
-    if isinstance(exc, zipfile.BadZipFile) or isinstance(exc, EOFError):
+    if isinstance(exc, (zipfile.BadZipFile, EOFError)):
         return f"a file is truncated or is not the archive it should be (.npz): {text}"
     if isinstance(exc, UnicodeDecodeError):
         return f"a file that should be text is binary ({text}); check the file names given"
@@ -138,8 +138,16 @@ def progress(label: str, quiet: bool = False) -> Iterator[Callable[[int, int], N
         if quiet:
             return
         if "bar" not in state:
-            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("left"),
-                           TimeRemainingColumn(), console=err, transient=True)
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("left"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
             bar.start()
             state["bar"], state["task"] = bar, bar.add_task(escape(label), total=total)
         state["bar"].update(state["task"], completed=done, total=total)

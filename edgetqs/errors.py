@@ -36,6 +36,5 @@ class OptionalDependencyError(EdgetqsError):
 
     def __init__(self, package: str, extra: str, feature: str) -> None:
         super().__init__(
-            f"{feature} needs the package '{package}', which is not installed; "
-            f"install it with: pip install 'edgetqs[{extra}]'"
+            f"{feature} needs the package '{package}', which is not installed; install it with: pip install 'edgetqs[{extra}]'"
         )

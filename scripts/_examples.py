@@ -5,9 +5,10 @@ from __future__ import annotations
 
 def halves(name: str, k: int):
     """(project, score horizon, inputs with contexts from the record's first half, from its second half)."""
-    from edgetqs.examples import example_path
     from edgetqs.inputs import resolve
     from edgetqs.project import load_project
+
+    from edgetqs.examples import example_path
 
     proj = load_project(example_path(name) / "edgetqs.toml")
     horizon = int(proj.score.get("horizon", 20))

@@ -25,13 +25,20 @@ def chain_model(path: Path, tensors: int, width: int = 16) -> Path:
     rng = np.random.default_rng(0)
     nodes, inits, prev = [], [], "x"
     for i in range(tensors // 2):
-        inits += [numpy_helper.from_array((rng.standard_normal((width, width)) / 4).astype(np.float32), f"l{i}.weight"),
-                  numpy_helper.from_array((0.1 * rng.standard_normal(width)).astype(np.float32), f"l{i}.bias")]
+        inits += [
+            numpy_helper.from_array((rng.standard_normal((width, width)) / 4).astype(np.float32), f"l{i}.weight"),
+            numpy_helper.from_array((0.1 * rng.standard_normal(width)).astype(np.float32), f"l{i}.bias"),
+        ]
         nodes.append(helper.make_node("Gemm", [prev, f"l{i}.weight", f"l{i}.bias"], [f"h{i}"], transB=1))
         prev = f"h{i}"
     nodes.append(helper.make_node("Identity", [prev], ["y"]))
-    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", width])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", width])], inits)
+    g = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", width])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, str(path))
@@ -43,16 +50,38 @@ def synthetic_scores(model):
     from edgetqs.sensitivity.scores import GroupScore, ProbeSettings, Scores, StateExponent
 
     rng = np.random.default_rng(1)
-    groups = tuple(GroupScore(name=w.name, tensors=(w.name,), n_params=w.size, gamma=float(rng.normal(0.1, 0.05)), gamma_curve=(0.0,),
-                              gain=float(rng.lognormal(2, 1)), eps=1e-3, dead=False, diverged_step=None, probe="gauss")
-                   for w in model.weights)
+    groups = tuple(
+        GroupScore(
+            name=w.name,
+            tensors=(w.name,),
+            n_params=w.size,
+            gamma=float(rng.normal(0.1, 0.05)),
+            gamma_curve=(0.0,),
+            gain=float(rng.lognormal(2, 1)),
+            eps=1e-3,
+            dead=False,
+            diverged_step=None,
+            probe="gauss",
+        )
+        for w in model.weights
+    )
     from edgetqs.core.contexts import ContextsInfo
 
-    return Scores(edgetqs_version="bench", model=model.name, model_sha256=model.sha256, rollout=RolloutSpec(mode="state", pairs=(("x", "y"),)),
-                  settings=ProbeSettings(), horizon=20, horizon_rule="fixed",
-                  contexts=ContextsInfo(source="bench", k=8, start_indices=(), variables=(), shape=()), groups=groups,
-                  state_exponent=StateExponent(exponent=0.0, curve=(0.0,), eps=1e-3, error_curve=(0.0,)), wall_seconds=0.0, forward_calls=0,
-                  workers=1)
+    return Scores(
+        edgetqs_version="bench",
+        model=model.name,
+        model_sha256=model.sha256,
+        rollout=RolloutSpec(mode="state", pairs=(("x", "y"),)),
+        settings=ProbeSettings(),
+        horizon=20,
+        horizon_rule="fixed",
+        contexts=ContextsInfo(source="bench", k=8, start_indices=(), variables=(), shape=()),
+        groups=groups,
+        state_exponent=StateExponent(exponent=0.0, curve=(0.0,), eps=1e-3, error_curve=(0.0,)),
+        wall_seconds=0.0,
+        forward_calls=0,
+        workers=1,
+    )
 
 
 def main() -> None:
@@ -61,9 +90,9 @@ def main() -> None:
     ap.add_argument("--target", default="raspberrypi")
     a = ap.parse_args()
 
-    from edgetqs.core.model import load_model
     from edgetqs.allocation.plan import PlanOptions, build_items, make_plan
     from edgetqs.allocation.targets import find_target
+    from edgetqs.core.model import load_model
 
     target = find_target(a.target)
     print("groups | options/tensor | prepare s | exact s (total) | greedy s (total) | exact E | greedy E | greedy/exact")
@@ -82,9 +111,11 @@ def main() -> None:
             opts_per = np.mean([len(it.options) for it in items])
             e = make_plan(scores, model, target, PlanOptions(ratio=0.3))
             g = make_plan(scores, model, target, PlanOptions(ratio=0.3, allocator="greedy"))
-            print(f"{len(model.weights)} | {opts_per:.1f} | {prep:.3f} | {e.solve_seconds - prep:.3f} ({e.solve_seconds:.3f}) | "
-                  f"{g.solve_seconds - prep:.3f} ({g.solve_seconds:.3f}) | {e.predicted_error:.5g} | {g.predicted_error:.5g} | "
-                  f"{g.predicted_error / e.predicted_error:.4f}")
+            print(
+                f"{len(model.weights)} | {opts_per:.1f} | {prep:.3f} | {e.solve_seconds - prep:.3f} ({e.solve_seconds:.3f}) | "
+                f"{g.solve_seconds - prep:.3f} ({g.solve_seconds:.3f}) | {e.predicted_error:.5g} | {g.predicted_error:.5g} | "
+                f"{g.predicted_error / e.predicted_error:.4f}"
+            )
     print("solve = total minus preparation (sizes and residuals of every allowed precision of every tensor).")
 
 

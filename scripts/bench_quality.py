@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _examples import halves  # scripts/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +88,6 @@ def one_step_pairs(inp, n: int, span: tuple[float, float]):
 
 def hessian_traces(name: str, inp, scores, n_pairs: int, samples: int):
     import torch
-
     from edgetqs.baselines import hutchinson_traces
 
     net = torch_model(name, inp.model)

@@ -35,7 +35,12 @@ def make_model(path: Path, channels: int, blocks: int, grid: int, seed: int = 0)
 
     def conv(name: str, cin: int, cout: int, k: int, x: str, out: str, gain: float = 1.0) -> None:
         w = (rng.standard_normal((cout, cin, k, k)) * gain / np.sqrt(cin * k * k)).astype(np.float32)
-        inits.extend([numpy_helper.from_array(w, f"{name}.weight"), numpy_helper.from_array((0.01 * rng.standard_normal(cout)).astype(np.float32), f"{name}.bias")])
+        inits.extend(
+            [
+                numpy_helper.from_array(w, f"{name}.weight"),
+                numpy_helper.from_array((0.01 * rng.standard_normal(cout)).astype(np.float32), f"{name}.bias"),
+            ]
+        )
         nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [out], pads=[k // 2] * 4))
 
     conv("stem", 4, channels, 3, "x", "s0")
@@ -48,8 +53,13 @@ def make_model(path: Path, channels: int, blocks: int, grid: int, seed: int = 0)
     conv("head", channels, 4, 1, h, "d")
     inits.append(numpy_helper.from_array(np.array(0.1, np.float32), "k"))
     nodes += [helper.make_node("Mul", ["d", "k"], ["dk"]), helper.make_node("Add", ["x", "dk"], ["y"])]
-    g = helper.make_graph(nodes, "scale", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4, grid, grid])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4, grid, grid])], inits)
+    g = helper.make_graph(
+        nodes,
+        "scale",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4, grid, grid])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4, grid, grid])],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, str(path))
@@ -86,8 +96,18 @@ def child(path: str, granularity: str, workers: int, horizon: int, k: int) -> No
         times.append((time.perf_counter() - t0) / horizon)
     step = float(np.median(times))
     s = run_sweep(m, spec, ctx, ProbeSettings(horizon=horizon, granularity=granularity), workers=workers)
-    print(json.dumps({"groups": len(s.groups), "wall_s": s.wall_seconds, "forward_calls": s.forward_calls, "step_s": step,
-                      "strategy": s.strategy, "peak_bytes": _vmhwm()}))
+    print(
+        json.dumps(
+            {
+                "groups": len(s.groups),
+                "wall_s": s.wall_seconds,
+                "forward_calls": s.forward_calls,
+                "step_s": step,
+                "strategy": s.strategy,
+                "peak_bytes": _vmhwm(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -105,7 +125,9 @@ def main() -> None:
         return
     rows = []
     print(f"conv state models on a {a.grid}x{a.grid} grid, 4 variables, K={a.k} contexts, T={a.horizon}; gauss probe; strategy auto")
-    print("params | granularity | workers | groups | T | sweep s | forward steps | step ms | bound s = (groups+1) x T x step | sweep/bound | peak MiB | strategy")
+    print(
+        "params | granularity | workers | groups | T | sweep s | forward steps | step ms | bound s = (groups+1) x T x step | sweep/bound | peak MiB | strategy"
+    )
     print(" | ".join(["---"] * 12))
     with tempfile.TemporaryDirectory() as d:
         for size in a.sizes.split(","):
@@ -114,16 +136,22 @@ def main() -> None:
             n = make_model(path, c, b, a.grid)
             for gran in ("tensor", "block"):
                 for w in (int(x) for x in a.workers.split(",")):
-                    r = subprocess.run([sys.executable, __file__, "--child", str(path), gran, str(w), str(a.horizon), str(a.k)],
-                                       capture_output=True, text=True)
+                    r = subprocess.run(
+                        [sys.executable, __file__, "--child", str(path), gran, str(w), str(a.horizon), str(a.k)],
+                        capture_output=True,
+                        text=True,
+                    )
                     if r.returncode != 0:
                         print(f"{n:,} | {gran} | {w} | failed: {r.stderr.strip().splitlines()[-1][:200]}")
                         continue
                     x = json.loads(r.stdout.strip().splitlines()[-1])
                     bound = (x["groups"] + 1) * a.horizon * x["step_s"]
                     rows.append((n, gran, w, x["groups"], x["wall_s"]))
-                    print(f"{n:,} | {gran} | {w} | {x['groups']} | {a.horizon} | {x['wall_s']:.2f} | {x['forward_calls']} | {x['step_s'] * 1e3:.2f} | "
-                          f"{bound:.2f} | {x['wall_s'] / bound:.2f} | {x['peak_bytes'] / 2**20:.0f} | {x['strategy']}", flush=True)
+                    print(
+                        f"{n:,} | {gran} | {w} | {x['groups']} | {a.horizon} | {x['wall_s']:.2f} | {x['forward_calls']} | {x['step_s'] * 1e3:.2f} | "
+                        f"{bound:.2f} | {x['wall_s'] / bound:.2f} | {x['peak_bytes'] / 2**20:.0f} | {x['strategy']}",
+                        flush=True,
+                    )
     print()
     for gran in ("tensor", "block"):
         for w in (int(x) for x in a.workers.split(",")):

@@ -41,7 +41,7 @@ def naive_sweep(model, spec, ctx, groups, settings, horizon: int, batched: bool)
     from edgetqs.sensitivity.probes import probe_delta
 
     t0 = time.perf_counter()
-    for name, tensors in [("reference", ())] + list(groups):
+    for _, tensors in [("reference", ())] + list(groups):
         new = probe_delta(model, tensors, settings) if tensors else {}
         proto = onnx.ModelProto()
         proto.CopyFrom(model.proto)
@@ -58,7 +58,7 @@ def naive_sweep(model, spec, ctx, groups, settings, horizon: int, batched: bool)
                 outs = sess.run([p[1] for p in spec.pairs], feeds)
                 if spec.mode == "window":
                     y = outs[0] + (state[0][:, -1:] if spec.increment else 0)
-                    state = [np.concatenate([state[0][:, y.shape[1]:], y], axis=1)]
+                    state = [np.concatenate([state[0][:, y.shape[1] :], y], axis=1)]
                 else:
                     state = [o + s if spec.increment else o for o, s in zip(outs, state)]
     return time.perf_counter() - t0
@@ -73,12 +73,12 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from edgetqs.examples import example_path
     from edgetqs.core.inputs import resolve
     from edgetqs.core.project import load_project
+    from edgetqs.examples import example_path
+    from edgetqs.sensitivity.groups import make_groups
     from edgetqs.sensitivity.scores import ProbeSettings
     from edgetqs.sensitivity.sweep import run_sweep
-    from edgetqs.sensitivity.groups import make_groups
 
     rows = []
     for name in a.examples.split(","):
@@ -100,16 +100,66 @@ def main() -> None:
         bound = (len(groups) + 1) * horizon * step
         naive_b = naive_sweep(inp.model, inp.spec, inp.contexts, groups, settings, horizon, batched=True)
         naive_u = naive_sweep(inp.model, inp.spec, inp.contexts, groups, settings, horizon, batched=False)
-        rows.append((name, inp.model.n_params, len(groups), horizon, s.forward_calls, wall, w2, step * 1e3, bound, wall / bound,
-                     naive_b, naive_b / wall, naive_u, naive_u / wall))
-    hdr = ("example", "params", "groups", "T", "fwd calls", "sweep s", "2 workers s", "step ms", "bound s", "sweep/bound",
-           "naive(batched) s", "speed-up", "naive(1 ctx) s", "speed-up")
+        rows.append(
+            (
+                name,
+                inp.model.n_params,
+                len(groups),
+                horizon,
+                s.forward_calls,
+                wall,
+                w2,
+                step * 1e3,
+                bound,
+                wall / bound,
+                naive_b,
+                naive_b / wall,
+                naive_u,
+                naive_u / wall,
+            )
+        )
+    hdr = (
+        "example",
+        "params",
+        "groups",
+        "T",
+        "fwd calls",
+        "sweep s",
+        "2 workers s",
+        "step ms",
+        "bound s",
+        "sweep/bound",
+        "naive(batched) s",
+        "speed-up",
+        "naive(1 ctx) s",
+        "speed-up",
+    )
     print(" | ".join(hdr))
     print(" | ".join("---" for _ in hdr))
     for r in rows:
-        print(" | ".join([r[0], f"{r[1]:,}", str(r[2]), str(r[3]), str(r[4]), f"{r[5]:.3f}", f"{r[6]:.3f}", f"{r[7]:.3f}",
-                          f"{r[8]:.3f}", f"{r[9]:.2f}x", f"{r[10]:.3f}", f"{r[11]:.1f}x", f"{r[12]:.3f}", f"{r[13]:.1f}x"]))
-    print("bound = (groups + 1) x T x median batched step of the plain model; the sweep also runs the state-perturbation rollout (one more T).")
+        print(
+            " | ".join(
+                [
+                    r[0],
+                    f"{r[1]:,}",
+                    str(r[2]),
+                    str(r[3]),
+                    str(r[4]),
+                    f"{r[5]:.3f}",
+                    f"{r[6]:.3f}",
+                    f"{r[7]:.3f}",
+                    f"{r[8]:.3f}",
+                    f"{r[9]:.2f}x",
+                    f"{r[10]:.3f}",
+                    f"{r[11]:.1f}x",
+                    f"{r[12]:.3f}",
+                    f"{r[13]:.1f}x",
+                ]
+            )
+        )
+    print(
+        "bound = (groups + 1) x T x median batched step of the plain model; the sweep also runs the state-perturbation rollout (one more T)."
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from _examples import halves  # scripts/ is on sys.path when a script runs
 
 
@@ -27,19 +26,21 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     a = ap.parse_args()
 
-    from edgetqs.validation.reference import contexts_with_truth, make_reference
-    from edgetqs.validation.check import check
-    from edgetqs.runtimes.convert import convert
-    from edgetqs.validation.devices import find_device
-    from edgetqs.errors import EdgetqsError
     from edgetqs.allocation.plan import InfeasibleBudgetError, PlanOptions, make_plan
     from edgetqs.allocation.targets import find_target
+    from edgetqs.errors import EdgetqsError
+    from edgetqs.runtimes.convert import convert
     from edgetqs.sensitivity.scores import ProbeSettings
     from edgetqs.sensitivity.sweep import run_sweep
+    from edgetqs.validation.check import check
+    from edgetqs.validation.devices import find_device
+    from edgetqs.validation.reference import contexts_with_truth, make_reference
 
     devices = [find_device(d) for d in a.devices.split(",")]
-    print("example | format | device | passed | diverges at (lead) | nRMSE q-vs-float @1 / @end | q-vs-truth @end | float-vs-truth @end | "
-          "ACC q-vs-truth @end | latency p50 / p90 / p99 ms (n) | first ms | init ms | peak MiB | runtime")
+    print(
+        "example | format | device | passed | diverges at (lead) | nRMSE q-vs-float @1 / @end | q-vs-truth @end | float-vs-truth @end | "
+        "ACC q-vs-truth @end | latency p50 / p90 / p99 ms (n) | first ms | init ms | peak MiB | runtime"
+    )
     print(" | ".join(["---"] * 14))
     identical = []
     for name in a.examples.split(","):
@@ -76,18 +77,22 @@ def main() -> None:
 
                     acc = "-" if not qt or not qt["acc"] else g(float(np.nanmean([np.nan if v is None else v for v in qt["acc"][-1]])))
                     lat = r.latency_ms
-                    print(f"{name} | {fmt} | {dev.name}{' (emulated)' if r.emulated else ''} | {'PASS' if r.passed else 'FAIL'} | "
-                          f"{q['divergence_lead'] or '-'} of {r.leads} | {g(q['nrmse_by_lead'][0])} / {g(q['nrmse_by_lead'][-1])} | "
-                          f"{g(qt['nrmse_by_lead'][-1]) if qt else '-'} | {g(ft['nrmse_by_lead'][-1]) if ft else '-'} | {acc} | "
-                          f"{lat['p50']:.3g} / {lat['p90']:.3g} / {lat['p99']:.3g} ({lat['n']}) | {r.latency_ms_first:.3g} | {r.latency_ms_init:.0f} | "
-                          f"{r.peak_rss_bytes / 2**20:.0f} | {r.runtime.get('name')} {r.runtime.get('version')}")
+                    print(
+                        f"{name} | {fmt} | {dev.name}{' (emulated)' if r.emulated else ''} | {'PASS' if r.passed else 'FAIL'} | "
+                        f"{q['divergence_lead'] or '-'} of {r.leads} | {g(q['nrmse_by_lead'][0])} / {g(q['nrmse_by_lead'][-1])} | "
+                        f"{g(qt['nrmse_by_lead'][-1]) if qt else '-'} | {g(ft['nrmse_by_lead'][-1]) if ft else '-'} | {acc} | "
+                        f"{lat['p50']:.3g} / {lat['p90']:.3g} / {lat['p99']:.3g} ({lat['n']}) | {r.latency_ms_first:.3g} | {r.latency_ms_init:.0f} | "
+                        f"{r.peak_rss_bytes / 2**20:.0f} | {r.runtime.get('name')} {r.runtime.get('version')}"
+                    )
                 if "local" in trajs and len(trajs) > 1:
                     for other, t in trajs.items():
                         if other == "local":
                             continue
                         diffs = [float(np.nanmax(np.abs(t[k].astype(np.float64) - trajs["local"][k]))) for k in t]
                         same = all(np.array_equal(t[k], trajs["local"][k]) for k in t)
-                        identical.append(f"{name} {fmt}: {other} vs local x86: {'bit-identical' if same else f'max |diff| {max(diffs):.3g}'}")
+                        identical.append(
+                            f"{name} {fmt}: {other} vs local x86: {'bit-identical' if same else f'max |diff| {max(diffs):.3g}'}"
+                        )
     print()
     for line in identical:
         print(line)

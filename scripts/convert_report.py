@@ -26,18 +26,20 @@ def main() -> None:
     ap.add_argument("--mcu", default="stm32h743,esp32s3,nrf52840", help="microcontroller targets for the tflm format ('' for none)")
     a = ap.parse_args()
 
-    from edgetqs.runtimes.convert import ConvertError, convert
-    from edgetqs.examples import example_path
-    from edgetqs.core.inputs import resolve
     from edgetqs.allocation.plan import InfeasibleBudgetError, PlanOptions, make_plan
-    from edgetqs.core.project import load_project
     from edgetqs.allocation.targets import find_target
+    from edgetqs.core.inputs import resolve
+    from edgetqs.core.project import load_project
+    from edgetqs.examples import example_path
+    from edgetqs.runtimes.convert import ConvertError, convert
     from edgetqs.sensitivity.scores import ProbeSettings
     from edgetqs.sensitivity.sweep import run_sweep
 
     pi = find_target("raspberrypi")
     print(f"plans at {a.ratio:g} of fp32 on raspberrypi, or the smallest feasible budget where that is infeasible")
-    print("example | format | weight B (fp32) | file B (fp32) | read-back | host err @T | simulated @T | max |artifact-simulated| | seconds")
+    print(
+        "example | format | weight B (fp32) | file B (fp32) | read-back | host err @T | simulated @T | max |artifact-simulated| | seconds"
+    )
     print("--- | --- | --- | --- | --- | --- | --- | --- | ---")
     results = {}
     for name in a.examples.split(","):
@@ -60,14 +62,18 @@ def main() -> None:
                     print(f"{name} | {label} | failed: {str(exc)[:160]} | | | | | | {time.perf_counter() - t0:.1f}")
                     continue
             ok = sum(c.match for c in r.tensors)
-            print(f"{name} | {label} | {r.weight_bytes:,} ({r.fp32_weight_bytes:,}) | {r.file_bytes:,} ({r.fp32_file_bytes:,}) | "
-                  f"{ok}/{len(r.tensors)} | {r.error_by_lead[-1]:.4g} | {r.simulated_error_by_lead[-1]:.4g} | {r.artifact_vs_simulated:.2g} | {r.seconds:.1f}")
+            print(
+                f"{name} | {label} | {r.weight_bytes:,} ({r.fp32_weight_bytes:,}) | {r.file_bytes:,} ({r.fp32_file_bytes:,}) | "
+                f"{ok}/{len(r.tensors)} | {r.error_by_lead[-1]:.4g} | {r.simulated_error_by_lead[-1]:.4g} | {r.artifact_vs_simulated:.2g} | {r.seconds:.1f}"
+            )
         results[name] = (inp, s)
     if not a.mcu:
         return
     print("\nTFLite-Micro, full integer (int8 weights; int16 activations where the target and TFLM allow)")
-    print("example | target | activations | weight B | file B (flash budget) | read-back | host err @T | simulated @T | "
-          "arena B measured | arena B reported | RAM budget B | seconds")
+    print(
+        "example | target | activations | weight B | file B (flash budget) | read-back | host err @T | simulated @T | "
+        "arena B measured | arena B reported | RAM budget B | seconds"
+    )
     print("--- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | ---")
     for name, (inp, s) in results.items():
         for tname in a.mcu.split(","):
@@ -81,9 +87,11 @@ def main() -> None:
                 print(f"{name} | {tname} | failed: {str(exc)[:200]} | | | | | | | | | {time.perf_counter() - t0:.1f}")
                 continue
             ok = sum(c.match for c in r.tensors)
-            print(f"{name} | {tname} | {r.activations} | {r.weight_bytes:,} | {r.file_bytes:,} ({r.budget_bytes:,}) | {ok}/{len(r.tensors)} | "
-                  f"{r.error_by_lead[-1]:.4g} | {r.simulated_error_by_lead[-1]:.4g} | {r.arena_bytes:,} | {r.arena_bytes_reported:,} | "
-                  f"{r.ram_budget_bytes:,} | {r.seconds:.1f}")
+            print(
+                f"{name} | {tname} | {r.activations} | {r.weight_bytes:,} | {r.file_bytes:,} ({r.budget_bytes:,}) | {ok}/{len(r.tensors)} | "
+                f"{r.error_by_lead[-1]:.4g} | {r.simulated_error_by_lead[-1]:.4g} | {r.arena_bytes:,} | {r.arena_bytes_reported:,} | "
+                f"{r.ram_budget_bytes:,} | {r.seconds:.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Write schemas/*.schema.json and the README's field tables from the pydantic models.
 
-    python scripts/gen_schemas.py            # write them
-    python scripts/gen_schemas.py --check    # exit 1 (and say which) when any is out of date
+python scripts/gen_schemas.py            # write them
+python scripts/gen_schemas.py --check    # exit 1 (and say which) when any is out of date
 """
 
 from __future__ import annotations

@@ -14,9 +14,8 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from scipy.stats import spearmanr
-
 from _examples import halves  # scripts/ is on sys.path when a script runs
+from scipy.stats import spearmanr
 
 
 def main() -> None:
@@ -28,8 +27,8 @@ def main() -> None:
 
     from edgetqs.allocation.evaluate import measure, simulated_weights
     from edgetqs.allocation.plan import InfeasibleBudgetError, PlanOptions, make_plan, pareto
-    from edgetqs.core.rollout import Rollout
     from edgetqs.allocation.targets import load_target, target_files
+    from edgetqs.core.rollout import Rollout
     from edgetqs.sensitivity.scores import ProbeSettings
     from edgetqs.sensitivity.sweep import run_sweep
 
@@ -52,15 +51,19 @@ def main() -> None:
                 assert e.weight_bytes <= e.budget_bytes and g.weight_bytes <= g.budget_bytes
                 pe = "unbounded" if e.predicted_error is None else f"{e.predicted_error:.4g}"
                 pg = "unbounded" if g.predicted_error is None else f"{g.predicted_error:.4g}"
-                print(f"{name} | {t.name} ({label}) | {e.budget_bytes:,} | {e.weight_bytes:,} | {e.fp32_bytes:,} | {pe} | {pg} | "
-                      f"{e.solve_seconds * 1e3:.1f} | {g.solve_seconds * 1e3:.1f}")
+                print(
+                    f"{name} | {t.name} ({label}) | {e.budget_bytes:,} | {e.weight_bytes:,} | {e.fp32_bytes:,} | {pe} | {pg} | "
+                    f"{e.solve_seconds * 1e3:.1f} | {g.solve_seconds * 1e3:.1f}"
+                )
         pi = next(t for t in targets if t.name == "raspberrypi")
         front = pareto(scores, m, pi, PlanOptions(), a.budgets)
         ref = Rollout(m, held.spec, held.contexts.statics, model_bytes=m.bytes).run(held.contexts.arrays, horizon).steps
         meas = [measure(m, held.spec, held.contexts, simulated_weights(m, p), horizon, ref).error_at_horizon for p in front]
         fronts.append((name, front, meas))
     print()
-    print("example | budgets | Spearman rho (predicted vs measured) | largest ratio (finite pairs) | per budget: bytes, predicted, measured")
+    print(
+        "example | budgets | Spearman rho (predicted vs measured) | largest ratio (finite pairs) | per budget: bytes, predicted, measured"
+    )
     print("--- | --- | --- | --- | ---")
     for name, front, meas in fronts:
         pred = [p.predicted_error for p in front]

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import argparse
 
-from scipy.stats import spearmanr
-
 from _examples import halves  # scripts/ is on sys.path when a script runs
+from scipy.stats import spearmanr
 
 
 def main() -> None:
@@ -56,8 +55,10 @@ def main() -> None:
                 ctx[p] = rho(ga, gb)[0]
             print(f"{name} | {gran} | {n} | {r_pq:.3f} | {ctx['gauss']:.3f} | {ctx['quant']:.3f}")
     print()
-    print("example | groups | rho(gamma, measured) gauss | rho(A*r, measured) gauss | rho(gamma, measured) quant | rho(A*r, measured) quant | "
-          "most harmful group alone (measured error)")
+    print(
+        "example | groups | rho(gamma, measured) gauss | rho(A*r, measured) gauss | rho(gamma, measured) quant | rho(A*r, measured) quant | "
+        "most harmful group alone (measured error)"
+    )
     print("--- | --- | --- | --- | --- | --- | ---")
     import numpy as np
 
@@ -77,10 +78,18 @@ def main() -> None:
             measured[g.name] = measure(m, held.spec, held.contexts, w, horizon, ref).error_at_horizon
         cols = []
         for p in ("gauss", "quant"):
-            gam = {g.name: (np.inf if g.diverged_step is not None else g.gamma) for g in sc[p].groups if g.gamma is not None or g.diverged_step is not None}
+            gam = {
+                g.name: (np.inf if g.diverged_step is not None else g.gamma)
+                for g in sc[p].groups
+                if g.gamma is not None or g.diverged_step is not None
+            }
             pred = {}
             for g in sc[p].groups:
-                r = float(np.sqrt(sum(residual_rms(m.weight_array(t), p4, m.layout(t)) ** 2 * m.weight_array(t).size for t in g.tensors) / g.n_params))
+                r = float(
+                    np.sqrt(
+                        sum(residual_rms(m.weight_array(t), p4, m.layout(t)) ** 2 * m.weight_array(t).size for t in g.tensors) / g.n_params
+                    )
+                )
                 pred[g.name] = np.inf if g.diverged_step is not None else (g.gain or 0.0) * r
             cols += [rho(gam, measured)[0], rho(pred, measured)[0]]
         worst = max(measured, key=lambda k: measured[k])

@@ -32,8 +32,16 @@ def record_for(path: Path, rows: int, channels: int, seed: int = 0) -> Path:
     return path
 
 
-def scored(model_path: Path, record: Path | None = None, *, k: int = 3, horizon: int = 5, span: tuple[float, float] = (0.0, 1.0),
-           hints: SpecHints | None = None, **settings: object) -> Chain:
+def scored(
+    model_path: Path,
+    record: Path | None = None,
+    *,
+    k: int = 3,
+    horizon: int = 5,
+    span: tuple[float, float] = (0.0, 1.0),
+    hints: SpecHints | None = None,
+    **settings: object,
+) -> Chain:
     """Load ``model_path``, cut ``k`` contexts from ``record`` (a random [60, C] record beside the model when None) and score."""
     m = load_model(model_path)
     spec = infer_spec(m, hints or SpecHints())

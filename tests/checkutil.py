@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import models
 import numpy as np
 
-import models
-from edgetqs.validation.reference import make_reference
-from edgetqs.core.contexts import read_record, select_contexts
-from edgetqs.runtimes.convert import convert
-from edgetqs.core.model import load_model
 from edgetqs.allocation.plan import PlanOptions, make_plan
-from edgetqs.core.rollout import infer_spec
 from edgetqs.allocation.targets import find_target
+from edgetqs.core.contexts import read_record, select_contexts
+from edgetqs.core.model import load_model
+from edgetqs.core.rollout import infer_spec
+from edgetqs.runtimes.convert import convert
 from edgetqs.sensitivity.scores import ProbeSettings
 from edgetqs.sensitivity.sweep import run_sweep
+from edgetqs.validation.reference import make_reference
 
 
 def ort_artifact(tmp_path: Path, horizon: int = 10):

@@ -13,10 +13,9 @@ import os
 import shutil
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
-
-import models
 
 
 def _missing(*modules: str) -> list[str]:
@@ -31,10 +30,14 @@ def _qemu_ready() -> str | None:
 
 
 _REQUIRES = {
-    "tflite": lambda: (f"needs the tflite extra ({', '.join(m)})" if (m := _missing("onnx2tf", "ai_edge_quantizer", "ai_edge_litert")) else None),
-    "mcu": lambda: (f"needs the mcu extra ({', '.join(m)})" if (m := _missing("tflite_micro", "onnx2tf", "ai_edge_quantizer")) else None),
+    "tflite": lambda: (
+        f"needs the tflite extra ({', '.join(m)})" if (m := _missing("onnx2tf", "ai_edge_quantizer", "ai_edge_litert")) else None
+    ),
+    "mcu": lambda: f"needs the mcu extra ({', '.join(m)})" if (m := _missing("tflite_micro", "onnx2tf", "ai_edge_quantizer")) else None,
     "qemu": _qemu_ready,
-    "ssh": lambda: None if (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()) and shutil.which("ssh") else "needs openssh-server and -client",
+    "ssh": lambda: (
+        None if (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()) and shutil.which("ssh") else "needs openssh-server and -client"
+    ),
 }
 
 

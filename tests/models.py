@@ -23,8 +23,9 @@ def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(arr), name)
 
 
-def state_mlp(path: Path, n: int = 8, hidden: int = 16, seed: int = 0, batch: int | str = "B",
-              dead_branch: bool = False, gain_branch: bool = False) -> Path:
+def state_mlp(
+    path: Path, n: int = 8, hidden: int = 16, seed: int = 0, batch: int | str = "B", dead_branch: bool = False, gain_branch: bool = False
+) -> Path:
     """x[B,n] -> x + 0.3 * tanh(l2(tanh(l1(x)))), a stable residual state model.
 
     dead_branch: adds ``dead.weight`` whose contribution is multiplied by zero.
@@ -36,8 +37,13 @@ def state_mlp(path: Path, n: int = 8, hidden: int = 16, seed: int = 0, batch: in
     b1 = (0.1 * rng.standard_normal(hidden)).astype(np.float32)
     w2 = (rng.standard_normal((n, hidden)) / np.sqrt(hidden)).astype(np.float32)
     b2 = (0.1 * rng.standard_normal(n)).astype(np.float32)
-    inits = [_init("l1.weight", w1), _init("l1.bias", b1), _init("l2.weight", w2), _init("l2.bias", b2),
-             _init("k", np.array(0.3, np.float32))]
+    inits = [
+        _init("l1.weight", w1),
+        _init("l1.bias", b1),
+        _init("l2.weight", w2),
+        _init("l2.bias", b2),
+        _init("k", np.array(0.3, np.float32)),
+    ]
     nodes = [
         helper.make_node("Gemm", ["x", "l1.weight", "l1.bias"], ["h"], transB=1),
         helper.make_node("Tanh", ["h"], ["a"]),
@@ -47,43 +53,68 @@ def state_mlp(path: Path, n: int = 8, hidden: int = 16, seed: int = 0, batch: in
     ]
     last = "x"
     if gain_branch:
-        inits += [_init("gain.weight", np.ones(n, np.float32)), _init("one", np.array(1.0, np.float32)),
-                  _init("big", np.array(1e6, np.float32))]
-        nodes += [helper.make_node("Sub", ["gain.weight", "one"], ["g0"]), helper.make_node("Mul", ["g0", "big"], ["g1"]),
-                  helper.make_node("Exp", ["g1"], ["g2"]), helper.make_node("Mul", ["x", "g2"], ["xg"])]
+        inits += [
+            _init("gain.weight", np.ones(n, np.float32)),
+            _init("one", np.array(1.0, np.float32)),
+            _init("big", np.array(1e6, np.float32)),
+        ]
+        nodes += [
+            helper.make_node("Sub", ["gain.weight", "one"], ["g0"]),
+            helper.make_node("Mul", ["g0", "big"], ["g1"]),
+            helper.make_node("Exp", ["g1"], ["g2"]),
+            helper.make_node("Mul", ["x", "g2"], ["xg"]),
+        ]
         last = "xg"
     nodes.append(helper.make_node("Add", [last, "d"], ["s"]))
     out = "s"
     if dead_branch:
         inits += [_init("dead.weight", rng.standard_normal((n, n)).astype(np.float32)), _init("zero", np.array(0.0, np.float32))]
-        nodes += [helper.make_node("MatMul", ["x", "dead.weight"], ["dm"]), helper.make_node("Mul", ["dm", "zero"], ["dz"]),
-                  helper.make_node("Add", ["s", "dz"], ["s2"])]
+        nodes += [
+            helper.make_node("MatMul", ["x", "dead.weight"], ["dm"]),
+            helper.make_node("Mul", ["dm", "zero"], ["dz"]),
+            helper.make_node("Add", ["s", "dz"], ["s2"]),
+        ]
         out = "s2"
     nodes.append(helper.make_node("Identity", [out], ["y"]))
-    graph = helper.make_graph(nodes, "state_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, n])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "state_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, n])],
+        inits,
+    )
     return _save(graph, path)
 
 
 def exploding(path: Path, n: int = 4, factor: float = 10.0) -> Path:
     """x_{t+1} = factor * (W x): the float rollout itself overflows after a few dozen steps."""
     w = (np.eye(n) * factor).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w.weight"], ["y"])], "exploding",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])], [_init("w.weight", w)])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w.weight"], ["y"])],
+        "exploding",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])],
+        [_init("w.weight", w)],
+    )
     return _save(graph, path)
 
 
-def window_mlp(path: Path, length: int = 6, horizon: int = 2, channels: int = 3, hidden: int = 12, seed: int = 0,
-               quantiles: int = 0) -> Path:
+def window_mlp(
+    path: Path, length: int = 6, horizon: int = 2, channels: int = 3, hidden: int = 12, seed: int = 0, quantiles: int = 0
+) -> Path:
     """x[B,L,C] -> [B,H,C] (or [B,H,C,Q] with quantiles > 0): an MLP on the flattened window."""
     rng = np.random.default_rng(seed)
     fin, fout = length * channels, horizon * channels * max(quantiles, 1)
     w1 = (rng.standard_normal((fin, hidden)) / np.sqrt(fin)).astype(np.float32)
     w2 = (0.5 * rng.standard_normal((hidden, fout)) / np.sqrt(hidden)).astype(np.float32)
-    inits = [_init("enc.weight", w1), _init("enc.bias", np.zeros(hidden, np.float32)), _init("dec.weight", w2),
-             _init("dec.bias", np.zeros(fout, np.float32)), _init("flat", np.array([0, fin], np.int64)),
-             _init("outshape", np.array([0, horizon, channels] + ([quantiles] if quantiles else []), np.int64))]
+    inits = [
+        _init("enc.weight", w1),
+        _init("enc.bias", np.zeros(hidden, np.float32)),
+        _init("dec.weight", w2),
+        _init("dec.bias", np.zeros(fout, np.float32)),
+        _init("flat", np.array([0, fin], np.int64)),
+        _init("outshape", np.array([0, horizon, channels] + ([quantiles] if quantiles else []), np.int64)),
+    ]
     nodes = [
         helper.make_node("Reshape", ["x", "flat"], ["xf"]),
         helper.make_node("MatMul", ["xf", "enc.weight"], ["h0"]),
@@ -94,8 +125,13 @@ def window_mlp(path: Path, length: int = 6, horizon: int = 2, channels: int = 3,
         helper.make_node("Reshape", ["o1", "outshape"], ["y"]),
     ]
     oshape = ["B", horizon, channels] + ([quantiles] if quantiles else [])
-    graph = helper.make_graph(nodes, "window_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", length, channels])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, oshape)], inits)
+    graph = helper.make_graph(
+        nodes,
+        "window_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", length, channels])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, oshape)],
+        inits,
+    )
     return _save(graph, path)
 
 
@@ -111,17 +147,26 @@ def static_conv(path: Path, channels: int = 2, size: int = 6, seed: int = 0) -> 
         helper.make_node("Mul", ["t", "k"], ["d"]),
         helper.make_node("Add", ["x", "d"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "static_conv",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", channels, size, size]),
-                               helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 1, size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", channels, size, size])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "static_conv",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", channels, size, size]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 1, size, size]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", channels, size, size])],
+        inits,
+    )
     return _save(graph, path)
 
 
 def no_weights(path: Path, n: int = 4) -> Path:
-    graph = helper.make_graph([helper.make_node("Tanh", ["x"], ["y"])], "no_weights",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])])
+    graph = helper.make_graph(
+        [helper.make_node("Tanh", ["x"], ["y"])],
+        "no_weights",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])],
+    )
     return _save(graph, path)
 
 
@@ -133,15 +178,24 @@ def deep_mlp(path: Path, n: int = 8, hidden: int = 24, layers: int = 5, seed: in
     inits, nodes, prev, width = [], [], "x", n
     for i in range(layers):
         out = n if i == layers - 1 else hidden
-        inits += [_init(f"fc{i}.weight", (rng.standard_normal((out, width)) / np.sqrt(width)).astype(np.float32)),
-                  _init(f"fc{i}.bias", (0.1 * rng.standard_normal(out)).astype(np.float32))]
-        nodes += [helper.make_node("Gemm", [prev, f"fc{i}.weight", f"fc{i}.bias"], [f"h{i}"], transB=1),
-                  helper.make_node("Tanh" if i == layers - 1 else act, [f"h{i}"], [f"a{i}"])]
+        inits += [
+            _init(f"fc{i}.weight", (rng.standard_normal((out, width)) / np.sqrt(width)).astype(np.float32)),
+            _init(f"fc{i}.bias", (0.1 * rng.standard_normal(out)).astype(np.float32)),
+        ]
+        nodes += [
+            helper.make_node("Gemm", [prev, f"fc{i}.weight", f"fc{i}.bias"], [f"h{i}"], transB=1),
+            helper.make_node("Tanh" if i == layers - 1 else act, [f"h{i}"], [f"a{i}"]),
+        ]
         prev, width = f"a{i}", out
     inits.append(_init("k", np.array(0.3, np.float32)))
     nodes += [helper.make_node("Mul", [prev, "k"], ["d"]), helper.make_node("Add", ["x", "d"], ["y"])]
-    graph = helper.make_graph(nodes, "deep_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "deep_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])],
+        inits,
+    )
     return _save(graph, path, opset=20 if act == "Gelu" else OPSET)  # Gelu is an opset-20 op
 
 
@@ -149,15 +203,26 @@ def fused_mlp(path: Path, n: int = 8, hidden: int = 16, seed: int = 0) -> Path:
     """x -> x + 0.3 * tanh(FusedMatMul(tanh(FusedMatMul(x, W1)), W2)): onnxruntime's fused contrib op
     (com.microsoft), as in a graph saved after onnxruntime's optimisations. onnx2tf has no converter for it."""
     rng = np.random.default_rng(seed)
-    inits = [_init("l1.weight", (rng.standard_normal((n, hidden)) / np.sqrt(n)).astype(np.float32)),
-             _init("l2.weight", (rng.standard_normal((hidden, n)) / np.sqrt(hidden)).astype(np.float32)),
-             _init("k", np.array(0.3, np.float32))]
-    nodes = [helper.make_node("FusedMatMul", ["x", "l1.weight"], ["h"], domain="com.microsoft", alpha=1.0),
-             helper.make_node("Tanh", ["h"], ["a"]),
-             helper.make_node("FusedMatMul", ["a", "l2.weight"], ["o"], domain="com.microsoft", alpha=1.0),
-             helper.make_node("Tanh", ["o"], ["t"]), helper.make_node("Mul", ["t", "k"], ["d"]), helper.make_node("Add", ["x", "d"], ["y"])]
-    graph = helper.make_graph(nodes, "fused_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])], inits)
+    inits = [
+        _init("l1.weight", (rng.standard_normal((n, hidden)) / np.sqrt(n)).astype(np.float32)),
+        _init("l2.weight", (rng.standard_normal((hidden, n)) / np.sqrt(hidden)).astype(np.float32)),
+        _init("k", np.array(0.3, np.float32)),
+    ]
+    nodes = [
+        helper.make_node("FusedMatMul", ["x", "l1.weight"], ["h"], domain="com.microsoft", alpha=1.0),
+        helper.make_node("Tanh", ["h"], ["a"]),
+        helper.make_node("FusedMatMul", ["a", "l2.weight"], ["o"], domain="com.microsoft", alpha=1.0),
+        helper.make_node("Tanh", ["o"], ["t"]),
+        helper.make_node("Mul", ["t", "k"], ["d"]),
+        helper.make_node("Add", ["x", "d"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fused_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
     onnx.save(model, str(path))

@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
-
-import models
 
 EXE = [sys.executable, "-m", "edgetqs.cli"]
 
@@ -61,8 +60,22 @@ def _bad_cases(tmp: Path, state_model: Path, record: Path) -> dict[str, tuple[li
     }
 
 
-@pytest.mark.parametrize("case", ["missing model", "not onnx", "no float weights", "contexts shape", "missing contexts", "horizon zero",
-                                  "horizon negative", "horizon text", "k too large", "bad probe", "no model at all"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing model",
+        "not onnx",
+        "no float weights",
+        "contexts shape",
+        "missing contexts",
+        "horizon zero",
+        "horizon negative",
+        "horizon text",
+        "k too large",
+        "bad probe",
+        "no model at all",
+    ],
+)
 def test_bad_input_gives_one_line_and_nonzero_exit(case: str, state_model: Path, record: Path, tmp_path: Path) -> None:
     work = tmp_path / "w"
     work.mkdir()
@@ -122,8 +135,23 @@ def _scored(tmp_path: Path) -> tuple[Path, Path]:
 def test_plan_writes_json_table_pareto_and_evaluation(tmp_path: Path) -> None:
     m, rec = _scored(tmp_path)
     out, png = tmp_path / "plan.json", tmp_path / "front.png"
-    r = run("plan", str(tmp_path / "scores.json"), "--target", "raspberrypi", "--budget", "4KB", "--pareto", "5", "--evaluate",
-            "-c", str(rec), "-o", str(out), "--plot", str(png))
+    r = run(
+        "plan",
+        str(tmp_path / "scores.json"),
+        "--target",
+        "raspberrypi",
+        "--budget",
+        "4KB",
+        "--pareto",
+        "5",
+        "--evaluate",
+        "-c",
+        str(rec),
+        "-o",
+        str(out),
+        "--plot",
+        str(png),
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
     assert d["schema_version"] == 2 and d["budget_bytes"] == 4000 and d["weight_bytes"] <= 4000
@@ -144,7 +172,9 @@ def test_plan_infeasible_budget_exits_with_smallest_size(tmp_path: Path) -> None
 def test_plan_malformed_target_names_file_key_and_type(tmp_path: Path) -> None:
     _scored(tmp_path)
     t = tmp_path / "board.toml"
-    t.write_text('name = "b"\narch = "x"\nruntimes = ["ort"]\nweight_budget_bytes = "lots"\nram_budget_bytes = 1\n[precisions.ort]\ndefault = ["fp32"]\n')
+    t.write_text(
+        'name = "b"\narch = "x"\nruntimes = ["ort"]\nweight_budget_bytes = "lots"\nram_budget_bytes = 1\n[precisions.ort]\ndefault = ["fp32"]\n'
+    )
     r = run("plan", str(tmp_path / "scores.json"), "--target", str(t))
     assert r.returncode == 2 and str(t) in r.stderr and "'weight_budget_bytes'" in r.stderr and "expected int" in r.stderr
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from edgetqs.examples import example_path, init_project, list_examples
-from edgetqs.errors import BadInputError
 from edgetqs.core.inputs import resolve
 from edgetqs.core.project import load_project
+from edgetqs.errors import BadInputError
+from edgetqs.examples import example_path, init_project, list_examples
 from edgetqs.sensitivity.scores import ProbeSettings
 from edgetqs.sensitivity.sweep import run_sweep
 
@@ -47,8 +47,13 @@ def test_init_writes_a_project_that_scores(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "edgetqs.cli", "init", str(d), "--example", "station"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert {p.name for p in d.iterdir()} == {"model.onnx", "contexts.npz", "edgetqs.toml", "card.md"}
-    r = subprocess.run([sys.executable, "-m", "edgetqs.cli", "score", "-k", "3", "-T", "3", "-q"], cwd=d, capture_output=True, text=True,
-                       env={**os.environ, "COLUMNS": "200"})
+    r = subprocess.run(
+        [sys.executable, "-m", "edgetqs.cli", "score", "-k", "3", "-T", "3", "-q"],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((d / "scores.json").read_text())["contexts"]["variables"][0] == "temp_air"
     again = subprocess.run([sys.executable, "-m", "edgetqs.cli", "init", str(d), "--example", "station"], capture_output=True, text=True)

@@ -34,10 +34,13 @@ class Measured:
         if len(variables) != len(self.rmse_by_variable):
             variables = [f"ch{i}" for i in range(len(self.rmse_by_variable))]
         return Evaluation(
-            contexts=contexts.info(), horizon=horizon,
+            contexts=contexts.info(),
+            horizon=horizon,
             error_at_horizon=finite_or_none([self.error_at_horizon])[0] if self.first_nonfinite is None else None,
-            first_nonfinite_step=self.first_nonfinite, nrmse_by_lead=finite_or_none(self.rmse_by_lead),
-            nrmse_by_variable_at_horizon=dict(zip(variables, finite_or_none(self.rmse_by_variable))))
+            first_nonfinite_step=self.first_nonfinite,
+            nrmse_by_lead=finite_or_none(self.rmse_by_lead),
+            nrmse_by_variable_at_horizon=dict(zip(variables, finite_or_none(self.rmse_by_variable))),
+        )
 
 
 def simulated_weights(model: Model, plan: Plan, contexts: Contexts | None = None, spec: RolloutSpec | None = None) -> dict[str, np.ndarray]:
@@ -49,8 +52,14 @@ def simulated_weights(model: Model, plan: Plan, contexts: Contexts | None = None
     return dequantized(model, plan, contexts, spec)
 
 
-def measure(model: Model, spec: RolloutSpec, contexts: Contexts, weights: dict[str, np.ndarray], horizon: int,
-            reference: list[np.ndarray] | None = None) -> Measured:
+def measure(
+    model: Model,
+    spec: RolloutSpec,
+    contexts: Contexts,
+    weights: dict[str, np.ndarray],
+    horizon: int,
+    reference: list[np.ndarray] | None = None,
+) -> Measured:
     """Roll out the model with ``weights`` baked in and compare with the float rollout."""
     if reference is None:
         reference = float_reference(model, spec, contexts, horizon).steps
@@ -71,8 +80,9 @@ def measure(model: Model, spec: RolloutSpec, contexts: Contexts, weights: dict[s
     return Measured(at_t, tuple(float(v) for v in by_lead), tuple(per_var), quant.first_nonfinite, per_ctx)
 
 
-def evaluate(model: Model, plan: Plan, spec: RolloutSpec, contexts: Contexts, horizon: int | None = None,
-             reference: list[np.ndarray] | None = None) -> Measured:
+def evaluate(
+    model: Model, plan: Plan, spec: RolloutSpec, contexts: Contexts, horizon: int | None = None, reference: list[np.ndarray] | None = None
+) -> Measured:
     """Measure ``plan`` on ``contexts`` (simulated quantization with the plan's rounding)."""
     return measure(model, spec, contexts, simulated_weights(model, plan, contexts, spec), horizon or plan.horizon, reference)
 

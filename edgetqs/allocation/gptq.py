@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError, BadModelError
 from ..core.quantize import Layout, Precision, QuantizedTensor, effective, fake_quant, quantize_int
+from ..errors import BadInputError, BadModelError
 
 WeightSpec = tuple[str, int, dict[str, Any]]
 """How a weight is consumed, as ``Model._consumer`` records it: (op_type, input index, attrs)."""
@@ -92,8 +92,10 @@ def gptq_quantize(
     if p.kind != "int" or p.bits not in GPTQ_BITS:
         raise BadInputError(f"GPTQ precision {p.name}; expected int2..int8 (per tensor, channel or block): use quantize_int for others")
     if w.ndim < 2 or layout.in_axis is None or layout.in_axis == layout.out_axis:
-        raise BadInputError(f"weight of shape {w.shape} with layout {layout} has no reduction axis apart from its output axis; "
-                            "round it with quantize_int (RTN)")
+        raise BadInputError(
+            f"weight of shape {w.shape} with layout {layout} has no reduction axis apart from its output axis; "
+            "round it with quantize_int (RTN)"
+        )
     if not (math.isfinite(damp) and damp >= 0):
         raise BadInputError(f"damp {damp}; expected a finite fraction >= 0, e.g. 0.01")
     if block < 1:
@@ -134,8 +136,10 @@ def _check_hessian(hessian: np.ndarray, w2_shape: tuple[int, ...]) -> np.ndarray
     if h.ndim == 2:
         h = h[None]
     if h.ndim != 3 or h.shape[1:] != (k, k) or o % h.shape[0]:
-        raise BadInputError(f"Hessian of shape {np.shape(hessian)} for a weight viewed as [{o}, {k}]; expected [{k}, {k}] "
-                            f"or [g, {k}, {k}] with g dividing {o} (from layer_hessians for this weight and layout)")
+        raise BadInputError(
+            f"Hessian of shape {np.shape(hessian)} for a weight viewed as [{o}, {k}]; expected [{k}, {k}] "
+            f"or [g, {k}, {k}] with g dividing {o} (from layer_hessians for this weight and layout)"
+        )
     if not np.isfinite(h).all():
         raise BadInputError("the Hessian has non-finite entries: the calibration activations overflowed; check the feeds")
     if (np.diagonal(h, axis1=1, axis2=2) < 0).any():
@@ -187,7 +191,7 @@ def _obs_quantize(
             # OBS: the rounding error of column j, spread over the later columns of this block now
             # (row j of the upper Cholesky factor of H^-1 holds the update of the remaining columns)
             e = (wt[j] - qj * st[j]) / u[j, j]
-            wt[j + 1:i2] -= np.outer(u[j, j + 1:i2], e)
+            wt[j + 1 : i2] -= np.outer(u[j, j + 1 : i2], e)
             err[j - i1] = e
         # lazy batch: the later blocks receive this block's errors in one matrix product
         wt[i2:] -= u[i1:i2, i2:].T @ err
@@ -206,8 +210,9 @@ def _upper_cholesky_of_inverse(h: np.ndarray, damp: float) -> np.ndarray:
         upper: np.ndarray = scipy.linalg.cholesky((hinv + hinv.T) / 2, lower=False)
         return upper
     except np.linalg.LinAlgError:
-        raise BadInputError(f"the Hessian is not positive definite after damping {damp}; raise damp (e.g. 0.1) "
-                            "or calibrate on more, more varied inputs") from None
+        raise BadInputError(
+            f"the Hessian is not positive definite after damping {damp}; raise damp (e.g. 0.1) or calibrate on more, more varied inputs"
+        ) from None
 
 
 def output_error(w: np.ndarray, wq: np.ndarray, hessian: np.ndarray, layout: Layout) -> float:
@@ -226,7 +231,7 @@ def output_error(w: np.ndarray, wq: np.ndarray, hessian: np.ndarray, layout: Lay
     d2, _ = _to_2d(np.asarray(w, np.float64) - np.asarray(wq, np.float64), layout)
     h = _check_hessian(hessian, d2.shape)
     rows = d2.shape[0] // h.shape[0]
-    return float(sum(np.sum((d2[g * rows:(g + 1) * rows] @ h[g]) * d2[g * rows:(g + 1) * rows]) for g in range(h.shape[0])))
+    return float(sum(np.sum((d2[g * rows : (g + 1) * rows] @ h[g]) * d2[g * rows : (g + 1) * rows]) for g in range(h.shape[0])))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,8 +308,10 @@ def _plan_captures(proto: Any, weights: Mapping[str, WeightSpec]) -> tuple[dict[
             continue
         op, j = found[0][0].op_type, found[0][1]
         if (spec[0], int(spec[1])) != (op, j) and spec[0] != "default":
-            raise BadInputError(f"weight '{name}': the spec says {spec[0]} input {spec[1]}, the graph's first consumer is {op} input {j}; "
-                                "build the spec from this model (Model._consumer)")
+            raise BadInputError(
+                f"weight '{name}': the spec says {spec[0]} input {spec[1]}, the graph's first consumer is {op} input {j}; "
+                "build the spec from this model (Model._consumer)"
+            )
         kinds = {(n.op_type, jj, _attr(n, "transA", 0), _attr(n, "transB", 0), _attr(n, "group", 1)) for n, jj in found}
         if len(kinds) > 1:
             ops = sorted(k[0] for k in kinds)
@@ -411,7 +418,7 @@ def _rows(cap: _Capture, node: Any, act: np.ndarray) -> Iterable[np.ndarray]:
     x = np.asarray(act, np.float64)
     if cap.op == "Conv":
         for i in range(x.shape[0]):  # one sample at a time bounds the unfolded patches' memory
-            yield _conv_patches(x[i:i + 1], cap.shape, node, cap.groups)
+            yield _conv_patches(x[i : i + 1], cap.shape, node, cap.groups)
         return
     lay = cap.layout
     assert lay.in_axis is not None
@@ -513,8 +520,9 @@ def gptq_weights(
     arrays = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer if i.name in precisions}
     missing = [n for n in precisions if n not in arrays or n not in weights_spec]
     if missing:
-        raise BadInputError(f"planned weight(s) {missing[:5]} are not initializers of the model or have no spec; "
-                            "was the plan made for this model?")
+        raise BadInputError(
+            f"planned weight(s) {missing[:5]} are not initializers of the model or have no spec; was the plan made for this model?"
+        )
     feeds = list(feeds)
     out: dict[str, QuantizedTensor] = {}
     notes: list[str] = []
@@ -541,8 +549,10 @@ def gptq_weights(
     for name, cap in caps.items():
         given = (layouts or {}).get(name)
         if given is not None and given != cap.layout:
-            raise BadInputError(f"weight '{name}': layout {given} given, but its {cap.op} input {cap.index} reduces along {cap.layout}; "
-                                "pass Model.layout(name) or None")
+            raise BadInputError(
+                f"weight '{name}': layout {given} given, but its {cap.op} input {cap.index} reduces along {cap.layout}; "
+                "pass Model.layout(name) or None"
+            )
     for name, rtn in out.items():  # every RTN weight is in place from the first wave on
         overrides[name] = rtn.dequantize()
     if not caps:

@@ -87,7 +87,7 @@ def solve_exact(items: list[Item], budget: int) -> list[int]:
     if res.x is None:
         raise InfeasibleBudgetError(f"the MILP found no plan within {budget} bytes ({res.message})")
     x = res.x
-    return [int(np.argmax(x[offsets[i]:offsets[i + 1]])) for i in range(len(items))]
+    return [int(np.argmax(x[offsets[i] : offsets[i + 1]])) for i in range(len(items))]
 
 
 def solve_greedy(items: list[Item], budget: int) -> list[int]:
@@ -108,13 +108,13 @@ def solve_greedy(items: list[Item], budget: int) -> list[int]:
                 best = (float(ratio), k)
         return best
 
-    heap = []
+    heap: list[tuple[float, int, int, int]] = []
     for i in range(len(items)):
         m = best_move(i)
         if m:
             heapq.heappush(heap, (m[0], i, m[1], choice[i]))
     while total > budget and heap:
-        ratio, i, k, was = heapq.heappop(heap)
+        _, i, k, was = heapq.heappop(heap)
         if choice[i] != was:
             continue  # stale entry
         total -= int(items[i].bytes[choice[i]] - items[i].bytes[k])
@@ -123,5 +123,3 @@ def solve_greedy(items: list[Item], budget: int) -> list[int]:
         if m:
             heapq.heappush(heap, (m[0], i, m[1], choice[i]))
     return choice
-
-

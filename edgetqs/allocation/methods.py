@@ -25,20 +25,22 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..registry import Registry
-
 from .plan import InfeasibleBudgetError, Plan, PlanOptions, make_plan, parse_pin
 
 
-
-def with_gains(scores, gains: dict[str, float], label: str):
+def with_gains(scores: Any, gains: dict[str, float], label: str) -> Any:
     """The same scores with each group's gain replaced, and no group dead or diverged (a baseline
     that does not run the model cannot know either)."""
-    groups = tuple(g.model_copy(update={"gain": float(gains[g.name]), "dead": False, "diverged_step": None,
-                                        "gamma": g.gamma if g.gamma is not None else 0.0}) for g in scores.groups)
+    groups = tuple(
+        g.model_copy(
+            update={"gain": float(gains[g.name]), "dead": False, "diverged_step": None, "gamma": g.gamma if g.gamma is not None else 0.0}
+        )
+        for g in scores.groups
+    )
     return scores.model_copy(update={"groups": groups, "notes": tuple(scores.notes) + (f"gains from the {label} baseline",)})
 
 
-def weight_error_gains(scores, model) -> dict[str, float]:
+def weight_error_gains(scores: Any, model: Any) -> dict[str, float]:
     out = {}
     for g in scores.groups:
         w = np.concatenate([model.weight_array(t).ravel() for t in g.tensors]).astype(np.float64)
@@ -47,7 +49,7 @@ def weight_error_gains(scores, model) -> dict[str, float]:
     return out
 
 
-def random_gains(scores, seed: int) -> dict[str, float]:
+def random_gains(scores: Any, seed: int) -> dict[str, float]:
     rng = np.random.default_rng([seed, 11])
     return {g.name: float(10 ** rng.uniform(-3, 3)) for g in scores.groups}
 
@@ -56,7 +58,9 @@ def hessian_gains(traces: dict[str, float]) -> dict[str, float]:
     return {k: math.sqrt(max(v, 0.0)) for k, v in traces.items()}
 
 
-def hutchinson_traces(module, loss_fn, groups: dict[str, list[str]], samples: int = 64, seed: int = 0) -> tuple[dict[str, float], float, int]:
+def hutchinson_traces(
+    module: Any, loss_fn: Callable[[], Any], groups: dict[str, list[str]], samples: int = 64, seed: int = 0
+) -> tuple[dict[str, float], float, int]:
     """Hutchinson estimate of Tr(H_g) of ``loss_fn()`` for every group at once.
 
     One Hessian-vector product per sample with a Rademacher vector v over all weights gives
@@ -126,14 +130,26 @@ def _hessian(i: MethodInputs) -> Plan:
 METHODS: Registry[Method] = Registry("allocation method")
 METHODS.register("tqs", lambda i: make_plan(i.scores, i.model, i.target, i.opts))
 METHODS.register("tqs-paper", lambda i: make_plan(i.scores, i.model, i.target, i.opts.model_copy(update={"objective": "paper"})))
-METHODS.register("weight-error", lambda i: make_plan(with_gains(i.scores, weight_error_gains(i.scores, i.model), "weight-error"), i.model, i.target, i.opts))
+METHODS.register(
+    "weight-error",
+    lambda i: make_plan(with_gains(i.scores, weight_error_gains(i.scores, i.model), "weight-error"), i.model, i.target, i.opts),
+)
 METHODS.register("hessian", _hessian)
 METHODS.register("random", lambda i: make_plan(with_gains(i.scores, random_gains(i.scores, i.seed), "random"), i.model, i.target, i.opts))
 METHODS.register("uniform", lambda i: uniform_plan(i.scores, i.model, i.target, i.opts))
 
 
-def method_plan(method: str, scores: Any, model: Any, target: Any, opts: PlanOptions, *, traces: dict[str, float] | None = None, seed: int = 0,
-                fp32: tuple[str, ...] = ()) -> Plan:
+def method_plan(
+    method: str,
+    scores: Any,
+    model: Any,
+    target: Any,
+    opts: PlanOptions,
+    *,
+    traces: dict[str, float] | None = None,
+    seed: int = 0,
+    fp32: tuple[str, ...] = (),
+) -> Plan:
     """The plan the registered ``method`` makes at the budget in ``opts``.
 
     Raises:

@@ -39,8 +39,22 @@ Allocator = Literal["exact", "greedy"]
 MAX_BUDGET_BYTES = 2**50
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "ki": 1024, "kib": 1024, "mi": 1024**2, "mib": 1024**2, "gi": 1024**3, "gib": 1024**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+}
 
 
 def parse_size(text: str) -> int:
@@ -229,7 +243,9 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions)
     names = [w.name for w in model.weights]
     for p in opts.pins:
         if not any(p.matches(n) for n in names):
-            raise BadInputError(f"pin '{p}' matches no weight tensor of the model (e.g. {', '.join(names[:3])}); check the name or the regex")
+            raise BadInputError(
+                f"pin '{p}' matches no weight tensor of the model (e.g. {', '.join(names[:3])}); check the name or the regex"
+            )
     if scores.model_sha256 != model.sha256:
         raise BadInputError(
             f"scores were computed for model sha256 {scores.model_sha256[:12]}..., but '{model.path}' has {model.sha256[:12]}...; rescore or pass the right --model"
@@ -258,12 +274,14 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions)
             if opts.lowest_bits is not None:
                 kept = [p for p in choices if _bits(p) >= opts.lowest_bits]
                 if not kept:
-                    raise BadInputError(f"--lowest {opts.lowest_bits} bits leaves tensor '{w.name}' no precision among {[p.name for p in allowed]}")
+                    raise BadInputError(
+                        f"--lowest {opts.lowest_bits} bits leaves tensor '{w.name}' no precision among {[p.name for p in allowed]}"
+                    )
                 choices = kept
         # 1-D tensors turn channel/block into per-tensor: keep one entry per precision actually stored
         seen: dict[str, Precision] = {}
-        for p in choices:
-            e = effective(p, arr.shape, layout)
+        for c in choices:
+            e = effective(c, arr.shape, layout)
             seen.setdefault(e.name, e)
         opts_ = list(seen.values())
         res = np.array([residual_rms(arr, p, layout) for p in opts_])
@@ -314,15 +332,15 @@ def _ladder_gain(g: GroupScore, p: Precision, default: float) -> float:
         return math.inf if v is None else v
     lo, hi = below[-1], above[0]
     a, c = ladder[str(lo)], ladder[str(hi)]
-    if a is None or c is None:
-        return math.inf if a is None else c
+    if a is None or c is None:  # a rollout at one of the neighbouring widths diverged
+        return math.inf
     w = (p.bits - lo) / (hi - lo)  # geometric interpolation between the neighbouring widths
     return float(math.exp((1 - w) * math.log(max(a, 1e-30)) + w * math.log(max(c, 1e-30))))
 
 
 def _fix(item: Item, k: int, rule: str) -> None:
-    item.options, item.bytes, item.cost = [item.options[k]], item.bytes[k:k + 1], item.cost[k:k + 1]
-    item.err, item.residual, item.rule = item.err[k:k + 1], item.residual[k:k + 1], rule
+    item.options, item.bytes, item.cost = [item.options[k]], item.bytes[k : k + 1], item.cost[k : k + 1]
+    item.err, item.residual, item.rule = item.err[k : k + 1], item.residual[k : k + 1], rule
 
 
 def _keep_fp32(items: list[Item], scores: Scores, share: float) -> None:
@@ -413,15 +431,43 @@ def make_plan(scores: Scores, model: Model, target: Target, opts: PlanOptions | 
         if gm is not None:
             paper += gm * (it.n / max(1, group_n[it.group])) * 2.0 ** (-p.bits)
         share = float(it.err[c] / total_err) if total_err > 0 and math.isfinite(total_err) else 0.0
-        tensors.append(TensorPlan(name=it.name, group=it.group, op=model.role(it.name), n_params=it.n, precision=p, granularity=p.granularity,
-                                  bytes=int(it.bytes[c]), fp32_bytes=it.n * 4, residual=float(it.residual[c]), error_share=share, rule=it.rule))
+        tensors.append(
+            TensorPlan(
+                name=it.name,
+                group=it.group,
+                op=model.role(it.name),
+                n_params=it.n,
+                precision=p,
+                granularity=p.granularity,
+                bytes=int(it.bytes[c]),
+                fp32_bytes=it.n * 4,
+                residual=float(it.residual[c]),
+                error_share=share,
+                rule=it.rule,
+            )
+        )
     weight_bytes = fixed + sum(t.bytes for t in tensors)
     return Plan(
-        edgetqs_version=edgetqs_version(), model=scores.model, model_sha256=scores.model_sha256, target=target.name, runtime=runtime,
-        objective=opts.objective, allocator=opts.allocator, budget_bytes=budget, budget_source=source, weight_bytes=weight_bytes,
-        fixed_bytes=fixed, fp32_bytes=fp32, headroom_bytes=budget - weight_bytes, min_feasible_bytes=min_bytes,
-        predicted_error=math.sqrt(total_err) if math.isfinite(total_err) else None, paper_objective=paper, tensors=tuple(tensors),
-        options=opts.model_copy(update={"runtime": runtime}), solve_seconds=time.perf_counter() - t0, horizon=scores.horizon,
+        edgetqs_version=edgetqs_version(),
+        model=scores.model,
+        model_sha256=scores.model_sha256,
+        target=target.name,
+        runtime=runtime,
+        objective=opts.objective,
+        allocator=opts.allocator,
+        budget_bytes=budget,
+        budget_source=source,
+        weight_bytes=weight_bytes,
+        fixed_bytes=fixed,
+        fp32_bytes=fp32,
+        headroom_bytes=budget - weight_bytes,
+        min_feasible_bytes=min_bytes,
+        predicted_error=math.sqrt(total_err) if math.isfinite(total_err) else None,
+        paper_objective=paper,
+        tensors=tuple(tensors),
+        options=opts.model_copy(update={"runtime": runtime}),
+        solve_seconds=time.perf_counter() - t0,
+        horizon=scores.horizon,
     )
 
 
@@ -430,7 +476,7 @@ def pareto(scores: Scores, model: Model, target: Target, opts: PlanOptions, n: i
     if not 2 <= n <= 1000:
         raise BadInputError(f"--pareto {n}; expected 2 to 1000 budgets")
     items, _ = build_items(scores, model, target, opts)
-    fixed, fp32 = _sizes(model)
+    fixed, _ = _sizes(model)
     lo = fixed + int(sum(it.bytes.min() for it in items))
     hi = fixed + int(sum(it.bytes.max() for it in items))
     budgets = np.unique(np.linspace(lo, hi, n).astype(int))

@@ -14,9 +14,19 @@ from .plan import ParetoPoint, Plan, PlanOptions, make_plan, pareto
 from .targets import Target
 
 
-def plan_stage(scores: Scores, model: Model, target: Target, opts: PlanOptions, *, spec: RolloutSpec | None = None,
-               contexts: Contexts | None = None, refine: bool = False, evaluate_plans: bool = False, pareto_n: int | None = None,
-               log: Any = None) -> Plan:
+def plan_stage(
+    scores: Scores,
+    model: Model,
+    target: Target,
+    opts: PlanOptions,
+    *,
+    spec: RolloutSpec | None = None,
+    contexts: Contexts | None = None,
+    refine: bool = False,
+    evaluate_plans: bool = False,
+    pareto_n: int | None = None,
+    log: Any = None,
+) -> Plan:
     """Plan bits for ``target``.
 
     Args:
@@ -56,12 +66,22 @@ def plan_stage(scores: Scores, model: Model, target: Target, opts: PlanOptions, 
             if evaluate_plans and spec is not None and contexts is not None:
                 mm = evaluate(model, p, spec, contexts, scores.horizon, ref)
                 err = mm.error_at_horizon if mm.first_nonfinite is None else None
-            points.append(ParetoPoint(budget_bytes=p.budget_bytes, weight_bytes=p.weight_bytes,
-                                      bits_per_weight=8 * (p.weight_bytes - p.fixed_bytes) / max(n_params, 1),
-                                      predicted_error=p.predicted_error, measured_error=err))
-        here = ParetoPoint(budget_bytes=plan.budget_bytes, weight_bytes=plan.weight_bytes,
-                           bits_per_weight=8 * (plan.weight_bytes - plan.fixed_bytes) / max(n_params, 1),
-                           predicted_error=plan.predicted_error, chosen=True,
-                           measured_error=None if measured is None or measured.first_nonfinite is not None else measured.error_at_horizon)
+            points.append(
+                ParetoPoint(
+                    budget_bytes=p.budget_bytes,
+                    weight_bytes=p.weight_bytes,
+                    bits_per_weight=8 * (p.weight_bytes - p.fixed_bytes) / max(n_params, 1),
+                    predicted_error=p.predicted_error,
+                    measured_error=err,
+                )
+            )
+        here = ParetoPoint(
+            budget_bytes=plan.budget_bytes,
+            weight_bytes=plan.weight_bytes,
+            bits_per_weight=8 * (plan.weight_bytes - plan.fixed_bytes) / max(n_params, 1),
+            predicted_error=plan.predicted_error,
+            chosen=True,
+            measured_error=None if measured is None or measured.first_nonfinite is not None else measured.error_at_horizon,
+        )
         plan = plan.model_copy(update={"pareto": tuple(sorted([*points, here], key=lambda q: (q.weight_bytes, not q.chosen)))})
     return plan

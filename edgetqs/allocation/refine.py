@@ -21,8 +21,9 @@ from .plan import InfeasibleBudgetError, Plan, PlanOptions, make_plan
 FLOORS = (None, 3, 4, 5, 6)
 
 
-def refine(scores: Any, model: Any, target: Any, opts: PlanOptions, spec: Any, contexts: Any,
-           floors: tuple[int | None, ...] = FLOORS) -> tuple[Plan, list[dict[str, Any]]]:
+def refine(
+    scores: Any, model: Any, target: Any, opts: PlanOptions, spec: Any, contexts: Any, floors: tuple[int | None, ...] = FLOORS
+) -> tuple[Plan, list[dict[str, Any]]]:
     """The candidate with the lowest measured error at the score horizon, and every candidate's figures.
 
     Raises:
@@ -47,8 +48,12 @@ def refine(scores: Any, model: Any, target: Any, opts: PlanOptions, spec: Any, c
         if key in seen:
             continue
         m = measure(model, spec, contexts, simulated_weights(model, plan, contexts, spec), horizon, ref)
-        row = {"lowest_bits": lowest, "weight_bytes": plan.weight_bytes, "predicted_error": plan.predicted_error,
-               "measured_error": None if m.first_nonfinite is not None else m.error_at_horizon}
+        row = {
+            "lowest_bits": lowest,
+            "weight_bytes": plan.weight_bytes,
+            "predicted_error": plan.predicted_error,
+            "measured_error": None if m.first_nonfinite is not None else m.error_at_horizon,
+        }
         seen.add(key)
         rows.append(row)
         err = m.error_at_horizon if m.first_nonfinite is None else float("inf")
@@ -57,11 +62,12 @@ def refine(scores: Any, model: Any, target: Any, opts: PlanOptions, spec: Any, c
     if best is None:  # every floor left some tensor without a precision
         raise BadInputError("no candidate plan could be made with these options; relax --lowest or the pins")
     chosen = best[1]
-    note = ("refined: candidates measured on the scoring contexts (lowest bits: predicted -> measured): "
-            + "; ".join(f"{r['lowest_bits'] or 'none'}: {_f(r['predicted_error'])} -> {_f(r['measured_error'])}" for r in rows)
-            + f"; kept lowest bits {chosen.options.lowest_bits or 'none'}")
-    return chosen.model_copy(update={"refinement": {"method": "floors", "candidates": rows},
-                                     "notes": tuple(chosen.notes) + (note,)}), rows
+    note = (
+        "refined: candidates measured on the scoring contexts (lowest bits: predicted -> measured): "
+        + "; ".join(f"{r['lowest_bits'] or 'none'}: {_f(r['predicted_error'])} -> {_f(r['measured_error'])}" for r in rows)
+        + f"; kept lowest bits {chosen.options.lowest_bits or 'none'}"
+    )
+    return chosen.model_copy(update={"refinement": {"method": "floors", "candidates": rows}, "notes": tuple(chosen.notes) + (note,)}), rows
 
 
 def _f(v: float | None) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..core import catalogue
 from ..core.project import Config
@@ -74,7 +74,7 @@ class TargetFile(Config):
     default_device: str = "local"
     validation: Validation = Validation()
     precisions: dict[str, dict[str, tuple[Precision, ...]]]
-    activations: dict[str, tuple[Literal["int16", "int8"], ...]] = {}
+    activations: dict[str, tuple[Literal["int16", "int8"], ...]] = Field(default_factory=dict)
 
     @field_validator("name", "default_device")
     @classmethod
@@ -149,9 +149,16 @@ class Target(TargetFile):
         raise BadInputError(f"target '{self.name}' ({self.path}): runtime '{runtime}' lists no precisions for '{role}' and no 'default'")
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "arch": self.arch, "runtimes": list(self.runtimes), "file": self.path,
-                "weight_budget_bytes": self.weight_budget_bytes, "ram_budget_bytes": self.ram_budget_bytes,
-                "validation_horizon": self.validation_horizon, "validation_tolerance": self.validation_tolerance}
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "runtimes": list(self.runtimes),
+            "file": self.path,
+            "weight_budget_bytes": self.weight_budget_bytes,
+            "ram_budget_bytes": self.ram_budget_bytes,
+            "validation_horizon": self.validation_horizon,
+            "validation_tolerance": self.validation_tolerance,
+        }
 
 
 def load_target(path: str | Path) -> Target:

@@ -11,6 +11,7 @@ no sweep. The bundle is assembled in a private folder and published only when ev
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ from ..core.files import write_json
 from ..core.inputs import resolve
 from ..core.project import ScoreConfig, merged, open_project
 from ..core.results import edgetqs_version
-from ..errors import BadInputError, EdgetqsError
+from ..errors import BadInputError
 from ..runtimes import RUNTIMES
 from .manifest import Manifest, file_entries
 
@@ -53,10 +54,8 @@ def _versions(conv: Any, chk: Any) -> dict[str, str | None]:
 
     v: dict[str, str | None] = {"edgetqs": edgetqs_version(), **conv.versions}
     for pkg in ("numpy", "onnx", "onnxruntime", "scipy", "pydantic"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             v.setdefault(pkg, md.version(pkg))
-        except md.PackageNotFoundError:
-            pass
     rt = chk.runtime
     if rt:
         v[f"device runtime ({rt.get('name')})"] = rt.get("version")
@@ -73,8 +72,10 @@ def pick_device(target: Any, name: str | None, fmt: str, announce: Log | None = 
     dev = find_device(target.default_device or "local", announce)
     rt = RUNTIMES.get(fmt)
     if dev.emulated and not rt.emulated:
-        return find_device("local"), (f"{rt.name} runs in the host's interpreter here ({rt.description}): the emulated ARM Python "
-                                      f"cannot run it, so it was not checked on {dev.name}")
+        return find_device("local"), (
+            f"{rt.name} runs in the host's interpreter here ({rt.description}): the emulated ARM Python "
+            f"cannot run it, so it was not checked on {dev.name}"
+        )
     ok, why = dev.ready()
     if not ok:
         return find_device("local"), f"the target's device '{dev.name}' is not ready ({why}); checked on the host instead"
@@ -94,10 +95,25 @@ class _Stages:
         self.seconds[stage] = time.perf_counter() - t0
 
 
-def build(model: Any = None, target: str = "raspberrypi", *, device: str | None = None, budget: str | int | None = None,
-          ratio: float | None = None, fmt: str | None = None, output: str | Path = "dist", project: Any = None, force: bool = False,
-          refine: bool = True, k: int | None = None, contexts: str | Path | None = None, overwrite: bool = True,
-          score: ScoreConfig | dict[str, Any] | None = None, log: Log | None = None, progress: Any = None) -> BuildResult:
+def build(
+    model: Any = None,
+    target: str = "raspberrypi",
+    *,
+    device: str | None = None,
+    budget: str | int | None = None,
+    ratio: float | None = None,
+    fmt: str | None = None,
+    output: str | Path = "dist",
+    project: Any = None,
+    force: bool = False,
+    refine: bool = True,
+    k: int | None = None,
+    contexts: str | Path | None = None,
+    overwrite: bool = True,
+    score: ScoreConfig | dict[str, Any] | None = None,
+    log: Log | None = None,
+    progress: Any = None,
+) -> BuildResult:
     """Run the whole pipeline and write ``output/<model>-<target>/``.
 
     Args:
@@ -149,12 +165,16 @@ def build(model: Any = None, target: str = "raspberrypi", *, device: str | None 
         st.notes.append(plan.notes[-1])
     st.time("plan", t)
     pe = "unbounded" if plan.predicted_error is None else f"{plan.predicted_error:.3g}"
-    st.say(f"[2/5] plan for {tg.name}/{runtime}: {plan.weight_bytes:,} of {plan.budget_bytes:,} weight bytes (fp32 {plan.fp32_bytes:,}), "
-           f"predicted error {pe}")
+    st.say(
+        f"[2/5] plan for {tg.name}/{runtime}: {plan.weight_bytes:,} of {plan.budget_bytes:,} weight bytes (fp32 {plan.fp32_bytes:,}), "
+        f"predicted error {pe}"
+    )
     chk, dev, manifest = _assemble(st, inp, tg, fmt, runtime, scores, cached, plan, out, name)
     total = time.perf_counter() - t_all
     st.say(f"[5/5] bundle {out / name} ({'PASS' if chk.passed else 'FAIL'}) in {total:.1f} s")
-    return BuildResult(out / name, m.name, tg.name, fmt, dev.name, chk.passed, chk.verdict, cached, total, st.seconds, manifest, tuple(st.notes))
+    return BuildResult(
+        out / name, m.name, tg.name, fmt, dev.name, chk.passed, chk.verdict, cached, total, st.seconds, manifest, tuple(st.notes)
+    )
 
 
 def _format(tg: Any, fmt: str | None) -> tuple[str, str]:
@@ -168,8 +188,9 @@ def _format(tg: Any, fmt: str | None) -> tuple[str, str]:
     return fmt, runtime
 
 
-def _assemble(st: _Stages, inp: Any, tg: Any, fmt: str, runtime: str, scores: Any, cached: bool, plan: Any, out: Path,
-              name: str) -> tuple[Any, Any, Manifest]:
+def _assemble(
+    st: _Stages, inp: Any, tg: Any, fmt: str, runtime: str, scores: Any, cached: bool, plan: Any, out: Path, name: str
+) -> tuple[Any, Any, Manifest]:
     """Convert, check, report and publish in a private work folder (`edgetqs.bundle.publish`): at every
     instant ``out/NAME`` holds the complete old bundle or the complete new one."""
     from .publish import new_work_dir, publish, recover
@@ -191,7 +212,9 @@ def _assemble(st: _Stages, inp: Any, tg: Any, fmt: str, runtime: str, scores: An
 
         figs = work / ".figures"
         figs.mkdir()
-        write_report(work / "report.html", model=inp.model, target=tg, scores=scores, plan=plan, conv=conv, chk=chk, figures=figs, cached=cached)
+        write_report(
+            work / "report.html", model=inp.model, target=tg, scores=scores, plan=plan, conv=conv, chk=chk, figures=figs, cached=cached
+        )
         shutil.rmtree(figs)
         st.time("report", t)
         manifest = _manifest(st, inp.model, tg, fmt, runtime, plan, conv, chk, dev, cached, work)
@@ -217,8 +240,10 @@ def _convert(st: _Stages, inp: Any, tg: Any, fmt: str, plan: Any, work: Path) ->
         os.replace(f, work / f.name)
     (work / "convert").rmdir()
     st.time("convert", t)
-    st.say(f"      {conv.artifact}: {conv.weight_bytes:,} weight bytes, {conv.file_bytes:,} file bytes, read-back "
-           f"{'matches' if conv.all_match else 'DIFFERS'}" + (f", arena {conv.arena_bytes:,} B" if conv.arena_bytes else ""))
+    st.say(
+        f"      {conv.artifact}: {conv.weight_bytes:,} weight bytes, {conv.file_bytes:,} file bytes, read-back "
+        f"{'matches' if conv.all_match else 'DIFFERS'}" + (f", arena {conv.arena_bytes:,} B" if conv.arena_bytes else "")
+    )
     return conv
 
 
@@ -231,7 +256,9 @@ def _check(st: _Stages, inp: Any, tg: Any, fmt: str, conv: Any, work: Path) -> t
     if why:
         st.notes.append(why)
         st.say(f"      note: {why}")
-    st.say(f"[4/5] check on {dev.name} ({dev.description or dev.kind}): {tg.validation_horizon} steps, tolerance {tg.validation_tolerance:g}")
+    st.say(
+        f"[4/5] check on {dev.name} ({dev.description or dev.kind}): {tg.validation_horizon} steps, tolerance {tg.validation_tolerance:g}"
+    )
     ref = make_reference(inp.model, inp.spec, contexts_with_truth(inp, tg.validation_horizon), tg.validation_horizon)
     ref.save(work / "reference.npz", policy="refuse_existing")
     facts = {**conv.facts, "arena_bytes": conv.arena_bytes}
@@ -243,13 +270,32 @@ def _check(st: _Stages, inp: Any, tg: Any, fmt: str, conv: Any, work: Path) -> t
     return chk, dev
 
 
-def _manifest(st: _Stages, m: Any, tg: Any, fmt: str, runtime: str, plan: Any, conv: Any, chk: Any, dev: Any, cached: bool, work: Path) -> Manifest:
+def _manifest(
+    st: _Stages, m: Any, tg: Any, fmt: str, runtime: str, plan: Any, conv: Any, chk: Any, dev: Any, cached: bool, work: Path
+) -> Manifest:
     return Manifest(
-        edgetqs_version=edgetqs_version(), created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        model={"name": m.name, "sha256": m.sha256, "path": str(m.path)}, target=tg.summary(), budget_bytes=plan.budget_bytes,
-        format=fmt, runtime=runtime, artifact=conv.artifact, device=dev.summary(),
-        sizes={"weight_bytes": conv.weight_bytes, "file_bytes": conv.file_bytes, "fp32_weight_bytes": conv.fp32_weight_bytes,
-               "fp32_file_bytes": conv.fp32_file_bytes, "arena_bytes": conv.arena_bytes, "peak_rss_bytes": chk.peak_rss_bytes},
-        passed=chk.passed, verdict=chk.verdict, scores_cached=cached, versions=_versions(conv, chk), stage_seconds=st.seconds,
-        notes=tuple(st.notes), files=file_entries(work),
+        edgetqs_version=edgetqs_version(),
+        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        model={"name": m.name, "sha256": m.sha256, "path": str(m.path)},
+        target=tg.summary(),
+        budget_bytes=plan.budget_bytes,
+        format=fmt,
+        runtime=runtime,
+        artifact=conv.artifact,
+        device=dev.summary(),
+        sizes={
+            "weight_bytes": conv.weight_bytes,
+            "file_bytes": conv.file_bytes,
+            "fp32_weight_bytes": conv.fp32_weight_bytes,
+            "fp32_file_bytes": conv.fp32_file_bytes,
+            "arena_bytes": conv.arena_bytes,
+            "peak_rss_bytes": chk.peak_rss_bytes,
+        },
+        passed=chk.passed,
+        verdict=chk.verdict,
+        scores_cached=cached,
+        versions=_versions(conv, chk),
+        stage_seconds=st.seconds,
+        notes=tuple(st.notes),
+        files=file_entries(work),
     )

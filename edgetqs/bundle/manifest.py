@@ -47,8 +47,11 @@ def sha256_file(path: Path) -> str:
 
 
 def file_entries(folder: Path) -> dict[str, FileEntry]:
-    return {f.name: FileEntry(sha256=sha256_file(f), bytes=f.stat().st_size) for f in sorted(folder.iterdir())
-            if f.is_file() and f.name != "manifest.json"}
+    return {
+        f.name: FileEntry(sha256=sha256_file(f), bytes=f.stat().st_size)
+        for f in sorted(folder.iterdir())
+        if f.is_file() and f.name != "manifest.json"
+    }
 
 
 def verify_manifest(bundle: Path) -> list[str]:

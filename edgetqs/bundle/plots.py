@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 from ..sensitivity.scores import Scores
@@ -43,11 +42,14 @@ def plot_scores(scores: Scores, path: str | Path, top: int = 12) -> Path:
     vals, colors = [], []
     for g in ranked[::-1]:
         if g.diverged_step is not None:
-            vals.append(hi + 0.1 * (abs(hi) + 1)); colors.append("#b2182b")
+            vals.append(hi + 0.1 * (abs(hi) + 1))
+            colors.append("#b2182b")
         elif g.gamma is None:
-            vals.append(lo - 0.1 * (abs(lo) + 1)); colors.append("#999999")
+            vals.append(lo - 0.1 * (abs(lo) + 1))
+            colors.append("#999999")
         else:
-            vals.append(g.gamma); colors.append("#2166ac")
+            vals.append(g.gamma)
+            colors.append("#2166ac")
     ax1.barh(range(len(names)), vals, color=colors)
     ax1.set_yticks(range(len(names)), names, fontsize=7)
     ax1.set_xlabel("gamma (per step, ln units)")
@@ -77,7 +79,9 @@ def plot_pareto(plan: Any, path: str | Path) -> Path:
     nan = float("nan")
     ax.plot(xs, [p.predicted_error if p.predicted_error is not None else nan for p in pts], "o-", label="predicted (from TQS gains)")
     if any(p.measured_error is not None for p in pts):
-        ax.plot(xs, [p.measured_error if p.measured_error is not None else nan for p in pts], "s--", label="measured (simulated quantization)")
+        ax.plot(
+            xs, [p.measured_error if p.measured_error is not None else nan for p in pts], "s--", label="measured (simulated quantization)"
+        )
     if plan.predicted_error is not None:
         ax.plot([plan.weight_bytes / 1024], [plan.predicted_error], "r*", ms=14, label=f"this plan ({plan.target})")
     ax.axvline(plan.budget_bytes / 1024, color="grey", ls=":", lw=1)
@@ -130,11 +134,13 @@ def plot_memory(conv: Any, chk: Any, target: Any, path: str | Path) -> Path:
     plt = pyplot()
     ram_used = conv.arena_bytes if conv.arena_bytes else chk.peak_rss_bytes
     ram_label = "RAM: tensor arena" if conv.arena_bytes else "RAM: peak of the check process"
-    rows = [("weights (stored)", conv.weight_bytes, target.weight_budget_bytes),
-            ("artifact file", conv.file_bytes, target.weight_budget_bytes),
-            (ram_label, ram_used or 0, target.ram_budget_bytes)]
+    rows = [
+        ("weights (stored)", conv.weight_bytes, target.weight_budget_bytes),
+        ("artifact file", conv.file_bytes, target.weight_budget_bytes),
+        (ram_label, ram_used or 0, target.ram_budget_bytes),
+    ]
     fig, ax = plt.subplots(figsize=(9, 2.6))
-    for i, (label, used, budget) in enumerate(rows[::-1]):
+    for i, (_, used, budget) in enumerate(rows[::-1]):
         share = used / budget if budget else 0
         ax.barh(i, 1.0, color="#e8eef5", edgecolor="#9bb0c8")
         ax.barh(i, min(share, 1.0), color="#b2182b" if share > 1 else "#2166ac")

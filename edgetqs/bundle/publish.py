@@ -245,7 +245,7 @@ def _ours(out: Path, name: str, entry: str) -> bool:
     """Whether ``entry`` (a name in ``out``) is a version folder the link may point at and we may delete."""
     p = _prefixes(name)
     for key in ("v", "m", "l"):
-        if entry.startswith(p[key]) and Owner.parse(entry[len(p[key]):]) is not None:
+        if entry.startswith(p[key]) and Owner.parse(entry[len(p[key]) :]) is not None:
             return True
     return bool(re.fullmatch(rf"\.{re.escape(name)}\.old-\d+", entry))
 
@@ -345,8 +345,11 @@ def _recover_locked(out: Path, name: str, keep: frozenset[str] = frozenset()) ->
         if entry == target or entry in keep or not mine(entry):
             continue
         path = out / entry
-        garbage = (_ours(out, name, entry) and not entry.startswith(f".{name}.old-")) or _dead_legacy(name, entry, "old") \
+        garbage = (
+            (_ours(out, name, entry) and not entry.startswith(f".{name}.old-"))
+            or _dead_legacy(name, entry, "old")
             or _dead_legacy(name, entry, "partial")
+        )
         if garbage:  # under the lock no publish is in flight: every version but the current one is left over
             try:
                 _remove(path)
@@ -419,8 +422,10 @@ def _previous(out: Path, name: str) -> tuple[str, Path | None]:
         except OSError:
             is_bundle = False
         if not is_bundle:
-            raise PublishError(f"'{final}' is a folder that is not an edgetqs bundle (no manifest.json); edgetqs will not replace it: "
-                               f"move it away or choose another output folder")
+            raise PublishError(
+                f"'{final}' is a folder that is not an edgetqs bundle (no manifest.json); edgetqs will not replace it: "
+                f"move it away or choose another output folder"
+            )
         return "legacy", final
     raise PublishError(f"'{final}' exists and is not a bundle (not a folder or a link); move it away or choose another output folder")
 

@@ -25,8 +25,8 @@ def scores_table(scores: Scores, top: int = 20) -> Table:
         caption=(f"model's own state exponent {st:+.3f}/step" if st is not None else "state exponent undefined")
         + (f"; showing {len(shown)} of {len(ranked)} groups" if len(shown) < len(ranked) else ""),
     )
-    for col, just in (("rank", "right"), ("group", "left"), ("params", "right"), ("gamma", "right"), ("gain A", "right"), ("", "left")):
-        t.add_column(col, justify=just)
+    for col in ("rank", "group", "params", "gamma", "gain A", ""):
+        t.add_column(col, justify="left" if col in ("group", "") else "right")
     for i, g in enumerate(shown, 1):
         if g.diverged_step is not None:
             flag, gamma, gain = f"[red]non-finite at step {g.diverged_step}[/]", "inf", "inf"
@@ -43,18 +43,31 @@ def scores_table(scores: Scores, top: int = 20) -> Table:
 def plan_table(plan: Any, measured: Any = None) -> Table:
     """Per tensor: precision, bytes, residual, share of the predicted error, the rule that decided it."""
     pe = "unbounded" if plan.predicted_error is None else f"{plan.predicted_error:.4g}"
-    cap = (f"weights {plan.weight_bytes:,} B ({kib(plan.weight_bytes)}) of budget {plan.budget_bytes:,} B ({kib(plan.budget_bytes)}), "
-           f"headroom {plan.headroom_bytes:,} B; fp32 {plan.fp32_bytes:,} B ({plan.weight_bytes / plan.fp32_bytes:.1%}); "
-           f"predicted error at T={plan.horizon}: {pe}")
+    cap = (
+        f"weights {plan.weight_bytes:,} B ({kib(plan.weight_bytes)}) of budget {plan.budget_bytes:,} B ({kib(plan.budget_bytes)}), "
+        f"headroom {plan.headroom_bytes:,} B; fp32 {plan.fp32_bytes:,} B ({plan.weight_bytes / plan.fp32_bytes:.1%}); "
+        f"predicted error at T={plan.horizon}: {pe}"
+    )
     if measured is not None:
         cap += f"; measured (simulated quantization): {measured.error_at_horizon:.4g}"
-    t = Table(title=f"plan for {_e(plan.model)} on {_e(plan.target)} ({plan.runtime}, {plan.allocator}, objective {plan.objective}, "
-                    f"{plan.rounding} rounding)", caption=cap)
-    for col, just in (("tensor", "left"), ("op", "left"), ("params", "right"), ("precision", "left"), ("bytes", "right"),
-                      ("residual", "right"), ("error share", "right"), ("rule", "left")):
-        t.add_column(col, justify=just)
+    t = Table(
+        title=f"plan for {_e(plan.model)} on {_e(plan.target)} ({plan.runtime}, {plan.allocator}, objective {plan.objective}, "
+        f"{plan.rounding} rounding)",
+        caption=cap,
+    )
+    for col in ("tensor", "op", "params", "precision", "bytes", "residual", "error share", "rule"):
+        t.add_column(col, justify="right" if col in ("params", "bytes", "residual", "error share") else "left")
     for x in plan.tensors:
-        t.add_row(_e(x.name), _e(x.op), f"{x.n_params:,}", x.precision.name, f"{x.bytes:,}", f"{x.residual:.2e}", f"{x.error_share:.1%}", _e(x.rule))
+        t.add_row(
+            _e(x.name),
+            _e(x.op),
+            f"{x.n_params:,}",
+            x.precision.name,
+            f"{x.bytes:,}",
+            f"{x.residual:.2e}",
+            f"{x.error_share:.1%}",
+            _e(x.rule),
+        )
     return t
 
 
@@ -65,8 +78,15 @@ def pareto_table(plan: Any) -> Table:
         t.add_column(col, justify="right")
     for p in plan.pareto:
         pe = "unbounded" if p.predicted_error is None else f"{p.predicted_error:.4g}"
-        t.add_row(f"{p.budget_bytes:,}", f"{p.weight_bytes:,}", f"{p.weight_bytes / plan.fp32_bytes:.1%}", f"{p.bits_per_weight:.2f}", pe,
-                  "-" if p.measured_error is None else f"{p.measured_error:.4g}", "this plan" if p.chosen else "")
+        t.add_row(
+            f"{p.budget_bytes:,}",
+            f"{p.weight_bytes:,}",
+            f"{p.weight_bytes / plan.fp32_bytes:.1%}",
+            f"{p.bits_per_weight:.2f}",
+            pe,
+            "-" if p.measured_error is None else f"{p.measured_error:.4g}",
+            "this plan" if p.chosen else "",
+        )
     return t
 
 
@@ -75,8 +95,10 @@ def evaluation_table(plan: Any) -> Table:
     ev = plan.evaluation
     leads = ev.nrmse_by_lead
     picks = sorted({1, max(1, len(leads) // 4), max(1, len(leads) // 2), len(leads)})
-    t = Table(title=f"quantized vs float, measured on {ev.contexts.k} contexts (normalised RMSE)",
-              caption=None if ev.first_nonfinite_step is None else f"rollout became non-finite at step {ev.first_nonfinite_step}")
+    t = Table(
+        title=f"quantized vs float, measured on {ev.contexts.k} contexts (normalised RMSE)",
+        caption=None if ev.first_nonfinite_step is None else f"rollout became non-finite at step {ev.first_nonfinite_step}",
+    )
     t.add_column("lead step", justify="right")
     t.add_column("all variables", justify="right")
     for lead in picks:
@@ -99,14 +121,18 @@ def convert_table(r: Any) -> Table:
     def f(v: float | None) -> str:
         return "non-finite" if v is None else f"{v:.3g}"
 
-    cap = (f"weights {r.weight_bytes:,} B ({kib(r.weight_bytes)}) vs fp32 {r.fp32_weight_bytes:,} B ({r.weight_bytes / r.fp32_weight_bytes:.1%}), "
-           f"budget {r.budget_bytes:,} B; file {r.file_bytes:,} B vs fp32 file {r.fp32_file_bytes:,} B. "
-           f"Host rollout vs float: step 1 {f(r.one_step_error)}, step {r.horizon} {f(r.error_by_lead[-1])}; "
-           f"simulated quantization at step {r.horizon}: {f(r.simulated_error_by_lead[-1])}; artifact vs simulated: {f(r.artifact_vs_simulated)}")
+    cap = (
+        f"weights {r.weight_bytes:,} B ({kib(r.weight_bytes)}) vs fp32 {r.fp32_weight_bytes:,} B ({r.weight_bytes / r.fp32_weight_bytes:.1%}), "
+        f"budget {r.budget_bytes:,} B; file {r.file_bytes:,} B vs fp32 file {r.fp32_file_bytes:,} B. "
+        f"Host rollout vs float: step 1 {f(r.one_step_error)}, step {r.horizon} {f(r.error_by_lead[-1])}; "
+        f"simulated quantization at step {r.horizon}: {f(r.simulated_error_by_lead[-1])}; artifact vs simulated: {f(r.artifact_vs_simulated)}"
+    )
     if r.arena_bytes is not None:
         ram = "" if r.ram_budget_bytes is None else f" of a {r.ram_budget_bytes:,} B RAM budget"
-        cap += (f". TFLite-Micro: {r.activations} activations; tensor arena {r.arena_bytes:,} B measured minimum{ram}, "
-                f"{'?' if r.arena_bytes_reported is None else f'{r.arena_bytes_reported:,}'} B reported by the interpreter")
+        cap += (
+            f". TFLite-Micro: {r.activations} activations; tensor arena {r.arena_bytes:,} B measured minimum{ram}, "
+            f"{'?' if r.arena_bytes_reported is None else f'{r.arena_bytes_reported:,}'} B reported by the interpreter"
+        )
     t = Table(title=f"{_e(r.artifact)} ({r.format}, plan for {_e(r.target)}/{r.runtime})", caption=cap)
     for col in ("tensor", "planned", "stored", "bytes", "match"):
         t.add_column(col)
@@ -125,10 +151,12 @@ def check_table(r: Any) -> Table:
         return "NaN/Inf" if v is None else f"{v:.3g}"
 
     lat = r.latency_ms
-    cap = (f"latency per step (batch 1, first excluded): p50 {lat.get('p50', float('nan')):.3g} ms, p90 {lat.get('p90', float('nan')):.3g} ms, "
-           f"p99 {lat.get('p99', float('nan')):.3g} ms over {lat.get('n', 0)} steps; first {r.latency_ms_first or float('nan'):.3g} ms; "
-           f"start-up {r.latency_ms_init or float('nan'):.3g} ms; peak memory {(r.peak_rss_bytes or 0) / 2**20:.1f} MiB; "
-           f"{_e(r.runtime.get('name', '?'))} {_e(r.runtime.get('version', ''))} on {_e(r.machine)} ({_e(r.cpu)})")
+    cap = (
+        f"latency per step (batch 1, first excluded): p50 {lat.get('p50', float('nan')):.3g} ms, p90 {lat.get('p90', float('nan')):.3g} ms, "
+        f"p99 {lat.get('p99', float('nan')):.3g} ms over {lat.get('n', 0)} steps; first {r.latency_ms_first or float('nan'):.3g} ms; "
+        f"start-up {r.latency_ms_init or float('nan'):.3g} ms; peak memory {(r.peak_rss_bytes or 0) / 2**20:.1f} MiB; "
+        f"{_e(r.runtime.get('name', '?'))} {_e(r.runtime.get('version', ''))} on {_e(r.machine)} ({_e(r.cpu)})"
+    )
     if r.emulated:
         cap += ". EMULATED: qemu latency is not board latency"
     t = Table(title=f"{_e(r.artifact)} on {_e(r.device['name'])}: normalised RMSE by lead (tolerance {r.tolerance:g})", caption=cap)
@@ -140,6 +168,10 @@ def check_table(r: Any) -> Table:
     for key in ("quantized_vs_float", "quantized_vs_truth", "float_vs_truth"):
         if key in rows:
             m = rows[key]
-            t.add_row(key.replace("_", " "), *[f(m.nrmse_by_lead[p - 1]) for p in picks],
-                      str(m.divergence_lead or "-"), str(m.first_nonfinite_lead or "-"))
+            t.add_row(
+                key.replace("_", " "),
+                *[f(m.nrmse_by_lead[p - 1]) for p in picks],
+                str(m.divergence_lead or "-"),
+                str(m.first_nonfinite_lead or "-"),
+            )
     return t

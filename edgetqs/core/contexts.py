@@ -67,8 +67,13 @@ class Contexts:
         return int(self.arrays[0].shape[0])
 
     def info(self) -> ContextsInfo:
-        return ContextsInfo(source=self.source, k=self.k, start_indices=tuple(self.indices), variables=tuple(self.variables),
-                            shape=tuple(int(d) for d in self.arrays[0].shape[1:]))
+        return ContextsInfo(
+            source=self.source,
+            k=self.k,
+            start_indices=tuple(self.indices),
+            variables=tuple(self.variables),
+            shape=tuple(int(d) for d in self.arrays[0].shape[1:]),
+        )
 
     def describe(self) -> dict:
         return self.info().model_dump(mode="json")
@@ -87,8 +92,10 @@ class Contexts:
 
 
 def _stats(data: list[np.ndarray], spec: RolloutSpec) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
-    return (tuple(channel_spread(d, spec.mode, spec.channel_axis) for d in data),
-            tuple(channel_mean(d, spec.mode, spec.channel_axis) for d in data))
+    return (
+        tuple(channel_spread(d, spec.mode, spec.channel_axis) for d in data),
+        tuple(channel_mean(d, spec.mode, spec.channel_axis) for d in data),
+    )
 
 
 def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None = None) -> Record:
@@ -140,8 +147,8 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
             var_names = tuple(str(c) for c in df.columns)
             arrays = {names[0]: df.to_numpy(dtype=np.float32)}
         elif suffix in (".nc", ".nc4", ".cdf", ".netcdf", ".h5"):
-            arrays, var_names = _read_netcdf(p, variables)
-            arrays = {names[0]: arrays}
+            grid, var_names = _read_netcdf(p, variables)
+            arrays = {names[0]: grid}
         else:
             raise BadInputError(f"contexts file '{p}' has suffix '{suffix}'; expected .npy, .npz, .csv or .nc")
     except (OSError, ValueError) as exc:
@@ -164,7 +171,7 @@ def _read_netcdf(p: Path, variables: list[str] | None) -> tuple[np.ndarray, tupl
     import xarray as xr
 
     with xr.open_dataset(p) as ds:
-        cands = [v for v in ds.data_vars if ds[v].ndim >= 1 and np.issubdtype(ds[v].dtype, np.number)]
+        cands = [str(v) for v in ds.data_vars if ds[v].ndim >= 1 and np.issubdtype(ds[v].dtype, np.number)]
         if variables:
             _check_vars(variables, cands, p)
             cands = list(variables)
@@ -176,7 +183,9 @@ def _read_netcdf(p: Path, variables: list[str] | None) -> tuple[np.ndarray, tupl
         for v in cands:
             da = ds[v]
             if da.dims != first.dims:
-                raise BadInputError(f"variable '{v}' in '{p}' has dims {da.dims}, unlike '{cands[0]}' {first.dims}; choose variables with --variables")
+                raise BadInputError(
+                    f"variable '{v}' in '{p}' has dims {da.dims}, unlike '{cands[0]}' {first.dims}; choose variables with --variables"
+                )
             stack.append(da.transpose(tdim, ...).values.astype(np.float32))
     arr = np.stack(stack, axis=1)  # [N, C, *spatial]
     if arr.ndim == 2:
@@ -222,9 +231,13 @@ def select_contexts(record: Record, model: Model, spec: RolloutSpec, k: int, spa
         want = _sample_shape(model, name)
         if record.premade:
             if not _fits(data.shape[1:], want):
-                raise ContextsError(f"contexts in '{record.source}' have shape {list(data.shape)}; model input '{name}' needs [K, {_fmt(want)}]")
+                raise ContextsError(
+                    f"contexts in '{record.source}' have shape {list(data.shape)}; model input '{name}' needs [K, {_fmt(want)}]"
+                )
             if k > data.shape[0]:
-                raise ContextsError(f"K={k} contexts asked for but '{record.source}' holds {data.shape[0]}; use -k {data.shape[0]} or fewer")
+                raise ContextsError(
+                    f"K={k} contexts asked for but '{record.source}' holds {data.shape[0]}; use -k {data.shape[0]} or fewer"
+                )
             arrays.append(data[:k])
             indices = tuple([-1] * k)
             continue
@@ -255,7 +268,7 @@ def select_contexts(record: Record, model: Model, spec: RolloutSpec, k: int, spa
             starts = np.arange(lo, lo + k)
         indices = tuple(int(s) for s in starts)
         if spec.mode == "window":
-            arrays.append(np.stack([data[s:s + length] for s in starts]))
+            arrays.append(np.stack([data[s : s + length] for s in starts]))
         else:
             arrays.append(data[starts])
     statics = dict(record.statics)
@@ -271,8 +284,16 @@ def _fmt(shape: tuple[int | None, ...]) -> str:
     return ", ".join("?" if d is None else str(d) for d in shape)
 
 
-def spinup_contexts(model: Model, spec: RolloutSpec, k: int, seed: int = 0, scale: float = 1.0,
-                    burn_in: int = 200, spacing: int = 10, statics: dict[str, np.ndarray] | None = None) -> Contexts:
+def spinup_contexts(
+    model: Model,
+    spec: RolloutSpec,
+    k: int,
+    seed: int = 0,
+    scale: float = 1.0,
+    burn_in: int = 200,
+    spacing: int = 10,
+    statics: dict[str, np.ndarray] | None = None,
+) -> Contexts:
     """Data-free contexts: start from noise, run the model on itself, take states from its trajectory.
 
     Raises:
@@ -284,23 +305,33 @@ def spinup_contexts(model: Model, spec: RolloutSpec, k: int, seed: int = 0, scal
         shape = _sample_shape(model, name)
         if any(d is None for d in shape):
             raise ContextsError(f"input '{name}' has symbolic dims [{_fmt(shape)}]; spin-up needs fixed sizes: give --contexts")
-        init.append((scale * rng.standard_normal((1,) + tuple(shape))).astype(np.float32))
+        init.append((scale * rng.standard_normal((1, *(int(d or 1) for d in shape)))).astype(np.float32))
     roll = Rollout(model, spec, statics=statics)
     total = burn_in + k * spacing
     res = roll.run(init, total)
     if res.first_nonfinite is not None:
-        raise ContextsError(f"spin-up from noise left the finite numbers at step {res.first_nonfinite}; give real --contexts or a smaller --spinup-scale")
+        raise ContextsError(
+            f"spin-up from noise left the finite numbers at step {res.first_nonfinite}; give real --contexts or a smaller --spinup-scale"
+        )
     arrays = []
     picks = [burn_in + i * spacing - 1 for i in range(1, k + 1)]
-    for j, (name, _) in enumerate(spec.pairs):
+    for j in range(len(spec.pairs)):
         traj = res.steps[j][:, 0]  # [T, ...]
         if spec.mode == "window":
             flat = np.concatenate([init[j][0], traj.reshape(-1, traj.shape[-1])])  # all steps in order
             length = init[j].shape[1]
             h = traj.shape[1]
-            arrays.append(np.stack([flat[(p + 1) * h + length - length: (p + 1) * h + length] for p in picks]))
+            arrays.append(np.stack([flat[(p + 1) * h + length - length : (p + 1) * h + length] for p in picks]))
         else:
             arrays.append(traj[picks])
     spreads, means = _stats(arrays, spec)
-    return Contexts(arrays, dict(statics or {}), (), f"spin-up from noise (seed {seed}, scale {scale}, burn-in {burn_in})", tuple(picks),
-                    None, spreads, means)
+    return Contexts(
+        arrays,
+        dict(statics or {}),
+        (),
+        f"spin-up from noise (seed {seed}, scale {scale}, burn-in {burn_in})",
+        tuple(picks),
+        None,
+        spreads,
+        means,
+    )

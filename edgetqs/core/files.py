@@ -98,8 +98,14 @@ _LEGACY_JSON_KEYS: dict[str, frozenset[str]] = {
 }
 
 DEFAULT_NAMES: dict[str, str] = {
-    "scores": "scores.json", "plan": "plan.json", "convert": "convert.json", "check": "check.json",
-    "manifest": "manifest.json", "reference": "reference.npz", "figure": "plot.png", "report": "report.html",
+    "scores": "scores.json",
+    "plan": "plan.json",
+    "convert": "convert.json",
+    "check": "check.json",
+    "manifest": "manifest.json",
+    "reference": "reference.npz",
+    "figure": "plot.png",
+    "report": "report.html",
 }
 """The usual file name of each result kind (used in advice: ``-o DIR`` -> ``DIR/scores.json``)."""
 
@@ -210,7 +216,7 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
             text = f.read().decode(errors="replace")
     except OSError:
         return None
-    fields = text[text.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
+    fields = text[text.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
     try:
         return fields[0], int(fields[19])
     except (IndexError, ValueError):
@@ -293,7 +299,7 @@ def clean_stale(parent: str | os.PathLike[str], prefix: str) -> list[Path]:
     for name in names:
         if not name.startswith(prefix):
             continue
-        owner = Owner.parse(name[len(prefix):])
+        owner = Owner.parse(name[len(prefix) :])
         if owner is None or owner.alive() is not False:
             continue
         path = parent / name
@@ -352,9 +358,9 @@ def _png_kind(raw: bytes) -> str | None:
         return None
     pos = 8
     while pos + 8 <= len(raw):
-        length = int.from_bytes(raw[pos:pos + 4], "big")
-        ctype = raw[pos + 4:pos + 8]
-        body = raw[pos + 8:pos + 8 + length]
+        length = int.from_bytes(raw[pos : pos + 4], "big")
+        ctype = raw[pos + 4 : pos + 8]
+        body = raw[pos + 8 : pos + 8 + length]
         if ctype == b"tEXt":
             key, _, value = body.partition(b"\0")
             if key == b"Software" and value.decode("latin-1").startswith(PNG_SOFTWARE):
@@ -422,8 +428,13 @@ def result_kind(path: str | os.PathLike[str]) -> str | None:
 # -------------------------------------------------------------------------------- the writer
 
 
-_FILE_TYPES = {stat.S_IFDIR: "a folder", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-               stat.S_IFIFO: "a fifo (named pipe)", stat.S_IFSOCK: "a socket"}
+_FILE_TYPES = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFIFO: "a fifo (named pipe)",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def _temp_prefix(name: str) -> str:
@@ -443,26 +454,37 @@ def _check_target(path: Path, policy: Policy, kind: str | None) -> bool:
     fmt = stat.S_IFMT(st.st_mode)
     if fmt in _FILE_TYPES:
         what = _FILE_TYPES[fmt]
-        hint = f"; give a file name such as '{path / DEFAULT_NAMES[kind]}'" if fmt == stat.S_IFDIR and kind in DEFAULT_NAMES else \
-            "; give the path of a regular file"
+        hint = (
+            f"; give a file name such as '{path / DEFAULT_NAMES[kind]}'"
+            if fmt == stat.S_IFDIR and kind in DEFAULT_NAMES
+            else "; give the path of a regular file"
+        )
         raise UnsafeTargetError(f"'{path}' is {what}: edgetqs writes only regular files and never replaces {what}{hint}")
     if policy is Policy.REPLACE:
         return True
     if policy is Policy.REFUSE_EXISTING:
         what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a file"
-        raise TargetExistsError(f"'{path}' exists ({what}); edgetqs does not overwrite it here: move it away, "
-                                f"choose another output name, or pass --overwrite where the command offers it")
+        raise TargetExistsError(
+            f"'{path}' exists ({what}); edgetqs does not overwrite it here: move it away, "
+            f"choose another output name, or pass --overwrite where the command offers it"
+        )
     if stat.S_ISLNK(st.st_mode):
-        raise TargetExistsError(f"'{path}' is a symbolic link (to '{os.readlink(path)}'); edgetqs never writes through links and "
-                                f"replaces only its own previous results: remove the link or choose another output name")
+        raise TargetExistsError(
+            f"'{path}' is a symbolic link (to '{os.readlink(path)}'); edgetqs never writes through links and "
+            f"replaces only its own previous results: remove the link or choose another output name"
+        )
     found = result_kind(path)
     if found == kind:
         return True
     if found is None:
-        raise TargetExistsError(f"'{path}' exists and is not a {kind} file written by edgetqs; edgetqs replaces only its own previous "
-                                f"results: move it away or choose another output name")
-    raise TargetExistsError(f"'{path}' is an edgetqs {found} file, not a {kind} file; choose another output name "
-                            f"(for instance '{path.with_name(DEFAULT_NAMES.get(kind or '', path.name))}') or remove it")
+        raise TargetExistsError(
+            f"'{path}' exists and is not a {kind} file written by edgetqs; edgetqs replaces only its own previous "
+            f"results: move it away or choose another output name"
+        )
+    raise TargetExistsError(
+        f"'{path}' is an edgetqs {found} file, not a {kind} file; choose another output name "
+        f"(for instance '{path.with_name(DEFAULT_NAMES.get(kind or '', path.name))}') or remove it"
+    )
 
 
 def preflight(path: str | os.PathLike[str], *, policy: Policy | str = Policy.REPLACE_RESULT, kind: str | None = None) -> None:
@@ -475,8 +497,20 @@ def preflight(path: str | os.PathLike[str], *, policy: Policy | str = Policy.REP
     _check_target(p, Policy(policy), kind)
 
 
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG,
-                errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EMLINK, errno.ETXTBSY}
+_DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+    errno.EFBIG,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.EMLINK,
+    errno.ETXTBSY,
+}
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}  # surely from our own file
 
 
@@ -490,8 +524,9 @@ def _disk_error(exc: OSError, path: Path, had_old: bool | None) -> FileWriteErro
         why, todo = f"'{folder}' is on a read-only file system ({code})", "write elsewhere"
     elif exc.errno in (errno.EACCES, errno.EPERM):
         why = f"permission denied in '{folder}' ({code})"
-        todo = ("edgetqs writes a temporary file beside the output and renames it, so it needs write permission on the folder; "
-                "write elsewhere")
+        todo = (
+            "edgetqs writes a temporary file beside the output and renames it, so it needs write permission on the folder; write elsewhere"
+        )
     elif exc.errno == errno.ENOTDIR:
         why, todo = f"a part of '{folder}' is not a folder ({code})", "check the path"
     elif exc.errno == errno.EISDIR:
@@ -554,8 +589,14 @@ def _commit(tmp: Path, path: Path, policy: Policy, kind: str | None) -> None:
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], *, mode: Literal["wb", "w"] = "wb", policy: Policy | str = Policy.REPLACE,
-                 kind: str | None = None, encoding: str = "utf-8") -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | os.PathLike[str],
+    *,
+    mode: Literal["wb", "w"] = "wb",
+    policy: Policy | str = Policy.REPLACE,
+    kind: str | None = None,
+    encoding: str = "utf-8",
+) -> Iterator[IO[Any]]:
     """Write ``path`` through a unique temporary file that replaces it only when everything succeeded.
 
     Args:
@@ -634,8 +675,9 @@ def write_bytes(path: str | os.PathLike[str], data: bytes, *, policy: Policy | s
     return Path(path)
 
 
-def write_text(path: str | os.PathLike[str], text: str, *, policy: Policy | str = Policy.REPLACE, kind: str | None = None,
-               encoding: str = "utf-8") -> Path:
+def write_text(
+    path: str | os.PathLike[str], text: str, *, policy: Policy | str = Policy.REPLACE, kind: str | None = None, encoding: str = "utf-8"
+) -> Path:
     """Write ``text`` with `atomic_write`; an HTML page with `HTML_GENERATOR` in its head is kind ``report``.
 
     Returns:
@@ -651,8 +693,14 @@ def write_text(path: str | os.PathLike[str], text: str, *, policy: Policy | str 
     return Path(path)
 
 
-def write_json(path: str | os.PathLike[str], data: Mapping[str, Any], *, policy: Policy | str = Policy.REPLACE, kind: str | None = None,
-               indent: int | None = 1) -> Path:
+def write_json(
+    path: str | os.PathLike[str],
+    data: Mapping[str, Any],
+    *,
+    policy: Policy | str = Policy.REPLACE,
+    kind: str | None = None,
+    indent: int | None = 1,
+) -> Path:
     """Write ``data`` as JSON (``allow_nan=False``: NaN and Inf are refused, write them as null) with `atomic_write`.
 
     Args:
@@ -673,8 +721,15 @@ def write_json(path: str | os.PathLike[str], data: Mapping[str, Any], *, policy:
     return write_text(path, text, policy=policy, kind=kind)
 
 
-def save_npz(path: str | os.PathLike[str], /, *, policy: Policy | str = Policy.REPLACE, kind: str | None = None, compressed: bool = True,
-             **arrays: Any) -> Path:
+def save_npz(
+    path: str | os.PathLike[str],
+    /,
+    *,
+    policy: Policy | str = Policy.REPLACE,
+    kind: str | None = None,
+    compressed: bool = True,
+    **arrays: Any,
+) -> Path:
     """Write arrays as ``.npz`` (no ``.npz`` is appended to the name) with `atomic_write`.
 
     Args:

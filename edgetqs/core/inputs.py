@@ -53,19 +53,41 @@ def parse_pairs(items: tuple[str, ...] | list[str]) -> tuple[tuple[str, str], ..
 
 
 def spec_hints(cfg: RolloutConfig) -> SpecHints:
-    return SpecHints(mode=cfg.mode, pairs=parse_pairs(cfg.state), increment=bool(cfg.increment), static=tuple(cfg.static),
-                     output_slice=cfg.output_slice, channel_axis=cfg.channel_axis)
+    return SpecHints(
+        mode=cfg.mode,
+        pairs=parse_pairs(cfg.state),
+        increment=bool(cfg.increment),
+        static=tuple(cfg.static),
+        output_slice=cfg.output_slice,
+        channel_axis=cfg.channel_axis,
+    )
 
 
 def rollout_config(spec: RolloutSpec) -> RolloutConfig:
     """The declaration that reproduces ``spec`` (to redo a scored rollout exactly)."""
-    return RolloutConfig(mode=spec.mode, state=tuple(f"{a}={b}" for a, b in spec.pairs), increment=spec.increment,
-                         static=tuple(spec.static), output_slice=spec.output_slice, channel_axis=spec.channel_axis)
+    return RolloutConfig(
+        mode=spec.mode,
+        state=tuple(f"{a}={b}" for a, b in spec.pairs),
+        increment=spec.increment,
+        static=tuple(spec.static),
+        output_slice=spec.output_slice,
+        channel_axis=spec.channel_axis,
+    )
 
 
-def resolve(model: Path | str | Model | None, project: Project | None, *, contexts: Path | str | None = None,
-            variables: list[str] | tuple[str, ...] | None = None, k: int | None = None, span: str | None = None, spinup: bool = False,
-            spinup_scale: float = 1.0, seed: int = 0, rollout: RolloutConfig | dict[str, Any] | None = None) -> Inputs:
+def resolve(
+    model: Path | str | Model | None,
+    project: Project | None,
+    *,
+    contexts: Path | str | None = None,
+    variables: list[str] | tuple[str, ...] | None = None,
+    k: int | None = None,
+    span: str | None = None,
+    spinup: bool = False,
+    spinup_scale: float = 1.0,
+    seed: int = 0,
+    rollout: RolloutConfig | dict[str, Any] | None = None,
+) -> Inputs:
     """Load the model, work out the rollout and cut the contexts.
 
     Args:

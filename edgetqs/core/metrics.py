@@ -107,20 +107,20 @@ def row_metrics(a: np.ndarray, b: np.ndarray, spread: np.ndarray, tolerance: flo
         valid = np.isfinite(b)
         d_valid = np.where(valid, d, 0.0)
         n = valid.sum(axis=(1, 3))
-        mse = np.where(n > 0, (d_valid ** 2).sum(axis=(1, 3)) / np.maximum(n, 1), np.nan)
+        mse = np.where(n > 0, (d_valid**2).sum(axis=(1, 3)) / np.maximum(n, 1), np.nan)
         # a non-finite prediction where truth exists is an infinite error, not a missing one
         bad_pred = (~np.isfinite(a) & valid).any(axis=(1, 3))
         mse = np.where(bad_pred, np.inf, mse)
         nrmse = np.sqrt(mse) / spread[None, :]
         bias = np.where(n > 0, d_valid.sum(axis=(1, 3)) / np.maximum(n, 1), np.nan)
         bias = np.where(bad_pred, np.nan, bias)
-        overall = np.sqrt(np.nanmean(nrmse ** 2, axis=1)) if nrmse.size else np.array([])
+        overall = np.sqrt(np.nanmean(nrmse**2, axis=1)) if nrmse.size else np.array([])
         acc = None
         if clim is not None:
             aa = np.where(valid, a - clim[None, None, :, None], 0.0)
             bb = np.where(valid, b - clim[None, None, :, None], 0.0)
             num = (aa * bb).sum(axis=(1, 3))
-            den = np.sqrt((aa ** 2).sum(axis=(1, 3)) * (bb ** 2).sum(axis=(1, 3)))
+            den = np.sqrt((aa**2).sum(axis=(1, 3)) * (bb**2).sum(axis=(1, 3)))
             acc = np.where((den > 0) & ~bad_pred, num / np.where(den > 0, den, 1), np.nan)
     has = n.sum(axis=1) > 0
     nonfinite = ~np.isfinite(a).all(axis=(1, 2, 3))
@@ -131,10 +131,14 @@ def row_metrics(a: np.ndarray, b: np.ndarray, spread: np.ndarray, tolerance: flo
     def grid(x: Any) -> tuple[tuple[float | None, ...], ...]:
         return tuple(finite_or_none(list(r)) for r in x)
 
-    return RowMetrics(finite_or_none(list(overall)), grid(nrmse), None if acc is None else grid(acc), grid(bias), div, first_bad, int(has.sum()))
+    return RowMetrics(
+        finite_or_none(list(overall)), grid(nrmse), None if acc is None else grid(acc), grid(bias), div, first_bad, int(has.sum())
+    )
 
 
-def nrmse_by_lead(a: Sequence[np.ndarray], b: Sequence[np.ndarray], spreads: Sequence[np.ndarray], mode: str, axis: int | None) -> np.ndarray:
+def nrmse_by_lead(
+    a: Sequence[np.ndarray], b: Sequence[np.ndarray], spreads: Sequence[np.ndarray], mode: str, axis: int | None
+) -> np.ndarray:
     """Normalised RMSE of trajectories ``a`` against ``b`` (per pair [T, K, ...]) per lead, over all
     variables: the figure check.json calls ``nrmse_by_lead``."""
     qa = np.concatenate([canonical(x, mode, axis) for x in a], axis=2)
@@ -142,4 +146,4 @@ def nrmse_by_lead(a: Sequence[np.ndarray], b: Sequence[np.ndarray], spreads: Seq
     spread = np.concatenate([np.asarray(s, dtype=np.float64) for s in spreads])
     with np.errstate(all="ignore"):
         per_var = np.sqrt(np.mean((qa.astype(np.float64) - qb) ** 2, axis=(1, 3))) / spread[None, :]
-        return np.sqrt(np.mean(per_var ** 2, axis=1))
+        return np.sqrt(np.mean(per_var**2, axis=1))

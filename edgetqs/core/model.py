@@ -108,7 +108,7 @@ class Model:
         op, idx, _ = self._consumer.get(name, ("default", 0, {}))
         return f"{op}.bias" if op in ("Conv", "Gemm", "ConvTranspose") and idx == 2 else op
 
-    def layout(self, name: str) -> "Layout":
+    def layout(self, name: str) -> Layout:
         """Output-channel and reduction axes of a weight, from the op that consumes it."""
         from .quantize import Layout
 
@@ -167,7 +167,6 @@ class Model:
             proto.ir_version = 4
         return proto.SerializeToString()
 
-
     def with_weights(self, new: dict[str, np.ndarray]) -> bytes:
         """The model bytes with some initializers replaced (baked in as constants).
 
@@ -214,8 +213,10 @@ def load_model(path: str | Path, min_weight_size: int = 1) -> Model:
         raise BadInputError(f"model path '{p}' is a directory; give the path of an .onnx file")
     try:
         proto = onnx.load(str(p), load_external_data=True)
-    except Exception as exc:  # protobuf raises several unrelated types on garbage
-        raise BadModelError(f"'{p}' is not a readable ONNX model ({type(exc).__name__}); export it with torch.onnx.export or check the file") from None
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types on garbage
+        raise BadModelError(
+            f"'{p}' is not a readable ONNX model ({type(exc).__name__}); export it with torch.onnx.export or check the file"
+        ) from None
     if len(proto.graph.node) == 0 or not proto.graph.output:
         raise BadModelError(f"'{p}' is not an ONNX model with a graph (no nodes or outputs); check the file")
     model = Model(proto, p, min_weight_size=min_weight_size)
@@ -255,6 +256,8 @@ def export_torch(module: Any, example_input: Any, path: str | Path, dynamic_batc
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.onnx")
     onnx_program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
+    if onnx_program is None:  # the dynamo exporter always returns a program; the legacy one would write a file
+        raise BadModelError("torch.onnx.export returned no ONNX program; export the model to .onnx yourself and pass the file")
     onnx_program.save(str(tmp))
     tmp.replace(out)
     return out

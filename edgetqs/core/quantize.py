@@ -72,7 +72,8 @@ class Precision:
             raise ValueError(f"expected a precision name such as int8-channel, got {v!r}")
 
         return core_schema.no_info_plain_validator_function(
-            coerce, serialization=core_schema.plain_serializer_function_ser_schema(lambda p: p.name))
+            coerce, serialization=core_schema.plain_serializer_function_ser_schema(lambda p: p.name)
+        )
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core: Any, handler: Any) -> dict[str, Any]:
@@ -87,7 +88,9 @@ def parse_precision(text: str) -> Precision:
     """
     m = _PAT.match(text.strip().lower())
     if not m:
-        raise BadInputError(f"precision '{text}'; expected fp32, fp16, int32 or int{{2..8,16}}[-tensor|-channel|-block{{N}}], e.g. int4-block32")
+        raise BadInputError(
+            f"precision '{text}'; expected fp32, fp16, int32 or int{{2..8,16}}[-tensor|-channel|-block{{N}}], e.g. int4-block32"
+        )
     if m.group(1):
         word = m.group(1)
         return Precision("float", int(word[2:])) if word.startswith("fp") else Precision("int", 32, "tensor")
@@ -140,11 +143,11 @@ class QuantizedTensor:
 
     def dequantize(self) -> np.ndarray:
         s = self.scale.astype(np.float32)
-        if self.precision.granularity == "channel":
+        if self.precision.granularity == "channel" and self.axis is not None:
             shape = [1] * self.q.ndim
             shape[self.axis] = -1
             s = s.reshape(shape)
-        elif self.precision.granularity == "block":
+        elif self.precision.granularity == "block" and self.axis is not None and self.block_size is not None:
             s = np.repeat(s, self.block_size, axis=self.axis)
             s = np.take(s, np.arange(self.q.shape[self.axis]), axis=self.axis)
         return self.q.astype(np.float32) * s
@@ -210,7 +213,7 @@ def n_scales(shape: tuple[int, ...], p: Precision, layout: Layout = Layout()) ->
         return int(shape[layout.out_axis])
     ax = layout.in_axis if layout.in_axis is not None else len(shape) - 1
     others = int(np.prod([d for i, d in enumerate(shape) if i != ax], dtype=np.int64))
-    return others * -(-shape[ax] // p.block_size)
+    return others * -(-shape[ax] // (p.block_size or 1))
 
 
 @dataclass(frozen=True)

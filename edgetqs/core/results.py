@@ -23,8 +23,19 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
 
 
-_TYPE_NAMES = {"int_type": "int", "int_from_float": "int", "float_type": "float", "string_type": "str", "bool_type": "bool", "list_type": "list",
-               "tuple_type": "list", "dict_type": "table", "model_type": "table", "int_parsing": "int", "float_parsing": "float"}
+_TYPE_NAMES = {
+    "int_type": "int",
+    "int_from_float": "int",
+    "float_type": "float",
+    "string_type": "str",
+    "bool_type": "bool",
+    "list_type": "list",
+    "tuple_type": "list",
+    "dict_type": "table",
+    "model_type": "table",
+    "int_parsing": "int",
+    "float_parsing": "float",
+}
 
 
 def describe_validation_error(exc: ValidationError, where: str) -> str:
@@ -92,12 +103,16 @@ class ResultFile(Frozen):
             raise BadInputError(f"'{where}' is not a {cls.KIND} written by edgetqs (the top level is {type(data).__name__}, not an object)")
         version = data.get("schema_version")
         if version != cls.SCHEMA_VERSION:
-            raise BadInputError(f"'{where}' has schema_version {version!r}; this edgetqs reads {cls.KIND} version {cls.SCHEMA_VERSION}: "
-                                f"rerun `{cls.COMMAND}`")
+            raise BadInputError(
+                f"'{where}' has schema_version {version!r}; this edgetqs reads {cls.KIND} version {cls.SCHEMA_VERSION}: "
+                f"rerun `{cls.COMMAND}`"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise BadInputError(describe_validation_error(exc, f"'{where}' is not a valid {cls.KIND}") + f"; rerun `{cls.COMMAND}`") from None
+            raise BadInputError(
+                describe_validation_error(exc, f"'{where}' is not a valid {cls.KIND}") + f"; rerun `{cls.COMMAND}`"
+            ) from None
 
     @classmethod
     def load(cls, path: str | Path) -> Self:

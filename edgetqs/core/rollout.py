@@ -94,17 +94,16 @@ def _sliced_shape(info: TensorInfo, index: tuple | None) -> tuple[int | None, ..
     return tuple(None if (d == 7 and 7 not in [x for x in info.shape if x]) else d for d in out)
 
 
-def infer_spec(model: Model, hints: SpecHints = SpecHints()) -> RolloutSpec:
+def infer_spec(model: Model, hints: SpecHints | None = None) -> RolloutSpec:
     """Work out the rollout from the graph's inputs and outputs, honouring what was declared.
 
     Raises:
         RolloutSpecError: naming the inputs and outputs with their shapes when it is ambiguous.
     """
+    hints = hints or SpecHints()
     ins = {i.name: i for i in model.inputs}
     outs = {o.name: o for o in model.outputs}
-    listing = (
-        "inputs: " + ", ".join(i.describe() for i in model.inputs) + "; outputs: " + ", ".join(o.describe() for o in model.outputs)
-    )
+    listing = "inputs: " + ", ".join(i.describe() for i in model.inputs) + "; outputs: " + ", ".join(o.describe() for o in model.outputs)
     for s in hints.static:
         if s not in ins:
             raise RolloutSpecError(f"static input '{s}' is not an input of the model ({listing})")
@@ -158,8 +157,14 @@ def infer_spec(model: Model, hints: SpecHints = SpecHints()) -> RolloutSpec:
     if channel_axis is None:
         rank = len(ishape)
         channel_axis = -1 if (mode == "window" or rank == 3) else (1 if rank >= 2 else 0)
-    return RolloutSpec(mode=mode, pairs=tuple(pairs), increment=hints.increment, static=tuple(hints.static),
-                       output_slice=hints.output_slice, channel_axis=channel_axis)
+    return RolloutSpec(
+        mode=mode,
+        pairs=tuple(pairs),
+        increment=hints.increment,
+        static=tuple(hints.static),
+        output_slice=hints.output_slice,
+        channel_axis=channel_axis,
+    )
 
 
 @dataclass
@@ -185,8 +190,16 @@ class Rollout:
             roll out instead of an onnxruntime session.
     """
 
-    def __init__(self, model: Model, spec: RolloutSpec, statics: dict[str, np.ndarray] | None = None,
-                 threads: int = 0, model_bytes: bytes | None = None, ort_format: bool = False, session: Any = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        spec: RolloutSpec,
+        statics: dict[str, np.ndarray] | None = None,
+        threads: int = 0,
+        model_bytes: bytes | None = None,
+        ort_format: bool = False,
+        session: Any = None,
+    ) -> None:
         self.model = model
         self.spec = spec
         self.statics = {k: np.asarray(v) for k, v in (statics or {}).items()}
@@ -214,8 +227,17 @@ class Rollout:
             overrides: weight name -> replacement value for this rollout only.
         """
         with np.errstate(all="ignore"):  # overflow is a finding, reported by first_nonfinite
-            steps, calls = closed_loop(self.session.run, self.spec.pairs, contexts, horizon, self.feedback, statics=self.statics,
-                                       overrides=overrides, batch=self.fixed_batch, dtypes=self.input_dtypes)
+            steps, calls = closed_loop(
+                self.session.run,
+                self.spec.pairs,
+                contexts,
+                horizon,
+                self.feedback,
+                statics=self.statics,
+                overrides=overrides,
+                batch=self.fixed_batch,
+                dtypes=self.input_dtypes,
+            )
         self.forward_calls += calls
         return RolloutResult(steps, calls, first_nonfinite(steps))
 
@@ -236,7 +258,7 @@ class _Recorder:
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         batch = next(iter(feeds.values())).shape[0]
         for b in range(batch):
-            self.rows.append({k: np.array(v[b:b + 1]) for k, v in feeds.items()})
+            self.rows.append({k: np.array(v[b : b + 1]) for k, v in feeds.items()})
         return list(self.session.run(names, feeds))
 
 
@@ -251,4 +273,4 @@ def closed_loop_inputs(model: Model, spec: RolloutSpec, contexts: Any, horizon: 
     return rec.rows
 
 
-__all__ = ["closed_loop_inputs", "RolloutSpec", "SpecHints", "Rollout", "RolloutResult", "infer_spec", "parse_slice", "float_reference"]
+__all__ = ["Rollout", "RolloutResult", "RolloutSpec", "SpecHints", "closed_loop_inputs", "float_reference", "infer_spec", "parse_slice"]

@@ -24,13 +24,25 @@ def models() -> dict[str, Any]:
     from ..validation.reference import ReferenceMeta
     from .project import ProjectFile
 
-    return {"project": ProjectFile, "target": TargetFile, "device-local": LocalDevice, "device-qemu": QemuDevice, "device-ssh": SshDevice,
-            "scores": Scores, "plan": Plan, "convert": ConvertResult, "check": CheckResult, "manifest": Manifest, "reference-meta": ReferenceMeta}
+    return {
+        "project": ProjectFile,
+        "target": TargetFile,
+        "device-local": LocalDevice,
+        "device-qemu": QemuDevice,
+        "device-ssh": SshDevice,
+        "scores": Scores,
+        "plan": Plan,
+        "convert": ConvertResult,
+        "check": CheckResult,
+        "manifest": Manifest,
+        "reference-meta": ReferenceMeta,
+    }
 
 
 def schema(model: Any) -> dict[str, Any]:
     mode = "serialization" if hasattr(model, "KIND") and model.__name__ not in ("LocalDevice", "QemuDevice", "SshDevice") else "validation"
-    return model.model_json_schema(mode=mode)  # type: ignore[no-any-return]
+    result: dict[str, Any] = model.model_json_schema(mode=mode)
+    return result
 
 
 def schemas() -> dict[str, str]:

@@ -32,7 +32,9 @@ MISSING_EXIT = 3
 
 def _fail(job_dir: str, kind: str, message: str, missing: str | None = None) -> None:
     with open(os.path.join(job_dir, "result.json"), "w") as f:
-        json.dump({"error": kind, "message": message, "missing": missing, "python": sys.version.split()[0], "machine": platform.machine()}, f)
+        json.dump(
+            {"error": kind, "message": message, "missing": missing, "python": sys.version.split()[0], "machine": platform.machine()}, f
+        )
     sys.exit(MISSING_EXIT if kind == "missing-module" else 4)
 
 
@@ -66,8 +68,15 @@ def _percentiles(ms: list[float]) -> dict[str, Any]:
     if not ms:
         return {"n": 0}
     a = np.asarray(ms)
-    return {"n": int(a.size), "min": float(a.min()), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "max": float(a.max())}
+    return {
+        "n": int(a.size),
+        "min": float(a.min()),
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "max": float(a.max()),
+    }
 
 
 def main(job_dir: str) -> None:
@@ -76,8 +85,8 @@ def main(job_dir: str) -> None:
         import numpy as np
     except ImportError:
         _fail(job_dir, "missing-module", "the driver needs the Python module numpy", "numpy")
-    import runners  # type: ignore[import-not-found]
-    import step  # type: ignore[import-not-found]
+    import runners
+    import step
 
     with open(os.path.join(job_dir, "job.json")) as f:
         job = json.load(f)
@@ -90,22 +99,42 @@ def main(job_dir: str) -> None:
     init_ms = (time.perf_counter() - t0) * 1e3
     data = np.load(os.path.join(job_dir, "inputs.npz"))
     pairs = [tuple(p) for p in job["pairs"]]
-    statics = {k[len("static__"):]: data[k] for k in data.files if k.startswith("static__")}
-    forcings = {k[len("forcing__"):]: data[k] for k in data.files if k.startswith("forcing__")}
+    statics = {k[len("static__") :]: data[k] for k in data.files if k.startswith("static__")}
+    forcings = {k[len("forcing__") :]: data[k] for k in data.files if k.startswith("forcing__")}
     ctx = [data["ctx__" + i] for i, _ in pairs]
     feedback = step.Feedback(job["mode"] == "window", bool(job.get("increment")), job.get("output_slice"))
     dtypes = {d["name"]: np.dtype(d.get("dtype", "float32")) for d in job["inputs"]}
     times: list[float] = []
     with np.errstate(all="ignore"):
-        traj, _ = step.closed_loop(run.run, pairs, ctx, int(job["horizon"]), feedback, statics=statics, forcings=forcings,
-                                   batch=int(job.get("batch") or 1), dtypes=dtypes, timer=times.append)
+        traj, _ = step.closed_loop(
+            run.run,
+            pairs,
+            ctx,
+            int(job["horizon"]),
+            feedback,
+            statics=statics,
+            forcings=forcings,
+            batch=int(job.get("batch") or 1),
+            dtypes=dtypes,
+            timer=times.append,
+        )
     np.savez(os.path.join(job_dir, "result.npz"), **{"traj__" + o: tr.astype(np.float32) for (_, o), tr in zip(pairs, traj)})
     result = {
-        "runtime": run.runtime, "runner": job["runner"], "python": sys.version.split()[0], "numpy": np.__version__,
-        "machine": platform.machine(), "cpu": _cpu(), "threads": threads, "contexts": int(ctx[0].shape[0]),
-        "horizon": int(job["horizon"]), "batch": int(job.get("batch") or 1), "latency_ms_init": init_ms,
-        "latency_ms_first": times[0] if times else None, "latency_ms": _percentiles(times[1:]),
-        "peak_rss_bytes": int(_peak_rss()), "first_nonfinite_step": step.first_nonfinite(traj),
+        "runtime": run.runtime,
+        "runner": job["runner"],
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "machine": platform.machine(),
+        "cpu": _cpu(),
+        "threads": threads,
+        "contexts": int(ctx[0].shape[0]),
+        "horizon": int(job["horizon"]),
+        "batch": int(job.get("batch") or 1),
+        "latency_ms_init": init_ms,
+        "latency_ms_first": times[0] if times else None,
+        "latency_ms": _percentiles(times[1:]),
+        "peak_rss_bytes": int(_peak_rss()),
+        "first_nonfinite_step": step.first_nonfinite(traj),
     }
     with open(os.path.join(job_dir, "result.json"), "w") as f:
         json.dump(result, f)

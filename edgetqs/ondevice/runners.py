@@ -133,7 +133,7 @@ class Batch1Runner:
             for name, arr in feeds.items():
                 if name in self.in_perm:
                     p = self.in_perm[name]
-                    x = arr[b:b + 1]
+                    x = arr[b : b + 1]
                     self._set(name, self.quant(np.ascontiguousarray(x if p is None else x.transpose(p)), self.qin[name]))
             self._invoke()
             for j, o in enumerate(outputs):
@@ -184,7 +184,9 @@ class MicroRunner(Batch1Runner):
             (what the interpreter indexes by; the converter reads it from the model's signature).
     """
 
-    def __init__(self, path: str, inputs: IO, outputs: IO, *, arena_bytes: int, order_in: dict[str, int], order_out: dict[str, int]) -> None:
+    def __init__(
+        self, path: str, inputs: IO, outputs: IO, *, arena_bytes: int, order_in: dict[str, int], order_out: dict[str, int]
+    ) -> None:
         mod = import_first(["tflite_micro"], "a TFLite-Micro artifact")
         self.it = mod.runtime.Interpreter.from_file(path, arena_size=int(arena_bytes))
         self.idx_in = {d["name"]: int(order_in[d["name"]]) for d in inputs}
@@ -209,8 +211,9 @@ class MicroRunner(Batch1Runner):
 RUNNERS: dict[str, Any] = {
     "onnxruntime": lambda job, path, threads: OrtRunner(path, ort_format=bool(job.get("ort_format")), threads=threads),
     "litert": lambda job, path, threads: LiteRunner(path, job["inputs"], job["outputs"], threads=threads),
-    "tflite-micro": lambda job, path, threads: MicroRunner(path, job["inputs"], job["outputs"], arena_bytes=job["arena_bytes"],
-                                                          order_in=job["tflm_inputs"], order_out=job["tflm_outputs"]),
+    "tflite-micro": lambda job, path, threads: MicroRunner(
+        path, job["inputs"], job["outputs"], arena_bytes=job["arena_bytes"], order_in=job["tflm_inputs"], order_out=job["tflm_outputs"]
+    ),
 }
 
 

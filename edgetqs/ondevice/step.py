@@ -70,13 +70,23 @@ class Feedback:
         if not self.window:
             return y
         h = y.shape[1]
-        return np.concatenate([x[:, h:, ...], y], axis=1) if h < x.shape[1] else y[:, -x.shape[1]:, ...]
+        return np.concatenate([x[:, h:, ...], y], axis=1) if h < x.shape[1] else y[:, -x.shape[1] :, ...]
 
 
-def closed_loop(run: Run, pairs: Sequence[tuple[str, str]], contexts: Sequence[np.ndarray], horizon: int, feedback: Feedback, *,
-                statics: dict[str, np.ndarray] | None = None, forcings: dict[str, np.ndarray] | None = None,
-                overrides: dict[str, np.ndarray] | None = None, batch: int | None = None, dtypes: dict[str, Any] | None = None,
-                timer: Callable[[float], None] | None = None) -> tuple[list[np.ndarray], int]:
+def closed_loop(
+    run: Run,
+    pairs: Sequence[tuple[str, str]],
+    contexts: Sequence[np.ndarray],
+    horizon: int,
+    feedback: Feedback,
+    *,
+    statics: dict[str, np.ndarray] | None = None,
+    forcings: dict[str, np.ndarray] | None = None,
+    overrides: dict[str, np.ndarray] | None = None,
+    batch: int | None = None,
+    dtypes: dict[str, Any] | None = None,
+    timer: Callable[[float], None] | None = None,
+) -> tuple[list[np.ndarray], int]:
     """Roll ``contexts`` out for ``horizon`` steps.
 
     Args:
@@ -105,21 +115,14 @@ def closed_loop(run: Run, pairs: Sequence[tuple[str, str]], contexts: Sequence[n
     for start in range(0, k, chunk):
         stop = min(start + chunk, k)
         n = stop - start
-
-        def take(a: np.ndarray, name: str) -> np.ndarray:
-            part = a[start:stop]
-            if n < chunk:  # fixed batch: pad with copies of the last context
-                part = np.concatenate([part, np.repeat(part[-1:], chunk - n, axis=0)])
-            return np.ascontiguousarray(part, dtype=dtypes.get(name, part.dtype))
-
-        state = [take(c, name) for c, (name, _) in zip(contexts, pairs)]
+        state = [_take(c, start, stop, chunk, dtypes.get(name)) for c, (name, _) in zip(contexts, pairs)]
         feeds: dict[str, np.ndarray] = {
             s: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype=dtypes.get(s, np.asarray(v).dtype)), (chunk,) + np.shape(v)))
             for s, v in statics.items()
         }
         if overrides:
             feeds.update(overrides)
-        forced = {f: take(v, f) for f, v in forcings.items()}
+        forced = {f: _take(v, start, stop, chunk, dtypes.get(f)) for f, v in forcings.items()}
         traj: list[list[np.ndarray]] = [[] for _ in pairs]
         for t in range(horizon):
             for (name, _), x in zip(pairs, state):
@@ -139,6 +142,14 @@ def closed_loop(run: Run, pairs: Sequence[tuple[str, str]], contexts: Sequence[n
             state = new
         pieces.append([np.stack(t) for t in traj])
     return [np.concatenate([p[j] for p in pieces], axis=1) for j in range(len(pairs))], calls
+
+
+def _take(a: np.ndarray, start: int, stop: int, chunk: int, dtype: Any) -> np.ndarray:
+    """Rows start..stop of ``a``, padded to ``chunk`` rows with copies of the last (a fixed batch)."""
+    part = a[start:stop]
+    if stop - start < chunk:
+        part = np.concatenate([part, np.repeat(part[-1:], chunk - (stop - start), axis=0)])
+    return np.ascontiguousarray(part, dtype=dtype or part.dtype)
 
 
 def first_nonfinite(steps: Sequence[np.ndarray]) -> int | None:

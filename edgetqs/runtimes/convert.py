@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from ..core.contexts import Contexts, ContextsInfo
 from ..core.metrics import nrmse_by_lead
@@ -79,7 +79,7 @@ class ConvertResult(ResultFile):
     arena_bytes: int | None = None
     arena_bytes_reported: int | None = None
     ram_budget_bytes: int | None = None
-    facts: dict[str, Any] = {}
+    facts: dict[str, Any] = Field(default_factory=dict)
 
 
 def _versions() -> dict[str, str]:
@@ -114,8 +114,18 @@ def artifact_name(model: Model, fmt: str) -> str:
     return f"{model.name}{RUNTIMES.get(fmt).suffix}"
 
 
-def convert(model: Model, plan: Any, fmt: str, out_dir: str | Path, contexts: Contexts, spec: RolloutSpec, horizon: int | None = None,
-            overwrite: bool = False, activations: str = "auto", target: Any = None) -> ConvertResult:
+def convert(
+    model: Model,
+    plan: Any,
+    fmt: str,
+    out_dir: str | Path,
+    contexts: Contexts,
+    spec: RolloutSpec,
+    horizon: int | None = None,
+    overwrite: bool = False,
+    activations: str = "auto",
+    target: Any = None,
+) -> ConvertResult:
     """Write the artifact for ``plan`` in ``fmt`` under ``out_dir`` and verify it.
 
     Args:
@@ -140,7 +150,9 @@ def convert(model: Model, plan: Any, fmt: str, out_dir: str | Path, contexts: Co
     if plan.model_sha256 != model.sha256:
         raise ConvertError(f"plan.json was made for model sha256 {plan.model_sha256[:12]}..., not '{model.path}' ({model.sha256[:12]}...)")
     if plan.runtime not in rt.accepts:
-        raise ConvertError(f"plan.json was made for runtime '{plan.runtime}', which cannot be written as {fmt}; replan with --runtime {rt.accepts[0]}")
+        raise ConvertError(
+            f"plan.json was made for runtime '{plan.runtime}', which cannot be written as {fmt}; replan with --runtime {rt.accepts[0]}"
+        )
     out = Path(out_dir)
     name = artifact_name(model, fmt)
     if (out / name).exists() and not overwrite:
@@ -166,27 +178,53 @@ def convert(model: Model, plan: Any, fmt: str, out_dir: str | Path, contexts: Co
             notes.append(f"target '{plan.target}' not found: the artifact was not checked against its RAM budget")
         bad = [c for c in done.checks if not c.match]
         if bad:
-            raise ConvertError("read-back does not match the plan: " + "; ".join(f"'{c.name}' planned {c.planned}, stored {c.found}" for c in bad[:5]))
+            raise ConvertError(
+                "read-back does not match the plan: " + "; ".join(f"'{c.name}' planned {c.planned}, stored {c.found}" for c in bad[:5])
+            )
         if done.weight_bytes > plan.budget_bytes:
-            raise ConvertError(f"the artifact stores {done.weight_bytes:,} weight bytes, over the budget of {plan.budget_bytes:,}; replan with a smaller budget")
+            raise ConvertError(
+                f"the artifact stores {done.weight_bytes:,} weight bytes, over the budget of {plan.budget_bytes:,}; replan with a smaller budget"
+            )
         # the host check: artifact vs float, and vs the plan's simulated quantization
         ref = float_reference(model, spec, contexts, horizon)
         got = Rollout(model, spec, contexts.statics, session=done.session).run(contexts.arrays, horizon)
-        sim = Rollout(model, spec, contexts.statics, model_bytes=model.with_weights(simulated_weights(model, plan))).run(contexts.arrays, horizon)
+        sim = Rollout(model, spec, contexts.statics, model_bytes=model.with_weights(simulated_weights(model, plan))).run(
+            contexts.arrays, horizon
+        )
         lead = nrmse_by_lead(got.steps, ref.steps, contexts.spreads, spec.mode, spec.channel_axis)
         lead_sim = nrmse_by_lead(sim.steps, ref.steps, contexts.spreads, spec.mode, spec.channel_axis)
         lead_as = nrmse_by_lead(got.steps, sim.steps, contexts.spreads, spec.mode, spec.channel_axis)
         facts = dict(done.facts)
         result = ConvertResult(
-            edgetqs_version=edgetqs_version(), format=fmt, artifact=name, model=model.name, model_sha256=model.sha256, target=plan.target,
-            runtime=plan.runtime, budget_bytes=plan.budget_bytes, planned_weight_bytes=plan.weight_bytes, weight_bytes=done.weight_bytes,
-            file_bytes=done.artifact.stat().st_size, fp32_weight_bytes=plan.fp32_bytes, fp32_file_bytes=len(model.bytes),
-            tensors=tuple(done.checks), all_match=not bad, horizon=horizon, contexts=contexts.info(),
-            one_step_error=finite_or_none([lead[0]])[0], error_by_lead=finite_or_none(lead), simulated_error_by_lead=finite_or_none(lead_sim),
-            artifact_vs_simulated=finite_or_none([np.max(lead_as)])[0], first_nonfinite_step=got.first_nonfinite,
-            seconds=time.perf_counter() - t0, versions={**_versions(), **done.versions}, notes=tuple(notes),
-            activations=facts.pop("activations", None), arena_bytes=facts.pop("arena_bytes", None),
-            arena_bytes_reported=facts.pop("arena_bytes_reported", None), ram_budget_bytes=facts.pop("ram_budget_bytes", None),
+            edgetqs_version=edgetqs_version(),
+            format=fmt,
+            artifact=name,
+            model=model.name,
+            model_sha256=model.sha256,
+            target=plan.target,
+            runtime=plan.runtime,
+            budget_bytes=plan.budget_bytes,
+            planned_weight_bytes=plan.weight_bytes,
+            weight_bytes=done.weight_bytes,
+            file_bytes=done.artifact.stat().st_size,
+            fp32_weight_bytes=plan.fp32_bytes,
+            fp32_file_bytes=len(model.bytes),
+            tensors=tuple(done.checks),
+            all_match=not bad,
+            horizon=horizon,
+            contexts=contexts.info(),
+            one_step_error=finite_or_none([lead[0]])[0],
+            error_by_lead=finite_or_none(lead),
+            simulated_error_by_lead=finite_or_none(lead_sim),
+            artifact_vs_simulated=finite_or_none([np.max(lead_as)])[0],
+            first_nonfinite_step=got.first_nonfinite,
+            seconds=time.perf_counter() - t0,
+            versions={**_versions(), **done.versions},
+            notes=tuple(notes),
+            activations=facts.pop("activations", None),
+            arena_bytes=facts.pop("arena_bytes", None),
+            arena_bytes_reported=facts.pop("arena_bytes_reported", None),
+            ram_budget_bytes=facts.pop("ram_budget_bytes", None),
             facts=facts,
         )
         result.save(work / "convert.json")

@@ -8,6 +8,7 @@ the schema that ships with ai-edge-litert, because the interpreter reports INT4 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -64,7 +65,7 @@ def scope(sg: Any, op: Any) -> str:
     return ";".join(names) + ";"
 
 
-def batch1_bytes(model) -> bytes:
+def batch1_bytes(model: Any) -> bytes:
     """The model with its batch axis fixed to 1 and intermediate shapes re-inferred.
 
     onnx2tf's ``-b 1`` is not enough: with a symbolic batch in the graph's value_info it misreads the
@@ -80,14 +81,12 @@ def batch1_bytes(model) -> bytes:
             dims[0].Clear()
             dims[0].dim_value = 1
     del m.graph.value_info[:]
-    try:
+    with contextlib.suppress(Exception):  # onnx raises several types; onnx2tf infers shapes itself then
         m = onnx.shape_inference.infer_shapes(m)
-    except Exception:  # noqa: BLE001 - onnx raises several types; onnx2tf infers shapes itself then
-        pass
     return m.SerializeToString()
 
 
-def float_tflite(model, work: Path) -> Path:
+def float_tflite(model: Any, work: Path) -> Path:
     """ONNX -> float32 TFLite with onnx2tf in a child process, batch fixed to 1.
 
     First with the input layout kept (``-kat``); onnx2tf fails that way on some graphs (GRU, conv
@@ -111,14 +110,19 @@ def float_tflite(model, work: Path) -> Path:
     if missing:
         op = missing[-1]
         nodes = [n.name or n.output[0] for n in model.proto.graph.node if n.op_type == op]
-        raise ConvertError(f"onnx2tf (the ONNX -> TFLite route) has no converter for the op {op} (ONNX node{'s' if len(nodes) > 1 else ''} "
-                           f"{', '.join(repr(x) for x in nodes[:3])}); use --format ort or ort-mobile for this model")
+        raise ConvertError(
+            f"onnx2tf (the ONNX -> TFLite route) has no converter for the op {op} (ONNX node{'s' if len(nodes) > 1 else ''} "
+            f"{', '.join(repr(x) for x in nodes[:3])}); use --format ort or ort-mobile for this model"
+        )
     failed = re.findall(r"onnx_op_name:\s*(\S+)", logs[-1]) or re.findall(r"onnx_op_name:\s*(\S+)", logs[0])
     ops_by_name = {n.name: n.op_type for n in model.proto.graph.node}
     where = f"ONNX node '{failed[-1]}' ({ops_by_name.get(failed[-1], 'unknown op')})" if failed else "the model"
     last = [ln.strip() for ln in logs[-1].splitlines() if ln.strip().startswith(("ValueError", "TypeError", "NotImplementedError"))]
-    raise ConvertError(f"onnx2tf (the ONNX -> TFLite route) cannot convert {where}, with or without keeping the input layout"
-                       + (f": {last[-1][:300]}" if last else "") + "; use --format ort or ort-mobile for this model")
+    raise ConvertError(
+        f"onnx2tf (the ONNX -> TFLite route) cannot convert {where}, with or without keeping the input layout"
+        + (f": {last[-1][:300]}" if last else "")
+        + "; use --format ort or ort-mobile for this model"
+    )
 
 
 def constants(m: Any, sg: Any) -> list[tuple[int, np.ndarray]]:
@@ -148,19 +152,17 @@ def input_perms(model: Any, in_shapes: list[tuple[int, ...]]) -> dict[str, tuple
 
 def io_dicts(model: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The model's inputs and outputs as the on-device runners describe them (shape without batch)."""
-    return ([{"name": i.name, "shape": list(i.shape[1:]), "dtype": i.dtype} for i in model.inputs],
-            [{"name": o.name, "shape": list(o.shape[1:])} for o in model.outputs])
+    return (
+        [{"name": i.name, "shape": list(i.shape[1:]), "dtype": i.dtype} for i in model.inputs],
+        [{"name": o.name, "shape": list(o.shape[1:])} for o in model.outputs],
+    )
 
 
-def versions(packages: tuple[str, ...]) -> dict:
+def versions(packages: tuple[str, ...]) -> dict[str, str]:
     import importlib.metadata as md
 
     out = {}
     for pkg in packages:
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     return out
-
-

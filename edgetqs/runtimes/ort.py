@@ -12,9 +12,6 @@ optimiser disabled (the default level folds fp16 Casts back into fp32 weights).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +19,7 @@ import numpy as np
 
 from ..core.model import Model
 from ..core.quantize import Layout, Precision, QuantizedTensor, effective, quantize_int
-from .base import ConvertError, Converted, ConvertJob, RuntimeInfo
+from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..allocation.plan import Plan
@@ -31,7 +28,7 @@ NBITS_SUFFIX = "__nbits4"
 OPSET = 21
 
 
-def _int_initializer(q: np.ndarray, bits: int, name: str):
+def _int_initializer(q: np.ndarray, bits: int, name: str) -> Any:
     """Packed raw storage: int8 one byte each, int4 two to a byte (a list of values would be stored
     as varints in int32_data, several times larger)."""
     import ml_dtypes
@@ -40,7 +37,9 @@ def _int_initializer(q: np.ndarray, bits: int, name: str):
     return numpy_helper.from_array(q.astype(ml_dtypes.int4) if bits == 4 else q.astype(np.int8), name)
 
 
-def qdq_model(model: Model, plan: Plan, mobile: bool = False, integers: dict[str, QuantizedTensor] | None = None) -> tuple[bytes, dict[str, str]]:
+def qdq_model(
+    model: Model, plan: Plan, mobile: bool = False, integers: dict[str, QuantizedTensor] | None = None
+) -> tuple[bytes, dict[str, str]]:
     """The float model rewritten with the plan's precisions.
 
     ``integers``: tensor name -> the integers and scales to store (e.g. GPTQ's); default: round-to-nearest.
@@ -61,14 +60,16 @@ def qdq_model(model: Model, plan: Plan, mobile: bool = False, integers: dict[str
     if opset < OPSET:  # int4 and blocked DequantizeLinear need opset 21
         try:
             proto = version_converter.convert_version(proto, OPSET)
-        except Exception as exc:  # the converter raises bare RuntimeErrors naming the op
+        except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors naming the op
             raise ConvertError(f"cannot raise the model from opset {opset} to {OPSET} for int4/blocked weights: {exc}") from None
     proto.ir_version = max(proto.ir_version, 10)
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
     missing = [t.name for t in plan.tensors if t.name not in inits]
     if missing:
-        raise ConvertError(f"the plan names tensor(s) {missing[:5]} that the model lacks; was plan.json made for this model? (model sha256 {model.sha256[:12]}...)")
+        raise ConvertError(
+            f"the plan names tensor(s) {missing[:5]} that the model lacks; was plan.json made for this model? (model sha256 {model.sha256[:12]}...)"
+        )
     consumers: dict[str, list] = {}
     for node in graph.node:
         for j, name in enumerate(node.input):
@@ -85,15 +86,17 @@ def qdq_model(model: Model, plan: Plan, mobile: bool = False, integers: dict[str
             replaced.add(t.name)
             continue
         if p.bits not in (8, 4):
-            raise ConvertError(f"tensor '{t.name}' is planned {p.name}; ONNX Runtime stores int8 or int4 weights: plan for a target whose ort precisions list those")
+            raise ConvertError(
+                f"tensor '{t.name}' is planned {p.name}; ONNX Runtime stores int8 or int4 weights: plan for a target whose ort precisions list those"
+            )
         if mobile and p.bits == 4:
-            nbits[t.name] = _to_matmul_nbits(graph, consumers, t.name, w, p)
+            nbits[t.name] = _to_matmul_nbits(graph, consumers, t.name, w, p, (integers or {}).get(t.name))
             replaced.add(t.name)
             continue
         qt = (integers or {}).get(t.name) or quantize_int(w, p, model.layout(t.name))
         q_init = _int_initializer(qt.q, p.bits, t.name + "__q")
         graph.initializer.extend([q_init, numpy_helper.from_array(qt.scale, t.name + "__scale")])
-        attrs = {}
+        attrs: dict[str, Any] = {}
         if qt.axis is not None:
             attrs["axis"] = qt.axis
         if qt.block_size is not None:
@@ -118,8 +121,12 @@ def qdq_model(model: Model, plan: Plan, mobile: bool = False, integers: dict[str
     return proto.SerializeToString(), nbits
 
 
-def _to_matmul_nbits(graph, consumers: dict, name: str, w: np.ndarray, p: Precision) -> str:
-    """Replace the Gemm/MatMul consuming ``name`` by MatMulNBits (+ Add for a Gemm bias)."""
+def _to_matmul_nbits(
+    graph: Any, consumers: dict[str, list[Any]], name: str, w: np.ndarray, p: Precision, given: QuantizedTensor | None = None
+) -> str:
+    """Replace the Gemm/MatMul consuming ``name`` by MatMulNBits (+ Add for a Gemm bias).
+
+    ``given``: the integers and block scales to store (GPTQ's), in the weight's own layout; default: round to nearest."""
     from onnx import helper, numpy_helper
 
     users = consumers.get(name, [])
@@ -129,31 +136,54 @@ def _to_matmul_nbits(graph, consumers: dict, name: str, w: np.ndarray, p: Precis
             f"tensor '{name}' is planned {p.name}, but ORT-mobile runs 4-bit weights only as the 2-D weight of one "
             f"MatMul/Gemm (MatMulNBits); it feeds {ops}: plan int8 for it (target precisions.ort-mobile)"
         )
-    if p.granularity != "block" or p.block_size < 16 or p.block_size & (p.block_size - 1):
+    if p.granularity != "block" or p.block_size is None or p.block_size < 16 or p.block_size & (p.block_size - 1):
         raise ConvertError(f"tensor '{name}' is planned {p.name}; MatMulNBits needs blocks of a power of two >= 16, e.g. int4-block32")
     node = users[0][0]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Gemm":
         if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
-            raise ConvertError(f"Gemm '{node.name or node.output[0]}' using '{name}' has transA/alpha/beta; only plain Gemm is rewritten to MatMulNBits")
-        w_nk = w if attrs.get("transB", 0) else w.T
+            raise ConvertError(
+                f"Gemm '{node.name or node.output[0]}' using '{name}' has transA/alpha/beta; only plain Gemm is rewritten to MatMulNBits"
+            )
+        transposed = not attrs.get("transB", 0)
     else:
-        w_nk = w.T
+        transposed = True
+    w_nk = w.T if transposed else w
     n, k = w_nk.shape
-    qt = quantize_int(np.ascontiguousarray(w_nk), p, Layout(0, 1))
-    bs = p.block_size
+    if given is not None:  # the same numbers in MatMulNBits' [N, K] layout (blocks run along K either way)
+        q_nk, s_nk = (given.q.T, given.scale.T) if transposed else (given.q, given.scale)
+    else:
+        qt = quantize_int(np.ascontiguousarray(w_nk), p, Layout(0, 1))
+        q_nk, s_nk = qt.q, qt.scale
+    bs = int(p.block_size)
     nb = -(-k // bs)
     q = np.zeros((n, nb * bs), np.int16)
-    q[:, :k] = qt.q
+    q[:, :k] = q_nk
     u = (q + 8).astype(np.uint8).reshape(n, nb, bs)  # unsigned with the default zero point 8
     packed = (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
     b_name = name + NBITS_SUFFIX
-    graph.initializer.extend([numpy_helper.from_array(packed, b_name), numpy_helper.from_array(qt.scale.reshape(-1).astype(np.float32), name + "__nbits_scale")])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(packed, b_name),
+            numpy_helper.from_array(np.ascontiguousarray(s_nk).reshape(-1).astype(np.float32), name + "__nbits_scale"),
+        ]
+    )
     out = node.output[0]
     bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
     mm_out = out + "__nbits" if bias else out
-    new = [helper.make_node("MatMulNBits", [node.input[0], b_name, name + "__nbits_scale"], [mm_out], domain="com.microsoft",
-                            K=k, N=n, bits=4, block_size=bs, name=(node.name or out) + "__nbits")]
+    new = [
+        helper.make_node(
+            "MatMulNBits",
+            [node.input[0], b_name, name + "__nbits_scale"],
+            [mm_out],
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=4,
+            block_size=bs,
+            name=(node.name or out) + "__nbits",
+        )
+    ]
     if bias:
         new.append(helper.make_node("Add", [mm_out, bias], [out], name=(node.name or out) + "__bias"))
     idx = list(graph.node).index(node)
@@ -207,5 +237,10 @@ class OrtRuntime(RuntimeInfo):
         return {"runner": self.runner}
 
 
-RUNTIME = OrtRuntime(name="ort", description="ONNX Runtime (.onnx, weight-only int8/int4 QDQ, fp16)", suffix=".ort.onnx",
-                     accepts=("ort", "ort-mobile"), also_reads=(".onnx",))
+RUNTIME = OrtRuntime(
+    name="ort",
+    description="ONNX Runtime (.onnx, weight-only int8/int4 QDQ, fp16)",
+    suffix=".ort.onnx",
+    accepts=("ort", "ort-mobile"),
+    also_reads=(".onnx",),
+)

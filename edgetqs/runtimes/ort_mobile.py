@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import ConvertError, Converted, ConvertJob, RuntimeInfo
+from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
 from .ort import qdq_model, read_back, validate_onnx
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,8 +24,22 @@ if TYPE_CHECKING:  # pragma: no cover
 def to_ort_format(onnx_path: Path, out_dir: Path) -> Path:
     """Write ``.ort`` with onnxruntime's converter, optimiser disabled (keeps fp16 storage)."""
     env = {**os.environ, "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL": "disable"}
-    r = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(onnx_path), "--output_dir", str(out_dir),
-                        "--optimization_style", "Fixed"], capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxruntime.tools.convert_onnx_models_to_ort",
+            str(onnx_path),
+            "--output_dir",
+            str(out_dir),
+            "--optimization_style",
+            "Fixed",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     written = out_dir / (onnx_path.stem + ".disable.ort")  # the converter names files after the optimisation level
     if r.returncode != 0 or not written.exists():
         tail = " ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
@@ -62,5 +76,6 @@ class OrtMobileRuntime(RuntimeInfo):
         return {"runner": self.runner, "ort_format": True}
 
 
-RUNTIME = OrtMobileRuntime(name="ort-mobile", description="ORT-mobile (.ort flatbuffer; 4-bit through MatMulNBits)", suffix=".ort",
-                           accepts=("ort-mobile", "ort"))
+RUNTIME = OrtMobileRuntime(
+    name="ort-mobile", description="ORT-mobile (.ort flatbuffer; 4-bit through MatMulNBits)", suffix=".ort", accepts=("ort-mobile", "ort")
+)

@@ -55,8 +55,10 @@ def view_onnx(data: bytes) -> GraphView:
         # raw: packed bytes; typed fields (float_data, int32_data varints): what the file really holds
         nbytes = len(i.raw_data) if i.raw_data else max(i.ByteSize() - len(i.name) - 8, -(-n * _BITS.get(dt, 32) // 8))
         inits[i.name] = Init(dt, tuple(i.dims), nbytes)
-    nodes = [Node(n.op_type, list(n.input), list(n.output),
-                  {a.name: a.i for a in n.attribute if a.type == onnx.AttributeProto.INT}) for n in m.graph.node]
+    nodes = [
+        Node(n.op_type, list(n.input), list(n.output), {a.name: a.i for a in n.attribute if a.type == onnx.AttributeProto.INT})
+        for n in m.graph.node
+    ]
     return GraphView(inits, nodes)
 
 
@@ -86,8 +88,14 @@ def view_ort(data: bytes) -> GraphView:
         for j in range(n.AttributesLength()):
             a = n.Attributes(j)
             attrs[a.Name().decode()] = int(a.I())
-        nodes.append(Node(n.OpType().decode(), [n.Inputs(j).decode() for j in range(n.InputsLength())],
-                          [n.Outputs(j).decode() for j in range(n.OutputsLength())], attrs))
+        nodes.append(
+            Node(
+                n.OpType().decode(),
+                [n.Inputs(j).decode() for j in range(n.InputsLength())],
+                [n.Outputs(j).decode() for j in range(n.OutputsLength())],
+                attrs,
+            )
+        )
     return GraphView(inits, nodes)
 
 

@@ -20,9 +20,22 @@ from typing import Any
 import numpy as np
 
 from ..core.quantize import Storage, effective
-from .base import ConvertError, Converted, ConvertJob, RuntimeInfo
+from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
 from .convert import TensorCheck
-from .litert import WEIGHT_OPS, constants, float_tflite, io_dicts, names, op_name, qbytes, quiet_tensorflow, require, schema, scope, versions
+from .litert import (
+    WEIGHT_OPS,
+    constants,
+    float_tflite,
+    io_dicts,
+    names,
+    op_name,
+    qbytes,
+    quiet_tensorflow,
+    require,
+    schema,
+    scope,
+    versions,
+)
 
 _ALGO_FLOAT = "float_casting"
 _PACKAGES = ("onnx2tf", "ai-edge-quantizer", "ai-edge-litert", "tensorflow")
@@ -44,7 +57,9 @@ def _match(model: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str]) -> dict[
             continue
         w = model.weight_array(t.name).astype(np.float32).ravel()
         key = np.sort(w)
-        cands = [idx for idx, vals in consts if idx not in used and vals.size == w.size and np.allclose(np.sort(vals), key, rtol=1e-6, atol=1e-8)]
+        cands = [
+            idx for idx, vals in consts if idx not in used and vals.size == w.size and np.allclose(np.sort(vals), key, rtol=1e-6, atol=1e-8)
+        ]
         if not cands:
             raise ConvertError(
                 f"planned tensor '{t.name}' ({t.precision}) has no counterpart with the same values in the TFLite graph onnx2tf wrote "
@@ -54,8 +69,10 @@ def _match(model: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str]) -> dict[
         users = consumers.get(idx, [])
         if len(users) != 1 or op_name(m, users[0][0], ops) not in WEIGHT_OPS or users[0][1] != WEIGHT_OPS[op_name(m, users[0][0], ops)]:
             what = ", ".join(f"{op_name(m, o, ops)} input {pos}" for o, pos in users) or "nothing"
-            raise ConvertError(f"planned tensor '{t.name}' ({t.precision}) feeds {what} in the TFLite graph; ai-edge-quantizer quantizes "
-                               f"only the weight input of {', '.join(sorted(WEIGHT_OPS))}: pin it to fp32 and replan")
+            raise ConvertError(
+                f"planned tensor '{t.name}' ({t.precision}) feeds {what} in the TFLite graph; ai-edge-quantizer quantizes "
+                f"only the weight input of {', '.join(sorted(WEIGHT_OPS))}: pin it to fp32 and replan"
+            )
         used.add(idx)
         op, pos = users[0]
         found[t.name] = (scope(sg, op), op_name(m, op, ops), pos)
@@ -68,8 +85,11 @@ def _recipe(qt: Any, op_scope: str, op: str, p: Any) -> None:
     regex = "^" + re.escape(op_scope) + "$"
     name = qtyping.TFLOperationName[op]
     if p.kind == "float":
-        cfg = qtyping.OpQuantizationConfig(weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
-                                           compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True)
+        cfg = qtyping.OpQuantizationConfig(
+            weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+            compute_precision=qtyping.ComputePrecision.FLOAT,
+            explicit_dequantize=True,
+        )
         qt.update_quantization_recipe(regex=regex, operation_name=name, op_config=cfg, algorithm_key=_ALGO_FLOAT)
         return
     gran = {"tensor": qtyping.QuantGranularity.TENSORWISE, "channel": qtyping.QuantGranularity.CHANNELWISE}.get(p.granularity)
@@ -121,8 +141,11 @@ class TfliteRuntime(RuntimeInfo):
     """LiteRT (TFLite): onnx2tf's float graph with ai-edge-quantizer's weight-only recipe from the plan."""
 
     def convert(self, job: ConvertJob) -> Converted:
-        require("tflite", "converting to TFLite", (("onnx2tf", "onnx2tf"), ("ai_edge_quantizer", "ai-edge-quantizer"),
-                                                   ("ai_edge_litert", "ai-edge-litert")))
+        require(
+            "tflite",
+            "converting to TFLite",
+            (("onnx2tf", "onnx2tf"), ("ai_edge_quantizer", "ai-edge-quantizer"), ("ai_edge_litert", "ai-edge-litert")),
+        )
         quiet_tensorflow()
         from ai_edge_quantizer import quantizer
 
@@ -178,6 +201,13 @@ class TfliteRuntime(RuntimeInfo):
         return {"runner": self.runner}
 
 
-RUNTIME = TfliteRuntime(name="tflite", description="LiteRT / TFLite (weight-only int8/int4 per tensor or channel, fp16)", suffix=".tflite",
-                        accepts=("tflite",), storage=Storage(scale_bytes=12, wide_int_bytes=4, wide_int_overhead=12), extra="tflite",
-                        device_packages="ai-edge-litert (or tflite-runtime)", runner="litert")
+RUNTIME = TfliteRuntime(
+    name="tflite",
+    description="LiteRT / TFLite (weight-only int8/int4 per tensor or channel, fp16)",
+    suffix=".tflite",
+    accepts=("tflite",),
+    storage=Storage(scale_bytes=12, wide_int_bytes=4, wide_int_overhead=12),
+    extra="tflite",
+    device_packages="ai-edge-litert (or tflite-runtime)",
+    runner="litert",
+)

@@ -28,9 +28,22 @@ import numpy as np
 
 from ..core.quantize import Storage
 from ..core.rollout import closed_loop_inputs
-from .base import ConvertError, Converted, ConvertJob, RuntimeInfo
+from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
 from .convert import TensorCheck
-from .litert import WEIGHT_OPS, constants, float_tflite, input_perms, io_dicts, names, op_name, qbytes, quiet_tensorflow, schema, scope, versions
+from .litert import (
+    WEIGHT_OPS,
+    constants,
+    float_tflite,
+    input_perms,
+    io_dicts,
+    names,
+    op_name,
+    qbytes,
+    quiet_tensorflow,
+    schema,
+    scope,
+    versions,
+)
 from .litert import require as _require
 
 _PACKAGES = ("onnx2tf", "ai-edge-quantizer", "ai-edge-litert", "tensorflow", "tflite-micro")
@@ -60,22 +73,32 @@ ctypes.CDLL(None).fflush(None)
 
 
 def require() -> None:
-    _require("mcu", "converting for TFLite-Micro", (("tflite_micro", "tflite-micro"), ("onnx2tf", "onnx2tf"), ("tensorflow", "tensorflow"),
-                                                    ("ai_edge_quantizer", "ai-edge-quantizer")))
+    _require(
+        "mcu",
+        "converting for TFLite-Micro",
+        (
+            ("tflite_micro", "tflite-micro"),
+            ("onnx2tf", "onnx2tf"),
+            ("tensorflow", "tensorflow"),
+            ("ai_edge_quantizer", "ai-edge-quantizer"),
+        ),
+    )
 
 
-def signature_tflite(model, work: Path) -> bytes:
+def signature_tflite(model: Any, work: Path) -> bytes:
     """Float TFLite with a ``serving_default`` signature, from the SavedModel onnx2tf writes."""
     float_tflite(model, work)
     out = work / "float_signature.tflite"
-    r = subprocess.run([sys.executable, "-c", _SAVED_TO_TFLITE, str(work / "onnx2tf"), str(out)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", _SAVED_TO_TFLITE, str(work / "onnx2tf"), str(out)], capture_output=True, text=True, timeout=600
+    )
     if r.returncode != 0 or not out.exists():
         tail = [ln for ln in r.stderr.splitlines() if ln.strip()][-3:]
         raise ConvertError("TensorFlow could not convert onnx2tf's SavedModel to TFLite: " + " | ".join(tail)[:400])
     return out.read_bytes()
 
 
-def _signature(m) -> tuple[dict[str, int], list[int]]:
+def _signature(m: Any) -> tuple[dict[str, int], list[int]]:
     sd = m.signatureDefs[0]
     return {t.name.decode(): t.tensorIndex for t in sd.inputs}, [t.tensorIndex for t in sorted(sd.outputs, key=lambda t: t.name)]
 
@@ -104,7 +127,16 @@ def _input_keys(inputs: list[str], sig_inputs: dict[str, int]) -> dict[str, str]
     return out
 
 
-def _quantize(fbuf: bytes, model, plan, matched: dict, rows: list[dict], act_bits: int, in_perm: dict, keys: dict) -> bytes:
+def _quantize(
+    fbuf: bytes,
+    model: Any,
+    plan: Any,
+    matched: dict[str, tuple[str, str, int]],
+    rows: list[dict[str, np.ndarray]],
+    act_bits: int,
+    in_perm: dict[str, Any],
+    keys: dict[str, str],
+) -> bytes:
     import contextlib
     import io
 
@@ -117,8 +149,13 @@ def _quantize(fbuf: bytes, model, plan, matched: dict, rows: list[dict], act_bit
         p = next(t.precision for t in plan.tensors if t.name == tname)
         if WEIGHT_OPS.get(op) == pos and p.kind == "int":  # the weight input; biases follow the kernel
             gran = qtyping.QuantGranularity.CHANNELWISE if p.granularity != "tensor" else qtyping.QuantGranularity.TENSORWISE
-            qt.add_static_config(regex="^" + re.escape(op_scope) + "$", operation_name=qtyping.TFLOperationName[op],
-                                 activation_num_bits=act_bits, weight_num_bits=p.bits, weight_granularity=gran)
+            qt.add_static_config(
+                regex="^" + re.escape(op_scope) + "$",
+                operation_name=qtyping.TFLOperationName[op],
+                activation_num_bits=act_bits,
+                weight_num_bits=p.bits,
+                weight_granularity=gran,
+            )
     data = []
     for r in rows:
         feed = {}
@@ -133,7 +170,9 @@ def _quantize(fbuf: bytes, model, plan, matched: dict, rows: list[dict], act_bit
             cal.calibrate({"serving_default": data}, qt._recipe_manager)
             return bytes(qt.quantize(cal.get_model_qsvs()).quantized_model)
     except (ValueError, KeyError, RuntimeError) as exc:  # the quantizer's policy refuses an op/config
-        raise ConvertError(f"ai-edge-quantizer cannot quantize this graph to full integer with int{act_bits} activations: {str(exc)[:400]}") from None
+        raise ConvertError(
+            f"ai-edge-quantizer cannot quantize this graph to full integer with int{act_bits} activations: {str(exc)[:400]}"
+        ) from None
 
 
 def _probe(path: Path, arena: int, n_inputs: int) -> tuple[bool, str]:
@@ -190,13 +229,13 @@ def _readback(buf: bytes, tfl_names: dict[str, str]) -> tuple[dict[str, tuple[st
     for idx, t in enumerate(sg.tensors):
         by_name.setdefault(t.name.decode(), idx)
 
-    out = {}
+    out: dict[str, tuple[str, int]] = {}
     for plan_name, tfl_name in tfl_names.items():
-        idx = by_name.get(tfl_name)
-        if idx is None:
+        at = by_name.get(tfl_name)
+        if at is None:
             out[plan_name] = ("missing", 0)
             continue
-        t = sg.tensors[idx]
+        t = sg.tensors[at]
         b = m.buffers[t.buffer]
         nbytes = (0 if b.data is None else len(b.data)) + qbytes(t)
         kind = types.get(t.type, "?")
@@ -220,7 +259,9 @@ def _bits(precision: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _match_constants(model: Any, plan: Any, fm: Any, sg: Any, ops: dict[int, str]) -> tuple[dict[str, tuple[str, str, int]], dict[str, str]]:
+def _match_constants(
+    model: Any, plan: Any, fm: Any, sg: Any, ops: dict[int, str]
+) -> tuple[dict[str, tuple[str, str, int]], dict[str, str]]:
     """Planned tensors found by content in the float graph: (name -> (op scope, op, input position), name -> TFLite tensor name).
 
     As for TFLite; in a full-integer graph every constant is quantized, so one that onnx2tf folded or
@@ -236,7 +277,9 @@ def _match_constants(model: Any, plan: Any, fm: Any, sg: Any, ops: dict[int, str
     used: set[int] = set()
     for t in plan.tensors:
         w = np.sort(model.weight_array(t.name).astype(np.float32).ravel())
-        cands = [idx for idx, vals in consts if idx not in used and vals.size == w.size and np.allclose(np.sort(vals), w, rtol=1e-6, atol=1e-8)]
+        cands = [
+            idx for idx, vals in consts if idx not in used and vals.size == w.size and np.allclose(np.sort(vals), w, rtol=1e-6, atol=1e-8)
+        ]
         if not cands:
             continue
         idx = cands[0]
@@ -255,14 +298,22 @@ def convert_tflm(job: ConvertJob) -> Converted:
     quiet_tensorflow()
     from ..ondevice.runners import MicroRunner
 
-    model, plan, work, contexts, spec, horizon, target, activations = (job.model, job.plan, job.work, job.contexts, job.spec, job.horizon,
-                                                                       job.target, job.activations)
+    model, plan, work, contexts, spec, horizon, target, activations = (
+        job.model,
+        job.plan,
+        job.work,
+        job.contexts,
+        job.spec,
+        job.horizon,
+        job.target,
+        job.activations,
+    )
     fb = schema()
     ops, _ = names(fb)
     fbuf = signature_tflite(model, work)
     fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
     sg = fm.subgraphs[0]
-    sig_in, sig_out = _signature(fm)
+    sig_in, _ = _signature(fm)
     in_names, out_names = [i.name for i in model.inputs], [o.name for o in model.outputs]
     keys = _input_keys(in_names, sig_in)
     in_perm = input_perms(model, [tuple(sg.tensors[sig_in[keys[n]]].shape) for n in in_names])
@@ -275,7 +326,9 @@ def convert_tflm(job: ConvertJob) -> Converted:
             raise ConvertError(f"activations {activations} are not allowed by target '{plan.target}' (allowed: {', '.join(allowed)})")
         allowed = [activations]
     rows = closed_loop_inputs(model, spec, contexts, horizon)
-    notes = [f"calibrated with min/max on {len(rows)} inputs from the float model's closed-loop rollouts of {contexts.k} contexts x {horizon} steps"]
+    notes = [
+        f"calibrated with min/max on {len(rows)} inputs from the float model's closed-loop rollouts of {contexts.k} contexts x {horizon} steps"
+    ]
     artifact = work / job.file_name
     arena = reported = probes = None
     act = None
@@ -293,11 +346,17 @@ def convert_tflm(job: ConvertJob) -> Converted:
     in_order, out_order = io_order(buf, in_names, out_names)
 
     stored, total, floats = _readback(buf, tensor_names)
+    if arena is None or act is None:  # pragma: no cover - the loop above either measured an arena or raised
+        raise ConvertError("no activation type could be converted for TFLite-Micro")
     checks = []
     for t in plan.tensors:
         planned = t.precision
         if t.name not in stored:  # folded or transformed by onnx2tf: full integer if no float tensor is left
-            checks.append(TensorCheck(name=t.name, planned=planned.name, found="folded (integer)" if not floats else "folded", match=not floats, bytes=0))
+            checks.append(
+                TensorCheck(
+                    name=t.name, planned=planned.name, found="folded (integer)" if not floats else "folded", match=not floats, bytes=0
+                )
+            )
             continue
         found, nbytes = stored[t.name]
         kind = matched.get(t.name, ("", "", -1))[1]
@@ -311,16 +370,28 @@ def convert_tflm(job: ConvertJob) -> Converted:
         raise ConvertError(f"the TFLite-Micro model still has float tensors ({', '.join(floats[:4])}); TFLM needs a full-integer model")
     file_bytes = len(buf)
     if file_bytes > plan.budget_bytes:
-        raise ConvertError(f"the TFLite-Micro model is {file_bytes:,} bytes, over the flash budget of {plan.budget_bytes:,} bytes; replan with a smaller budget")
+        raise ConvertError(
+            f"the TFLite-Micro model is {file_bytes:,} bytes, over the flash budget of {plan.budget_bytes:,} bytes; replan with a smaller budget"
+        )
     if target is not None and target.ram_budget_bytes and arena > target.ram_budget_bytes:
-        raise ConvertError(f"the TFLite-Micro tensor arena needs {arena:,} bytes, over target '{target.name}''s RAM budget of {target.ram_budget_bytes:,} bytes")
-    notes.append(f"{act} activations, int8 weights; tensor arena measured by bisection in {probes} child processes: "
-                 f"{arena:,} bytes minimum, the recording allocator reports {reported if reported is None else f'{reported:,}'} bytes")
+        raise ConvertError(
+            f"the TFLite-Micro tensor arena needs {arena:,} bytes, over target '{target.name}''s RAM budget of {target.ram_budget_bytes:,} bytes"
+        )
+    notes.append(
+        f"{act} activations, int8 weights; tensor arena measured by bisection in {probes} child processes: "
+        f"{arena:,} bytes minimum, the recording allocator reports {reported if reported is None else f'{reported:,}'} bytes"
+    )
     ins, outs = io_dicts(model)
     session = MicroRunner(str(artifact), ins, outs, arena_bytes=arena, order_in=in_order, order_out=out_order)
-    facts = {"activations": act, "arena_bytes": arena, "arena_bytes_reported": reported,
-             "ram_budget_bytes": None if target is None else target.ram_budget_bytes, "calibration_inputs": len(rows),
-             "tflm_inputs": in_order, "tflm_outputs": out_order}
+    facts = {
+        "activations": act,
+        "arena_bytes": arena,
+        "arena_bytes_reported": reported,
+        "ram_budget_bytes": None if target is None else target.ram_budget_bytes,
+        "calibration_inputs": len(rows),
+        "tflm_inputs": in_order,
+        "tflm_outputs": out_order,
+    }
     return Converted(artifact, checks, total, session, notes=notes, facts=facts, versions=versions(_PACKAGES))
 
 
@@ -351,6 +422,15 @@ class TflmRuntime(RuntimeInfo):
         return {"runner": self.runner, "arena_bytes": int(arena), "tflm_inputs": in_order, "tflm_outputs": out_order}
 
 
-RUNTIME = TflmRuntime(name="tflm", description="TFLite-Micro (full-integer int8 weights, int16/int8 activations, measured arena)",
-                      suffix=".tflm.tflite", accepts=("tflm",), storage=Storage(scale_bytes=12, wide_int_bytes=4, wide_int_overhead=12),
-                      extra="mcu", device_packages="tflite-micro", runner="tflite-micro", emulated=False, full_integer=True)
+RUNTIME = TflmRuntime(
+    name="tflm",
+    description="TFLite-Micro (full-integer int8 weights, int16/int8 activations, measured arena)",
+    suffix=".tflm.tflite",
+    accepts=("tflm",),
+    storage=Storage(scale_bytes=12, wide_int_bytes=4, wide_int_overhead=12),
+    extra="mcu",
+    device_packages="tflite-micro",
+    runner="tflite-micro",
+    emulated=False,
+    full_integer=True,
+)

@@ -30,8 +30,15 @@ def cache_dir() -> Path:
 
 
 def score_key(model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings) -> str:
-    blob = json.dumps({"model": model.sha256, "contexts": contexts.sha256(), "settings": settings.model_dump(mode="json"),
-                       "spec": spec.model_dump(mode="json")}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "model": model.sha256,
+            "contexts": contexts.sha256(),
+            "settings": settings.model_dump(mode="json"),
+            "spec": spec.model_dump(mode="json"),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -65,7 +72,9 @@ def verify(scores: Scores, model: Model, spec: RolloutSpec, contexts: Contexts, 
             return f"group '{g.name}' has a divergence step out of range"
         if len(g.gamma_curve) != scores.horizon:
             return f"group '{g.name}' has a gamma curve of the wrong length"
-        if g.gamma is not None and (not g.gamma_curve or g.gamma_curve[-1] is None or abs(g.gamma_curve[-1] - g.gamma) > 1e-9 * (1 + abs(g.gamma))):
+        if g.gamma is not None and (
+            not g.gamma_curve or g.gamma_curve[-1] is None or abs(g.gamma_curve[-1] - g.gamma) > 1e-9 * (1 + abs(g.gamma))
+        ):
             return f"group '{g.name}' has a gamma that is not the end of its curve"
         if g.gain is not None and g.gain > 0 and g.gamma is not None:
             # gamma = mean ln(e_T/eps)/T and gain = mean e_T/eps come from the same rollouts: ln(gain)/T >= gamma
@@ -78,9 +87,19 @@ def verify(scores: Scores, model: Model, spec: RolloutSpec, contexts: Contexts, 
     return None
 
 
-def score_cached(model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings, *, force: bool = False,
-                 progress: Progress | None = None, notes: tuple[str, ...] = (), workers: int = 1, strategy: str = "auto",
-                 log: Callable[[str], None] | None = None) -> tuple[Scores, bool, Path]:
+def score_cached(
+    model: Model,
+    spec: RolloutSpec,
+    contexts: Contexts,
+    settings: ProbeSettings,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    notes: tuple[str, ...] = (),
+    workers: int = 1,
+    strategy: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> tuple[Scores, bool, Path]:
     """(Scores, whether they came from the cache, cache file). ``force`` recomputes and overwrites."""
     path = cache_path(model, spec, contexts, settings)
     if path.exists() and not force:

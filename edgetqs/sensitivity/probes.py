@@ -17,6 +17,7 @@ from ..core.quantize import Layout, Precision, fake_quant
 from ..registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..core.model import Model
     from .scores import ProbeSettings
 
 
@@ -67,7 +68,7 @@ def group_rng(seed: int, tensors: tuple[str, ...]) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32("|".join(tensors).encode())])
 
 
-def probe_delta(model, tensors: tuple[str, ...], settings: ProbeSettings) -> dict[str, np.ndarray]:
+def probe_delta(model: Model, tensors: tuple[str, ...], settings: ProbeSettings) -> dict[str, np.ndarray]:
     """Perturbed weights for one group (already cast to the stored dtype)."""
     rng = group_rng(settings.seed, tensors)
     perturb = PROBES.get(settings.probe).perturb

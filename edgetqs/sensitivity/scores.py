@@ -69,8 +69,11 @@ class ProbeSettings(Frozen):
         """Settings from a (merged) ``[score]`` table: ``horizon`` may be ``auto``, an integer or its text;
         ``ladder`` a list or ``"2,3,4"``. ``workers`` is not a probe setting and is ignored here."""
         d = cfg.model_dump() if isinstance(cfg, ScoreConfig) else dict(cfg or {})
-        kw: dict[str, Any] = {k: d[k] for k in ("probe", "granularity", "block_depth", "max_horizon", "scale", "bits", "seed", "state_scale")
-                              if d.get(k) is not None}
+        kw: dict[str, Any] = {
+            k: d[k]
+            for k in ("probe", "granularity", "block_depth", "max_horizon", "scale", "bits", "seed", "state_scale")
+            if d.get(k) is not None
+        }
         if "horizon" in d and d["horizon"] is not None:
             kw["horizon"] = parse_horizon(d["horizon"])
         if d.get("ladder"):

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -43,15 +42,35 @@ def summarise(name: str, tensors: tuple[str, ...], n_params: int, e: np.ndarray,
     """gamma curve, gamma and gain from the divergence [T, K] and the perturbation size."""
     t = np.arange(1, e.shape[0] + 1)[:, None]
     if not (e[-1] > 0).any():
-        return GroupScore(name=name, tensors=tensors, n_params=n_params, gamma=None, gamma_curve=tuple([None] * e.shape[0]), gain=0.0,
-                          eps=eps, dead=True, diverged_step=None, probe=probe)
+        return GroupScore(
+            name=name,
+            tensors=tensors,
+            n_params=n_params,
+            gamma=None,
+            gamma_curve=tuple([None] * e.shape[0]),
+            gain=0.0,
+            eps=eps,
+            dead=True,
+            diverged_step=None,
+            probe=probe,
+        )
     logs = np.log(np.maximum(e, TINY) / eps) / t
     curve = logs.mean(axis=1)
     gamma = float(curve[-1])
     gain = float(np.mean(e[-1] / eps))
     dead = gamma < DEAD_GAMMA
-    return GroupScore(name=name, tensors=tensors, n_params=n_params, gamma=None if dead else gamma, gamma_curve=tuple(float(c) for c in curve),
-                      gain=gain, eps=eps, dead=dead, diverged_step=None, probe=probe)
+    return GroupScore(
+        name=name,
+        tensors=tensors,
+        n_params=n_params,
+        gamma=None if dead else gamma,
+        gamma_curve=tuple(float(c) for c in curve),
+        gain=gain,
+        eps=eps,
+        dead=dead,
+        diverged_step=None,
+        probe=probe,
+    )
 
 
 class GroupScorer:
@@ -62,9 +81,20 @@ class GroupScorer:
     baked in as constants (wins when the graph optimiser needs constant weights, e.g. NCHWc conv).
     """
 
-    def __init__(self, model: Model, spec: RolloutSpec, contexts: list[np.ndarray], statics: dict[str, np.ndarray],
-                 reference: list[np.ndarray], inv_spread: list[np.ndarray], horizon: int, settings: ProbeSettings,
-                 strategy: str = "feed", threads: int = 0, roll: Rollout | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        spec: RolloutSpec,
+        contexts: list[np.ndarray],
+        statics: dict[str, np.ndarray],
+        reference: list[np.ndarray],
+        inv_spread: list[np.ndarray],
+        horizon: int,
+        settings: ProbeSettings,
+        strategy: str = "feed",
+        threads: int = 0,
+        roll: Rollout | None = None,
+    ) -> None:
         self.model = model
         self.spec = spec
         self.statics = statics
@@ -102,8 +132,18 @@ class GroupScorer:
             res = roll.run(self.contexts, self.horizon)
         self.calls += res.forward_calls
         if res.first_nonfinite is not None:
-            return GroupScore(name=name, tensors=tensors, n_params=n_params, gamma=None, gamma_curve=tuple([None] * self.horizon), gain=None,
-                              eps=eps, dead=False, diverged_step=res.first_nonfinite, probe=settings.probe)
+            return GroupScore(
+                name=name,
+                tensors=tensors,
+                n_params=n_params,
+                gamma=None,
+                gamma_curve=tuple([None] * self.horizon),
+                gain=None,
+                eps=eps,
+                dead=False,
+                diverged_step=res.first_nonfinite,
+                probe=settings.probe,
+            )
         e = divergence(res.steps, self.reference, self.inv_spread)
         return summarise(name, tensors, n_params, e, eps, settings.probe)
 
@@ -111,12 +151,24 @@ class GroupScorer:
 _WORKER: GroupScorer | None = None
 
 
-def _worker_init(model_bytes: bytes, path: str | None, min_size: int, *args: Any) -> None:
+def _worker_init(
+    model_bytes: bytes,
+    path: str | None,
+    min_size: int,
+    spec: RolloutSpec,
+    contexts: list[np.ndarray],
+    statics: dict[str, np.ndarray],
+    reference: list[np.ndarray],
+    inv_spread: list[np.ndarray],
+    horizon: int,
+    settings: ProbeSettings,
+    strategy: str,
+) -> None:
     import onnx
 
     global _WORKER
     model = Model(onnx.load_from_string(model_bytes), Path(path) if path else None, min_weight_size=min_size)
-    _WORKER = GroupScorer(model, *args, threads=1)
+    _WORKER = GroupScorer(model, spec, contexts, statics, reference, inv_spread, horizon, settings, strategy, threads=1)
 
 
 def _worker_run(batch: list[tuple[str, tuple[str, ...]]]) -> tuple[list[GroupScore], int]:
@@ -132,8 +184,16 @@ def inverse_spreads(spec: RolloutSpec, contexts: Contexts, steps: list[np.ndarra
     return [inverse_spread(sp, spec.mode, spec.channel_axis, st.ndim) for sp, st in zip(contexts.spreads, steps)]
 
 
-def state_exponent(roll: Rollout, contexts: Contexts, reference: list[np.ndarray], inv: list[np.ndarray],
-                   horizon: int, spec: RolloutSpec, scale: float, seed: int) -> tuple[StateExponent, np.ndarray]:
+def state_exponent(
+    roll: Rollout,
+    contexts: Contexts,
+    reference: list[np.ndarray],
+    inv: list[np.ndarray],
+    horizon: int,
+    spec: RolloutSpec,
+    scale: float,
+    seed: int,
+) -> tuple[StateExponent, np.ndarray]:
     """Perturb the initial state by ``scale`` variable spreads; returns the exponent and e_t [T, K]."""
     rng = np.random.default_rng([seed, 7])
     pert, sizes = [], []
@@ -152,8 +212,9 @@ def state_exponent(roll: Rollout, contexts: Contexts, reference: list[np.ndarray
         logs = np.log(np.maximum(e, TINY) / e0[None, :]) / t
     curve = [float(v) if np.isfinite(v) else None for v in logs.mean(axis=1)]
     err = [float(v) if np.isfinite(v) else float("nan") for v in e.mean(axis=1)]
-    return StateExponent(exponent=curve[-1], curve=tuple(curve), eps=float(e0.mean()),
-                         error_curve=tuple(0.0 if math.isnan(v) else v for v in err)), e
+    return StateExponent(
+        exponent=curve[-1], curve=tuple(curve), eps=float(e0.mean()), error_curve=tuple(0.0 if math.isnan(v) else v for v in err)
+    ), e
 
 
 def choose_horizon(error_curve: np.ndarray, e0: float, max_horizon: int, growth: float = 100.0, minimum: int = 4) -> tuple[int, str]:
@@ -185,7 +246,9 @@ class _Baseline:
     notes: tuple[str, ...]
 
 
-def _baseline(model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings, strategy: str, notes: tuple[str, ...]) -> _Baseline:
+def _baseline(
+    model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings, strategy: str, notes: tuple[str, ...]
+) -> _Baseline:
     """The reference rollout, the model's own exponent, the horizon, and (``auto``) the cheaper strategy.
 
     The two whole-trajectory rollouts every sweep needs double as the timing of each strategy: the
@@ -214,8 +277,10 @@ def _baseline(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
     if strategy == "auto":
         t_feed = time.perf_counter() - tf
         strategy = "rebuild" if t_first < 0.9 * t_feed else "feed"
-        notes = notes + (f"strategy auto -> {strategy}: one rollout took {t_first:.4f} s on a rebuilt session "
-                         f"(build included), {t_feed:.4f} s with weights fed as inputs",)
+        notes = notes + (
+            f"strategy auto -> {strategy}: one rollout took {t_first:.4f} s on a rebuilt session "
+            f"(build included), {t_feed:.4f} s with weights fed as inputs",
+        )
         if strategy == "feed":
             # the reference must come from the same kind of session as the perturbed rollouts: a weight
             # with no effect then gives exactly zero divergence, not kernel round-off
@@ -226,15 +291,24 @@ def _baseline(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
             extra_calls = state_roll.forward_calls
     if settings.horizon is None:
         horizon, rule = choose_horizon(e_state.mean(axis=1), state.eps, settings.max_horizon)
-        state = StateExponent(exponent=state.curve[horizon - 1], curve=state.curve[:horizon], eps=state.eps,
-                              error_curve=state.error_curve[:horizon])
+        state = StateExponent(
+            exponent=state.curve[horizon - 1], curve=state.curve[:horizon], eps=state.eps, error_curve=state.error_curve[:horizon]
+        )
     else:
         horizon, rule = settings.horizon, "fixed"
     return _Baseline(roll, [s[:horizon] for s in ref.steps], inv, state, horizon, rule, strategy, extra_calls + roll.forward_calls, notes)
 
 
-def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings | None = None, workers: int = 1,
-              progress: Progress | None = None, notes: tuple[str, ...] = (), strategy: str = "auto") -> Scores:
+def run_sweep(
+    model: Model,
+    spec: RolloutSpec,
+    contexts: Contexts,
+    settings: ProbeSettings | None = None,
+    workers: int = 1,
+    progress: Progress | None = None,
+    notes: tuple[str, ...] = (),
+    strategy: str = "auto",
+) -> Scores:
     """Score every weight group of ``model`` with TQS.
 
     Args:
@@ -267,21 +341,42 @@ def run_sweep(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pro
     groups = make_groups(model, settings.granularity, settings.block_depth)
     results, calls = _score_groups(model, spec, contexts, settings, base, groups, workers, progress)
     return Scores(
-        edgetqs_version=edgetqs_version(), model=model.name, model_sha256=model.sha256,
-        model_path=str(model.path.resolve()) if model.path else "", rollout=spec, settings=settings, horizon=base.horizon,
-        horizon_rule=base.rule, contexts=contexts.info(), contexts_sha256=contexts.sha256(), state_exponent=base.state,
-        groups=tuple(results[name] for name, _ in groups), wall_seconds=time.perf_counter() - t0, forward_calls=base.calls + calls,
-        workers=workers, strategy=base.strategy, notes=tuple(base.notes),
+        edgetqs_version=edgetqs_version(),
+        model=model.name,
+        model_sha256=model.sha256,
+        model_path=str(model.path.resolve()) if model.path else "",
+        rollout=spec,
+        settings=settings,
+        horizon=base.horizon,
+        horizon_rule=base.rule,
+        contexts=contexts.info(),
+        contexts_sha256=contexts.sha256(),
+        state_exponent=base.state,
+        groups=tuple(results[name] for name, _ in groups),
+        wall_seconds=time.perf_counter() - t0,
+        forward_calls=base.calls + calls,
+        workers=workers,
+        strategy=base.strategy,
+        notes=tuple(base.notes),
     )
 
 
-def _score_groups(model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings, base: _Baseline,
-                  groups: list[tuple[str, tuple[str, ...]]], workers: int, progress: Progress | None) -> tuple[dict[str, GroupScore], int]:
+def _score_groups(
+    model: Model,
+    spec: RolloutSpec,
+    contexts: Contexts,
+    settings: ProbeSettings,
+    base: _Baseline,
+    groups: list[tuple[str, tuple[str, ...]]],
+    workers: int,
+    progress: Progress | None,
+) -> tuple[dict[str, GroupScore], int]:
     """Every group's score, in this process or in ``workers`` processes; and the model calls they made."""
     results: dict[str, GroupScore] = {}
     if workers == 1:
-        scorer = GroupScorer(model, spec, contexts.arrays, contexts.statics, base.ref_steps, base.inv, base.horizon, settings, base.strategy,
-                             roll=base.roll)
+        scorer = GroupScorer(
+            model, spec, contexts.arrays, contexts.statics, base.ref_steps, base.inv, base.horizon, settings, base.strategy, roll=base.roll
+        )
         for i, (name, tensors) in enumerate(groups):
             results[name] = scorer.score_group(name, tensors)
             if progress:
@@ -292,8 +387,19 @@ def _score_groups(model: Model, spec: RolloutSpec, contexts: Contexts, settings:
     calls = 0
     n_batches = min(len(groups), workers * 4)
     batches = [groups[i::n_batches] for i in range(n_batches)]
-    init_args = (model.bytes, str(model.path) if model.path else None, _min_size(model), spec, contexts.arrays, contexts.statics, base.ref_steps,
-                 base.inv, base.horizon, settings, base.strategy)
+    init_args = (
+        model.bytes,
+        str(model.path) if model.path else None,
+        _min_size(model),
+        spec,
+        contexts.arrays,
+        contexts.statics,
+        base.ref_steps,
+        base.inv,
+        base.horizon,
+        settings,
+        base.strategy,
+    )
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=init_args) as pool:
         futures = [pool.submit(_worker_run, b) for b in batches]
         for f in as_completed(futures):
@@ -306,8 +412,16 @@ def _score_groups(model: Model, spec: RolloutSpec, contexts: Contexts, settings:
     return results, calls
 
 
-def _with_ladder(model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings, workers: int,
-                 progress: Progress | None, notes: tuple[str, ...], strategy: str) -> Scores:
+def _with_ladder(
+    model: Model,
+    spec: RolloutSpec,
+    contexts: Contexts,
+    settings: ProbeSettings,
+    workers: int,
+    progress: Progress | None,
+    notes: tuple[str, ...],
+    strategy: str,
+) -> Scores:
     """The sweep with the main probe, then the quant probe at each bit-width of the ladder.
 
     The knapsack then prices "group g at b bits" with the gain measured at b bits rather than with
@@ -325,16 +439,30 @@ def _with_ladder(model: Model, spec: RolloutSpec, contexts: Contexts, settings: 
     ladder: dict[str, dict[str, float | None]] = {g.name: {} for g in main.groups}
     calls, wall = main.forward_calls, main.wall_seconds
     for i, b in enumerate(sorted({int(x) for x in settings.ladder}), start=1):
-        q = run_sweep(model, spec, contexts, base.model_copy(update={"probe": "quant", "bits": b, "horizon": main.horizon}), workers, sub(i), (),
-                      main.strategy)
+        q = run_sweep(
+            model,
+            spec,
+            contexts,
+            base.model_copy(update={"probe": "quant", "bits": b, "horizon": main.horizon}),
+            workers,
+            sub(i),
+            (),
+            main.strategy,
+        )
         calls += q.forward_calls
         wall += q.wall_seconds
         for g in q.groups:
             ladder[g.name][str(b)] = None if g.diverged_step is not None else (g.gain if g.gain is not None else 0.0)  # None: diverged
     groups = tuple(g.model_copy(update={"gain_by_bits": ladder[g.name]}) for g in main.groups)
-    return main.model_copy(update={
-        "groups": groups, "settings": settings, "forward_calls": calls, "wall_seconds": wall,
-        "notes": tuple(main.notes) + (f"quant-probe gains measured at {', '.join(map(str, sorted(set(settings.ladder))))} bits",)})
+    return main.model_copy(
+        update={
+            "groups": groups,
+            "settings": settings,
+            "forward_calls": calls,
+            "wall_seconds": wall,
+            "notes": tuple(main.notes) + (f"quant-probe gains measured at {', '.join(map(str, sorted(set(settings.ladder))))} bits",),
+        }
+    )
 
 
 def _min_size(model: Model) -> int:

@@ -113,7 +113,9 @@ def validate_artifact(path: Path, fmt: str) -> None:
     except BadInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - every runtime has its own parse error types
-        raise BadInputError(f"artifact '{path}' is not a valid {fmt} model ({type(exc).__name__}: {str(exc).strip()[:200]}); reconvert it") from None
+        raise BadInputError(
+            f"artifact '{path}' is not a valid {fmt} model ({type(exc).__name__}: {str(exc).strip()[:200]}); reconvert it"
+        ) from None
 
 
 def job_folder(ref: Reference, artifact: Path, fmt: str, work: Path, facts: dict[str, Any]) -> None:
@@ -128,16 +130,33 @@ def job_folder(ref: Reference, artifact: Path, fmt: str, work: Path, facts: dict
     spec = ref.meta.spec
     io = io_description(ref.meta)
     job = {
-        "artifact": artifact.name, "format": fmt, "horizon": ref.horizon, "mode": spec.mode, "pairs": [list(p) for p in spec.pairs],
-        "increment": spec.increment, "output_slice": spec.output_slice, "threads": 1, "batch": ref.meta.batch or 1, **io,
+        "artifact": artifact.name,
+        "format": fmt,
+        "horizon": ref.horizon,
+        "mode": spec.mode,
+        "pairs": [list(p) for p in spec.pairs],
+        "increment": spec.increment,
+        "output_slice": spec.output_slice,
+        "threads": 1,
+        "batch": ref.meta.batch or 1,
+        **io,
         **rt.job(artifact, io, facts),
     }
     (work / "job.json").write_text(json.dumps(job))
-    np.savez(work / "inputs.npz", **{f"ctx__{k}": v for k, v in ref.contexts.items()}, **{f"static__{k}": v for k, v in ref.statics.items()})
+    arrays: dict[str, Any] = {f"ctx__{k}": v for k, v in ref.contexts.items()} | {f"static__{k}": v for k, v in ref.statics.items()}
+    np.savez(work / "inputs.npz", **arrays)
 
 
-def check(artifact: Path, reference: Reference, device: Device, tolerance: float, target: str | None = None, fmt: str | None = None,
-          facts: dict[str, Any] | None = None, validated: bool = False) -> tuple[CheckResult, dict[str, np.ndarray]]:
+def check(
+    artifact: Path,
+    reference: Reference,
+    device: Device,
+    tolerance: float,
+    target: str | None = None,
+    fmt: str | None = None,
+    facts: dict[str, Any] | None = None,
+    validated: bool = False,
+) -> tuple[CheckResult, dict[str, np.ndarray]]:
     """Run ``artifact`` on ``device`` from the reference's contexts and compare. Returns the result
     and the device's trajectories (pair output -> [T, K, ...]).
 
@@ -162,7 +181,7 @@ def check(artifact: Path, reference: Reference, device: Device, tolerance: float
         try:
             info = json.loads((work / "result.json").read_text())
             with np.load(work / "result.npz") as got_npz:
-                got = {k[len("traj__"):]: got_npz[k] for k in got_npz.files}
+                got = {k[len("traj__") :]: got_npz[k] for k in got_npz.files}
         except (OSError, ValueError, KeyError) as exc:
             raise BadInputError(f"device '{device.name}' returned unreadable results ({type(exc).__name__}: {exc})") from None
     finally:
@@ -188,23 +207,50 @@ def check(artifact: Path, reference: Reference, device: Device, tolerance: float
     if main.first_nonfinite_lead is not None:
         passed, verdict = False, f"FAIL: the quantized rollout produced NaN/Inf at lead {main.first_nonfinite_lead} of {leads}"
     elif main.divergence_lead is not None:
-        passed, verdict = False, (f"FAIL: the quantized rollout leaves the float trajectory at lead {main.divergence_lead} of {leads} "
-                                  f"(normalised RMSE {main.nrmse_by_lead[main.divergence_lead - 1]:.3g} > tolerance {tolerance:g})")
+        passed, verdict = (
+            False,
+            (
+                f"FAIL: the quantized rollout leaves the float trajectory at lead {main.divergence_lead} of {leads} "
+                f"(normalised RMSE {main.nrmse_by_lead[main.divergence_lead - 1]:.3g} > tolerance {tolerance:g})"
+            ),
+        )
     else:
         worst = max((v for v in main.nrmse_by_lead if v is not None), default=0.0)
-        passed, verdict = True, f"PASS: the quantized rollout stays within {tolerance:g} of the float trajectory for all {leads} leads (worst normalised RMSE {worst:.3g})"
+        passed, verdict = (
+            True,
+            f"PASS: the quantized rollout stays within {tolerance:g} of the float trajectory for all {leads} leads (worst normalised RMSE {worst:.3g})",
+        )
     notes = []
     if device.emulated:
         notes.append("latency was measured under qemu user-mode emulation: it says nothing about a real board's speed")
     if "float_vs_truth" not in rows:
         notes.append("no truth after the contexts (premade or spun-up contexts): only quantized vs float")
     res = CheckResult(
-        edgetqs_version=edgetqs_version(), artifact=artifact.name, artifact_sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(),
-        format=fmt, device=device.summary(), emulated=device.emulated, target=target, tolerance=tolerance, horizon=reference.horizon,
-        leads=leads, variables=variables, passed=passed, verdict=verdict, rows={k: Row(**asdict(v)) for k, v in rows.items()},
-        latency_ms=info.get("latency_ms", {}), latency_ms_first=info.get("latency_ms_first"), latency_ms_init=info.get("latency_ms_init"),
-        peak_rss_bytes=info.get("peak_rss_bytes"), batch=int(info.get("batch", 1)), runtime=info.get("runtime", {}),
-        machine=info.get("machine", ""), cpu=info.get("cpu", ""), python=info.get("python", ""), contexts=reference.meta.contexts,
-        seconds=time.perf_counter() - t0, notes=tuple(notes),
+        edgetqs_version=edgetqs_version(),
+        artifact=artifact.name,
+        artifact_sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(),
+        format=fmt,
+        device=device.summary(),
+        emulated=device.emulated,
+        target=target,
+        tolerance=tolerance,
+        horizon=reference.horizon,
+        leads=leads,
+        variables=variables,
+        passed=passed,
+        verdict=verdict,
+        rows={k: Row(**asdict(v)) for k, v in rows.items()},
+        latency_ms=info.get("latency_ms", {}),
+        latency_ms_first=info.get("latency_ms_first"),
+        latency_ms_init=info.get("latency_ms_init"),
+        peak_rss_bytes=info.get("peak_rss_bytes"),
+        batch=int(info.get("batch", 1)),
+        runtime=info.get("runtime", {}),
+        machine=info.get("machine", ""),
+        cpu=info.get("cpu", ""),
+        python=info.get("python", ""),
+        contexts=reference.meta.contexts,
+        seconds=time.perf_counter() - t0,
+        notes=tuple(notes),
     )
     return res, got

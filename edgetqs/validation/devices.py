@@ -94,8 +94,14 @@ class Device(Config):
         raise NotImplementedError
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "description": self.description, "path": self.path, "emulated": self.emulated,
-                "host": self.is_host}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "description": self.description,
+            "path": self.path,
+            "emulated": self.emulated,
+            "host": self.is_host,
+        }
 
     @property
     def is_host(self) -> bool:
@@ -117,7 +123,9 @@ class Device(Config):
         try:
             self._run(job_dir, packages)
         except subprocess.TimeoutExpired:
-            raise DeviceError(f"device '{self.name}': no result within {self.timeout_s:g} s (timeout_s in {self.path or 'the device file'})") from None
+            raise DeviceError(
+                f"device '{self.name}': no result within {self.timeout_s:g} s (timeout_s in {self.path or 'the device file'})"
+            ) from None
 
     def _run(self, job_dir: Path, packages: str) -> None:
         raise NotImplementedError
@@ -219,7 +227,10 @@ class SshDevice(Device):
             if not f.is_file():
                 return False, f"{what} file {p} does not exist"
             if what == "known_hosts" and f.stat().st_size == 0:
-                return False, f"known_hosts file {p} is empty: record the board's host key with ssh-keyscan -p {self.port} {self.host} (and check it)"
+                return (
+                    False,
+                    f"known_hosts file {p} is empty: record the board's host key with ssh-keyscan -p {self.port} {self.host} (and check it)",
+                )
         if shutil.which("ssh") is None:
             return False, "no ssh client: apt-get install openssh-client"
         return True, f"{self.user}@{self.host}:{self.port} (reachability is checked when a check runs)"
@@ -228,18 +239,40 @@ class SshDevice(Device):
         return {**super().summary(), "host": self.host, "port": self.port, "user": self.user, "python": self.python}
 
     def ssh_command(self) -> list[str]:
-        return ["ssh", "-p", str(self.port), "-i", str(Path(self.key).expanduser()),
-                "-o", "BatchMode=yes",  # never a password or passphrase prompt
-                "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={Path(self.known_hosts).expanduser()}",
-                "-o", "GlobalKnownHostsFile=/dev/null",  # only the keys this device file names are trusted
-                "-o", "IdentitiesOnly=yes", "-o", f"ConnectTimeout={int(math.ceil(self.connect_timeout_s))}",
-                "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR",
-                "--", f"{self.user}@{self.host}"]
+        return [
+            "ssh",
+            "-p",
+            str(self.port),
+            "-i",
+            str(Path(self.key).expanduser()),
+            "-o",
+            "BatchMode=yes",  # never a password or passphrase prompt
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={Path(self.known_hosts).expanduser()}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",  # only the keys this device file names are trusted
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"ConnectTimeout={math.ceil(self.connect_timeout_s)}",
+            "-o",
+            "ServerAliveInterval=5",
+            "-o",
+            "ServerAliveCountMax=3",
+            "-o",
+            "LogLevel=ERROR",
+            "--",
+            f"{self.user}@{self.host}",
+        ]
 
     def _error(self, rc: int, err: str) -> DeviceError:
         low = err.lower()
         if "host key verification failed" in low or "remote host identification has changed" in low:
-            why = f"its host key is not the one in {self.known_hosts} (add it with ssh-keyscan -p {self.port} {self.host} after checking it)"
+            why = (
+                f"its host key is not the one in {self.known_hosts} (add it with ssh-keyscan -p {self.port} {self.host} after checking it)"
+            )
         elif "permission denied" in low:
             why = f"the key {self.key} was refused for user '{self.user}'"
         elif any(w in low for w in ("connection refused", "timed out", "no route", "could not resolve", "network is unreachable")):
@@ -256,9 +289,11 @@ class SshDevice(Device):
                 tar.add(f, arcname=f.name)
         # a leading ~/ must stay outside the quotes for the remote shell to expand it
         py = '"$HOME"/' + shlex.quote(self.python[2:]) if self.python.startswith("~/") else shlex.quote(self.python)
-        remote = ("d=$(mktemp -d) && trap 'rm -rf \"$d\"' EXIT && tar -C \"$d\" -xf - && "
-                  f"{{ {py} \"$d/driver.py\" \"$d\" >\"$d/driver.log\" 2>&1; echo $? >\"$d/rc\"; }} ; "
-                  "cd \"$d\" && tar -cf - rc driver.log $(ls result.json result.npz 2>/dev/null)")
+        remote = (
+            'd=$(mktemp -d) && trap \'rm -rf "$d"\' EXIT && tar -C "$d" -xf - && '
+            f'{{ {py} "$d/driver.py" "$d" >"$d/driver.log" 2>&1; echo $? >"$d/rc"; }} ; '
+            'cd "$d" && tar -cf - rc driver.log $(ls result.json result.npz 2>/dev/null)'
+        )
         r = subprocess.run([*self.ssh_command(), remote], input=buf.getvalue(), capture_output=True, timeout=self.timeout_s)
         if r.returncode == 255:
             raise self._error(r.returncode, r.stderr.decode(errors="replace"))
@@ -291,8 +326,10 @@ def _driver_failure(device: Device, job_dir: Path, rc: int, log: str, packages: 
             info = {}
         if info.get("error") == "missing-module":
             where = f"the Python at '{getattr(device, 'python', 'python3')}'" if isinstance(device, SshDevice) else "its Python"
-            return DeviceError(f"device '{device.name}': {info.get('message')} ({where}, {info.get('machine')}, Python {info.get('python')}); "
-                               f"install it there with: pip install numpy {packages}")
+            return DeviceError(
+                f"device '{device.name}': {info.get('message')} ({where}, {info.get('machine')}, Python {info.get('python')}); "
+                f"install it there with: pip install numpy {packages}"
+            )
         if info.get("message"):
             return DeviceError(f"device '{device.name}': the driver failed: {info['message']}")
     tail = " | ".join(ln.strip() for ln in log.strip().splitlines()[-3:])

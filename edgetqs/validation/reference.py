@@ -68,7 +68,7 @@ class Reference:
     def save(self, path: Path, policy: str = "replace_result") -> Path:
         from ..core.files import save_npz
 
-        arrays = {f"ctx__{k}": v for k, v in self.contexts.items()}
+        arrays: dict[str, Any] = {f"ctx__{k}": v for k, v in self.contexts.items()}
         arrays |= {f"static__{k}": v for k, v in self.statics.items()}
         arrays |= {f"float__{k}": v for k, v in self.float_traj.items()}
         if self.truth is not None:
@@ -90,14 +90,16 @@ class Reference:
             raise BadInputError(f"'{path}' is not a readable reference.npz ({type(exc).__name__}: {str(exc)[:200]})") from None
         if not isinstance(raw, dict) or raw.get("reference_version") != REFERENCE_VERSION:
             got = raw.get("reference_version") if isinstance(raw, dict) else None
-            raise BadInputError(f"'{path}' has reference_version {got}; this edgetqs reads {REFERENCE_VERSION}: rebuild it with `edgetqs check`")
+            raise BadInputError(
+                f"'{path}' has reference_version {got}; this edgetqs reads {REFERENCE_VERSION}: rebuild it with `edgetqs check`"
+            )
         try:
             meta = ReferenceMeta.model_validate(raw)
         except ValidationError as exc:
             raise BadInputError(describe_validation_error(exc, f"'{path}' meta")) from None
 
         def pick(prefix: str) -> dict[str, np.ndarray]:
-            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
         ref = cls(pick("ctx__"), pick("static__"), pick("float__"), pick("truth__") or None, meta)
         missing = [i for i, _ in meta.spec.pairs if i not in ref.contexts] + [o for _, o in meta.spec.pairs if o not in ref.float_traj]
@@ -126,8 +128,8 @@ def _truth(contexts: Contexts, spec: RolloutSpec, float_traj: dict[str, np.ndarr
                 if spec.mode == "window":  # step t brings rows L + t*H ... L + (t+1)*H - 1 after the start
                     h = traj.shape[2]
                     a = s + c.shape[1] + t * h
-                    avail = data[a:a + h]
-                    truth[t, j, :len(avail)] = avail
+                    avail = data[a : a + h]
+                    truth[t, j, : len(avail)] = avail
                 elif s + t + 1 < data.shape[0]:
                     truth[t, j] = data[s + t + 1]
         out[oname] = truth
@@ -142,20 +144,33 @@ def make_reference(model: Model, spec: RolloutSpec, contexts: Contexts, horizon:
     """
     ref = float_reference(model, spec, contexts, horizon)
     if ref.first_nonfinite is not None:
-        raise DivergedRolloutError(f"the float model itself leaves the finite numbers at step {ref.first_nonfinite} of {horizon}; "
-                                   f"use --horizon {max(ref.first_nonfinite - 1, 1)}")
+        raise DivergedRolloutError(
+            f"the float model itself leaves the finite numbers at step {ref.first_nonfinite} of {horizon}; "
+            f"use --horizon {max(ref.first_nonfinite - 1, 1)}"
+        )
     float_traj = {o: s.astype(np.float32) for (_, o), s in zip(spec.pairs, ref.steps)}
     first = next(i for i in model.inputs if i.name == spec.pairs[0][0])
     meta = ReferenceMeta(
-        reference_version=REFERENCE_VERSION, model=model.name, model_sha256=model.sha256, horizon=horizon, spec=spec,
-        variables=tuple(contexts.variables), contexts=contexts.info(),
-        climatology=tuple(float(v) for m in contexts.means for v in m), spread=tuple(float(v) for s in contexts.spreads for v in s),
+        reference_version=REFERENCE_VERSION,
+        model=model.name,
+        model_sha256=model.sha256,
+        horizon=horizon,
+        spec=spec,
+        variables=tuple(contexts.variables),
+        contexts=contexts.info(),
+        climatology=tuple(float(v) for m in contexts.means for v in m),
+        spread=tuple(float(v) for s in contexts.spreads for v in s),
         inputs=tuple(IOInfo(name=i.name, shape=tuple(i.shape[1:]), dtype=str(np.dtype(i.dtype))) for i in model.inputs),
         outputs=tuple(IOInfo(name=o.name, shape=tuple(o.shape[1:])) for o in model.outputs),
         batch=first.shape[0] if first.shape else None,
     )
-    return Reference({n: c for (n, _), c in zip(spec.pairs, contexts.arrays)}, dict(contexts.statics), float_traj,
-                     _truth(contexts, spec, float_traj), meta)
+    return Reference(
+        {n: c for (n, _), c in zip(spec.pairs, contexts.arrays)},
+        dict(contexts.statics),
+        float_traj,
+        _truth(contexts, spec, float_traj),
+        meta,
+    )
 
 
 def contexts_with_truth(inputs: Inputs, horizon: int, span: tuple[float, float] = (0.0, 1.0)) -> Contexts:

@@ -13,9 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgetqs.allocation.gptq import _conv_patches, _obs_quantize, gptq_quantize, gptq_weights, layer_hessians, output_error
-from edgetqs.errors import BadInputError
 from edgetqs.core.model import load_model
 from edgetqs.core.quantize import Layout, Precision, QuantizedTensor, parse_precision, quantize_int
+from edgetqs.errors import BadInputError
 
 ROWS = Layout(0, 1)  # [out, in]: Gemm(transB=1) / Conv
 
@@ -74,21 +74,26 @@ def test_gptq_output_error_below_rtn(bits: int, gran: str) -> None:
     h = 2 / len(x) * x.T @ x
     rtn, gq = quantize_int(w, p, ROWS), gptq_quantize(w, h, p, ROWS)
     e_rtn, e_gq = _frob(x, w, rtn), _frob(x, w, gq)
-    print(f"int{bits}-{gran}: ||XW^T - XQ^T||_F RTN {e_rtn:.2f} GPTQ {e_gq:.2f} (x{e_gq / e_rtn:.3f}); "
-          f"held-out RTN {_frob(held, w, rtn):.2f} GPTQ {_frob(held, w, gq):.2f}")
+    print(
+        f"int{bits}-{gran}: ||XW^T - XQ^T||_F RTN {e_rtn:.2f} GPTQ {e_gq:.2f} (x{e_gq / e_rtn:.3f}); "
+        f"held-out RTN {_frob(held, w, rtn):.2f} GPTQ {_frob(held, w, gq):.2f}"
+    )
     assert e_gq < 0.85 * e_rtn
     assert _frob(held, w, gq) < 0.9 * _frob(held, w, rtn)  # not an overfit to the calibration rows
     assert output_error(w, gq.dequantize(), h, ROWS) == pytest.approx(2 / len(x) * e_gq**2, rel=1e-9)
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
-@pytest.mark.parametrize("prec, layout, shape", [
-    ("channel", Layout(0, 1), (12, 20)),
-    ("tensor", Layout(1, 0), (20, 12)),  # MatMul [K, N]
-    ("block8", Layout(1, 0), (20, 12)),
-    ("block4", Layout(0, 1), (6, 5, 3, 3)),  # Conv [O, I, kh, kw]: blocks along I
-    ("channel", Layout(0, 1), (6, 5, 3, 3)),
-])
+@pytest.mark.parametrize(
+    "prec, layout, shape",
+    [
+        ("channel", Layout(0, 1), (12, 20)),
+        ("tensor", Layout(1, 0), (20, 12)),  # MatMul [K, N]
+        ("block8", Layout(1, 0), (20, 12)),
+        ("block4", Layout(0, 1), (6, 5, 3, 3)),  # Conv [O, I, kh, kw]: blocks along I
+        ("channel", Layout(0, 1), (6, 5, 3, 3)),
+    ],
+)
 def test_integers_in_range_and_scales_are_rtns(bits: int, prec: str, layout: Layout, shape: tuple[int, ...]) -> None:
     rng = np.random.default_rng(bits)
     w = rng.standard_normal(shape).astype(np.float32)
@@ -161,8 +166,10 @@ def test_tiny_layer_against_the_brute_force_optimum() -> None:
             assert e_gq < e_rtn
     g = np.array(gaps)
     wins = int(np.sum(g[:, 1] <= g[:, 0] * (1 + 1e-12)))
-    print(f"50 seeds: GPTQ <= RTN on {wins}; mean error / optimum RTN {g[:, 0].mean():.3f} GPTQ {g[:, 1].mean():.3f}; "
-          f"optimum reached RTN {np.mean(g[:, 0] < 1 + 1e-9):.2f} GPTQ {np.mean(g[:, 1] < 1 + 1e-9):.2f}")
+    print(
+        f"50 seeds: GPTQ <= RTN on {wins}; mean error / optimum RTN {g[:, 0].mean():.3f} GPTQ {g[:, 1].mean():.3f}; "
+        f"optimum reached RTN {np.mean(g[:, 0] < 1 + 1e-9):.2f} GPTQ {np.mean(g[:, 1] < 1 + 1e-9):.2f}"
+    )
     assert wins >= 40
     assert g[:, 1].mean() < 0.8 * g[:, 0].mean()
 
@@ -189,7 +196,7 @@ def test_grouped_hessian_is_one_problem_per_group() -> None:
     p = Precision("int", 3, "channel")
     g = gptq_quantize(w, hs, p, ROWS)
     for i in range(3):
-        assert np.array_equal(g.q[2 * i:2 * i + 2], gptq_quantize(w[2 * i:2 * i + 2], hs[i], p, ROWS).q)
+        assert np.array_equal(g.q[2 * i : 2 * i + 2], gptq_quantize(w[2 * i : 2 * i + 2], hs[i], p, ROWS).q)
 
 
 def test_deterministic() -> None:
@@ -201,17 +208,20 @@ def test_deterministic() -> None:
     assert np.array_equal(a.q, b.q)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"precision": Precision("float", 16)}, "int2..int8"),
-    ({"precision": Precision("int", 16, "channel")}, "int2..int8"),
-    ({"layout": Layout(0, None)}, "no reduction axis"),
-    ({"hessian": np.eye(5)}, "expected [6, 6]"),
-    ({"hessian": -np.eye(6)}, "negative diagonal"),
-    ({"hessian": np.full((6, 6), np.nan)}, "non-finite"),
-    ({"damp": -0.1}, "damp"),
-    ({"block": 0}, "block"),
-    ({"hessian": np.ones((6, 6)), "damp": 0.0}, "raise damp"),  # rank 1 and no damping: no inverse
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"precision": Precision("float", 16)}, "int2..int8"),
+        ({"precision": Precision("int", 16, "channel")}, "int2..int8"),
+        ({"layout": Layout(0, None)}, "no reduction axis"),
+        ({"hessian": np.eye(5)}, "expected [6, 6]"),
+        ({"hessian": -np.eye(6)}, "negative diagonal"),
+        ({"hessian": np.full((6, 6), np.nan)}, "non-finite"),
+        ({"damp": -0.1}, "damp"),
+        ({"block": 0}, "block"),
+        ({"hessian": np.ones((6, 6)), "damp": 0.0}, "raise damp"),  # rank 1 and no damping: no inverse
+    ],
+)
 def test_bad_inputs_raise(kwargs: dict, words: str) -> None:
     args = {"w": np.ones((4, 6), np.float32), "hessian": np.eye(6), "precision": Precision("int", 4, "channel"), "layout": ROWS}
     args.update(kwargs)
@@ -249,8 +259,12 @@ def _vi(name: str, shape: list) -> onnx.ValueInfoProto:
 def test_matmul_hessian_over_batch_and_time_and_feeds() -> None:
     rng = np.random.default_rng(7)
     w = rng.standard_normal((5, 3)).astype(np.float32)
-    data = _model([helper.make_node("Tanh", ["x"], ["a"]), helper.make_node("MatMul", ["a", "w"], ["y"])],
-                  [_vi("x", ["B", "T", 5])], [_vi("y", ["B", "T", 3])], {"w": w})
+    data = _model(
+        [helper.make_node("Tanh", ["x"], ["a"]), helper.make_node("MatMul", ["a", "w"], ["y"])],
+        [_vi("x", ["B", "T", 5])],
+        [_vi("y", ["B", "T", 3])],
+        {"w": w},
+    )
     feeds = [{"x": rng.standard_normal((2, 7, 5)).astype(np.float32)}, {"x": rng.standard_normal((3, 4, 5)).astype(np.float32)}]
     hs, unsupported = layer_hessians(data, _spec(data), feeds)
     xs = np.concatenate([np.tanh(f["x"].astype(np.float64)).reshape(-1, 5) for f in feeds])
@@ -264,8 +278,9 @@ def test_gemm_transb_hessian(trans_a: int) -> None:
     w = rng.standard_normal((3, 6)).astype(np.float32)  # [N, K] with transB=1
     shape = [6, "B"] if trans_a else ["B", 6]
     gemm = helper.make_node("Gemm", ["a", "w", "b"], ["y"], transA=trans_a, transB=1, alpha=2.0)
-    data = _model([helper.make_node("Sigmoid", ["x"], ["a"]), gemm],
-                  [_vi("x", shape)], [_vi("y", ["B", 3])], {"w": w, "b": np.zeros(3, np.float32)})
+    data = _model(
+        [helper.make_node("Sigmoid", ["x"], ["a"]), gemm], [_vi("x", shape)], [_vi("y", ["B", 3])], {"w": w, "b": np.zeros(3, np.float32)}
+    )
     x = rng.standard_normal((6, 11) if trans_a else (11, 6)).astype(np.float32)
     hs, unsupported = layer_hessians(data, _spec(data), [{"x": x}])
     a = 1 / (1 + np.exp(-x.astype(np.float64)))
@@ -274,8 +289,9 @@ def test_gemm_transb_hessian(trans_a: int) -> None:
     assert "bias" in unsupported["b"]
 
 
-def _naive_patches(x: np.ndarray, kshape: tuple[int, int], stride: tuple[int, int], pads: tuple[int, int, int, int],
-                   dil: tuple[int, int], group: int) -> np.ndarray:
+def _naive_patches(
+    x: np.ndarray, kshape: tuple[int, int], stride: tuple[int, int], pads: tuple[int, int, int, int], dil: tuple[int, int], group: int
+) -> np.ndarray:
     """[group, rows, C/g*kh*kw] by explicit loops over output positions (the test's own unfolding)."""
     xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])])
     n, c, hp, wp = xp.shape
@@ -289,26 +305,37 @@ def _naive_patches(x: np.ndarray, kshape: tuple[int, int], stride: tuple[int, in
         for b in range(n):
             for i in range(oh):
                 for j in range(ow):
-                    patch = [xp[b, g * cg + ci, i * stride[0] + a * dil[0], j * stride[1] + e * dil[1]]
-                             for ci in range(cg) for a in range(kh) for e in range(kw)]
+                    patch = [
+                        xp[b, g * cg + ci, i * stride[0] + a * dil[0], j * stride[1] + e * dil[1]]
+                        for ci in range(cg)
+                        for a in range(kh)
+                        for e in range(kw)
+                    ]
                     out[g, r] = patch
                     r += 1
     return out
 
 
-@pytest.mark.parametrize("attrs, naive", [
-    ({"pads": [1, 2, 1, 0], "strides": [2, 1]}, ((2, 1), (1, 2, 1, 0), (1, 1), 1)),
-    ({"pads": [2, 2, 2, 2], "dilations": [2, 2], "group": 2}, ((1, 1), (2, 2, 2, 2), (2, 2), 2)),
-    ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, ((2, 2), (0, 0, 1, 1), (1, 1), 1)),  # 6 -> 3: one pad row/col at the end
-])
+@pytest.mark.parametrize(
+    "attrs, naive",
+    [
+        ({"pads": [1, 2, 1, 0], "strides": [2, 1]}, ((2, 1), (1, 2, 1, 0), (1, 1), 1)),
+        ({"pads": [2, 2, 2, 2], "dilations": [2, 2], "group": 2}, ((1, 1), (2, 2, 2, 2), (2, 2), 2)),
+        ({"auto_pad": "SAME_UPPER", "strides": [2, 2]}, ((2, 2), (0, 0, 1, 1), (1, 1), 1)),  # 6 -> 3: one pad row/col at the end
+    ],
+)
 def test_conv_hessian(attrs: dict, naive: tuple) -> None:
     rng = np.random.default_rng(9)
     group = attrs.get("group", 1)
     c, o = 4, 6
     w = rng.standard_normal((o, c // group, 3, 2)).astype(np.float32)
     b = rng.standard_normal(o).astype(np.float32)
-    data = _model([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Conv", ["a", "w", "b"], ["y"], **attrs)],
-                  [_vi("x", ["B", c, 6, 6])], [_vi("y", ["B", o, "H", "W"])], {"w": w, "b": b})
+    data = _model(
+        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Conv", ["a", "w", "b"], ["y"], **attrs)],
+        [_vi("x", ["B", c, 6, 6])],
+        [_vi("y", ["B", o, "H", "W"])],
+        {"w": w, "b": b},
+    )
     x = rng.standard_normal((2, c, 6, 6)).astype(np.float32)
     hs, unsupported = layer_hessians(data, _spec(data), [{"x": x}])
     stride, pads, dil, _ = naive
@@ -322,21 +349,30 @@ def test_conv_hessian(attrs: dict, naive: tuple) -> None:
     y = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     og = o // group
     for g in range(group):
-        lin = got[g] @ w[g * og:(g + 1) * og].reshape(og, -1).T.astype(np.float64)
-        ref = y[:, g * og:(g + 1) * og].transpose(0, 2, 3, 1).reshape(-1, og) - b[g * og:(g + 1) * og]
+        lin = got[g] @ w[g * og : (g + 1) * og].reshape(og, -1).T.astype(np.float64)
+        ref = y[:, g * og : (g + 1) * og].transpose(0, 2, 3, 1).reshape(-1, og) - b[g * og : (g + 1) * og]
         np.testing.assert_allclose(lin, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_unsupported_weights_and_shared_weights() -> None:
     rng = np.random.default_rng(10)
     f = np.float32
-    inits = {"w": rng.standard_normal((4, 4)).astype(f), "g": rng.standard_normal(4).astype(f),
-             "table": rng.standard_normal((5, 4)).astype(f), "bw": rng.standard_normal((2, 4, 4)).astype(f),
-             "idx": np.array([0, 3], np.int64)}
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["a"]),
-             helper.make_node("MatMul", ["a", "w"], ["h2"]),  # the same weight again, on other rows
-             helper.make_node("Mul", ["h2", "g"], ["m"]), helper.make_node("Gather", ["table", "idx"], ["t"]),
-             helper.make_node("Add", ["m", "t"], ["s"]), helper.make_node("MatMul", ["s", "bw"], ["y"])]
+    inits = {
+        "w": rng.standard_normal((4, 4)).astype(f),
+        "g": rng.standard_normal(4).astype(f),
+        "table": rng.standard_normal((5, 4)).astype(f),
+        "bw": rng.standard_normal((2, 4, 4)).astype(f),
+        "idx": np.array([0, 3], np.int64),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Tanh", ["h"], ["a"]),
+        helper.make_node("MatMul", ["a", "w"], ["h2"]),  # the same weight again, on other rows
+        helper.make_node("Mul", ["h2", "g"], ["m"]),
+        helper.make_node("Gather", ["table", "idx"], ["t"]),
+        helper.make_node("Add", ["m", "t"], ["s"]),
+        helper.make_node("MatMul", ["s", "bw"], ["y"]),
+    ]
     data = _model(nodes, [_vi("x", [2, 4])], [_vi("y", [2, 2, 4])], inits)
     x = rng.standard_normal((2, 4)).astype(f)
     hs, unsupported = layer_hessians(data, _spec(data), [{"x": x}])
@@ -380,8 +416,8 @@ def _smooth(rng: np.random.Generator, n: int, c: int, size: int) -> np.ndarray:
     """Spatially smooth fields (weather-like): separable blur of white noise."""
     z = rng.standard_normal((n, c, size + 4, size + 4))
     k = np.array([1, 2, 3, 2, 1.0]) / 5
-    z = sum(k[i] * z[:, :, i:i + size, :] for i in range(5))
-    return np.asarray(sum(k[i] * z[:, :, :, i:i + size] for i in range(5)), np.float32)
+    z = sum(k[i] * z[:, :, i : i + size, :] for i in range(5))
+    return np.asarray(sum(k[i] * z[:, :, :, i : i + size] for i in range(5)), np.float32)
 
 
 def test_static_conv_one_step_error_below_rtn(tmp_path: Path) -> None:
@@ -416,8 +452,12 @@ def test_sequential_recaptures_from_the_quantized_model(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sequential", [False, True])
 def test_fallbacks_and_notes(tmp_path: Path, sequential: bool) -> None:
     m = load_model(models.state_mlp(tmp_path / "s.onnx"))
-    precs = {"l1.weight": parse_precision("int4-channel"), "l1.bias": parse_precision("int8-channel"),
-             "l2.weight": parse_precision("int16-channel"), "l2.bias": parse_precision("fp16")}
+    precs = {
+        "l1.weight": parse_precision("int4-channel"),
+        "l1.bias": parse_precision("int8-channel"),
+        "l2.weight": parse_precision("int16-channel"),
+        "l2.bias": parse_precision("fp16"),
+    }
     lays = {n: m.layout(n) for n in precs}
     feeds = [{"x": np.random.default_rng(14).standard_normal((32, 8)).astype(np.float32)}]
     out, notes = gptq_weights(m.bytes, m._consumer, precs, lays, feeds, sequential=sequential)

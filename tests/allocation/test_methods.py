@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-
+import models
 import numpy as np
 import pytest
 
-import models
-from edgetqs.errors import BadInputError
 from edgetqs.allocation.methods import METHODS, hutchinson_traces, method_plan, weight_error_gains
+from edgetqs.allocation.plan import InfeasibleBudgetError, PlanOptions
+from edgetqs.allocation.targets import find_target
 from edgetqs.core.contexts import read_record, select_contexts
 from edgetqs.core.model import load_model
-from edgetqs.allocation.plan import InfeasibleBudgetError, PlanOptions
 from edgetqs.core.rollout import infer_spec
-from edgetqs.allocation.targets import find_target
+from edgetqs.errors import BadInputError
 from edgetqs.sensitivity.scores import ProbeSettings
 from edgetqs.sensitivity.sweep import run_sweep
 
@@ -50,7 +49,9 @@ def test_uniform_is_int8_if_it_fits_else_int4(scored) -> None:
 
 def test_weight_error_ignores_the_model_run(scored) -> None:
     m, s = scored
-    shuffled = s.model_copy(update={"groups": tuple(g.model_copy(update={"gain": float(i) ** 3, "gamma": -float(i)}) for i, g in enumerate(s.groups))})
+    shuffled = s.model_copy(
+        update={"groups": tuple(g.model_copy(update={"gain": float(i) ** 3, "gamma": -float(i)}) for i, g in enumerate(s.groups))}
+    )
     a = method_plan("weight-error", s, m, PI, PlanOptions(ratio=0.3))
     b = method_plan("weight-error", shuffled, m, PI, PlanOptions(ratio=0.3))
     assert a.precisions() == b.precisions()
@@ -76,7 +77,7 @@ def test_hutchinson_is_exact_on_a_diagonal_hessian() -> None:
     ca, cb = torch.tensor([2.0, 4.0, 6.0]), torch.tensor([[10.0, 1.0]])
 
     def loss():
-        return 0.5 * (ca * mod.a ** 2).sum() + 0.5 * (cb * mod.b ** 2).sum() + (mod.a[0] * 0).sum()
+        return 0.5 * (ca * mod.a**2).sum() + 0.5 * (cb * mod.b**2).sum() + (mod.a[0] * 0).sum()
 
     traces, secs, n = hutchinson_traces(mod, loss, {"A": ["a"], "B": ["b"]}, samples=4)
     # Rademacher probes v_i^2 = 1, so a diagonal Hessian's trace comes out exactly

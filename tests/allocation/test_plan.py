@@ -1,22 +1,23 @@
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import models
-from edgetqs.core.contexts import read_record, select_contexts
-from edgetqs.errors import BadInputError
 from edgetqs.allocation.evaluate import measure, simulated_weights
-from edgetqs.core.model import load_model
-from edgetqs.allocation.plan import InfeasibleBudgetError, Plan, PlanOptions, make_plan, parse_pin, parse_size, pareto
-from edgetqs.core.rollout import infer_spec
+from edgetqs.allocation.plan import InfeasibleBudgetError, Plan, PlanOptions, make_plan, pareto, parse_pin, parse_size
 from edgetqs.allocation.targets import find_target
+from edgetqs.core.contexts import read_record, select_contexts
+from edgetqs.core.model import load_model
+from edgetqs.core.rollout import infer_spec
+from edgetqs.errors import BadInputError
 from edgetqs.sensitivity.scores import ProbeSettings
 from edgetqs.sensitivity.sweep import run_sweep
 
@@ -36,8 +37,10 @@ PI = find_target("raspberrypi")
 
 
 def _allowed(plan: Plan, m, target, runtime) -> bool:
-    return all(x.precision.name in {p.name for p in target.allowed(runtime, m.op_type(x.name), m.role(x.name))} | {"int8-tensor", "int4-tensor"}
-               for x in plan.tensors)
+    return all(
+        x.precision.name in {p.name for p in target.allowed(runtime, m.op_type(x.name), m.role(x.name))} | {"int8-tensor", "int4-tensor"}
+        for x in plan.tensors
+    )
 
 
 def test_parse_size() -> None:
@@ -142,7 +145,7 @@ def test_pareto_front_and_measured_error_agree_in_rank(scored) -> None:
     sizes = [p.weight_bytes for p in front]
     assert sizes == sorted(sizes)
     pred = [p.predicted_error for p in front]
-    assert all(a >= b - 1e-12 for a, b in zip(pred, pred[1:]))  # more bytes, never more predicted error
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(pred))  # more bytes, never more predicted error
     meas = [measure(m, spec, ctx, simulated_weights(m, p), s.horizon).error_at_horizon for p in front]
     assert spearmanr(pred, meas).statistic > 0.8
     assert meas[-1] == 0.0
@@ -156,10 +159,17 @@ def test_plan_round_trips(scored, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ properties
 
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ratio=st.floats(0.05, 1.0), allocator=st.sampled_from(["exact", "greedy"]), objective=st.sampled_from(["gain", "paper"]),
-       pin_layer=st.integers(0, 4), pin_prec=st.sampled_from(["fp32", "fp16", "int8-tensor", "int4-block32"]),
-       regex=st.booleans(), share=st.sampled_from([0.0, 0.2]))
+@given(
+    ratio=st.floats(0.05, 1.0),
+    allocator=st.sampled_from(["exact", "greedy"]),
+    objective=st.sampled_from(["gain", "paper"]),
+    pin_layer=st.integers(0, 4),
+    pin_prec=st.sampled_from(["fp32", "fp16", "int8-tensor", "int4-block32"]),
+    regex=st.booleans(),
+    share=st.sampled_from([0.0, 0.2]),
+)
 def test_every_plan_respects_budget_and_pins(scored, ratio, allocator, objective, pin_layer, pin_prec, regex, share) -> None:
     m, _, _, s = scored
     pin = parse_pin((f"re:^fc{pin_layer}\\.weight$" if regex else f"fc{pin_layer}.weight") + f"={pin_prec}")
@@ -196,9 +206,13 @@ def test_fp16_is_not_offered_for_values_beyond_its_range(tmp_path: Path) -> None
 
     # y = x - mean with mean ~ 1e5 (a sea-level-pressure normaliser): fp16 would store inf
     mean = np.array([101325.0] * 4, np.float32)
-    g = helper.make_graph([helper.make_node("Sub", ["x", "norm.mean"], ["d"]), helper.make_node("Add", ["d", "norm.mean"], ["y"])], "n",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])], [numpy_helper.from_array(mean, "norm.mean")])
+    g = helper.make_graph(
+        [helper.make_node("Sub", ["x", "norm.mean"], ["d"]), helper.make_node("Add", ["d", "norm.mean"], ["y"])],
+        "n",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])],
+        [numpy_helper.from_array(mean, "norm.mean")],
+    )
     mp = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     mp.ir_version = 8
     onnx.save(mp, str(tmp_path / "n.onnx"))
@@ -215,9 +229,8 @@ def test_fp16_is_not_offered_for_values_beyond_its_range(tmp_path: Path) -> None
 def test_ladder_gains_price_each_bit_width(scored, tmp_path: Path) -> None:
     """With --ladder the planner prices 'group at b bits' with the gain measured at b bits: a group
     whose 2-bit gain is enormous is not sent to 2 bits even when its small-perturbation gain is tiny."""
-    
-    from edgetqs.allocation.targets import load_target
 
+    from edgetqs.allocation.targets import load_target
     from edgetqs.sensitivity.scores import Scores
 
     m, spec, ctx, _ = scored
@@ -225,15 +238,25 @@ def test_ladder_gains_price_each_bit_width(scored, tmp_path: Path) -> None:
     assert all(set(g.gain_by_bits) == {"2", "4", "8"} for g in s.groups)
     s.save(tmp_path / "s.json")
     assert Scores.load(tmp_path / "s.json").groups[0].gain_by_bits == s.groups[0].gain_by_bits
-    (tmp_path / "t.toml").write_text('name = "t"\narch = "any"\nruntimes = ["ort"]\nweight_budget_bytes = 1000000\nram_budget_bytes = 1000000\n'
-                                     '[precisions.ort]\ndefault = ["int8-channel", "int4-channel", "int2-channel"]\n')
+    (tmp_path / "t.toml").write_text(
+        'name = "t"\narch = "any"\nruntimes = ["ort"]\nweight_budget_bytes = 1000000\nram_budget_bytes = 1000000\n'
+        '[precisions.ort]\ndefault = ["int8-channel", "int4-channel", "int2-channel"]\n'
+    )
     t = load_target(tmp_path / "t.toml")
     big = max(s.groups, key=lambda g: g.n_params)
     tiny = {g.name: g.model_copy(update={"gain": 1e-9 if g.name == big.name else 1.0}) for g in s.groups}
-    trap = s.model_copy(update={"groups": tuple(tiny[g.name].model_copy(update={"gain_by_bits": {"2": 1e9, "4": 1e-9, "8": 1e-9}}) if g.name == big.name else tiny[g.name]
-                                   for g in s.groups)})
+    trap = s.model_copy(
+        update={
+            "groups": tuple(
+                tiny[g.name].model_copy(update={"gain_by_bits": {"2": 1e9, "4": 1e-9, "8": 1e-9}}) if g.name == big.name else tiny[g.name]
+                for g in s.groups
+            )
+        }
+    )
     budget = PlanOptions(ratio=0.2)
-    plain = make_plan(trap.model_copy(update={"groups": tuple(g.model_copy(update={"gain_by_bits": None}) for g in trap.groups)}), m, t, budget)
+    plain = make_plan(
+        trap.model_copy(update={"groups": tuple(g.model_copy(update={"gain_by_bits": None}) for g in trap.groups)}), m, t, budget
+    )
     laddered = make_plan(trap, m, t, budget)
     prec = {x.name: x.precision.name for x in laddered.tensors}
     assert all(prec[n] != "int2-channel" for n in big.tensors)
@@ -247,8 +270,10 @@ def test_refine_keeps_the_best_measured_candidate(scored, tmp_path: Path) -> Non
     m = load_model(models.deep_mlp(tmp_path / "wide.onnx", hidden=96))  # wide enough that scales do not dominate the bytes
     _, spec, ctx, _ = scored
     s = run_sweep(m, spec, ctx, ProbeSettings(horizon=8))
-    (tmp_path / "t.toml").write_text('name = "t"\narch = "any"\nruntimes = ["ort"]\nweight_budget_bytes = 1000000\nram_budget_bytes = 1000000\n'
-                                     '[precisions.ort]\ndefault = ["fp32", "int8-channel", "int6-channel", "int4-channel", "int3-channel", "int2-channel"]\n')
+    (tmp_path / "t.toml").write_text(
+        'name = "t"\narch = "any"\nruntimes = ["ort"]\nweight_budget_bytes = 1000000\nram_budget_bytes = 1000000\n'
+        '[precisions.ort]\ndefault = ["fp32", "int8-channel", "int6-channel", "int4-channel", "int3-channel", "int2-channel"]\n'
+    )
     t = load_target(tmp_path / "t.toml")
     plan, rows = refine(s, m, t, PlanOptions(ratio=0.14), spec, ctx)  # candidates: no floor, and 4 bits
     assert plan.weight_bytes <= plan.budget_bytes and plan.refinement["candidates"] == rows and len(rows) >= 2

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgetqs.errors import BadInputError
 from edgetqs.allocation.targets import TargetFileError, find_target, load_target, target_files
+from edgetqs.errors import BadInputError
 
 SHIPPED = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "targets").glob("*.toml"))
 
@@ -37,16 +37,22 @@ def test_microcontrollers_plan_full_integer_only() -> None:
 BASE = 'name = "t"\narch = "aarch64"\nruntimes = ["ort"]\nweight_budget_bytes = 1000\nram_budget_bytes = 1000\n[precisions.ort]\ndefault = ["fp32"]\n'
 
 
-@pytest.mark.parametrize("text, words", [
-    ("flash = 3\n" + BASE, "unknown key 'flash'"),
-    (BASE.replace("weight_budget_bytes = 1000", 'weight_budget_bytes = "1MB"'), "'weight_budget_bytes' = '1MB' has type str; expected int"),
-    (BASE.replace('runtimes = ["ort"]', 'runtimes = ["tensorrt"]'), "runtimes lists 'tensorrt'"),
-    (BASE.replace('default = ["fp32"]', 'default = ["fp8"]'), "precision 'fp8'"),
-    (BASE.replace('arch = "aarch64"\n', ""), "missing key 'arch'"),
-    (BASE + "[validation]\nhorizn = 3\n", "unknown key 'horizn' in [validation]"),
-    (BASE + "[precisions.tflm]\ndefault = []\n", "is empty"),
-    ("name = \n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("flash = 3\n" + BASE, "unknown key 'flash'"),
+        (
+            BASE.replace("weight_budget_bytes = 1000", 'weight_budget_bytes = "1MB"'),
+            "'weight_budget_bytes' = '1MB' has type str; expected int",
+        ),
+        (BASE.replace('runtimes = ["ort"]', 'runtimes = ["tensorrt"]'), "runtimes lists 'tensorrt'"),
+        (BASE.replace('default = ["fp32"]', 'default = ["fp8"]'), "precision 'fp8'"),
+        (BASE.replace('arch = "aarch64"\n', ""), "missing key 'arch'"),
+        (BASE + "[validation]\nhorizn = 3\n", "unknown key 'horizn' in [validation]"),
+        (BASE + "[precisions.tflm]\ndefault = []\n", "is empty"),
+        ("name = \n", "not valid TOML"),
+    ],
+)
 def test_malformed_target_names_file_and_key(tmp_path: Path, text: str, words: str) -> None:
     p = tmp_path / "mine.toml"
     p.write_text(text)

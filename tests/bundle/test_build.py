@@ -10,17 +10,26 @@ import sys
 import time
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 
 import edgetqs
-import models
+from edgetqs.allocation.plan import InfeasibleBudgetError
 from edgetqs.bundle.build import build
 from edgetqs.bundle.manifest import verify_manifest
 from edgetqs.examples import init_project
-from edgetqs.allocation.plan import InfeasibleBudgetError
 
-BUNDLE_FILES = {"lorenz96.ort.onnx", "scores.json", "plan.json", "convert.json", "check.json", "reference.npz", "manifest.json", "report.html"}
+BUNDLE_FILES = {
+    "lorenz96.ort.onnx",
+    "scores.json",
+    "plan.json",
+    "convert.json",
+    "check.json",
+    "reference.npz",
+    "manifest.json",
+    "report.html",
+}
 
 
 @pytest.fixture
@@ -92,8 +101,13 @@ def test_failing_conversion_leaves_the_old_bundle_alone(tmp_path: Path, monkeypa
 
 def test_ctrl_c_leaves_no_partial_bundle(project: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "edgetqs.cli", "build", "--target", "raspberrypi", "--ratio", "0.25", "-d", "local"],
-                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgetqs.cli", "build", "--target", "raspberrypi", "--ratio", "0.25", "-d", "local"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     dist = project / "dist"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -128,8 +142,12 @@ def test_checking_a_bundle_again_uses_its_reference_and_leaves_it_intact(project
     r = build(None, "raspberrypi", ratio=0.25, device="local", output=project / "dist", log=lambda m: None)
     (project / "edgetqs.toml").unlink()  # no project, no float model: the bundle's reference.npz is enough
     (project / "model.onnx").unlink()
-    c = subprocess.run([sys.executable, "-m", "edgetqs.cli", "check", str(r.bundle / "lorenz96.ort.onnx"), "-d", "local"],
-                       capture_output=True, text=True, cwd=project)
+    c = subprocess.run(
+        [sys.executable, "-m", "edgetqs.cli", "check", str(r.bundle / "lorenz96.ort.onnx"), "-d", "local"],
+        capture_output=True,
+        text=True,
+        cwd=project,
+    )
     assert c.returncode == 0, c.stderr
     assert (project / "check-lorenz96-raspberrypi-local" / "check.json").exists()
     assert verify_manifest(r.bundle) == []

@@ -82,8 +82,12 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def start(out: Path, seed: int, *flags: str, **extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", PUBLISHER, str(out), NAME, str(seed), *flags], env=env(**extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, str(out), NAME, str(seed), *flags],
+        env=env(**extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_marker(proc: subprocess.Popen[bytes], point: str, timeout: float = 30.0) -> float:
@@ -108,8 +112,9 @@ def wait_marker(proc: subprocess.Popen[bytes], point: str, timeout: float = 30.0
 
 
 def run_publisher(out: Path, seed: int, *flags: str) -> None:
-    r = subprocess.run([sys.executable, "-c", PUBLISHER, str(out), NAME, str(seed), *flags], env=env(), capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", PUBLISHER, str(out), NAME, str(seed), *flags], env=env(), capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -126,21 +131,34 @@ def setup_previous(out: Path, scenario: str) -> None:
 
 # (scenario, pause point, seed the name must resolve to right after the kill, after recovery)
 KILLS = [
-    *[("link", p, s, s) for p, s in (("before_lock", 1), ("after_rename", 1), ("before_swap", 1), ("after_swap", 2),
-                                       ("before_cleanup", 2), ("after_cleanup", 2))],
-    *[("legacy", p, s, s) for p, s in (("before_lock", 1), ("after_rename", 1), ("before_swap", 1), ("after_swap", 2),
-                                         ("before_cleanup", 2))],
+    *[
+        ("link", p, s, s)
+        for p, s in (
+            ("before_lock", 1),
+            ("after_rename", 1),
+            ("before_swap", 1),
+            ("after_swap", 2),
+            ("before_cleanup", 2),
+            ("after_cleanup", 2),
+        )
+    ],
+    *[
+        ("legacy", p, s, s)
+        for p, s in (("before_lock", 1), ("after_rename", 1), ("before_swap", 1), ("after_swap", 2), ("before_cleanup", 2))
+    ],
     # without renameat2 the old-layout folder must step aside first: the one gap, which recover closes
-    *[("legacy-noexchange", p, s, r) for p, s, r in (("before_swap", 1, 1), ("migrate_gap", None, 2), ("after_swap", 2, 2),
-                                                       ("before_cleanup", 2, 2))],
+    *[
+        ("legacy-noexchange", p, s, r)
+        for p, s, r in (("before_swap", 1, 1), ("migrate_gap", None, 2), ("after_swap", 2, 2), ("before_cleanup", 2, 2))
+    ],
     *[("first", p, s, s) for p, s in (("before_lock", None), ("after_rename", None), ("before_swap", None), ("after_swap", 2))],
 ]
 
 
 @pytest.mark.parametrize(("scenario", "point", "right_after", "after_recover"), KILLS, ids=[f"{k[0]}-{k[1]}" for k in KILLS])
-def test_kill_9_at_each_pause_point_leaves_a_complete_bundle_and_recover_cleans(tmp_path: Path, scenario: str, point: str,
-                                                                                right_after: int | None, after_recover: int | None,
-                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_9_at_each_pause_point_leaves_a_complete_bundle_and_recover_cleans(
+    tmp_path: Path, scenario: str, point: str, right_after: int | None, after_recover: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "dist"
     setup_previous(out, scenario)
     flags = ("noexchange",) if scenario.endswith("noexchange") else ()
@@ -184,8 +202,13 @@ def test_a_publisher_that_waits_too_long_fails_cleanly_and_names_the_holder(tmp_
     holder = start(out, 20, EDGETQS_TEST_PAUSE_AT="after_swap")
     try:
         wait_marker(holder, "after_swap")
-        r = subprocess.run([sys.executable, "-c", PUBLISHER, str(out), NAME, "21"], env=env(PUBLISH_TIMEOUT="0.5"), capture_output=True,
-                           text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-c", PUBLISHER, str(out), NAME, "21"],
+            env=env(PUBLISH_TIMEOUT="0.5"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode != 0
         assert "PublishBusyError" in r.stderr and f"pid {holder.pid}" in r.stderr and "nothing was published" in r.stderr
         assert not [e for e in os.listdir(out) if e.startswith(f".{NAME}.w-")]  # its work folder went with it
@@ -204,8 +227,12 @@ def test_recover_keeps_the_current_version_of_a_dead_process_and_live_work_folde
     setup_previous(out, "first")
     run_publisher(out, 5)  # the current version's owner (that child) is dead now
     current = os.readlink(out / NAME)
-    sleeper = subprocess.Popen([sys.executable, "-c", PUBLISHER, str(out), NAME, "6"], env=env(EDGETQS_TEST_PAUSE_AT="before_lock"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, str(out), NAME, "6"],
+        env=env(EDGETQS_TEST_PAUSE_AT="before_lock"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_marker(sleeper, "before_lock")
         live_work = [e for e in os.listdir(out) if e.startswith(f".{NAME}.w-")]
@@ -213,9 +240,11 @@ def test_recover_keeps_the_current_version_of_a_dead_process_and_live_work_folde
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         me = F.current_owner()
-        stale = [out / f".{NAME}.w-{F.Owner(dead.pid, 1, me.host, me.boot).token()}",
-                 out / f".{NAME}.v-{F.Owner(dead.pid, 1, me.host, me.boot).token()}",
-                 out / f".{NAME}.partial-{dead.pid}"]
+        stale = [
+            out / f".{NAME}.w-{F.Owner(dead.pid, 1, me.host, me.boot).token()}",
+            out / f".{NAME}.v-{F.Owner(dead.pid, 1, me.host, me.boot).token()}",
+            out / f".{NAME}.partial-{dead.pid}",
+        ]
         for s in stale:
             s.mkdir()
             fill_bundle(s, 7)
@@ -303,8 +332,13 @@ def test_an_old_layout_folder_is_swapped_in_one_step_where_renameat2_exists(tmp_
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
     out = tmp_path / "dist"
     setup_previous(out, "legacy")
-    r = subprocess.run([sys.executable, "-c", PUBLISHER, str(out), NAME, "2"], env=env(EDGETQS_TEST_PAUSE_AT="migrate_gap",
-                       EDGETQS_TEST_PAUSE_S="0"), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", PUBLISHER, str(out), NAME, "2"],
+        env=env(EDGETQS_TEST_PAUSE_AT="migrate_gap", EDGETQS_TEST_PAUSE_S="0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert "EDGETQS_PAUSED migrate_gap" not in r.stderr  # the name was never missing
     assert (out / NAME).is_symlink() and bundle_seed(out / NAME) == 2

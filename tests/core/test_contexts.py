@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 
-import models
 from edgetqs.core.contexts import read_record, select_contexts, spinup_contexts
-from edgetqs.errors import BadInputError, ContextsError
 from edgetqs.core.model import load_model
 from edgetqs.core.rollout import SpecHints, infer_spec
+from edgetqs.errors import BadInputError, ContextsError
 
 
 def _state(tmp_path: Path):
@@ -58,7 +58,9 @@ def test_netcdf_variables_along_time(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     t = rng.standard_normal((30, 6, 6)).astype(np.float32)
     t[:, 0, 0] = np.nan  # a masked point
-    ds = xr.Dataset({"t2m": (("time", "lat", "lon"), t), "z500": (("time", "lat", "lon"), rng.standard_normal((30, 6, 6)).astype(np.float32))})
+    ds = xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), t), "z500": (("time", "lat", "lon"), rng.standard_normal((30, 6, 6)).astype(np.float32))}
+    )
     p = tmp_path / "f.nc"
     ds.to_netcdf(p)
     rec = read_record(p, spec)

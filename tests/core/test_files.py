@@ -156,8 +156,9 @@ def test_the_temporary_file_is_created_exclusively_and_never_through_a_link(tmp_
     assert victim.read_text() == VICTIM_TEXT
 
 
-def test_a_link_planted_at_the_drawn_temporary_name_makes_the_writer_draw_again(tmp_path: Path, victim: Path,
-                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_link_planted_at_the_drawn_temporary_name_makes_the_writer_draw_again(
+    tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # the random part is made predictable so that the planted link sits exactly where the first draw lands
     draws = iter(["1-1-aaaaaabbbbbb-00000001", "1-1-aaaaaabbbbbb-00000002"])
     monkeypatch.setattr(F, "_token", lambda: next(draws))
@@ -271,13 +272,20 @@ def test_permission_denied_names_the_folder_and_why(tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o755)
     (folder / "s.json").write_text("{}")
     os.chmod(folder / "s.json", 0o666)  # the file is writable by anyone, the folder is not: a rename cannot happen
-    code = ("import sys; from edgetqs.core import files as F\n"
-            "try:\n    F.write_json(sys.argv[1], {'a': 1})\nexcept F.DiskWriteError as e:\n    print(e); sys.exit(3)\n")
+    code = (
+        "import sys; from edgetqs.core import files as F\n"
+        "try:\n    F.write_json(sys.argv[1], {'a': 1})\nexcept F.DiskWriteError as e:\n    print(e); sys.exit(3)\n"
+    )
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is needed to run a child as another user")
     # setpriv rather than Popen(user=...): on this machine Popen(user=65534) cannot exec the venv's interpreter (EACCES), setpriv can
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code, str(folder / "s.json")],
-                       env=_child_env(), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code, str(folder / "s.json")],
+        env=_child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 3, r.stderr
     assert "permission denied in" in r.stdout and "needs write permission on the folder" in r.stdout
     assert (folder / "s.json").read_text() == "{}"
@@ -342,7 +350,7 @@ def test_result_kinds_of_every_format(tmp_path: Path) -> None:
     assert F.result_kind(tmp_path / "other.npz") is None
     html = F.write_text(tmp_path / "report.html", f"<!doctype html><html><head>{F.HTML_GENERATOR}</head></html>", policy="replace_result")
     assert F.result_kind(html) == "report"
-    legacy = "<!doctype html><html lang=\"en\"><head><title>edgetqs: m on t</title></head><body>edgetqs bundle report: x</body></html>"
+    legacy = '<!doctype html><html lang="en"><head><title>edgetqs: m on t</title></head><body>edgetqs bundle report: x</body></html>'
     (tmp_path / "old.html").write_text(legacy)
     assert F.result_kind(tmp_path / "old.html") == "report"
     (tmp_path / "user.html").write_text("<!doctype html><html><body>my page</body></html>")
@@ -368,8 +376,9 @@ def test_kill_9_before_the_rename_keeps_the_old_file_and_the_next_write_removes_
     p = F.write_json(tmp_path / "s.json", {"writer": "old"})
     procs = []
     for who in ("killed", "paused"):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(p), who], env=_child_env(EDGETQS_TEST_PAUSE_AT="file_before_replace"),
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(p), who], env=_child_env(EDGETQS_TEST_PAUSE_AT="file_before_replace"), stderr=subprocess.PIPE
+        )
         _wait_marker(proc, "file_before_replace")
         procs.append(proc)
     procs[0].send_signal(signal.SIGKILL)
@@ -395,8 +404,9 @@ for i in range(int(sys.argv[3])):
 
 def test_concurrent_writers_of_one_name_never_collide(tmp_path: Path) -> None:
     p = tmp_path / "cache.json"
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(p), str(w), "40"], env=_child_env(), stderr=subprocess.PIPE)
-             for w in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", RACER, str(p), str(w), "40"], env=_child_env(), stderr=subprocess.PIPE) for w in range(4)
+    ]
     errs = [proc.communicate(timeout=120)[1].decode() for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 4, errs
     data = json.loads(p.read_text())
@@ -411,7 +421,7 @@ def test_make_work_dir_is_private_and_clean_stale_removes_only_dead_owners(tmp_p
     me = F.current_owner()
     live = F.make_work_dir(tmp_path, "job-")
     assert stat.S_IMODE(os.stat(live).st_mode) == 0o700 & ~_umask()
-    assert F.Owner.parse(live.name[len("job-"):]) == me
+    assert F.Owner.parse(live.name[len("job-") :]) == me
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import models
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-import models
-from edgetqs.errors import BadInputError, BadModelError
 from edgetqs.core.model import load_model
+from edgetqs.errors import BadInputError, BadModelError
 
 
 def test_discovers_float_weights_and_skips_scalars(state_model: Path) -> None:

@@ -1,15 +1,26 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
+from edgetqs.core.quantize import FP16, FP32, Layout, Precision, fake_quant, n_scales, packed_bytes, parse_precision, residual_rms
 from edgetqs.errors import BadInputError
 from edgetqs.runtimes import RUNTIMES
-from edgetqs.core.quantize import FP16, FP32, Layout, Precision, fake_quant, n_scales, packed_bytes, parse_precision, residual_rms
 
 
-@pytest.mark.parametrize("text, name", [("fp32", "fp32"), ("FP16", "fp16"), ("int8", "int8-channel"), ("int4-block32", "int4-block32"),
-                                        ("int2-tensor", "int2-tensor"), ("int32", "int32")])
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        ("fp32", "fp32"),
+        ("FP16", "fp16"),
+        ("int8", "int8-channel"),
+        ("int4-block32", "int4-block32"),
+        ("int2-tensor", "int2-tensor"),
+        ("int32", "int32"),
+    ],
+)
 def test_parse_precision_round_trips(text: str, name: str) -> None:
     assert parse_precision(text).name == name
     assert parse_precision(name) == parse_precision(text)
@@ -52,7 +63,9 @@ def test_packed_bytes_count_weights_and_scales() -> None:
     assert packed_bytes(shape, parse_precision("int8-channel"), lay) == 16 * 64 + 16 * 4
     assert packed_bytes(shape, parse_precision("int4-tensor"), lay) == 16 * 64 // 2 + 4
     assert packed_bytes(shape, parse_precision("int4-block32"), lay) == 16 * 64 // 2 + 16 * 2 * 4
-    assert packed_bytes(shape, parse_precision("int8-channel"), lay, RUNTIMES.get("tflite").storage) == 16 * 64 + 16 * 12  # + int64 zero points
+    assert (
+        packed_bytes(shape, parse_precision("int8-channel"), lay, RUNTIMES.get("tflite").storage) == 16 * 64 + 16 * 12
+    )  # + int64 zero points
     assert packed_bytes((7,), parse_precision("int4-tensor")) == 4 + 4  # 7 nibbles round up to 4 bytes
     # a 1-D tensor asked per channel is stored per tensor (one scale per element would outweigh it)
     assert packed_bytes((48,), parse_precision("int8-channel")) == 48 + 4
@@ -61,5 +74,5 @@ def test_packed_bytes_count_weights_and_scales() -> None:
 def test_fp16_residual_and_more_bits_less_error() -> None:
     w = np.random.default_rng(1).standard_normal((32, 32)).astype(np.float32)
     r = [residual_rms(w, parse_precision(f"int{b}-channel"), Layout(0, 1)) for b in range(2, 9)]
-    assert all(a > b for a, b in zip(r, r[1:]))
+    assert all(a > b for a, b in itertools.pairwise(r))
     assert 0 < residual_rms(w, FP16) < r[-1] and residual_rms(w, FP32) == 0.0

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import models
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-import models
-from edgetqs.errors import RolloutSpecError
 from edgetqs.core.model import load_model
 from edgetqs.core.rollout import Rollout, SpecHints, infer_spec, parse_slice
+from edgetqs.errors import RolloutSpecError
 
 
 def _manual(path: Path, x0: np.ndarray, steps: int, feeds=None) -> np.ndarray:

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 
-import models
 from edgetqs.core import catalogue
 from edgetqs.errors import BadInputError
 from edgetqs.registry import Registry
@@ -76,8 +76,10 @@ def test_device_code_imports_nothing_from_edgetqs() -> None:
 
 
 def test_import_edgetqs_and_help_stay_light() -> None:
-    code = ("import sys, edgetqs, edgetqs.cli; heavy = [m for m in ('onnxruntime', 'torch', 'tensorflow', 'onnx2tf', 'onnx', 'scipy', "
-            "'matplotlib', 'xarray', 'pandas') if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, edgetqs, edgetqs.cli; heavy = [m for m in ('onnxruntime', 'torch', 'tensorflow', 'onnx2tf', 'onnx', 'scipy', "
+        "'matplotlib', 'xarray', 'pandas') if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 
@@ -137,8 +139,12 @@ def test_host_rollout_and_driver_run_the_same_loop(tmp_path: Path) -> None:
 
 
 def test_wheel_holds_every_module_the_catalogue_and_the_examples(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path)],
-                       capture_output=True, text=True, env={**os.environ, "PIP_NO_INDEX": "1"})
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT), "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PIP_NO_INDEX": "1"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     import zipfile
 

@@ -5,25 +5,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 
-import models
-from edgetqs.errors import BadInputError
+from edgetqs.allocation.plan import PlanOptions, make_plan, parse_pin
+from edgetqs.allocation.targets import find_target
 from edgetqs.core.contexts import read_record, select_contexts
+from edgetqs.core.model import load_model
+from edgetqs.core.rollout import SpecHints, infer_spec
+from edgetqs.errors import BadInputError
 from edgetqs.runtimes.convert import ConvertError, convert
 from edgetqs.runtimes.readback import view
-from edgetqs.core.model import load_model
-from edgetqs.allocation.plan import PlanOptions, make_plan, parse_pin
-from edgetqs.core.rollout import SpecHints, infer_spec
-from edgetqs.allocation.targets import find_target
 from edgetqs.sensitivity.scores import ProbeSettings
 from edgetqs.sensitivity.sweep import run_sweep
 
 PI = find_target("raspberrypi")
 
 
-def _setup(tmp_path: Path, model_path: Path, hints: SpecHints = SpecHints(), statics=None):
+def _setup(tmp_path: Path, model_path: Path, hints: SpecHints | None = None, statics=None):
     m = load_model(model_path)
     spec = infer_spec(m, hints)
     shape = [d if d is not None else 1 for d in m.inputs[0].shape[1:]]
@@ -39,8 +39,14 @@ def _mixed(m, runtime, pins):
 
 def test_ort_qdq_every_granularity_reads_back_and_matches_simulation(tmp_path: Path) -> None:
     m, spec, ctx, s = _setup(tmp_path, models.deep_mlp(tmp_path / "d.onnx"))
-    pins = ("fc0.weight=int8-channel", "fc1.weight=int4-block32", "fc2.weight=int4-channel", "fc3.weight=fp16",
-            "fc4.weight=int8-tensor", "fc0.bias=int4-tensor")
+    pins = (
+        "fc0.weight=int8-channel",
+        "fc1.weight=int4-block32",
+        "fc2.weight=int4-channel",
+        "fc3.weight=fp16",
+        "fc4.weight=int8-tensor",
+        "fc0.bias=int4-tensor",
+    )
     plan = make_plan(s, m, PI, PlanOptions(ratio=1.0, pins=tuple(parse_pin(p) for p in pins)))
     r = convert(m, plan, "ort", tmp_path / "out", ctx, spec)
     found = {t.name: t.found for t in r.tensors}
@@ -67,8 +73,9 @@ def test_ort_mobile_keeps_fp16_and_runs_4_bit_gemm_through_matmulnbits(tmp_path:
 
 
 def test_ort_mobile_refuses_4_bit_conv_naming_tensor_and_op(tmp_path: Path) -> None:
-    m, spec, ctx, s = _setup(tmp_path, models.static_conv(tmp_path / "c.onnx"), SpecHints(static=("mask",)),
-                             {"mask": np.ones((1, 6, 6), np.float32)})
+    m, spec, ctx, s = _setup(
+        tmp_path, models.static_conv(tmp_path / "c.onnx"), SpecHints(static=("mask",)), {"mask": np.ones((1, 6, 6), np.float32)}
+    )
     plan = make_plan(s, m, PI, PlanOptions(ratio=1.0, pins=(parse_pin("conv.weight=int4-block32"),)))
     plan = plan.model_copy(update={"runtime": "ort-mobile"})
     with pytest.raises(ConvertError, match=r"'conv.weight'.*Conv input 1"):
@@ -82,8 +89,19 @@ def test_plan_naming_a_tensor_the_model_lacks(tmp_path: Path) -> None:
 
     m, spec, ctx, s = _setup(tmp_path, models.deep_mlp(tmp_path / "d.onnx"))
     plan = make_plan(s, m, PI, PlanOptions(ratio=0.5))
-    ghost = TensorPlan(name="decoder.ghost.weight", group="decoder", op="Gemm", n_params=10, precision="int8-channel", granularity="channel", bytes=14,
-                       fp32_bytes=40, residual=0.0, error_share=0.0, rule="optimiser")
+    ghost = TensorPlan(
+        name="decoder.ghost.weight",
+        group="decoder",
+        op="Gemm",
+        n_params=10,
+        precision="int8-channel",
+        granularity="channel",
+        bytes=14,
+        fp32_bytes=40,
+        residual=0.0,
+        error_share=0.0,
+        rule="optimiser",
+    )
     bad = plan.model_copy(update={"tensors": plan.tensors + (ghost,)})
     out = tmp_path / "out"
     out.mkdir()

@@ -6,20 +6,20 @@ import hashlib
 import sys
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 
-import models
+from edgetqs.allocation.plan import PlanOptions, make_plan, parse_pin
+from edgetqs.allocation.targets import find_target
 from edgetqs.core.contexts import read_record, select_contexts
-from edgetqs.runtimes.convert import ConvertError, convert
-from edgetqs.errors import OptionalDependencyError
-from edgetqs.examples import example_path
 from edgetqs.core.inputs import resolve
 from edgetqs.core.model import load_model
-from edgetqs.allocation.plan import PlanOptions, make_plan, parse_pin
 from edgetqs.core.project import load_project
 from edgetqs.core.rollout import infer_spec
-from edgetqs.allocation.targets import find_target
+from edgetqs.errors import OptionalDependencyError
+from edgetqs.examples import example_path
+from edgetqs.runtimes.convert import ConvertError, convert
 from edgetqs.sensitivity.scores import ProbeSettings
 from edgetqs.sensitivity.sweep import run_sweep
 

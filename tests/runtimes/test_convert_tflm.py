@@ -5,21 +5,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 
-import models
+from edgetqs.allocation.plan import PlanOptions, make_plan
+from edgetqs.allocation.targets import find_target
 from edgetqs.core.contexts import read_record, select_contexts
-from edgetqs.runtimes.convert import ConvertError, convert
-from edgetqs.runtimes.tflm import _probe, measure_arena
-from edgetqs.errors import OptionalDependencyError
-from edgetqs.examples import example_path
 from edgetqs.core.inputs import resolve
 from edgetqs.core.model import load_model
-from edgetqs.allocation.plan import PlanOptions, make_plan
 from edgetqs.core.project import load_project
 from edgetqs.core.rollout import infer_spec
-from edgetqs.allocation.targets import find_target
+from edgetqs.errors import OptionalDependencyError
+from edgetqs.examples import example_path
+from edgetqs.runtimes.convert import ConvertError, convert
+from edgetqs.runtimes.tflm import _probe, measure_arena
 from edgetqs.sensitivity.scores import ProbeSettings
 from edgetqs.sensitivity.sweep import run_sweep
 
@@ -82,7 +82,12 @@ def test_int8_activations_are_worse_than_int16(station_tflm, tmp_path: Path) -> 
 def test_arena_over_the_ram_budget_fails_and_leaves_nothing(station_tflm, tmp_path: Path) -> None:
     inp, plan, r, _ = station_tflm
     small = tmp_path / "tiny.toml"
-    text = Path(STM.path).read_text().replace("ram_budget_bytes = 524288", "ram_budget_bytes = 4096").replace('name = "stm32h743"', 'name = "tiny"')
+    text = (
+        Path(STM.path)
+        .read_text()
+        .replace("ram_budget_bytes = 524288", "ram_budget_bytes = 4096")
+        .replace('name = "stm32h743"', 'name = "tiny"')
+    )
     small.write_text(text)
 
     p2 = plan.model_copy(update={"target": str(small)})

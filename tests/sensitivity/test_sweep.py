@@ -2,18 +2,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 
-import models
 from edgetqs.core.contexts import read_record, select_contexts
-from edgetqs.errors import BadInputError, DivergedRolloutError
 from edgetqs.core.model import load_model
 from edgetqs.core.rollout import Rollout, infer_spec
-from edgetqs.sensitivity.scores import ProbeSettings, Scores
-from edgetqs.sensitivity.sweep import run_sweep
+from edgetqs.errors import BadInputError, DivergedRolloutError
 from edgetqs.sensitivity.groups import block_of, make_groups
 from edgetqs.sensitivity.probes import probe_delta
+from edgetqs.sensitivity.scores import ProbeSettings, Scores
+from edgetqs.sensitivity.sweep import run_sweep
 
 
 def _setup(path: Path, record: Path, k: int = 4):
@@ -177,9 +177,13 @@ def test_quantizing_a_normaliser_to_zero_is_reported_as_divergence(tmp_path: Pat
 
     # y = x / std with std = [1000, 1, ...]: 4-bit per-tensor RTN sends the small entries to 0
     std = np.array([1000.0] + [1.0] * 7, np.float32)
-    g = helper.make_graph([helper.make_node("Div", ["x", "norm.std"], ["y"])], "n",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 8])], [numpy_helper.from_array(std, "norm.std")])
+    g = helper.make_graph(
+        [helper.make_node("Div", ["x", "norm.std"], ["y"])],
+        "n",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 8])],
+        [numpy_helper.from_array(std, "norm.std")],
+    )
     mp = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     mp.ir_version = 8
     onnx.save(mp, str(tmp_path / "n.onnx"))

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from checkutil import ort_artifact
-from edgetqs.validation.reference import Reference
+
 from edgetqs.core.metrics import canonical, row_metrics
+from edgetqs.errors import BadInputError
 from edgetqs.validation.check import check
 from edgetqs.validation.devices import DeviceError, DeviceFileError, LocalDevice, QemuDevice, find_device, load_device
-from edgetqs.errors import BadInputError
+from edgetqs.validation.reference import Reference
 
 LOCAL = LocalDevice(name="local")
 
@@ -34,7 +34,7 @@ def test_local_check_passes_and_round_trips_the_reference(tmp_path: Path) -> Non
     assert r.latency_ms["n"] == 3 * 10 - 1 and r.latency_ms["p50"] > 0 and r.peak_rss_bytes > 10 * 2**20
     assert r.latency_ms_first is not None and r.latency_ms_init is not None
     # the device's trajectories equal the host's onnxruntime rollout of the same artifact
-    from edgetqs.core.rollout import Rollout, RolloutSpec
+    from edgetqs.core.rollout import Rollout
 
     m = ref2.meta
     spec = m.spec
@@ -121,31 +121,39 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     art, ref, _ = ort_artifact(tmp_path)
     ref.save(tmp_path / "reference.npz")
     exe = [sys.executable, "-m", "edgetqs.cli"]
-    ok = subprocess.run([*exe, "check", str(art), "--reference", str(tmp_path / "reference.npz"), "--tolerance", "0.5", "-o", str(tmp_path / "o")],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [*exe, "check", str(art), "--reference", str(tmp_path / "reference.npz"), "--tolerance", "0.5", "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "PASS" in ok.stdout and json.loads((tmp_path / "o" / "check.json").read_text())["passed"] is True
     assert (tmp_path / "o" / "check.png").stat().st_size > 5000
-    fail = subprocess.run([*exe, "check", str(art), "--reference", str(tmp_path / "reference.npz"), "--tolerance", "1e-9", "-o", str(tmp_path / "o")],
-                          capture_output=True, text=True)
+    fail = subprocess.run(
+        [*exe, "check", str(art), "--reference", str(tmp_path / "reference.npz"), "--tolerance", "1e-9", "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert fail.returncode == 1 and "FAIL" in fail.stdout
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    err = subprocess.run([*exe, "check", str(tmp_path / "junk.onnx"), "--reference", str(tmp_path / "reference.npz")], capture_output=True, text=True)
+    err = subprocess.run(
+        [*exe, "check", str(tmp_path / "junk.onnx"), "--reference", str(tmp_path / "reference.npz")], capture_output=True, text=True
+    )
     assert err.returncode == 2 and err.stderr.strip().startswith("error:") and "Traceback" not in err.stderr
 
 
 @pytest.mark.slow
 def test_forced_low_bits_diverge_and_fail_without_crashing(tmp_path: Path) -> None:
     """The station example with every tensor at 4 bits per tensor: its normaliser rounds to zero."""
-    from edgetqs.validation.reference import make_reference
-    from edgetqs.runtimes.convert import convert
-    from edgetqs.examples import example_path
-    from edgetqs.core.inputs import resolve
     from edgetqs.allocation.plan import PlanOptions, make_plan, parse_pin
-    from edgetqs.core.project import load_project
     from edgetqs.allocation.targets import find_target
+    from edgetqs.core.inputs import resolve
+    from edgetqs.core.project import load_project
+    from edgetqs.examples import example_path
+    from edgetqs.runtimes.convert import convert
     from edgetqs.sensitivity.scores import ProbeSettings
     from edgetqs.sensitivity.sweep import run_sweep
+    from edgetqs.validation.reference import make_reference
 
     inp = resolve(None, load_project(example_path("station") / "edgetqs.toml"), k=3)
     s = run_sweep(inp.model, inp.spec, inp.contexts, ProbeSettings(horizon=4))
@@ -157,7 +165,7 @@ def test_forced_low_bits_diverge_and_fail_without_crashing(tmp_path: Path) -> No
     assert r.verdict.startswith("FAIL")
 
 
-def _qemu() -> Device:
+def _qemu() -> QemuDevice:
     d = find_device("qemu-pi4")
     ok, why = d.ready()
     if not ok:

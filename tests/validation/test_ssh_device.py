@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from checkutil import ort_artifact
+
 from edgetqs.validation.check import check
-from edgetqs.validation.devices import DeviceError, LocalDevice, load_device
+from edgetqs.validation.devices import DeviceError, LocalDevice, SshDevice, load_device
 
 pytestmark = pytest.mark.ssh
 
@@ -80,10 +80,19 @@ AllowUsers {getpass.getuser()}
     proc.wait(timeout=10)
 
 
-def _device(sshd, tmp_path: Path, **over) -> Device:
-    fields = {"name": "loopback", "kind": "ssh", "host": "127.0.0.1", "port": sshd["port"], "user": getpass.getuser(),
-              "key": str(sshd["key"]), "known_hosts": str(sshd["known_hosts"]), "python": sys.executable,
-              "connect_timeout_s": 5, "timeout_s": 60}
+def _device(sshd, tmp_path: Path, **over) -> SshDevice:
+    fields = {
+        "name": "loopback",
+        "kind": "ssh",
+        "host": "127.0.0.1",
+        "port": sshd["port"],
+        "user": getpass.getuser(),
+        "key": str(sshd["key"]),
+        "known_hosts": str(sshd["known_hosts"]),
+        "python": sys.executable,
+        "connect_timeout_s": 5,
+        "timeout_s": 60,
+    }
     fields.update(over)
     text = "\n".join(f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {v}" for k, v in fields.items())
     p = tmp_path / "dev.toml"
