@@ -177,6 +177,7 @@ def plan(
     pareto: int | None = None,
     evaluate: bool = False,
     refine: bool = False,
+    refine_rollouts: int = 400,
     contexts: Any = None,
     k: int | None = None,
     span: str | None = None,
@@ -193,7 +194,9 @@ def plan(
         model: the scored model (default: the project's, then the path in the scores).
         pareto: also plan at this many budgets from the smallest feasible to fp32 (stored in ``plan.pareto``).
         evaluate: measure the plan (and the Pareto points) by simulated quantization on the contexts.
-        refine: measure candidate plans on the contexts and keep the best.
+        refine: re-score the plan in context (`edgetqs.allocation.rescore`): each tensor's damage measured with the
+            rest of the plan quantized, the knapsack re-solved, kept when held-back contexts improve too.
+        refine_rollouts: the re-scoring's rollout budget.
         lowest: lowest allowed tier (``int4`` or 4).
         pins: ``NAME=PRECISION`` or ``re:REGEX=PRECISION`` rules.
         budget: ``600KB``, ``1.5MiB`` or bytes.
@@ -234,7 +237,23 @@ def plan(
     if evaluate or refine or opts.rounding != "rtn":
         inp = inputs(m, contexts, project=proj, k=k, span=span, rollout=rollout_config(s.spec))
         spec, ctx = inp.spec, inp.contexts
-    return plan_stage(s, m, tg, opts, spec=spec, contexts=ctx, refine=refine, evaluate_plans=evaluate, pareto_n=pareto, log=log)
+    from .allocation.rescore import RescoreSettings
+
+    if not 1 <= refine_rollouts <= 1_000_000:
+        raise BadInputError(f"refine rollouts {refine_rollouts}; expected 1 to 1,000,000")
+    return plan_stage(
+        s,
+        m,
+        tg,
+        opts,
+        spec=spec,
+        contexts=ctx,
+        refine=refine,
+        evaluate_plans=evaluate,
+        pareto_n=pareto,
+        rescore=RescoreSettings(rollout_budget=refine_rollouts),
+        log=log,
+    )
 
 
 def convert(

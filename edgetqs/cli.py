@@ -196,7 +196,13 @@ def plan(
     pin: Annotated[list[str] | None, typer.Option(help="NAME=PRECISION or re:REGEX=PRECISION (repeatable); exact beats regex.")] = None,
     pareto_n: Annotated[int | None, typer.Option("--pareto", help="Also plan at N budgets from the smallest feasible to fp32.")] = None,
     evaluate: Annotated[bool, typer.Option(help="Measure the rollout error of the plan(s) by simulated quantization.")] = False,
-    refine: Annotated[bool, typer.Option(help="Measure candidate plans on the contexts and keep the best.")] = False,
+    refine: Annotated[
+        bool,
+        typer.Option(
+            help="Re-score the plan in context: measure each tensor's damage with the rest quantized, re-solve, keep what also improves held-back contexts."
+        ),
+    ] = False,
+    refine_rollouts: Annotated[int, typer.Option(help="Rollout budget of the re-scoring search.")] = 400,
     contexts: Contexts = None,
     k: K = None,
     span: Span = None,
@@ -226,6 +232,7 @@ def plan(
             pareto=pareto_n,
             evaluate=evaluate,
             refine=refine,
+            refine_rollouts=refine_rollouts,
             contexts=contexts,
             k=k,
             span=span,
@@ -362,7 +369,13 @@ def build(
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="Artifact format (default: the target's first runtime).")] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the bundle <model>-<target>/.")] = Path("dist"),
     force: Annotated[bool, typer.Option(help="Rescore even when cached scores exist.")] = False,
-    refine: Annotated[bool, typer.Option(help="Measure candidate plans on the contexts and keep the best.")] = True,
+    refine: Annotated[
+        bool,
+        typer.Option(
+            help="Re-score the plan in context: measure each tensor's damage with the rest quantized, re-solve, keep what also improves held-back contexts."
+        ),
+    ] = True,
+    refine_rollouts: Annotated[int, typer.Option(help="Rollout budget of the re-scoring search.")] = 400,
     k: K = None,
     contexts: Contexts = None,
     project: Project = None,
@@ -389,6 +402,7 @@ def build(
                 project=project,
                 force=force,
                 refine=refine,
+                refine_rollouts=refine_rollouts,
                 k=k,
                 contexts=contexts,
                 log=say,

@@ -1,16 +1,26 @@
-"""TQS-PTQ against other ways to choose bits: measured rollout error at equal size.
+"""TQS allocation against the allocations and roundings users have today, at matched bytes, with intervals.
 
-    python scripts/bench_quality.py [--examples lorenz96,station,blizzard] [--bits 3,4,5,6,8] [--k 8] [--out docs/benchmarks.md]
+    python scripts/bench_quality.py [--examples lorenz96,station,blizzard] [--bits 3,4,5,6,8] [--k-score 32] [--k-held 48]
+                                    [--roundings rtn,gptq] [--rescore-budget 400] [--out docs/benchmarks.md]
 
-For every bundled example: score on the first half of the record (TQS, gauss probe, tensor groups),
-estimate Hessian traces for the HAWQ-v2 baseline on one-step prediction pairs from the same half,
-then for budgets of --bits bits per weight on average (plus the non-weight constants), let every
-method in `edgetqs.baselines.METHODS` choose precisions from the same menu (int2..int8 per channel,
-fp16, fp32: scripts/bench_target.toml) and the same quantizer, and measure each plan by simulated
-quantization on contexts from the second half (held out): normalised RMSE per lead time and per
-variable. A cell is (example, variable, budget) at the last lead (Lorenz-96's 40 statistically
-identical variables form one cell per budget); TQS wins a cell when its error is the lowest or within
-1% of it. Writes the tables, the command and the machine to --out.
+For every bundled example, scoring (the TQS sweep, the ladder, the re-scoring search, GPTQ's calibration
+and the Hessian baseline's pairs) uses the example's *score* split of its record; every plan is measured
+on contexts from its *held-out* split, which neither training nor scoring saw (the splits are in each
+example's card.json; `scripts/_examples.py`). A budget is the size of the paper's uniform baseline: every
+tensor at b bits per output channel, scales counted, for b in --bits; every method fills the same bytes
+from the same precision menu (int2..int8 per channel, fp16, fp32: scripts/bench_target.toml).
+
+Methods (`edgetqs.allocation.methods`): TQS plain (gauss gains), TQS --ladder (quant-probe gains per
+bit-width), TQS re-scored in context (the default refinement: `edgetqs.allocation.rescore`), the published
+objective with ranked gammas (tqs-paper), uniform b bits (the paper's RTN baseline; with GPTQ rounding its GPTQ
+baseline), weight-error (data-free), HAWQ-v2 Hessian trace, random (mean over seeds). Each rounding in
+--roundings is applied equally to every method (its own table).
+
+A cell is (example, budget) on the overall error at the horizon (each example weighs the same: the same
+number of budgets), then (example, variable, budget). Per cell: the RMS over held-out contexts of each
+context's normalised error, a paired bootstrap 95% interval, and each TQS variant's verdict against the best
+non-TQS method (`edgetqs.allocation.compare`): win / tie / loss, saturated cells (every method above 1)
+apart. Writes the tables, the headline lines, the costs, the command and the machine to --out.
 """
 
 from __future__ import annotations
@@ -21,12 +31,15 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from _examples import halves  # scripts/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]
+TQS = ("tqs", "tqs-ladder", "tqs-rescored")
+OTHERS = ("uniform", "tqs-paper", "weight-error", "hessian", "random")
+LADDER = (2, 3, 4, 5, 6, 8)
 
 
 def _train_module():
@@ -88,7 +101,7 @@ def one_step_pairs(inp, n: int, span: tuple[float, float]):
 
 def hessian_traces(name: str, inp, scores, n_pairs: int, samples: int):
     import torch
-    from edgetqs.baselines import hutchinson_traces
+    from edgetqs.allocation.methods import hutchinson_traces
 
     net = torch_model(name, inp.model)
     for p in net.parameters():
@@ -113,182 +126,277 @@ def hessian_traces(name: str, inp, scores, n_pairs: int, samples: int):
     return traces, secs, hvps, buffers
 
 
-def measure_grid(model, spec, contexts, weights, horizon, ref):
-    """nRMSE [lead, variable] of the plan's simulated quantization vs float (spread of the float trajectories)."""
-    from edgetqs.check import canonical
-    from edgetqs.rollout import Rollout
+@dataclass
+class Example:
+    name: str
+    horizon: int
+    score: object
+    held: object
+    variables: list[str]
+    costs: dict = field(default_factory=dict)
 
-    q = Rollout(model, spec, contexts.statics, model_bytes=model.with_weights(weights)).run(contexts.arrays, horizon)
-    sd = spec.to_dict()
-    a = canonical(q.steps[0], sd).astype(np.float64)
-    b = canonical(ref[0], sd).astype(np.float64)
-    spread = b.transpose(2, 0, 1, 3).reshape(b.shape[2], -1).std(axis=1)
-    spread = np.where(spread > 0, spread, 1.0)
-    with np.errstate(all="ignore"):
-        g = np.sqrt(np.mean((a - b) ** 2, axis=(1, 3))) / spread
-    return np.where(np.isfinite(g), g, np.inf)
+
+def load_example(name: str, k_score: int, k_held: int) -> Example:
+    import _examples  # scripts/ is on sys.path when a script runs
+
+    if hasattr(_examples, "splits"):
+        _, horizon, score, held = _examples.splits(name, k_score, k_held)
+    else:  # the record cut in halves: scoring from the first, measuring on the second
+        _, horizon, score, _ = _examples.halves(name, k_score)
+        _, _, _, held = _examples.halves(name, k_held)
+    variables = list(held.contexts.variables)
+    n_var = sum(len(s) for s in held.contexts.spreads)
+    if len(variables) != n_var:
+        variables = [f"var{i}" for i in range(n_var)]
+    return Example(name, horizon, score, held, variables)
+
+
+def plans_for(ex: Example, target, budgets: dict[int, int], rounding: str, traces, buffers, rescore_settings, scores, ladder, seeds: int):
+    """{bits: {method: [plans]}} (random: one plan per seed)."""
+    from edgetqs.allocation.methods import method_plan
+    from edgetqs.allocation.plan import InfeasibleBudgetError, PlanOptions
+
+    m, inp = ex.score.model, ex.score
+    out: dict[int, dict[str, list]] = {}
+    for b, budget in budgets.items():
+        opts = PlanOptions(runtime="ort", budget_bytes=budget, rounding=rounding)
+        cell: dict[str, list] = {}
+        common = dict(traces=traces, fp32=tuple(buffers), ladder=ladder, spec=inp.spec, contexts=inp.contexts, rescore=rescore_settings)
+        for method in (*TQS, *OTHERS):
+            name = {"uniform": "uniform-bits"}.get(method, method)
+            try:
+                t0 = time.perf_counter()
+                cell[method] = [method_plan(name, scores, m, target, opts, seed=sd, bits=b, **common)
+                                for sd in (range(seeds) if method == "random" else [0])]
+                if method == "tqs-rescored":
+                    ex.costs.setdefault(f"rescore {rounding}", []).append((time.perf_counter() - t0, cell[method][0].refinement["rollouts"]))
+            except InfeasibleBudgetError:
+                pass
+        out[b] = cell
+    return out
+
+
+def measure_cell(ex: Example, cell: dict[str, list], rounding: str):
+    """{method: (per-context overall errors [K], per-context per-variable errors [K, V])}; random: mean over seeds."""
+    from edgetqs.allocation.evaluate import measure
+    from edgetqs.allocation.rounding import Rounder
+
+    held, score = ex.held, ex.score
+    rounder = Rounder(held.model, rounding, score.contexts, score.spec, ex.horizon)  # GPTQ calibrated on the score split
+    out = {}
+    for method, plans in cell.items():
+        per_c, per_cv = [], []
+        for p in plans:
+            mm = measure(held.model, held.spec, held.contexts, rounder.plan_values(p), ex.horizon, ex.ref)
+            per_c.append(np.asarray(mm.per_context))
+            per_cv.append(mm.per_context_variable)
+        out[method] = (np.mean(per_c, axis=0), np.mean(per_cv, axis=0))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", default="lorenz96,station,blizzard")
-    ap.add_argument("--bits", default="3,4,5,6,8", help="average bits per weight of the budgets")
-    ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--bits", default="3,4,5,6,8", help="the uniform baselines' bit-widths; each one's size is a budget")
+    ap.add_argument("--k-score", type=int, default=32)
+    ap.add_argument("--k-held", type=int, default=48)
+    ap.add_argument("--roundings", default="rtn,gptq")
+    ap.add_argument("--rescore-budget", type=int, default=400)
     ap.add_argument("--hessian-pairs", type=int, default=64)
     ap.add_argument("--hessian-samples", type=int, default=64)
     ap.add_argument("--random-seeds", type=int, default=3)
+    ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     a = ap.parse_args()
 
-    from edgetqs.baselines import METHODS, method_plan
-    from edgetqs.evaluate import simulated_weights
-    from edgetqs.plan import InfeasibleBudgetError, PlanOptions
-    from edgetqs.refine import refine
-    from edgetqs.rollout import Rollout
-    from edgetqs.targets import load_target
-    from edgetqs.tqs import ProbeSettings, run_sweep
+    from edgetqs.allocation.compare import bootstrap_samples, cell_error, headline, interval, judge
+    from edgetqs.allocation.methods import method_plan
+    from edgetqs.allocation.plan import PlanOptions
+    from edgetqs.allocation.rescore import RescoreSettings
+    from edgetqs.allocation.targets import load_target
+    from edgetqs.core.rollout import float_reference
+    from edgetqs.sensitivity.scores import ProbeSettings
+    from edgetqs.sensitivity.sweep import run_sweep
 
     target = load_target(ROOT / "scripts" / "bench_target.toml")
-    ALL = (*METHODS, "tqs-ladder", "tqs-refine", "tqs-ladder-refine")
-    VARIANTS = ("tqs", "tqs-ladder", "tqs-refine", "tqs-ladder-refine")
-    LADDER = (2, 3, 4, 5, 6, 8)
-    bits = [float(b) for b in a.bits.split(",")]
+    bits = [int(b) for b in a.bits.split(",")]
+    roundings = [r for r in a.roundings.split(",") if r]
+    rescore_settings = RescoreSettings(rollout_budget=a.rescore_budget)
     lines: list[str] = []
 
     def emit(s: str = "") -> None:
         print(s, flush=True)
         lines.append(s)
 
-    emit("## Cost of the sensitivity estimates\n")
-    emit("example | weights | TQS groups | TQS sweep s | TQS forward calls | TQS with --ladder s | Hessian (Hutchinson) s | Hessian-vector products | one-step pairs")
-    emit("--- | --- | --- | --- | --- | --- | --- | --- | ---")
-    cells: dict = {}  # (example, variable, bits) -> {method: error at last lead}
-    leads_table: list[str] = []
-    overall_cells: dict = {}  # (example, bits) -> {method: overall error at the last lead}
-    notes: list[str] = []
+    results: dict[str, dict] = {}  # rounding -> {(example, bits): measured}
+    plans_seen: dict[str, dict] = {}
+    exs: list[Example] = []
     for name in a.examples.split(","):
-        _, horizon, train, held = halves(name, a.k)
-        m = train.model
+        ex = load_example(name, a.k_score, a.k_held)
+        exs.append(ex)
+        m, sc = ex.score.model, ex.score
         t0 = time.perf_counter()
-        scores = run_sweep(m, train.spec, train.contexts, ProbeSettings(horizon=horizon))
-        t_tqs = time.perf_counter() - t0
+        scores = run_sweep(m, sc.spec, sc.contexts, ProbeSettings(horizon=ex.horizon))
+        ex.costs["sweep"] = (time.perf_counter() - t0, scores.forward_calls)
         t0 = time.perf_counter()
-        scores_l = run_sweep(m, train.spec, train.contexts, ProbeSettings(horizon=horizon, ladder=LADDER))
-        t_ladder = time.perf_counter() - t0
-        traces, t_h, hvps, buffers = hessian_traces(name, train, scores, a.hessian_pairs, a.hessian_samples)
-        if buffers:
-            notes.append(f"{name}: {', '.join(buffers)} are buffers in the torch model (no gradient, no trace): the Hessian baseline keeps them in fp32, as HAWQ quantizes parameters only")
-        emit(f"{name} | {sum(w.size for w in m.weights):,} | {len(scores.groups)} | {t_tqs:.2f} | {scores.forward_calls} | {t_ladder:.2f} | {t_h:.2f} | {hvps} | {a.hessian_pairs}")
-        ref = Rollout(m, held.spec, held.contexts.statics, model_bytes=m.bytes).run(held.contexts.arrays, horizon).steps
-        n_w = sum(w.size for w in m.weights)
-        fixed = m.fixed_bytes
-        variables = list(held.contexts.variables) if len(held.contexts.variables) <= 12 else ["all"]
-        for b in bits:
-            budget = int(fixed + n_w * b / 8)
-            grids = {}
-            for method in ALL:
-                seeds = range(a.random_seeds) if method == "random" else [0]
-                per_seed = []
-                for seed in seeds:
-                    try:
-                        if method == "tqs-ladder":  # the tool with --ladder: a TQS variant, not a competitor
-                            plan = method_plan("tqs", scores_l, m, target, PlanOptions(runtime="ort", budget_bytes=budget))
-                        elif method == "tqs-refine":  # the tool with --refine: candidates measured on the scoring contexts
-                            plan = refine(scores, m, target, PlanOptions(runtime="ort", budget_bytes=budget), train.spec, train.contexts)[0]
-                        elif method == "tqs-ladder-refine":
-                            plan = refine(scores_l, m, target, PlanOptions(runtime="ort", budget_bytes=budget), train.spec, train.contexts)[0]
-                        else:
-                            plan = method_plan(method, scores, m, target, PlanOptions(runtime="ort", budget_bytes=budget), traces=traces,
-                                               seed=seed, fp32=tuple(buffers))
-                    except InfeasibleBudgetError:
-                        break
-                    per_seed.append(measure_grid(m, held.spec, held.contexts, simulated_weights(m, plan), horizon, ref))
-                if per_seed:
-                    grids[method] = np.mean(per_seed, axis=0)  # random: the mean error over seeds
-            for method, g in grids.items():
-                last = g.shape[0]
-                overall = np.sqrt(np.mean(g ** 2, axis=1))
-                overall_cells.setdefault((name, b), {})[method] = float(overall[-1])
-                picks = sorted({1, last // 2, last})
-                leads_table.append(f"{name} | {b:g} | {budget:,} | {method} | " + " | ".join(f"{overall[p - 1]:.4g}" for p in picks)
-                                   + f" | leads {', '.join(map(str, picks))}")
-            for j, v in enumerate(variables):
-                key = (name, v, b)
-                cells[key] = {}
-                for method, g in grids.items():
-                    cells[key][method] = float(np.sqrt(np.mean(g[-1] ** 2))) if v == "all" else float(g[-1, j])
-    emit()
-    emit("## Overall normalised RMSE vs float by lead (held-out contexts)\n")
-    emit("example | bits/weight | budget B | method | error at leads | (leads)")
+        ladder = run_sweep(m, sc.spec, sc.contexts, ProbeSettings(horizon=ex.horizon, ladder=LADDER))
+        ex.costs["ladder"] = (time.perf_counter() - t0, ladder.forward_calls)
+        traces, t_h, hvps, buffers = hessian_traces(name, sc, scores, a.hessian_pairs, a.hessian_samples)
+        ex.costs["hessian"] = (t_h, hvps)
+        ex.buffers = buffers
+        ex.ref = float_reference(ex.held.model, ex.held.spec, ex.held.contexts, ex.horizon).steps
+        budgets = {b: method_plan("uniform-bits", scores, m, target, PlanOptions(runtime="ort"), bits=b).weight_bytes for b in bits}
+        ex.budgets = budgets
+        for rounding in roundings:
+            t0 = time.perf_counter()
+            if rounding == "gptq":
+                from edgetqs.allocation.rounding import Rounder
+
+                r = Rounder(m, "gptq", sc.contexts, sc.spec, ex.horizon)
+                for w in m.weights:  # calibrate and round every tensor once at every bit-width (timed)
+                    for b in sorted(set(bits)):
+                        from edgetqs.core.quantize import Precision
+
+                        r.integers(w.name, Precision("int", b, "channel"))
+                ex.costs["gptq"] = (time.perf_counter() - t0, len(m.weights) * len(set(bits)))
+            cells = plans_for(ex, target, budgets, rounding, traces, buffers, rescore_settings, scores, ladder, a.random_seeds)
+            for b, cell in cells.items():
+                results.setdefault(rounding, {})[(name, b)] = measure_cell(ex, cell, rounding)
+                plans_seen.setdefault(rounding, {})[(name, b)] = {k: v[0].precisions() for k, v in cell.items()}
+            print(f"{name} {rounding}: measured {len(cells)} budgets", flush=True)
+
+    samples_cache: dict[int, np.ndarray] = {}
+
+    def samples(n: int) -> np.ndarray:
+        if n not in samples_cache:
+            samples_cache[n] = bootstrap_samples(n, a.bootstrap)
+        return samples_cache[n]
+
+    verdicts: dict[tuple[str, str], list] = {}  # (rounding, variant) -> overall-cell verdicts
+    var_verdicts: dict[tuple[str, str], list] = {}
+    emit("## Headline\n")
+    for rounding in roundings:
+        for (name, b), meas in results[rounding].items():
+            errs = {k: v[0] for k, v in meas.items()}
+            for v in TQS:
+                if v in errs:
+                    verdicts.setdefault((rounding, v), []).append(((name, b), judge(v, errs, OTHERS, plans_seen[rounding][(name, b)], samples(len(errs[v])))))
+            ex = next(e for e in exs if e.name == name)
+            names = ex.variables if len(ex.variables) <= 12 else ["all"]
+            for j, var in enumerate(names):
+                per = {k: (v[1][:, j] if var != "all" else v[0]) for k, v in meas.items()}
+                for v in TQS:
+                    if v in per:
+                        var_verdicts.setdefault((rounding, v), []).append(((name, var, b), judge(v, per, OTHERS, plans_seen[rounding][(name, b)], samples(len(per[v])))))
+    main_variant = "tqs-rescored"
+    good, n, share = headline([v for _, v in verdicts[("rtn", main_variant)]]) if "rtn" in roundings else (0, 0, float("nan"))
+    emit(f"headline: TQS best or tied-best in {good} of {n} informative cells ({share:.0%})")
+    if "gptq" in roundings:
+        better = [vv for _, vv in _paper(results["gptq"], main_variant, plans_seen["gptq"], samples)]
+        nb = sum(v.outcome == "win" for v in better)
+        emit(f"paper comparison: TQS better than uniform GPTQ at matched bytes in {nb} of {len(better)} cells ({nb / max(len(better), 1):.0%})")
+        emit("")
+        emit("(Both lines: TQS re-scored in context, the default; the headline with round-to-nearest for every method, the paper comparison "
+             "with GPTQ rounding for both TQS and the uniform baseline. A cell counts for TQS only when the paired bootstrap interval of the "
+             "difference excludes zero; ties are listed below.)")
+    emit("")
+    emit("rounding | variant | overall cells: win / tie / loss / saturated | best or tied-best (informative) | per-variable cells: win / tie / loss / saturated | best or tied-best")
     emit("--- | --- | --- | --- | --- | ---")
-    for row in leads_table:
-        emit(row)
-    emit()
-    emit("## Per variable at the last lead: the win-rate cells\n")
-    others = [x for x in METHODS if x != "tqs"]
-    emit("example | variable | bits | " + " | ".join(ALL) + " | " + " | ".join(f"{v} wins" for v in VARIANTS))
-    emit(" | ".join(["---"] * (len(ALL) + 3 + len(VARIANTS))))
-    rates = {}
-    losses: dict[str, list[str]] = {v: [] for v in VARIANTS}
-    for (name, v, b), errs in cells.items():
-        marks = []
-        for variant in VARIANTS:
-            if variant not in errs:
-                marks.append("n/a")
-                continue
-            best_other = min((errs[o] for o in others if o in errs), default=np.inf)
-            win = errs[variant] <= best_other * 1.01
-            w, t = rates.get(variant, (0, 0))
-            rates[variant] = (w + win, t + 1)
-            marks.append("yes" if win else "NO")
-            if not win:
-                who = min((o for o in others if o in errs), key=lambda o: errs[o])
-                losses[variant].append(f"{name}/{v} at {b:g} bits: {variant} {errs[variant]:.4g} vs {who} {errs[who]:.4g}")
-        emit(f"{name} | {v} | {b:g} | " + " | ".join(f"{errs[x]:.4g}" if x in errs else "n/a" for x in ALL) + " | " + " | ".join(marks))
-    emit()
-    for variant, (w, t) in rates.items():
-        label = {"tqs": "TQS (default: gauss probe)", "tqs-ladder": "TQS with --ladder 2,3,4,5,6,8 (quant probe at each bit-width)",
-                 "tqs-refine": "TQS with --refine (candidates measured on the scoring contexts)",
-                 "tqs-ladder-refine": "TQS with --ladder and --refine"}[variant]
-        emit(f"**{label} win rate: {w} of {t} cells ({w / max(t, 1):.0%})** (best or within 1% of the best non-TQS method).")
-    emit()
-    emit("Over all variables at once (the quantity TQS minimises: RMS over variables of the normalised error at the last lead), "
-         "one cell per example and budget:\n")
-    for variant in VARIANTS:
-        w = t = 0
-        for errs in overall_cells.values():
-            if variant in errs:
-                best_other = min((errs[o] for o in others if o in errs), default=np.inf)
-                w += errs[variant] <= best_other * 1.01
-                t += 1
-        emit(f"- {variant}: best or within 1% in {w} of {t} example x budget cells")
-    for variant, ls in losses.items():
-        if ls:
-            emit(f"\nCells {variant} loses:\n")
-            for x in ls:
-                emit(f"- {x}")
-    for n in notes:
-        emit(f"\nNote: {n}.")
+    for (rounding, v), vs in verdicts.items():
+        o = [x.outcome for _, x in vs]
+        ov = [x.outcome for _, x in var_verdicts[(rounding, v)]]
+        g, nn, sh = headline([x for _, x in vs])
+        g2, n2, sh2 = headline([x for _, x in var_verdicts[(rounding, v)]])
+        emit(f"{rounding} | {v} | {o.count('win')} / {o.count('tie')} / {o.count('loss')} / {o.count('saturated')} | {g} of {nn} ({sh:.0%}) | "
+             f"{ov.count('win')} / {ov.count('tie')} / {ov.count('loss')} / {ov.count('saturated')} | {g2} of {n2} ({sh2:.0%})")
+    if "gptq" in roundings:
+        emit("")
+        emit("Paper comparison (GPTQ rounding for both) per TQS variant: cells where the variant is better than uniform GPTQ at matched bytes "
+             "(interval excludes zero) / tie / worse:")
+        emit("")
+        for v in TQS:
+            vs = [x for _, x in _paper(results["gptq"], v, plans_seen["gptq"], samples)]
+            emit(f"- {v}: {sum(x.outcome == 'win' for x in vs)} better / {sum(x.outcome == 'tie' for x in vs)} tie / "
+                 f"{sum(x.outcome == 'loss' for x in vs)} worse of {len(vs)} ({sum(x.outcome == 'saturated' for x in vs)} saturated)")
+    emit("")
+    emit("## Cost of the estimates (score split)\n")
+    emit("example | weights | groups | sweep s (model calls) | ladder s (calls) | re-scoring s and rollouts per budget (mean) | Hessian s (HVPs) | GPTQ calibration + rounding s")
+    emit("--- | --- | --- | --- | --- | --- | --- | ---")
+    for ex in exs:
+        c = ex.costs
+        resc = "; ".join(f"{k.split()[1]}: {np.mean([x[0] for x in vals]):.1f} s, {np.mean([x[1] for x in vals]):.0f}" for k, vals in c.items() if k.startswith("rescore"))
+        gq = f"{c['gptq'][0]:.1f}" if "gptq" in c else "-"
+        emit(f"{ex.name} | {sum(w.size for w in ex.score.model.weights):,} | {len(ex.score.model.weights)} | {c['sweep'][0]:.2f} ({c['sweep'][1]}) | "
+             f"{c['ladder'][0]:.2f} ({c['ladder'][1]}) | {resc} | {c['hessian'][0]:.2f} ({c['hessian'][1]}) | {gq}")
+    for rounding in roundings:
+        emit("")
+        emit(f"## Overall error at the horizon, {rounding} rounding (held-out contexts; RMS over contexts, [95% interval])\n")
+        emit("example | bits (budget B) | " + " | ".join((*TQS, *OTHERS)) + " | " + " | ".join(f"{v} verdict (diff to best other [interval])" for v in TQS))
+        emit(" | ".join(["---"] * (2 + len(TQS) + len(OTHERS) + len(TQS))))
+        for (name, b), meas in results[rounding].items():
+            ex = next(e for e in exs if e.name == name)
+            cells = []
+            for mth in (*TQS, *OTHERS):
+                if mth in meas:
+                    lo, hi = interval(meas[mth][0], samples(len(meas[mth][0])))
+                    cells.append(f"{cell_error(meas[mth][0]):.4g} [{lo:.3g}, {hi:.3g}]")
+                else:
+                    cells.append("n/a")
+            vcells = []
+            for v in TQS:
+                x = next((vv for key, vv in verdicts[(rounding, v)] if key == (name, b)), None)
+                vcells.append("n/a" if x is None else f"{x.outcome} ({x.diff:+.3g} vs {x.best_other} [{x.diff_interval[0]:+.3g}, {x.diff_interval[1]:+.3g}])")
+            emit(f"{name} | {b} ({ex.budgets[b]:,}) | " + " | ".join(cells) + " | " + " | ".join(vcells))
+        emit("")
+        emit(f"### Per variable at the horizon, {rounding} rounding (RMS over held-out contexts)\n")
+        emit("example | variable | bits | " + " | ".join((*TQS, *OTHERS)) + " | " + " | ".join(f"{v}" for v in TQS))
+        emit(" | ".join(["---"] * (3 + len(TQS) + len(OTHERS) + len(TQS))))
+        rows = {}
+        for v in TQS:
+            for (name, var, b), x in var_verdicts[(rounding, v)]:
+                rows.setdefault((name, var, b), {})[v] = x
+        for (name, var, b), vv in rows.items():
+            meas = results[rounding][(name, b)]
+            ex = next(e for e in exs if e.name == name)
+            j = ex.variables.index(var) if var in ex.variables else None
+            errs = [f"{cell_error(meas[mth][1][:, j] if j is not None else meas[mth][0]):.4g}" if mth in meas else "n/a" for mth in (*TQS, *OTHERS)]
+            emit(f"{name} | {var} | {b} | " + " | ".join(errs) + " | " + " | ".join(vv[v].outcome if v in vv else "n/a" for v in TQS))
+        emit("")
+        emit(f"### Cells {main_variant} loses ({rounding})\n")
+        lost = [(key, x) for key, x in verdicts[(rounding, main_variant)] if x.outcome == "loss"]
+        for (name, b), x in lost:
+            emit(f"- {name} at {b} bits: {x.error:.4g} vs {x.best_other} {x.best_other_error:.4g} (difference {x.diff:+.3g}, interval "
+                 f"[{x.diff_interval[0]:+.3g}, {x.diff_interval[1]:+.3g}])")
+        if not lost:
+            emit("- none")
+    for ex in exs:
+        if getattr(ex, "buffers", None):
+            emit(f"\nNote: {ex.name}: {', '.join(ex.buffers)} are buffers in the torch model (no gradient, no trace): the Hessian "
+                 "baseline keeps them in fp32, as HAWQ quantizes parameters only.")
     header = [
-        "# Benchmarks: TQS-PTQ against other ways to choose bits\n",
-        f"Produced by `python {' '.join(['scripts/bench_quality.py'] + sys.argv[1:])}` on {platform.machine()} "
+        "# Benchmarks: TQS allocation against what users have today\n",
+        f"Produced by `python {' '.join(['scripts/bench_quality.py', *sys.argv[1:]])}` on {platform.machine()} "
         f"({os.cpu_count()} cores, {platform.processor() or platform.platform()}), Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d', time.gmtime())}.\n",
-        "Methods (see `edgetqs/baselines.py`): **tqs** (our default, gains measured along the rollout), **tqs-paper** "
-        "(the published objective gamma * 2^-b), **weight-error** (relative quantization error only, no model run), "
-        "**hessian** (HAWQ-v2: Hutchinson trace of the one-step loss Hessian times the squared weight perturbation), "
-        f"**random** (random gains, mean error over {a.random_seeds} seeds), **uniform** (int8 everywhere if it fits, else int4). "
-        "**tqs-ladder** is the tool with `--ladder 2,3,4,5,6,8`: the quant probe's gain measured at each bit-width prices each option; "
-        "**tqs-refine** is the tool with `--refine`: plans with the lowest tier raised step by step (none, 3, 4, 5, 6 bits) are "
-        "rolled out by simulated quantization on the *scoring* contexts and the best is kept; **tqs-ladder-refine** combines both. "
-        "The TQS variants are not counted as competitors of one another. "
-        "All use the same precision menu, quantizer and knapsack; plans are measured by simulated quantization on held-out contexts "
-        "(second half of each record; scoring and Hessians use the first half). Errors are normalised RMSE against the float "
-        "rollout; n/a = the budget is below what the method can reach.\n",
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}; {a.k_score} scoring and {a.k_held} held-out contexts per example, "
+        f"{a.bootstrap} bootstrap draws.\n",
+        __doc__.split("\n\n", 2)[2].strip() + "\n",
+        "GPTAQ and QEP are not compared (not implemented here).\n",
     ]
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(header + lines) + "\n")
     print(f"\nwrote {a.out}")
+
+
+def _paper(results: dict, variant: str, plans: dict, samples) -> list:
+    """The variant against uniform GPTQ only (the paper's comparison), per (example, budget) cell."""
+    from edgetqs.allocation.compare import judge
+
+    out = []
+    for key, meas in results.items():
+        errs = {k: v[0] for k, v in meas.items()}
+        if variant in errs and "uniform" in errs:
+            out.append((key, judge(variant, errs, ["uniform"], plans[key], samples(len(errs[variant])))))
+    return out
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class Measured:
     rmse_by_variable: tuple[float, ...]  # at the horizon, per variable
     first_nonfinite: int | None
     per_context: tuple[float, ...] = ()  # e_T per context (inf where it diverged): for bootstrap intervals
+    per_context_variable: np.ndarray | None = None  # [K, variable] at the horizon (inf where it diverged)
 
     def to_evaluation(self, contexts: Contexts, horizon: int) -> Evaluation:
         variables = list(contexts.variables) or [f"ch{i}" for i in range(len(self.rmse_by_variable))]
@@ -70,14 +71,20 @@ def measure(
         by_lead = rms_by_lead(e)
         # per variable at the horizon, over every pair
         per_var: list[float] = []
+        per_cv: list[np.ndarray] = []
         for q, r, i in zip(quant.steps, reference, inv):
             d = (q[-1].astype(np.float64) - r[-1]) * i[0]
             ax = channel_axis(spec.mode, spec.channel_axis, d.ndim)
             per_var += [float(v) for v in np.sqrt(np.mean(np.moveaxis(d, ax, 0).reshape(d.shape[ax], -1) ** 2, axis=1))]
+            moved = np.moveaxis(d, ax, 1)  # [K, variable, ...]
+            per_cv.append(np.sqrt(np.mean(moved.reshape(moved.shape[0], moved.shape[1], -1) ** 2, axis=2)))
     finite = quant.first_nonfinite is None
     at_t = float(np.mean(e[-1])) if finite else float("inf")
     per_ctx = tuple(float(v) if np.isfinite(v) else float("inf") for v in e[-1])
-    return Measured(at_t, tuple(float(v) for v in by_lead), tuple(per_var), quant.first_nonfinite, per_ctx)
+    cv = np.concatenate(per_cv, axis=1)
+    return Measured(
+        at_t, tuple(float(v) for v in by_lead), tuple(per_var), quant.first_nonfinite, per_ctx, np.where(np.isfinite(cv), cv, np.inf)
+    )
 
 
 def evaluate(

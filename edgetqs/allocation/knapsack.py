@@ -57,8 +57,10 @@ def _quiet_stdout() -> Iterator[None]:
         os.close(saved)
 
 
-def solve_exact(items: list[Item], budget: int) -> list[int]:
-    """Multiple-choice knapsack as a MILP (scipy / HiGHS)."""
+def solve_exact(items: list[Item], budget: int, current: list[int] | None = None, max_changes: int | None = None) -> list[int]:
+    """Multiple-choice knapsack as a MILP (scipy / HiGHS).
+
+    ``current`` and ``max_changes``: a trust region, at most that many items leave their current option."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import csr_matrix
 
@@ -72,14 +74,22 @@ def solve_exact(items: list[Item], budget: int) -> list[int]:
     # costs span many decades (fp16 ~1e-9, int2 ~1): scale by a near-optimal total (greedy's), so the
     # terms that decide the optimum sit well above HiGHS's tolerances
     g = solve_greedy(items, budget)
-    scale = float(sum(min(it.cost[k], big) for it, k in zip(items, g))) or (np.max(np.abs(c)) or 1.0)
+    total = abs(float(sum(min(it.cost[k], big) for it, k in zip(items, g))))
+    # never a negative scale: costs may be negative (measured improvements), and dividing by a negative
+    # total would turn the minimisation into a maximisation
+    scale = max(total, float(np.max(np.abs(c))) * 1e-9, 1e-300) if np.any(c) else 1.0
     rows = np.repeat(np.arange(len(items)), sizes)
     choose = csr_matrix((np.ones(nvar), (rows, np.arange(nvar))), shape=(len(items), nvar))
     weights = np.concatenate([it.bytes for it in items]).astype(float)[None, :]
+    constraints = [LinearConstraint(choose, 1, 1), LinearConstraint(weights, -np.inf, budget)]
+    if current is not None and max_changes is not None:
+        moved = np.ones(nvar)
+        moved[offsets[:-1] + np.asarray(current)] = 0.0
+        constraints.append(LinearConstraint(moved[None, :], -np.inf, max_changes))
     with _quiet_stdout():  # HiGHS prints solver internals to C stdout even with disp=False
         res = milp(
             c / scale,
-            constraints=[LinearConstraint(choose, 1, 1), LinearConstraint(weights, -np.inf, budget)],
+            constraints=constraints,
             integrality=np.ones(nvar),
             bounds=Bounds(0, 1),
             options={"disp": False, "mip_rel_gap": 0.0},

@@ -115,6 +115,11 @@ class MethodInputs:
     traces: dict[str, float] | None = None  # Hutchinson traces, for the Hessian baseline
     seed: int = 0
     fp32: tuple[str, ...] = ()  # tensors a method has no estimate for and leaves unquantized
+    bits: int | None = None  # the bit-width of the uniform baselines (their budget is their own size)
+    ladder: Any = None  # scores with quant-probe gains per bit-width (tqs-ladder; a start of tqs-rescored)
+    spec: Any = None  # rollout and scoring contexts: what tqs-rescored measures on
+    contexts: Any = None
+    rescore: Any = None  # `RescoreSettings`
 
 
 Method = Callable[[MethodInputs], Plan]
@@ -139,6 +144,35 @@ METHODS.register("random", lambda i: make_plan(with_gains(i.scores, random_gains
 METHODS.register("uniform", lambda i: uniform_plan(i.scores, i.model, i.target, i.opts))
 
 
+def uniform_bits(i: MethodInputs) -> Plan:
+    """Every tensor at ``bits`` bits per output channel (1-D tensors per tensor), scales counted: the paper's RTN
+    baseline, and with ``rounding="gptq"`` in the options its GPTQ baseline. Its budget is its own size, so a
+    benchmark cell at this size compares every method at matched bytes."""
+    if i.bits is None:
+        raise BadInputError("the uniform-bits baseline needs bits=")
+    opts = i.opts.model_copy(update={"pins": (parse_pin(f"re:.*=int{i.bits}-channel"),), "budget_bytes": 2**50, "ratio": None})
+    return make_plan(i.scores, i.model, i.target, opts)
+
+
+def _ladder(i: MethodInputs) -> Plan:
+    if i.ladder is None:
+        raise BadInputError("tqs-ladder needs scores with --ladder gains")
+    return make_plan(i.ladder, i.model, i.target, i.opts)
+
+
+def _rescored(i: MethodInputs) -> Plan:
+    from .rescore import rescore
+
+    if i.spec is None or i.contexts is None:
+        raise BadInputError("tqs-rescored needs the rollout and the scoring contexts to measure on")
+    return rescore(i.scores, i.model, i.target, i.opts, i.spec, i.contexts, ladder=i.ladder, settings=i.rescore)
+
+
+METHODS.register("uniform-bits", uniform_bits)
+METHODS.register("tqs-ladder", _ladder)
+METHODS.register("tqs-rescored", _rescored)
+
+
 def method_plan(
     method: str,
     scores: Any,
@@ -149,11 +183,12 @@ def method_plan(
     traces: dict[str, float] | None = None,
     seed: int = 0,
     fp32: tuple[str, ...] = (),
+    **more: Any,
 ) -> Plan:
-    """The plan the registered ``method`` makes at the budget in ``opts``.
+    """The plan the registered ``method`` makes at the budget in ``opts`` (``more``: further `MethodInputs` fields).
 
     Raises:
         InfeasibleBudgetError: the budget is below what the method can reach (uniform: int4 everywhere).
         BadInputError: unknown method, or ``hessian`` without traces.
     """
-    return METHODS.get(method)(MethodInputs(scores, model, target, opts, traces, seed, fp32))
+    return METHODS.get(method)(MethodInputs(scores, model, target, opts, traces, seed, fp32, **more))

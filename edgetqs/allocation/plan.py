@@ -216,6 +216,7 @@ class Plan(ResultFile):
     evaluation: Evaluation | None = None  # simulated-quantization rollout error, when --evaluate ran
     refinement: dict[str, Any] | None = None  # the search that chose this plan, when --refine ran
     pareto: tuple[ParetoPoint, ...] = ()  # plans at other budgets from the same scores, when --pareto ran
+    calibration: dict[str, Any] | None = None  # contexts the rounding's integers come from (GPTQ): source, k, contexts_sha256
 
     @property
     def rounding(self) -> str:
@@ -232,8 +233,11 @@ def _bits(p: Precision) -> int:
     return p.bits
 
 
-def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions) -> tuple[list[Item], str]:
-    """Every weight tensor with its allowed precisions, sizes, residuals and costs."""
+def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions, prune: bool = True) -> tuple[list[Item], str]:
+    """Every weight tensor with its allowed precisions, sizes, residuals and costs.
+
+    ``prune`` drops options the predicted cost dominates (as large and no better); a search that measures
+    every option (`edgetqs.allocation.rescore`) keeps them all."""
     from ..runtimes import RUNTIMES
 
     runtime = opts.runtime or target.runtimes[0]
@@ -254,8 +258,7 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions)
     missing = [w.name for w in model.weights if w.name not in group_of]
     if missing:
         raise BadInputError(f"weights {missing[:5]} are not in the scores (scored with different settings?); rescore the model")
-    finite_gamma = [g.gamma for g in scores.groups if g.gamma is not None]
-    gmin = min(finite_gamma) if finite_gamma else 0.0
+    paper = paper_weights(scores) if opts.objective == "paper" else {}
     items = []
     for w in model.weights:
         g = group_of[w.name]
@@ -297,8 +300,7 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions)
         gains = [_ladder_gain(g, p, gain) for p in opts_]
         err = np.array([(a**2) * share * r * r if r > 0 else 0.0 for a, r in zip(gains, res)])
         if opts.objective == "paper":
-            gamma = g.gamma if g.gamma is not None else (math.inf if g.diverged_step is not None else gmin)
-            cost = np.array([gamma * share * 2.0 ** (-_bits(p)) for p in opts_])
+            cost = np.array([paper[g.name] * share * 2.0 ** (-_bits(p)) for p in opts_])
         else:
             cost = err
         item = Item(w.name, g.name, w.size, opts_, nb, cost, err, res, rule)
@@ -310,8 +312,24 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions)
         items.append(item)
     _keep_fp32(items, scores, opts.keep_fp32_share)
     for it in items:
-        _prune(it)
+        _prune(it) if prune else _sort(it)
     return items, runtime
+
+
+def paper_weights(scores: Scores) -> dict[str, float]:
+    """Each group's weight in the published objective sum_g w_g 2^-b_g: the rank of its gamma, scaled to (0, 1].
+
+    The objective needs positive weights (a negative gamma would make fewer bits look *better*: the MILP then
+    sends normalisers with a negative gamma to int2). Gammas are log-rates whose zero depends on the
+    perturbation's units, so only their order compares across groups: the rank keeps the order and nothing
+    else. Dead groups weigh least (1 / (2 n)), groups whose probe diverged infinitely."""
+    live = sorted((g.gamma, g.name) for g in scores.groups if g.gamma is not None)
+    n = max(len(live), 1)
+    w = {name: (i + 1) / n for i, (_, name) in enumerate(live)}
+    for g in scores.groups:
+        if g.name not in w:
+            w[g.name] = math.inf if g.diverged_step is not None else 1.0 / (2 * n)
+    return w
 
 
 def _ladder_gain(g: GroupScore, p: Precision, default: float) -> float:
@@ -363,6 +381,14 @@ def _keep_fp32(items: list[Item], scores: Scores, share: float) -> None:
             kept += it.n
 
 
+def _sort(item: Item) -> None:
+    """Order options by bytes (then cost), keeping one per byte size."""
+    order = sorted(range(len(item.options)), key=lambda k: (item.bytes[k], item.cost[k]))
+    keep = [k for i, k in enumerate(order) if i == 0 or item.bytes[k] != item.bytes[order[i - 1]]]
+    item.options = [item.options[k] for k in keep]
+    item.bytes, item.cost, item.err, item.residual = item.bytes[keep], item.cost[keep], item.err[keep], item.residual[keep]
+
+
 def _prune(item: Item) -> None:
     """Drop dominated options (as large or larger and no better), order by bytes."""
     order = sorted(range(len(item.options)), key=lambda k: (item.bytes[k], item.cost[k]))
@@ -387,6 +413,29 @@ def _sizes(model: Model) -> tuple[int, int]:
     return fixed, fp32
 
 
+def budget_of(model: Model, target: Target, opts: PlanOptions) -> tuple[int, str]:
+    """(weight budget in bytes, where it came from): --budget, else --ratio of fp32, else the target's."""
+    _, fp32 = _sizes(model)
+    if opts.budget_bytes is not None:
+        return opts.budget_bytes, "--budget"
+    if opts.ratio is not None:
+        return int(opts.ratio * fp32), f"--ratio {opts.ratio:g} of fp32"
+    return target.weight_budget_bytes, f"target {target.name}"
+
+
+def feasible(model: Model, target: Target, items: list[Item], runtime: str, budget: int, source: str) -> int:
+    """The smallest feasible size; raises InfeasibleBudgetError (naming it) when the budget is below it."""
+    fixed, _ = _sizes(model)
+    min_bytes = fixed + int(sum(it.bytes.min() for it in items))
+    if min_bytes > budget:
+        raise InfeasibleBudgetError(
+            f"budget {budget:,} bytes ({kib(budget)}, from {source}) is below the smallest feasible size "
+            f"{min_bytes:,} bytes ({kib(min_bytes)}) for {runtime} on {target.name} with these options; "
+            f"raise the budget to at least {min_bytes} bytes, allow lower precisions or relax pins"
+        )
+    return min_bytes
+
+
 def make_plan(scores: Scores, model: Model, target: Target, opts: PlanOptions | None = None) -> Plan:
     """Allocate a precision to every weight tensor.
 
@@ -398,38 +447,53 @@ def make_plan(scores: Scores, model: Model, target: Target, opts: PlanOptions | 
     opts.check()
     t0 = time.perf_counter()
     items, runtime = build_items(scores, model, target, opts)
-    fixed, fp32 = _sizes(model)
-    if opts.budget_bytes is not None:
-        budget, source = opts.budget_bytes, "--budget"
-    elif opts.ratio is not None:
-        budget, source = int(opts.ratio * fp32), f"--ratio {opts.ratio:g} of fp32"
-    else:
-        budget, source = target.weight_budget_bytes, f"target {target.name}"
-    min_bytes = fixed + int(sum(it.bytes.min() for it in items))
-    if min_bytes > budget:
-        raise InfeasibleBudgetError(
-            f"budget {budget:,} bytes ({kib(budget)}, from {source}) is below the smallest feasible size "
-            f"{min_bytes:,} bytes ({kib(min_bytes)}) for {runtime} on {target.name} with these options; "
-            f"raise the budget to at least {min_bytes} bytes, allow lower precisions or relax pins"
-        )
-    free = budget - fixed
+    budget, source = budget_of(model, target, opts)
+    min_bytes = feasible(model, target, items, runtime, budget, source)
+    free = budget - _sizes(model)[0]
     if sum(int(it.bytes[-1]) for it in items) <= free:
         # everything fits at its largest (least-error) option: that is the optimum, and asking the
         # MILP would let costs below its tolerances (~1e-12) pass for zero
         choice = [len(it.options) - 1 for it in items]
     else:
         choice = solve_exact(items, free) if opts.allocator == "exact" else solve_greedy(items, free)
+    return plan_from_choice(
+        scores,
+        model,
+        target,
+        opts.model_copy(update={"runtime": runtime}),
+        items,
+        choice,
+        budget,
+        source,
+        min_bytes,
+        time.perf_counter() - t0,
+    )
+
+
+def plan_from_choice(
+    scores: Scores,
+    model: Model,
+    target: Target,
+    opts: PlanOptions,
+    items: list[Item],
+    choice: list[int],
+    budget: int,
+    source: str,
+    min_bytes: int,
+    seconds: float,
+) -> Plan:
+    """The `Plan` for one option per item (``choice`` indexes each item's options)."""
+    fixed, fp32 = _sizes(model)
     errs = np.array([it.err[c] for it, c in zip(items, choice)])
     total_err = float(errs.sum())
     paper = 0.0
-    gamma_of = {g.name: g.gamma for g in scores.groups}
+    weight_of = paper_weights(scores)
     group_n = {g.name: g.n_params for g in scores.groups}
     tensors = []
     for it, c in zip(items, choice):
         p = it.options[c]
-        gm = gamma_of.get(it.group)
-        if gm is not None:
-            paper += gm * (it.n / max(1, group_n[it.group])) * 2.0 ** (-p.bits)
+        if math.isfinite(weight_of.get(it.group, 0.0)):
+            paper += weight_of.get(it.group, 0.0) * (it.n / max(1, group_n[it.group])) * 2.0 ** (-p.bits)
         share = float(it.err[c] / total_err) if total_err > 0 and math.isfinite(total_err) else 0.0
         tensors.append(
             TensorPlan(
@@ -452,7 +516,7 @@ def make_plan(scores: Scores, model: Model, target: Target, opts: PlanOptions | 
         model=scores.model,
         model_sha256=scores.model_sha256,
         target=target.name,
-        runtime=runtime,
+        runtime=opts.runtime or target.runtimes[0],
         objective=opts.objective,
         allocator=opts.allocator,
         budget_bytes=budget,
@@ -465,8 +529,8 @@ def make_plan(scores: Scores, model: Model, target: Target, opts: PlanOptions | 
         predicted_error=math.sqrt(total_err) if math.isfinite(total_err) else None,
         paper_objective=paper,
         tensors=tuple(tensors),
-        options=opts.model_copy(update={"runtime": runtime}),
-        solve_seconds=time.perf_counter() - t0,
+        options=opts,
+        solve_seconds=seconds,
         horizon=scores.horizon,
     )
 

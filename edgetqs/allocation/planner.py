@@ -11,6 +11,7 @@ from ..core.rollout import RolloutSpec, float_reference
 from ..sensitivity.scores import Scores
 from .evaluate import Measured, evaluate, with_evaluation
 from .plan import ParetoPoint, Plan, PlanOptions, make_plan, pareto
+from .rescore import RescoreSettings
 from .targets import Target
 
 
@@ -25,13 +26,18 @@ def plan_stage(
     refine: bool = False,
     evaluate_plans: bool = False,
     pareto_n: int | None = None,
+    ladder: Scores | None = None,
+    rescore: RescoreSettings | None = None,
     log: Any = None,
 ) -> Plan:
     """Plan bits for ``target``.
 
     Args:
         spec, contexts: the rollout that refinement and evaluation measure on (needed for either).
-        refine: measure candidate plans and keep the best (`edgetqs.allocation.refine`).
+        refine: re-score the plan in context (`edgetqs.allocation.rescore`): measure each tensor's damage with
+            the rest of the plan quantized, re-solve, keep what improves on held-back contexts too.
+        ladder: scores with quant-probe gains per bit-width, a second starting point for the re-scoring.
+        rescore: how hard the re-scoring works (rollout budget, rounds).
         evaluate_plans: store the measured error of the plan (and of each Pareto point) in plan.json.
         pareto_n: also plan at this many budgets from the smallest feasible to fp32.
 
@@ -40,17 +46,27 @@ def plan_stage(
     """
     from ..errors import BadInputError
 
-    if (refine or evaluate_plans) and (spec is None or contexts is None):
-        raise BadInputError("refining or evaluating a plan needs contexts to roll out: give --contexts or a project file")
-    if refine:
-        from .refine import refine as run_refine
+    needs = refine or evaluate_plans or opts.rounding != "rtn"
+    if needs and (spec is None or contexts is None):
+        raise BadInputError(
+            f"{'re-scoring' if refine else 'evaluating' if evaluate_plans else opts.rounding + ' rounding of'} a plan needs "
+            "contexts to roll out: give --contexts or a project file"
+        )
+    if refine and spec is not None and contexts is not None:
+        from ..core.contexts import more_contexts
+        from .rescore import rescore as run_rescore
 
-        assert spec is not None and contexts is not None
-        plan, _ = run_refine(scores, model, target, opts, spec, contexts)
-        if log:
-            log(f"note: {plan.notes[-1]}")
+        settings = rescore or RescoreSettings()
+        search = more_contexts(contexts, model, spec, settings.contexts)
+        plan = run_rescore(scores, model, target, opts, spec, search, ladder=ladder, settings=settings, log=log)
     else:
         plan = make_plan(scores, model, target, opts)
+    if opts.rounding != "rtn" and contexts is not None:
+        plan = plan.model_copy(
+            update={
+                "calibration": {"source": contexts.source, "k": contexts.k, "contexts_sha256": contexts.sha256(), "horizon": scores.horizon}
+            }
+        )
     ref = None
     measured: Measured | None = None
     if evaluate_plans:

@@ -107,6 +107,7 @@ def build(
     project: Any = None,
     force: bool = False,
     refine: bool = True,
+    refine_rollouts: int = 400,
     k: int | None = None,
     contexts: str | Path | None = None,
     overwrite: bool = True,
@@ -123,7 +124,8 @@ def build(
         budget, ratio: weight budget (``600KB``) or fraction of fp32 (default: the target's budget).
         fmt: artifact format (default: the target's first runtime).
         force: rescore even when cached scores exist.
-        refine: measure candidate plans on the scoring contexts and keep the best (`edgetqs.allocation.refine`).
+        refine: re-score the plan in context on the scoring contexts (`edgetqs.allocation.rescore`).
+        refine_rollouts: the re-scoring's rollout budget.
         score: probe settings that beat the project's ``[score]`` table.
 
     Raises:
@@ -160,7 +162,20 @@ def build(
     st.say(f"      {'reused cached scores' if cached else 'swept'} ({len(scores.groups)} groups, T={scores.horizon}) {cpath}")
 
     t = time.perf_counter()  # an infeasible budget stops here, before any conversion
-    plan = plan_stage(scores, m, tg, opts, spec=inp.spec, contexts=inp.contexts, refine=refine, pareto_n=8)
+    from ..allocation.rescore import RescoreSettings
+
+    plan = plan_stage(
+        scores,
+        m,
+        tg,
+        opts,
+        spec=inp.spec,
+        contexts=inp.contexts,
+        refine=refine,
+        pareto_n=8,
+        rescore=RescoreSettings(rollout_budget=refine_rollouts),
+        log=st.say,
+    )
     if refine:
         st.notes.append(plan.notes[-1])
     st.time("plan", t)

@@ -61,6 +61,7 @@ class Contexts:
     record: Record | None = None
     spreads: tuple[np.ndarray, ...] = ()
     means: tuple[np.ndarray, ...] = ()
+    span: tuple[float, float] = (0.0, 1.0)  # the fraction of the record they were drawn from
 
     @property
     def k(self) -> int:
@@ -206,6 +207,19 @@ def _fill_missing(arr: np.ndarray, p: Path) -> np.ndarray:
     return out
 
 
+def more_contexts(contexts: Contexts, model: Model, spec: RolloutSpec, k: int) -> Contexts:
+    """Up to ``k`` contexts from the same record and span (a search that measures plans needs more contexts
+    than a sweep to not overfit); the given ones when there is no record or no room for more."""
+    if contexts.record is None or contexts.record.premade or contexts.k >= k or any(i < 0 for i in contexts.indices):
+        return contexts
+    for n in (k, (k + contexts.k) // 2):
+        try:
+            return select_contexts(contexts.record, model, spec, n, contexts.span)
+        except ContextsError:
+            continue
+    return contexts
+
+
 def _sample_shape(model: Model, name: str) -> tuple[int | None, ...]:
     info = next(i for i in model.inputs if i.name == name)
     return info.shape[1:]
@@ -273,7 +287,7 @@ def select_contexts(record: Record, model: Model, spec: RolloutSpec, k: int, spa
             arrays.append(data[starts])
     statics = dict(record.statics)
     spreads, means = _stats([record.arrays[name] for name, _ in spec.pairs], spec)
-    return Contexts(arrays, statics, record.variables, record.source, indices, record, spreads, means)
+    return Contexts(arrays, statics, record.variables, record.source, indices, record, spreads, means, span)
 
 
 def _fits(have: tuple[int, ...], want: tuple[int | None, ...]) -> bool:

@@ -51,6 +51,7 @@ class ScoreConfig(Config):
     bits: int | None = None
     workers: int | None = None
     ladder: tuple[int, ...] | None = None
+    eps: Literal["relative", "absolute"] | None = None
 
 
 class ProjectFile(Config):

@@ -50,7 +50,13 @@ class ConvertJob:
         roundings other than round-to-nearest; None: converters round to nearest themselves."""
         from ..allocation.rounding import plan_integers
 
-        return plan_integers(self.model, self.plan, self.contexts, self.spec, self.horizon)
+        cal = self.plan.calibration
+        if cal is not None and cal.get("contexts_sha256") != self.contexts.sha256():
+            raise ConvertError(
+                f"the plan's {self.plan.rounding} integers were computed on other contexts ({cal.get('source')}, k={cal.get('k')}); "
+                "convert with the contexts the plan was made with (the same --contexts, -k and --span)"
+            )
+        return plan_integers(self.model, self.plan, self.contexts, self.spec, self.plan.horizon)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from ..core.contexts import ContextsInfo
 from ..core.project import ScoreConfig
@@ -51,6 +51,10 @@ class ProbeSettings(Frozen):
         seed: seeds every probe (per group, independent of order and workers).
         state_scale: relative size of the initial-state perturbation for the model's own exponent.
         ladder: also measure the quant probe's gain at each of these bit-widths.
+        eps: gamma's initial separation: the perturbation's size relative to the weights' (``relative``:
+            eps / rms(W), so groups in different units compare) or in weight units (``absolute``, as
+            first published: a group of large weights, a pressure normaliser near 1e3, then scores low for
+            that reason alone). The gain A_g, which the planner uses, is per unit of weight error either way.
     """
 
     probe: str = "gauss"
@@ -63,6 +67,7 @@ class ProbeSettings(Frozen):
     seed: int = 0
     state_scale: float = 1e-3
     ladder: tuple[int, ...] = ()
+    eps: Literal["relative", "absolute"] = "relative"
 
     @classmethod
     def from_config(cls, cfg: ScoreConfig | dict[str, Any] | None) -> ProbeSettings:
@@ -71,7 +76,7 @@ class ProbeSettings(Frozen):
         d = cfg.model_dump() if isinstance(cfg, ScoreConfig) else dict(cfg or {})
         kw: dict[str, Any] = {
             k: d[k]
-            for k in ("probe", "granularity", "block_depth", "max_horizon", "scale", "bits", "seed", "state_scale")
+            for k in ("probe", "granularity", "block_depth", "max_horizon", "scale", "bits", "seed", "state_scale", "eps")
             if d.get(k) is not None
         }
         if "horizon" in d and d["horizon"] is not None:
@@ -128,6 +133,7 @@ class GroupScore(Frozen):
     # quant probe at each bit-width of the ladder (--ladder): the output error per unit of weight error
     # when this group alone is rounded to that many bits; None where that rollout diverged
     gain_by_bits: dict[str, float | None] | None = None
+    weight_rms: float = 1.0  # rms of the group's weights (relative eps: gamma's separation is eps / weight_rms)
 
     @property
     def sort_key(self) -> float:

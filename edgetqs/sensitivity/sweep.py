@@ -38,8 +38,21 @@ STRATEGIES = ("auto", "feed", "rebuild")
 Progress = Callable[[int, int], None]
 
 
-def summarise(name: str, tensors: tuple[str, ...], n_params: int, e: np.ndarray, eps: float, probe: str) -> GroupScore:
-    """gamma curve, gamma and gain from the divergence [T, K] and the perturbation size."""
+def summarise(
+    name: str,
+    tensors: tuple[str, ...],
+    n_params: int,
+    e: np.ndarray,
+    eps: float,
+    probe: str,
+    weight_rms: float = 1.0,
+    relative: bool = False,
+) -> GroupScore:
+    """gamma curve, gamma and gain from the divergence [T, K] and the perturbation size.
+
+    With ``relative``, gamma's initial separation is the perturbation relative to the weights' size,
+    eps / rms(W): gamma = mean_c (1/T) ln(e_T / (eps / rms W)). The gain stays per unit of weight error
+    (the planner multiplies it by residuals in weight units)."""
     t = np.arange(1, e.shape[0] + 1)[:, None]
     if not (e[-1] > 0).any():
         return GroupScore(
@@ -53,8 +66,10 @@ def summarise(name: str, tensors: tuple[str, ...], n_params: int, e: np.ndarray,
             dead=True,
             diverged_step=None,
             probe=probe,
+            weight_rms=weight_rms,
         )
-    logs = np.log(np.maximum(e, TINY) / eps) / t
+    sep = eps / weight_rms if relative and weight_rms > 0 else eps
+    logs = np.log(np.maximum(e, TINY) / sep) / t
     curve = logs.mean(axis=1)
     gamma = float(curve[-1])
     gain = float(np.mean(e[-1] / eps))
@@ -70,6 +85,7 @@ def summarise(name: str, tensors: tuple[str, ...], n_params: int, e: np.ndarray,
         dead=dead,
         diverged_step=None,
         probe=probe,
+        weight_rms=weight_rms,
     )
 
 
@@ -125,6 +141,7 @@ class GroupScorer:
             delta = delta_of(new)
         eps = rms(delta)
         n_params = int(delta.size)
+        w_rms = rms(np.concatenate([self.model.weight_array(t).astype(np.float64).ravel() for t in tensors]))
         if self.strategy == "feed":
             res = self.roll.run(self.contexts, self.horizon, overrides=new)
         else:
@@ -143,9 +160,10 @@ class GroupScorer:
                 dead=False,
                 diverged_step=res.first_nonfinite,
                 probe=settings.probe,
+                weight_rms=w_rms,
             )
         e = divergence(res.steps, self.reference, self.inv_spread)
-        return summarise(name, tensors, n_params, e, eps, settings.probe)
+        return summarise(name, tensors, n_params, e, eps, settings.probe, w_rms, settings.eps == "relative")
 
 
 _WORKER: GroupScorer | None = None

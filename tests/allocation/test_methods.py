@@ -17,6 +17,7 @@ from edgetqs.sensitivity.scores import ProbeSettings
 from edgetqs.sensitivity.sweep import run_sweep
 
 PI = find_target("raspberrypi")
+EXTRA: dict = {}  # what the measured methods need besides the scores (filled by the fixture)
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +27,28 @@ def scored(tmp_path_factory):
     spec = infer_spec(m)
     np.save(d / "r.npy", np.random.default_rng(0).standard_normal((60, 8)).astype(np.float32))
     ctx = select_contexts(read_record(d / "r.npy", spec), m, spec, 4)
+    EXTRA.update(spec=spec, contexts=ctx, ladder=run_sweep(m, spec, ctx, ProbeSettings(horizon=6, ladder=(2, 4, 8))))
     return m, run_sweep(m, spec, ctx, ProbeSettings(horizon=6))
 
 
 def test_every_method_fits_the_budget(scored) -> None:
+    from edgetqs.allocation.rescore import RescoreSettings
+
     m, s = scored
     traces = {g.name: float(i + 1) for i, g in enumerate(s.groups)}
     for method in METHODS.names():
-        p = method_plan(method, s, m, PI, PlanOptions(ratio=0.3), traces=traces)
+        p = method_plan(
+            method, s, m, PI, PlanOptions(ratio=0.3), traces=traces, bits=4, rescore=RescoreSettings(rollout_budget=20), **EXTRA
+        )
         assert p.weight_bytes <= p.budget_bytes, method
+
+
+def test_uniform_bits_is_the_papers_rtn_baseline_at_its_own_size(scored) -> None:
+    m, s = scored
+    for b in (3, 5, 8):
+        p = method_plan("uniform-bits", s, m, PI, PlanOptions(), bits=b)
+        assert {t.precision.name for t in p.tensors} <= {f"int{b}-channel", f"int{b}-tensor"}
+        assert p.weight_bytes < p.budget_bytes  # sized by itself, not by a budget
 
 
 def test_uniform_is_int8_if_it_fits_else_int4(scored) -> None:

@@ -102,7 +102,7 @@ def test_pins_exact_beats_regex_and_rules_are_recorded(scored) -> None:
 
 def test_keep_fp32_share_and_lowest_tier(scored) -> None:
     m, _, _, s = scored
-    p = make_plan(s, m, PI, PlanOptions(ratio=0.5, keep_fp32_share=0.3))
+    p = make_plan(s, m, PI, PlanOptions(ratio=0.6, keep_fp32_share=0.3))
     kept = [x for x in p.tensors if x.rule.startswith("fp32 share")]
     assert kept and all(x.precision.name == "fp32" for x in kept)
     assert sum(x.n_params for x in kept) >= 0.3 * sum(x.n_params for x in p.tensors)
@@ -261,25 +261,3 @@ def test_ladder_gains_price_each_bit_width(scored, tmp_path: Path) -> None:
     prec = {x.name: x.precision.name for x in laddered.tensors}
     assert all(prec[n] != "int2-channel" for n in big.tensors)
     assert any(x.precision.name == "int2-channel" for x in plain.tensors if x.name in big.tensors)
-
-
-def test_refine_keeps_the_best_measured_candidate(scored, tmp_path: Path) -> None:
-    from edgetqs.allocation.refine import refine
-    from edgetqs.allocation.targets import load_target
-
-    m = load_model(models.deep_mlp(tmp_path / "wide.onnx", hidden=96))  # wide enough that scales do not dominate the bytes
-    _, spec, ctx, _ = scored
-    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=8))
-    (tmp_path / "t.toml").write_text(
-        'name = "t"\narch = "any"\nruntimes = ["ort"]\nweight_budget_bytes = 1000000\nram_budget_bytes = 1000000\n'
-        '[precisions.ort]\ndefault = ["fp32", "int8-channel", "int6-channel", "int4-channel", "int3-channel", "int2-channel"]\n'
-    )
-    t = load_target(tmp_path / "t.toml")
-    plan, rows = refine(s, m, t, PlanOptions(ratio=0.14), spec, ctx)  # candidates: no floor, and 4 bits
-    assert plan.weight_bytes <= plan.budget_bytes and plan.refinement["candidates"] == rows and len(rows) >= 2
-    finite = [r["measured_error"] for r in rows if r["measured_error"] is not None]
-    chosen = next(r for r in rows if r["lowest_bits"] == plan.options.lowest_bits)
-    assert chosen["measured_error"] == min(finite)
-    assert "refined" in plan.notes[-1]
-    with pytest.raises(InfeasibleBudgetError):
-        refine(s, m, t, PlanOptions(budget_bytes=100), spec, ctx)

@@ -37,9 +37,15 @@ def test_gamma_and_gain_follow_the_definition(state_model: Path, record: Path) -
     e = np.sqrt((((pert - ref) / spread) ** 2).mean(axis=2))  # [T, K]
     eps = np.sqrt(np.mean((new["l2.weight"].astype(np.float64) - m.weight_array("l2.weight")) ** 2))
     assert g.eps == pytest.approx(eps)
-    assert g.gamma == pytest.approx(np.mean(np.log(e[-1] / eps)) / 6, rel=1e-9)
+    w_rms = np.sqrt(np.mean(m.weight_array("l2.weight").astype(np.float64) ** 2))
+    assert g.weight_rms == pytest.approx(w_rms)
+    # gamma's initial separation is the perturbation relative to the weights (the default); the gain is per unit weight error
+    assert g.gamma == pytest.approx(np.mean(np.log(e[-1] / (eps / w_rms))) / 6, rel=1e-9)
     assert g.gain == pytest.approx(np.mean(e[-1] / eps), rel=1e-9)
-    assert g.gamma_curve[2] == pytest.approx(np.mean(np.log(e[2] / eps)) / 3, rel=1e-9)
+    assert g.gamma_curve[2] == pytest.approx(np.mean(np.log(e[2] / (eps / w_rms))) / 3, rel=1e-9)
+    absolute = run_sweep(m, spec, ctx, st.model_copy(update={"eps": "absolute"}))
+    ga = next(g for g in absolute.groups if g.name == "l2.weight")
+    assert ga.gamma == pytest.approx(np.mean(np.log(e[-1] / eps)) / 6, rel=1e-9) and ga.gain == pytest.approx(g.gain)
     assert len(g.gamma_curve) == 6 and not g.dead and g.diverged_step is None
 
 
