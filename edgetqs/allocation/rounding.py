@@ -100,5 +100,16 @@ def plan_integers(model: Model, plan: Plan, contexts: Any, spec: RolloutSpec, ho
 
 
 def dequantized(model: Model, plan: Plan, contexts: Any = None, spec: Any = None, horizon: int | None = None) -> dict[str, np.ndarray]:
-    """Weight name -> the values the runtime will compute with under the plan (its rounding included)."""
-    return Rounder(model, plan.rounding, contexts, spec, horizon or plan.horizon).plan_values(plan)
+    """Weight name -> the values the runtime will compute with under the plan (its rounding included).
+
+    Raises:
+        BadInputError: a GPTQ plan given other contexts than it was calibrated on (its integers would differ)."""
+    from ..errors import BadInputError
+
+    cal = plan.calibration
+    if cal is not None and contexts is not None and cal.get("contexts_sha256") != contexts.sha256():
+        raise BadInputError(
+            f"the plan's {plan.rounding} integers come from other contexts ({cal.get('source')}, k={cal.get('k')}); "
+            "measure it with the contexts it was made with, or use a Rounder calibrated on those"
+        )
+    return Rounder(model, plan.rounding, contexts, spec, plan.horizon).plan_values(plan)

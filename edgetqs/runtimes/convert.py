@@ -188,7 +188,7 @@ def convert(
         # the host check: artifact vs float, and vs the plan's simulated quantization
         ref = float_reference(model, spec, contexts, horizon)
         got = Rollout(model, spec, contexts.statics, session=done.session).run(contexts.arrays, horizon)
-        sim = Rollout(model, spec, contexts.statics, model_bytes=model.with_weights(simulated_weights(model, plan))).run(
+        sim = Rollout(model, spec, contexts.statics, model_bytes=model.with_weights(simulated_weights(model, plan, contexts, spec))).run(
             contexts.arrays, horizon
         )
         lead = nrmse_by_lead(got.steps, ref.steps, contexts.spreads, spec.mode, spec.channel_axis)

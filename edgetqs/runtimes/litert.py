@@ -26,6 +26,15 @@ from .base import ConvertError
 WEIGHT_OPS = {"FULLY_CONNECTED": 1, "CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "BATCH_MATMUL": 1, "EMBEDDING_LOOKUP": 1, "CONV_3D": 1}
 
 
+def refuse_other_rounding(job: Any) -> None:
+    """ai-edge-quantizer rounds TFLite weights itself, so only round-to-nearest plans are realised exactly here."""
+    if job.plan.rounding != "rtn":
+        raise ConvertError(
+            f"the plan uses {job.plan.rounding} rounding, whose integers the ort and ort-mobile formats store exactly; the TFLite routes "
+            "round weights themselves (ai-edge-quantizer): replan with --rounding rtn for tflite/tflm, or convert to ort"
+        )
+
+
 def quiet_tensorflow() -> None:
     """TensorFlow's C++ logging (imported by ai-edge-quantizer and the converters) would flood the terminal."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

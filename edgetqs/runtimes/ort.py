@@ -193,8 +193,11 @@ def _to_matmul_nbits(
     return b_name
 
 
-def read_back(artifact: Path, plan: Plan, nbits: dict[str, str]) -> tuple[list[Any], int]:
-    """Per planned tensor, the precision the file stores, and every constant byte it holds."""
+def read_back(
+    artifact: Path, model: Model, plan: Plan, nbits: dict[str, str], integers: dict[str, QuantizedTensor] | None
+) -> tuple[list[Any], int]:
+    """Per planned tensor, the precision the file stores and whether its integers are exactly the plan's (its
+    rounding's: GPTQ's when given, else round-to-nearest), and every constant byte it holds."""
     from . import readback
     from .convert import TensorCheck
 
@@ -203,7 +206,18 @@ def read_back(artifact: Path, plan: Plan, nbits: dict[str, str]) -> tuple[list[A
     for t in plan.tensors:
         found, nbytes = readback.stored_precision(g, t.name, nbits)
         planned = "fp32" if t.precision.stays_float else t.precision.name  # float graphs keep full-integer biases in fp32
-        checks.append(TensorCheck(name=t.name, planned=t.precision.name, found=found, match=found == planned, bytes=nbytes))
+        ok = found == planned
+        stored = readback.stored_integers(g, t.name, nbits) if ok and t.precision.kind == "int" and not t.precision.stays_float else None
+        if stored is not None:
+            p = effective(t.precision, model.weight_array(t.name).shape, model.layout(t.name))
+            want = (integers or {}).get(t.name) or quantize_int(model.weight_array(t.name), p, model.layout(t.name))
+            q = want.q.astype(np.int16)
+            same = stored.shape == q.shape and bool((stored == q).all())
+            if not same and t.name in nbits:  # MatMulNBits keeps [N, K]; a MatMul weight is [K, N]
+                same = stored.shape == q.T.shape and bool((stored == q.T).all())
+            if not same:
+                ok, found = False, f"{found} (integers differ from the plan's {plan.rounding} rounding)"
+        checks.append(TensorCheck(name=t.name, planned=t.precision.name, found=found, match=ok, bytes=nbytes))
     return checks, sum(i.nbytes for i in g.inits.values())
 
 
@@ -219,10 +233,11 @@ class OrtRuntime(RuntimeInfo):
     def convert(self, job: ConvertJob) -> Converted:
         from ..ondevice.runners import OrtRunner
 
-        data, nbits = qdq_model(job.model, job.plan, integers=job.plan_integers())
+        ints = job.plan_integers()
+        data, nbits = qdq_model(job.model, job.plan, integers=ints)
         artifact = job.work / job.file_name
         artifact.write_bytes(data)
-        checks, weight_bytes = read_back(artifact, job.plan, nbits)
+        checks, weight_bytes = read_back(artifact, job.model, job.plan, nbits, ints)
         return Converted(artifact, checks, weight_bytes, OrtRunner(data, threads=0))
 
     def open(self, artifact: Path, model: Model, facts: dict[str, Any]) -> Any:

@@ -53,7 +53,8 @@ class OrtMobileRuntime(RuntimeInfo):
     def convert(self, job: ConvertJob) -> Converted:
         from ..ondevice.runners import OrtRunner
 
-        data, nbits = qdq_model(job.model, job.plan, mobile=True, integers=job.plan_integers())
+        ints = job.plan_integers()
+        data, nbits = qdq_model(job.model, job.plan, mobile=True, integers=ints)
         onnx_path = job.work / (job.model.name + ".onnx")
         onnx_path.write_bytes(data)
         artifact = to_ort_format(onnx_path, job.work)
@@ -61,7 +62,7 @@ class OrtMobileRuntime(RuntimeInfo):
         final = job.work / job.file_name
         if artifact != final:
             artifact.replace(final)
-        checks, weight_bytes = read_back(final, job.plan, nbits)
+        checks, weight_bytes = read_back(final, job.model, job.plan, nbits, ints)
         return Converted(final, checks, weight_bytes, OrtRunner(final.read_bytes(), ort_format=True, threads=0))
 
     def open(self, artifact: Path, model: Model, facts: dict[str, Any]) -> Any:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import BadModelError
 
 # onnx.TensorProto data types
@@ -18,11 +20,15 @@ _DT = {1: "float32", 10: "float16", 3: "int8", 2: "uint8", 22: "int4", 21: "uint
 _BITS = {"float32": 32, "float16": 16, "int8": 8, "uint8": 8, "int4": 4, "uint4": 4, "int32": 32, "int64": 64, "float64": 64}
 
 
+_INTS = ("int8", "int4", "uint8")
+
+
 @dataclass
 class Init:
     dtype: str
     dims: tuple[int, ...]
     nbytes: int
+    raw: bytes | None = None  # the stored bytes of integer tensors (to compare their values with the plan's)
 
 
 @dataclass
@@ -54,7 +60,7 @@ def view_onnx(data: bytes) -> GraphView:
             n *= d
         # raw: packed bytes; typed fields (float_data, int32_data varints): what the file really holds
         nbytes = len(i.raw_data) if i.raw_data else max(i.ByteSize() - len(i.name) - 8, -(-n * _BITS.get(dt, 32) // 8))
-        inits[i.name] = Init(dt, tuple(i.dims), nbytes)
+        inits[i.name] = Init(dt, tuple(i.dims), nbytes, bytes(i.raw_data) if dt in _INTS and i.raw_data else None)
     nodes = [
         Node(n.op_type, list(n.input), list(n.output), {a.name: a.i for a in n.attribute if a.type == onnx.AttributeProto.INT})
         for n in m.graph.node
@@ -80,7 +86,8 @@ def view_ort(data: bytes) -> GraphView:
             for d in dims:
                 n *= d
             nbytes = -(-n * _BITS.get(dt, 32) // 8)
-        inits[t.Name().decode()] = Init(dt, dims, nbytes)
+        raw = t.RawDataAsNumpy().tobytes() if dt in _INTS and t.RawDataLength() else None
+        inits[t.Name().decode()] = Init(dt, dims, nbytes, raw)
     nodes = []
     for k in range(g.NodesLength()):
         n = g.Nodes(k)
@@ -132,3 +139,35 @@ def stored_precision(g: GraphView, name: str, nbits_weight: dict[str, str] | Non
                 b, s = g.inits[n.inputs[1]], g.inits[n.inputs[2]]
                 return f"int{n.attrs.get('bits', 4)}-block{n.attrs.get('block_size', 0)}", b.nbytes + s.nbytes
     return "missing", 0
+
+
+def _unpack4(raw: bytes, n: int, signed: bool) -> np.ndarray:
+    """Two 4-bit values per byte, low nibble first (ONNX INT4 and MatMulNBits alike)."""
+    b = np.frombuffer(raw, np.uint8)
+    v = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(-1)[:n].astype(np.int16)
+    return np.where(v > 7, v - 16, v) if signed else v
+
+
+def stored_integers(g: GraphView, name: str, nbits_weight: dict[str, str] | None = None) -> np.ndarray | None:
+    """The integers stored for one planned tensor, in the order the file keeps them: a DequantizeLinear's
+    input in the tensor's own shape, or a MatMulNBits weight as [N, K] (unsigned values minus its zero point
+    8). None when the tensor is not stored as integers."""
+    node = g.producer(name)
+    if node is not None and node.op == "DequantizeLinear" and node.inputs[0] in g.inits:
+        q = g.inits[node.inputs[0]]
+        if q.raw is None:
+            return None
+        n = int(np.prod(q.dims)) if q.dims else 1
+        vals = np.frombuffer(q.raw, np.int8)[:n].astype(np.int16) if q.dtype == "int8" else _unpack4(q.raw, n, signed=True)
+        return vals.reshape(q.dims)
+    key = (nbits_weight or {}).get(name)
+    for nd in g.nodes if key else []:
+        if nd.op == "MatMulNBits" and len(nd.inputs) > 2 and nd.inputs[1] == key:
+            b = g.inits[nd.inputs[1]]
+            n_out, k, bs = nd.attrs["N"], nd.attrs["K"], nd.attrs["block_size"]
+            nb = -(-k // bs)
+            if b.raw is None:
+                return None
+            u = _unpack4(b.raw, n_out * nb * bs, signed=False).reshape(n_out, nb * bs)[:, :k]
+            return u - 8
+    return None

@@ -31,6 +31,7 @@ from .litert import (
     op_name,
     qbytes,
     quiet_tensorflow,
+    refuse_other_rounding,
     require,
     schema,
     scope,
@@ -147,6 +148,7 @@ class TfliteRuntime(RuntimeInfo):
             (("onnx2tf", "onnx2tf"), ("ai_edge_quantizer", "ai-edge-quantizer"), ("ai_edge_litert", "ai-edge-litert")),
         )
         quiet_tensorflow()
+        refuse_other_rounding(job)
         from ai_edge_quantizer import quantizer
 
         from ..ondevice.runners import LiteRunner

@@ -40,6 +40,7 @@ from .litert import (
     op_name,
     qbytes,
     quiet_tensorflow,
+    refuse_other_rounding,
     schema,
     scope,
     versions,
@@ -296,6 +297,7 @@ def convert_tflm(job: ConvertJob) -> Converted:
     """The full-integer artifact, its read-back, its measured arena and a host session on it."""
     require()
     quiet_tensorflow()
+    refuse_other_rounding(job)
     from ..ondevice.runners import MicroRunner
 
     model, plan, work, contexts, spec, horizon, target, activations = (

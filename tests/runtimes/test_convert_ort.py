@@ -132,3 +132,38 @@ def test_existing_artifact_needs_overwrite(tmp_path: Path) -> None:
     with pytest.raises(ConvertError, match="--overwrite"):
         convert(m, plan, "ort", tmp_path / "out", ctx, spec)
     assert convert(m, plan, "ort", tmp_path / "out", ctx, spec, overwrite=True).all_match
+
+
+@pytest.mark.parametrize("fmt", ["ort", "ort-mobile"])
+def test_gptq_plans_store_exactly_the_gptq_integers(tmp_path: Path, fmt: str) -> None:
+    """A GPTQ plan's artifact holds GPTQ's integers (read back and compared), not round-to-nearest's."""
+    from edgetqs.allocation.planner import plan_stage
+    from edgetqs.allocation.rounding import Rounder
+    from edgetqs.runtimes import readback
+
+    m, spec, ctx, s = _setup(tmp_path, models.deep_mlp(tmp_path / "d.onnx", hidden=64))
+    pins = (parse_pin("re:weight$=int4-block32") if fmt == "ort-mobile" else parse_pin("re:weight$=int4-channel"),)
+    plan = plan_stage(s, m, PI, PlanOptions(runtime=fmt, pins=pins, rounding="gptq"), spec=spec, contexts=ctx)
+    assert plan.rounding == "gptq" and plan.calibration["contexts_sha256"] == ctx.sha256()
+    r = convert(m, plan, fmt, tmp_path / "o", ctx, spec)
+    assert r.all_match
+    g = readback.view(tmp_path / "o" / r.artifact)
+    nbits = {t.name: t.name + "__nbits4" for t in plan.tensors} if fmt == "ort-mobile" else {}
+    rounder, differs = Rounder(m, "gptq", ctx, spec, plan.horizon), 0
+    for t in plan.tensors:
+        if not t.name.endswith("weight"):
+            continue
+        stored = readback.stored_integers(g, t.name, nbits)
+        want = rounder.integers(t.name, t.precision).q
+        want = want.T if stored.shape != want.shape else want
+        assert (stored == want).all()
+        from edgetqs.core.quantize import quantize_int
+
+        rtn = quantize_int(m.weight_array(t.name), t.precision, m.layout(t.name)).q
+        differs += int(((want.T if want.shape != rtn.shape else want) != rtn).any())
+    assert differs >= 1  # GPTQ changed integers somewhere, and the file holds GPTQ's
+    # the artifact's host rollout equals the plan's simulated quantization (GPTQ values) to float rounding
+    assert r.artifact_vs_simulated is not None and r.artifact_vs_simulated < 1e-4
+    other = select_contexts(read_record(tmp_path / "r.npz", spec), m, spec, 3)
+    with pytest.raises(ConvertError, match="computed on other contexts"):
+        convert(m, plan, fmt, tmp_path / "o2", other, spec)
