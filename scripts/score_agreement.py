@@ -67,6 +67,7 @@ def main() -> None:
     from edgetqs.core.rollout import Rollout
 
     p4 = parse_precision("int4-channel")
+    eps_rows: list[str] = []
     for name in a.examples.split(","):
         _, horizon, train, held = halves(name, a.k)
         m = train.model
@@ -94,6 +95,16 @@ def main() -> None:
             cols += [rho(gam, measured)[0], rho(pred, measured)[0]]
         worst = max(measured, key=lambda k: measured[k])
         print(f"{name} | {len(measured)} | " + " | ".join(f"{c:.3f}" for c in cols) + f" | {worst} ({measured[worst]:.3g})")
+        # gamma's initial separation: eps relative to rms(W) (the default) against eps in weight units
+        g = sc["gauss"]
+        rel = {x.name: x.gamma for x in g.groups if x.gamma is not None}
+        absolute = {x.name: x.gamma - np.log(x.weight_rms) / g.horizon for x in g.groups if x.gamma is not None and x.weight_rms > 0}
+        eps_rows.append(f"{name} | {rho(rel, measured)[0]:.3f} | {rho(absolute, measured)[0]:.3f}")
+    print()
+    print("example | rho(gamma, measured), eps relative to rms(W) | rho(gamma, measured), eps in weight units (gauss probe)")
+    print("--- | --- | ---")
+    for row in eps_rows:
+        print(row)
 
 
 if __name__ == "__main__":

@@ -40,14 +40,20 @@ def scored(
     horizon: int = 5,
     span: tuple[float, float] = (0.0, 1.0),
     hints: SpecHints | None = None,
+    rows: int = 60,
+    statics: dict[str, np.ndarray] | None = None,
     **settings: object,
 ) -> Chain:
-    """Load ``model_path``, cut ``k`` contexts from ``record`` (a random [60, C] record beside the model when None) and score."""
+    """Load ``model_path``, cut ``k`` contexts from ``record`` (a seeded random record of ``rows`` steps shaped like
+    the first fed-back input, with ``statics``, beside the model when None) and score them."""
     m = load_model(model_path)
     spec = infer_spec(m, hints or SpecHints())
     if record is None:
-        c = next(i for i in m.inputs if i.name == spec.pairs[0][0]).shape[-1]
-        record = record_for(model_path.with_suffix(".npy"), 60, int(c or 1))
+        shape = [d if d is not None else 1 for d in next(i for i in m.inputs if i.name == spec.pairs[0][0]).shape[1:]]
+        if spec.mode == "window":
+            shape = shape[1:]
+        record = model_path.with_suffix(".npz")
+        np.savez(record, record=np.random.default_rng(0).standard_normal([rows, *shape]).astype(np.float32), **(statics or {}))
     ctx = select_contexts(read_record(record, spec), m, spec, k, span=span)
     s = run_sweep(m, spec, ctx, ProbeSettings(horizon=horizon, **settings))  # type: ignore[arg-type]
     return Chain(m, spec, ctx, s)

@@ -5,6 +5,7 @@ import math
 import re
 from pathlib import Path
 
+import chain
 import models
 import numpy as np
 import pytest
@@ -24,13 +25,8 @@ from edgetqs.sensitivity.sweep import run_sweep
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    d = tmp_path_factory.mktemp("plan")
-    m = load_model(models.deep_mlp(d / "deep.onnx"))
-    spec = infer_spec(m)
-    rec = d / "r.npy"
-    np.save(rec, np.random.default_rng(0).standard_normal((100, 8)).astype(np.float32))
-    ctx = select_contexts(read_record(rec, spec), m, spec, 6)
-    return m, spec, ctx, run_sweep(m, spec, ctx, ProbeSettings(horizon=8))
+    c = chain.scored(models.deep_mlp(tmp_path_factory.mktemp("plan") / "deep.onnx"), k=6, horizon=8, rows=100)
+    return c.model, c.spec, c.contexts, c.scores
 
 
 PI = find_target("raspberrypi")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import chain
 import models
 import numpy as np
 import pytest
@@ -13,24 +14,17 @@ from edgetqs.allocation.plan import PlanOptions, make_plan, parse_pin
 from edgetqs.allocation.targets import find_target
 from edgetqs.core.contexts import read_record, select_contexts
 from edgetqs.core.model import load_model
-from edgetqs.core.rollout import SpecHints, infer_spec
+from edgetqs.core.rollout import SpecHints
 from edgetqs.errors import BadInputError
 from edgetqs.runtimes.convert import ConvertError, convert
 from edgetqs.runtimes.readback import view
-from edgetqs.sensitivity.scores import ProbeSettings
-from edgetqs.sensitivity.sweep import run_sweep
 
 PI = find_target("raspberrypi")
 
 
 def _setup(tmp_path: Path, model_path: Path, hints: SpecHints | None = None, statics=None):
-    m = load_model(model_path)
-    spec = infer_spec(m, hints)
-    shape = [d if d is not None else 1 for d in m.inputs[0].shape[1:]]
-    rec = tmp_path / "r.npz"
-    np.savez(rec, record=np.random.default_rng(0).standard_normal([40] + shape).astype(np.float32), **(statics or {}))
-    ctx = select_contexts(read_record(rec, spec), m, spec, 4)
-    return m, spec, ctx, run_sweep(m, spec, ctx, ProbeSettings(horizon=5))
+    c = chain.scored(model_path, k=4, hints=hints, rows=40, statics=statics)
+    return c.model, c.spec, c.contexts, c.scores
 
 
 def _mixed(m, runtime, pins):
@@ -164,6 +158,6 @@ def test_gptq_plans_store_exactly_the_gptq_integers(tmp_path: Path, fmt: str) ->
     assert differs >= 1  # GPTQ changed integers somewhere, and the file holds GPTQ's
     # the artifact's host rollout equals the plan's simulated quantization (GPTQ values) to float rounding
     assert r.artifact_vs_simulated is not None and r.artifact_vs_simulated < 1e-4
-    other = select_contexts(read_record(tmp_path / "r.npz", spec), m, spec, 3)
+    other = select_contexts(read_record(tmp_path / "d.npz", spec), m, spec, 3)
     with pytest.raises(ConvertError, match="computed on other contexts"):
         convert(m, plan, fmt, tmp_path / "o2", other, spec)
