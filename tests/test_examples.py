@@ -16,7 +16,7 @@ from edgetqs.inputs import resolve
 from edgetqs.project import load_project
 from edgetqs.tqs import ProbeSettings, run_sweep
 
-NAMES = ["lorenz96", "station", "blizzard"]
+NAMES = ["lorenz96", "station", "blizzard", "patchtst", "seaice"]
 
 
 def test_all_examples_are_bundled() -> None:
