@@ -68,6 +68,22 @@ def torch_model(name: str, model):
         net = tm.StationNet(w["in_mean"], w["in_std"])
     elif name == "blizzard":
         net = tm.BlizzardNet(w["norm_mean"].ravel(), w["norm_std"].ravel())
+    elif name == "patchtst":
+        # sizes from the weights: patch x d embedding, [1, patches, d] positions, one block per blocks.N.q; 3 quantiles
+        d, patch = w["embed.weight"].shape
+        n_patches = w["pos"].shape[1]
+        depth = len({k.split(".")[1] for k in w if k.startswith("blocks.")})
+        c = model.inputs[0].shape[2]
+        net = tm.PatchTST(c, n_patches * patch, w["head.weight"].shape[0] // 3, patch=patch, d=d, depth=depth)
+    elif name == "seaice":
+        # the normalisation scalars are graph constants: x - mean, then / std
+        g = model.proto.graph
+        from onnx import numpy_helper
+
+        consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        sub = next(n for n in g.node if n.op_type == "Sub" and n.input[0] == "x")
+        div = next(n for n in g.node if n.op_type == "Div" and n.input[0] == sub.output[0])
+        net = tm.IceUNet(float(consts[sub.input[1]]), float(consts[div.input[1]]))
     else:
         raise SystemExit(f"no torch source model for '{name}': the Hessian baseline needs one")
     state = {k: torch.tensor(np.asarray(v)) for k, v in w.items()}
@@ -139,11 +155,10 @@ class Example:
 def load_example(name: str, k_score: int, k_held: int) -> Example:
     import _examples  # scripts/ is on sys.path when a script runs
 
-    if hasattr(_examples, "splits"):
-        _, horizon, score, held = _examples.splits(name, k_score, k_held)
-    else:  # the record cut in halves: scoring from the first, measuring on the second
-        _, horizon, score, _ = _examples.halves(name, k_score)
-        _, _, _, held = _examples.halves(name, k_held)
+    room = _examples.card(name).get("room") or {}  # contexts each split holds: fewer where the record is short (blizzard)
+    k_score, k_held = min(k_score, int(room.get("score", k_score))), min(k_held, int(room.get("heldout", k_held)))
+    _, horizon, score, _ = _examples.splits(name, k_score)
+    _, _, _, held = _examples.splits(name, k_held)
     variables = list(held.contexts.variables)
     n_var = sum(len(s) for s in held.contexts.spreads)
     if len(variables) != n_var:

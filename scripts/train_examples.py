@@ -1,20 +1,26 @@
 """Train the bundled example forecasters with fixed seeds and ship them as package data.
 
-    python scripts/train_examples.py [--only lorenz96,station,blizzard] [--out edgetqs/examples]
+    python scripts/train_examples.py [--only lorenz96,station,blizzard,patchtst,seaice] [--out edgetqs/examples]
 
 Each example lands in edgetqs/examples/NAME/ as model.onnx (torch dynamo export, dynamic batch),
-contexts.npz (held-out record, time first, with variable names), edgetqs.toml and a model card
-(card.md + card.json) with one-step and rollout skill against persistence on held-out data.
-Needs the `examples` extra (torch, pvlib) and Debian's libncarg-data for the blizzard fields.
-A few minutes on 2 CPU cores.
+contexts.npz (the shipped record, time first, with variable names and any static input), edgetqs.toml
+and a model card (card.md + card.json). The card declares the record's splits as fractions
+(``train`` / ``score`` / ``heldout``, pairwise disjoint): training reads only ``train`` (or, for
+Lorenz-96, another trajectory that is not shipped), and the skill against persistence is measured on
+contexts drawn from ``heldout`` whose whole horizon of truth lies inside it.
+Needs the `examples` extra (torch, pvlib) and Debian's libncarg-data for the gridded fields.
+About ten minutes for all five on 2 CPU cores (see each card's train_seconds).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +30,7 @@ from torch import nn
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
 NCARG = Path("/usr/share/ncarg/data/cdf")
+SKILL_K = 32  # held-out contexts the card's skill is measured on (fewer only where the split has no room)
 
 
 # ------------------------------------------------------------------ data
@@ -78,6 +85,55 @@ def blizzard() -> tuple[np.ndarray, np.ndarray, list[str]]:
             f = x[t, c]
             f[~np.isfinite(f)] = np.nanmean(f)
     return x, valid.astype(np.float32)[None], [n for _, _, n in names]
+
+
+# the same six variables at three climates (TMY3 Alaska and North Carolina, TMY2 Florida)
+TMY_VARS = ["temp_air", "temp_dew", "relative_humidity", "pressure", "wind_speed", "ghi"]
+TMY2_COLS = {"temp_air": ("DryBulb", 0.1), "temp_dew": ("DewPoint", 0.1), "relative_humidity": ("RHum", 1.0),
+             "pressure": ("Pressure", 1.0), "wind_speed": ("Wspd", 0.1), "ghi": ("GHI", 1.0)}
+
+
+def tmy_stations() -> tuple[np.ndarray, list[str], str]:
+    """Three pvlib stations side by side: record [8760, 17] hourly, variables 'station:variable'.
+
+    TMY files hold one typical year from Jan 1 to Dec 31 in local standard time, so row i is the same
+    hour of the year at every station; channel-independent models treat each column as its own series.
+    """
+    import pvlib
+
+    d = Path(pvlib.__file__).parent / "data"
+    cols, names = [], []
+    for f, tag in (("703165TY.csv", "sandpoint"), ("723170TYA.CSV", "greensboro")):
+        df, _ = pvlib.iotools.read_tmy3(str(d / f), map_variables=True)
+        cols += [df[v].to_numpy(np.float64) for v in TMY_VARS]
+        names += [f"{tag}:{v}" for v in TMY_VARS]
+    df, _ = pvlib.iotools.read_tmy2(str(d / "12839.tm2"))  # TMY2 stores tenths of degC and m/s
+    cols += [df[c].to_numpy(np.float64) * scale for c, scale in TMY2_COLS.values()]
+    names += [f"miami:{v}" for v in TMY_VARS]
+    where = "pvlib TMY3 703165TY.csv (Sand Point AK), TMY3 723170TYA.CSV (Greensboro NC), TMY2 12839.tm2 (Miami FL)"
+    # Sand Point's pressure is one constant value all year (missing in the source): no series to forecast
+    keep = [i for i, c in enumerate(cols) if np.std(c) > 0]
+    return np.stack([cols[i] for i in keep], axis=1).astype(np.float32), [names[i] for i in keep], where
+
+
+def sea_ice() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Monthly sea-ice concentration [120, 1, 49, 100] (both polar caps), an ocean mask [1, 49, 100], latitudes.
+
+    fice.nc (NCAR Graphics example data) is ten years of a coupled ocean/sea-ice model spin-up on a grid of
+    49 latitudes (77.4S-35.7S and 35.7N-90N: the two caps stacked) by 100 longitudes. It has no missing
+    values (land reads 0), so the validity mask comes from landsea.nc (1-degree land/sea) at the nearest point.
+    """
+    import xarray as xr
+
+    with xr.open_dataset(NCARG / "fice.nc", decode_times=False) as ds:
+        x = ds["fice"].values.astype(np.float32)[:, None]
+        lat, lon = ds["hlat"].values, ds["hlon"].values
+    with xr.open_dataset(NCARG / "landsea.nc") as ds:
+        lsm = ds["LSMASK"].values  # 0 ocean, 1 land, 2 lake, 3 small island, 4 ice shelf; rows from 89.5S
+    i = np.clip(np.round(lat + 89.5).astype(int), 0, 179)
+    j = np.floor(lon).astype(int) % 360
+    ocean = (lsm[np.ix_(i, j)] == 0).astype(np.float32)[None]
+    return x, ocean, lat
 
 
 # ------------------------------------------------------------------ models
@@ -147,11 +203,148 @@ class BlizzardNet(nn.Module):
         return x + dz * self.norm_std
 
 
-# ------------------------------------------------------------------ training and skill
+class AttentionBlock(nn.Module):
+    """Pre-norm transformer block: separate q/k/v/o projections (as TimesFM stores them), GELU MLP.
 
-def fit(model: nn.Module, loss_fn, n_iter: int, lr: float, seed: int) -> float:
+    Tokens travel as a 2-D [N * T, d] matrix so every Linear exports as Gemm on its own named weight
+    (on 3-D inputs the exporter folds a transposed copy of each weight into an anonymous constant).
+    """
+
+    def __init__(self, d: int, heads: int, ff: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d)
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.norm2 = nn.LayerNorm(d)
+        self.ff1 = nn.Linear(d, ff)
+        self.ff2 = nn.Linear(ff, d)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        d = x.shape[1]
+        h, e = self.heads, d // self.heads
+        z = self.norm1(x)
+        q = self.q(z).reshape(-1, t, h, e).transpose(1, 2)
+        k = self.k(z).reshape(-1, t, h, e).transpose(1, 2)
+        v = self.v(z).reshape(-1, t, h, e).transpose(1, 2)
+        # written out rather than scaled_dot_product_attention: plain MatMul/Softmax in the graph, which
+        # every converter downstream (onnx2tf, ai-edge-quantizer) handles
+        a = torch.softmax((q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(e)), dim=-1)
+        x = x + self.o((a @ v).transpose(1, 2).reshape(-1, d))
+        return x + self.ff2(torch.nn.functional.gelu(self.ff1(self.norm2(x))))
+
+
+class PatchTST(nn.Module):
+    """Channel-independent patch transformer with a quantile head (PatchTST / TimesFM in miniature).
+
+    Each variable's window is normalised by its own mean and spread (RevIN without affine terms), cut
+    into non-overlapping patches, embedded, passed through pre-norm attention blocks and mapped by a
+    flatten head to ``horizon`` steps x quantiles. Input [B, L, C], output [B, H, C, Q].
+    """
+
+    def __init__(self, n_channels: int, length: int = 192, horizon: int = 24, patch: int = 16, d: int = 144, depth: int = 4,
+                 heads: int = 4, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> None:
+        super().__init__()
+        self.c, self.length, self.horizon, self.patch = n_channels, length, horizon, patch
+        self.n_patches = length // patch
+        self.quantiles = quantiles
+        self.embed = nn.Linear(patch, d)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, self.n_patches, d))
+        self.blocks = nn.ModuleList(AttentionBlock(d, heads, 4 * d) for _ in range(depth))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(self.n_patches * d, horizon * len(quantiles))
+
+    def series(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Univariate windows [N, L] -> normalised quantiles [N, H, Q], window mean [N, 1], spread [N, 1]."""
+        mu = s.mean(dim=1, keepdim=True)
+        sd = torch.sqrt(((s - mu) ** 2).mean(dim=1, keepdim=True) + 1e-4)
+        d = self.pos.shape[-1]
+        h = (self.embed(((s - mu) / sd).reshape(-1, self.patch)).reshape(-1, self.n_patches, d) + self.pos).reshape(-1, d)
+        for b in self.blocks:
+            h = b(h, self.n_patches)
+        zq = self.head(self.norm(h).reshape(-1, self.n_patches * d)).reshape(-1, self.horizon, len(self.quantiles))
+        return zq, mu, sd
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.transpose(1, 2).reshape(-1, self.length)  # every variable of every window is one series
+        zq, mu, sd = self.series(s)
+        y = zq * sd[:, :, None] + mu[:, :, None]
+        return y.reshape(-1, self.c, self.horizon, len(self.quantiles)).transpose(1, 2)
+
+
+def _wrap(x: torch.Tensor) -> torch.Tensor:
+    """Periodic padding of one column in longitude (exports as Slice + Concat)."""
+    return torch.cat([x[..., -1:], x, x[..., :1]], dim=-1)
+
+
+class IceUNet(nn.Module):
+    """Two-level U-Net stepping monthly sea-ice concentration; periodic in longitude, ocean mask as a static input.
+
+    A 2x2 patch embedding takes the 49x100 grid (padded to 52x100) to 26x50; each level has residual
+    3x3 convolutions + GELU; a transposed 2x2 convolution returns to the grid. The output is the next
+    month's concentration, x + a scaled increment, clipped to [0, 1].
+    """
+
+    def __init__(self, mean: float, std: float, a: int = 64, b: int = 192) -> None:
+        super().__init__()
+        self.mean, self.std = mean, std  # python floats: scalars in the graph
+        self.stem = nn.Conv2d(2, a, 2, stride=2)
+        self.enc1 = nn.Conv2d(a, a, 3, padding=(1, 0))
+        self.enc2 = nn.Conv2d(a, a, 3, padding=(1, 0))
+        self.down = nn.Conv2d(a, b, 2, stride=2)
+        self.mid1 = nn.Conv2d(b, b, 3, padding=(1, 0))
+        self.mid2 = nn.Conv2d(b, b, 3, padding=(1, 0))
+        self.up = nn.ConvTranspose2d(b, a, 2, stride=2)
+        self.dec1 = nn.Conv2d(2 * a, a, 3, padding=(1, 0))
+        self.dec2 = nn.Conv2d(a, a, 3, padding=(1, 0))
+        self.out = nn.ConvTranspose2d(a, 1, 2, stride=2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        gelu = torch.nn.functional.gelu
+        z = torch.nn.functional.pad(torch.cat([(x - self.mean) / self.std, mask], dim=1), (0, 0, 0, 3))  # 49 -> 52 rows
+        h = gelu(self.stem(z))
+        h = h + gelu(self.enc1(_wrap(h)))
+        h = h + gelu(self.enc2(_wrap(h)))
+        g = gelu(self.down(h))
+        g = g + gelu(self.mid1(_wrap(g)))
+        g = g + gelu(self.mid2(_wrap(g)))
+        u = gelu(self.dec1(_wrap(torch.cat([h, self.up(g)], dim=1))))
+        u = u + gelu(self.dec2(_wrap(u)))
+        dz = self.out(u)[:, :, :49]
+        return torch.clamp(x + 0.1 * self.std * dz, 0.0, 1.0)
+
+# ------------------------------------------------------------------ splits, rollout and skill
+
+def span_rows(span: tuple[float, float], n: int) -> tuple[int, int]:
+    """Rows [lo, hi) of a record of n steps that a fraction span covers (the rule edgetqs' --span uses)."""
+    return int(np.floor(span[0] * n)), int(np.floor(span[1] * n))
+
+
+def room(span: tuple[float, float], n: int, length: int, per_call: int, horizon: int) -> int:
+    """Distinct contexts in ``span`` whose window (``length`` rows) and truth for ``horizon`` calls all lie inside it."""
+    lo, hi = span_rows(span, n)
+    return max(hi - lo - length - horizon * per_call + 1, 0)
+
+
+def context_starts(span: tuple[float, float], n: int, length: int, per_call: int, horizon: int, k: int) -> np.ndarray:
+    """K starts spread evenly over the span, each with its horizon of truth inside it (edgetqs' selection rule)."""
+    lo, hi = span_rows(span, n)
+    last = hi - length - horizon * per_call
+    if last - lo + 1 < k:
+        raise ValueError(f"span {span} of a {n}-step record has room for {last - lo + 1} contexts with horizon {horizon}; asked for {k}")
+    return np.unique(np.round(np.linspace(lo, last, k)).astype(int))
+
+
+def check_splits(splits: dict[str, tuple[float, float]]) -> None:
+    """Raise unless train/score/heldout are ordered fractions that do not overlap."""
+    spans = sorted((tuple(v), k) for k, v in splits.items() if v[1] > v[0])
+    for (a, ka), (b, kb) in itertools.pairwise(spans):
+        if a[1] > b[0]:
+            raise ValueError(f"splits {ka} {a} and {kb} {b} overlap")
+
+
+def fit(model: nn.Module, loss_fn: Callable[[int], torch.Tensor], n_iter: int, lr: float, seed: int, weight_decay: float = 0.0) -> float:
     torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay else torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_iter)
     loss = torch.tensor(0.0)
     for i in range(n_iter):
@@ -160,14 +353,7 @@ def fit(model: nn.Module, loss_fn, n_iter: int, lr: float, seed: int) -> float:
         loss.backward()
         opt.step()
         sched.step()
-    return float(loss)
-
-
-def nrmse(pred: np.ndarray, truth: np.ndarray, spread: np.ndarray, axis_c: int) -> float:
-    """RMS error with each channel divided by its spread (the TQS normalisation)."""
-    shape = [1] * pred.ndim
-    shape[axis_c] = -1
-    return float(np.sqrt(np.mean(((pred - truth) / spread.reshape(shape)) ** 2)))
+    return float(loss.detach())
 
 
 def export(model: nn.Module, args: tuple, path: Path) -> None:
@@ -176,26 +362,12 @@ def export(model: nn.Module, args: tuple, path: Path) -> None:
     export_torch(model, args, path)
 
 
-def write_example(name: str, out: Path, toml: str, card: dict, arrays: dict) -> None:
-    d = out / name
-    d.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(d / "contexts.npz", **arrays)
-    (d / "edgetqs.toml").write_text(toml)
-    (d / "card.json").write_text(json.dumps(card, indent=1))
-    lines = [f"# {card['title']}", "", card["summary"], "", "| | |", "|---|---|"]
-    for k in ("data", "architecture", "parameters", "rollout", "training", "contexts"):
-        lines.append(f"| {k} | {card[k]} |")
-    lines += ["", "## Skill on held-out data (normalised RMSE: each variable divided by its spread)", "",
-              "| lead | model | persistence |", "|---|---|---|"]
-    for row in card["skill"]:
-        lines.append(f"| {row['lead']} | {row['model']:.4f} | {row['persistence']:.4f} |")
-    lines += ["", f"Trained by `scripts/train_examples.py` with seed {card['seed']} in {card['train_seconds']:.0f} s on 2 CPU cores."]
-    (d / "card.md").write_text("\n".join(lines) + "\n")
-
-
 def rollout_np(onnx_path: Path, x0: np.ndarray, steps: int, feeds: dict | None = None, increment: bool = False,
-               window: bool = False) -> np.ndarray:
-    """Roll the exported model out with onnxruntime (the skill figures are those of the shipped file)."""
+               window: bool = False, out_index: tuple | None = None) -> np.ndarray:
+    """Roll the exported model out with onnxruntime (the skill figures are those of the shipped file).
+
+    Returns [steps, B, ...]: what each call produced (window mode: the H new rows of each call).
+    """
     import onnxruntime as ort
 
     s = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -203,17 +375,137 @@ def rollout_np(onnx_path: Path, x0: np.ndarray, steps: int, feeds: dict | None =
     x, outs = x0, []
     for _ in range(steps):
         y = s.run(None, {name: x, **(feeds or {})})[0]
+        if out_index is not None:
+            y = y[out_index]
         if increment:
             y = x + y
         outs.append(y)
         x = np.concatenate([x[:, y.shape[1]:], y], axis=1) if window else y
-    return np.stack(outs)  # [steps, B, ...]
+    return np.stack(outs)
 
+
+def record_spread(record: np.ndarray) -> np.ndarray:
+    """Standard deviation of each variable (axis 1 of the record) over time and space: the skill's normaliser."""
+    axes = tuple(i for i in range(record.ndim) if i != 1)
+    return record.astype(np.float64).std(axis=axes)
+
+
+def nrmse(pred: np.ndarray, truth: np.ndarray, spread: np.ndarray) -> float:
+    """RMS error with each variable (axis 1) divided by its spread."""
+    shape = [1] * pred.ndim
+    shape[1] = -1
+    return float(np.sqrt(np.mean(((pred.astype(np.float64) - truth) / spread.reshape(shape)) ** 2)))
+
+
+def heldout_skill(path: Path, record: np.ndarray, span: tuple[float, float], *, length: int, per_call: int, horizon: int,
+                  leads: list[tuple[int, str]], k: int, static: dict[str, np.ndarray] | None = None, increment: bool = False,
+                  out_index: tuple | None = None) -> list[dict]:
+    """Normalised RMSE of the shipped ONNX and of persistence at each lead, on K contexts of the held-out split.
+
+    Args:
+        leads: (rows after the last context row, label) pairs, each within horizon * per_call.
+        length: context rows (1: state mode).
+        per_call: rows one model call predicts (1: state mode).
+    """
+    n = len(record)
+    starts = context_starts(span, n, length, per_call, horizon, k)
+    window = length > 1
+    x0 = np.stack([record[s:s + length] for s in starts]) if window else record[starts]
+    feeds = {name: np.repeat(v[None], len(starts), axis=0) for name, v in (static or {}).items()}
+    pred = rollout_np(path, x0, horizon, feeds=feeds, increment=increment, window=window, out_index=out_index)
+    if window:
+        pred = pred.transpose(1, 0, 2, 3).reshape(len(starts), horizon * per_call, -1)  # [B, rows, C]
+    spread = record_spread(record)
+    last = starts + length - 1  # last observed row of each context
+    rows = []
+    for lead, label in leads:
+        truth = record[last + lead]
+        p = pred[:, lead - 1] if window else pred[lead - 1]
+        rows.append({"lead": label, "lead_rows": lead, "model": nrmse(p, truth, spread), "persistence": nrmse(record[last], truth, spread)})
+    return rows
+
+
+def card_common(record: np.ndarray, splits: dict[str, tuple[float, float]], length: int, per_call: int, horizon: int,
+                train_note: str | None = None) -> dict:
+    """Card fields about the record and its splits (the test re-derives each from contexts.npz)."""
+    check_splits(splits)
+    n = len(record)
+    return {
+        "splits": {k: list(v) for k, v in splits.items()},
+        "split_rows": {k: list(span_rows(v, n)) for k, v in splits.items()},
+        "record_steps": n, "context_length": length, "rows_per_call": per_call, "horizon": horizon,
+        "room": {k: room(splits[k], n, length, per_call, horizon) for k in ("score", "heldout")},
+        "train_data": train_note or f"rows {span_rows(splits['train'], n)[0]}-{span_rows(splits['train'], n)[1] - 1} of the shipped record (split 'train') only",
+    }
+
+
+def write_example(name: str, out: Path, toml: str, card: dict, arrays: dict) -> None:
+    d = out / name
+    d.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(d / "contexts.npz", **arrays)
+    (d / "edgetqs.toml").write_text(toml)
+    card["model_bytes"] = (d / "model.onnx").stat().st_size
+    (d / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    render_card(d)
+
+
+def render_card(d: Path) -> None:
+    """Write card.md from card.json (``--render-cards`` redoes this without training)."""
+    card = json.loads((d / "card.json").read_text())
+    rows = card["split_rows"]
+    splits = "; ".join(f"{k} {v[0]:g}-{v[1]:g} (rows {rows[k][0]}-{rows[k][1] - 1})" if v[1] > v[0] else f"{k}: none of the record"
+                       for k, v in card["splits"].items())
+    lines = [f"# {card['title']}", "", card["summary"], "", "| | |", "|---|---|"]
+    for k in ("data", "architecture", "parameters", "rollout", "training", "contexts"):
+        lines.append(f"| {k} | {card[k]} |")
+    lines.append(f"| splits | {splits}; training used {card['train_data']} |")
+    lines.append(f"| room | {card['room']['score']} scoring and {card['room']['heldout']} held-out contexts with the whole "
+                 f"{card['horizon']}-call horizon of truth inside their split |")
+    lines.append(f"| model.onnx | {card['model_bytes']:,} bytes |")
+    before = {r["lead"]: r for r in card.get("skill_before") or []}
+    lines += ["", f"## Skill on the held-out split ({card['skill_k']} contexts spread evenly over it)", "",
+              "Normalised RMSE: each variable divided by its standard deviation over the whole shipped record"
+              + (", every grid point counted alike (no latitude weighting)" if card.get("grid") else "")
+              + "; persistence repeats the last observed step.", ""]
+    head = "| lead | model | persistence |" + (" model before | persistence before |" if before else "")
+    lines += [head, "|---" * (5 if before else 3) + "|"]
+    for row in card["skill"]:
+        line = f"| {row['lead']} | {row['model']:.4f} | {row['persistence']:.4f} |"
+        if before:
+            b = before.get(row["lead"])
+            line += f" {b['model']:.4f} | {b['persistence']:.4f} |" if b else " - | - |"
+        lines.append(line)
+    if card.get("skill_note"):
+        lines += ["", card["skill_note"]]
+    lines += ["", (f"Trained by `scripts/train_examples.py --only {card['name']}` with seed {card['seed']} in {card['train_seconds']:.0f} s "
+                   f"({card['train_cpu_seconds']:.0f} s of CPU time) on 2 CPU cores shared with other jobs, including data loading, export "
+                   "and the skill rollouts.")]
+    (d / "card.md").write_text("\n".join(lines) + "\n")
+
+
+def _report(name: str, n_params: int, final: float, skill: list[dict], t0: float) -> None:
+    print(f"{name}: {n_params} params, loss {final:.4f}, skill {[(s['lead'], round(s['model'], 4), round(s['persistence'], 4)) for s in skill]}, "
+          f"{time.time() - t0:.0f} s", flush=True)
+
+
+def _old_skill(out: Path, name: str) -> list[dict] | None:
+    """The skill the previous card reported (kept beside the new figures when a retrain changes the split)."""
+    p = out / name / "card.json"
+    if not p.exists():
+        return None
+    old = json.loads(p.read_text())
+    return old.get("skill_before") or ([{k: r[k] for k in ("lead", "model", "persistence")} for r in old["skill"]] if "splits" not in old else None)
+
+
+# ------------------------------------------------------------------ the examples
 
 def train_lorenz96(out: Path, seed: int = 0) -> None:
-    t0 = time.time()
-    data = lorenz96(14000, seed=seed)
-    train, test = data[:12000], data[12000:]
+    t0, c0 = time.time(), time.process_time()
+    before = _old_skill(out, "lorenz96")
+    train = lorenz96(12000, seed=seed)
+    record = lorenz96(2000, seed=seed + 1)  # shipped: another trajectory (other initial state), never trained on
+    splits = {"train": (0.0, 0.0), "score": (0.0, 0.5), "heldout": (0.5, 1.0)}
+    horizon = 20
     mean, std = float(train.mean()), float(train.std())
     d = train[1:] - train[:-1]
     dstd = float(d.std())
@@ -228,40 +520,41 @@ def train_lorenz96(out: Path, seed: int = 0) -> None:
 
     final = fit(model, loss, 3000, 3e-3, seed)
     path = out / "lorenz96" / "model.onnx"
-    export(model.eval(), (torch.tensor(test[:2]),), path)
-    starts = np.arange(0, 1900, 50)
-    spread = test.std(axis=0)
-    pred = rollout_np(path, test[starts], 20, increment=True)
-    skill = []
-    for lead in (1, 5, 10, 20):
-        truth = test[starts + lead]
-        skill.append({"lead": f"{lead} steps ({lead * 0.05:.2f} MTU)", "model": nrmse(pred[lead - 1], truth, spread, 1),
-                      "persistence": nrmse(test[starts], truth, spread, 1)})
+    export(model.eval(), (torch.tensor(record[:2]),), path)
+    common = card_common(record, splits, 1, 1, horizon, train_note=f"12,000 steps of a separate trajectory (seed {seed}; not shipped)")
+    k = min(SKILL_K, common["room"]["heldout"])
+    skill = heldout_skill(path, record, splits["heldout"], length=1, per_call=1, horizon=horizon, k=k, increment=True,
+                          leads=[(n, f"{n} steps ({n * 0.05:.2f} MTU)") for n in (1, 5, 10, 20)])
     n_params = sum(p.numel() for p in model.parameters())
     card = {
         "title": "Lorenz-96 emulator (40 variables)", "name": "lorenz96", "mode": "state", "n_params": n_params, "seed": seed,
         "summary": "The classic weather proxy: a periodic 1-D convolutional net that predicts the 6-hour-equivalent increment of the 40-variable Lorenz-96 system (F=8).",
-        "data": "Lorenz-96, F=8, dt=0.05 (~6 h), RK4 with 10 substeps; 12,000 training steps, 2,000 held-out steps (contexts.npz)",
+        "data": f"Lorenz-96, F=8, dt=0.05 (~6 h), RK4 with 10 substeps after a 1,000-step spin-up; trained on 12,000 steps of the trajectory from seed {seed}; "
+                f"the shipped record is 2,000 steps of another trajectory (seed {seed + 1})",
         "architecture": "periodic Conv1d(1->48, k=5), 5 residual pointwise Conv1d(48->48) + tanh, Conv1d(48->1); input [B, 40], output increment [B, 40]",
         "parameters": f"{n_params:,}", "rollout": "state mode, increment (next = x + output)",
         "training": f"Adam 3e-3 cosine, 3,000 steps of 256, one-step MSE; final loss {final:.4f}",
-        "contexts": "held-out trajectory [2000, 40], variables x00..x39", "skill": skill, "train_seconds": time.time() - t0,
-        "description": "Lorenz-96 (40 variables) state model, increment prediction",
+        "contexts": "record [2000, 40] from a trajectory not trained on, variables x00..x39", **common, "skill_k": k, "skill": skill,
+        "skill_before": before,
+        "skill_note": "Before: the same recipe (weights within 1e-4) on 38 contexts of the continuation of its training trajectory.",
+        "train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0, "description": "Lorenz-96 (40 variables) state model, increment prediction",
     }
     toml = ('name = "lorenz96"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nmode = "state"\nincrement = true\n\n'
-            '[score]\nhorizon = 20\n')
-    write_example("lorenz96", out, toml, card, {"record": test, "variables": np.array([f"x{i:02d}" for i in range(40)])})
-    print(f"lorenz96: {n_params} params, loss {final:.4f}, skill {[(s['lead'], round(s['model'], 4), round(s['persistence'], 4)) for s in skill]}, {time.time() - t0:.0f} s")
+            f'[score]\nhorizon = {horizon}\n')
+    write_example("lorenz96", out, toml, card, {"record": record, "variables": np.array([f"x{i:02d}" for i in range(40)])})
+    _report("lorenz96", n_params, final, skill, t0)
 
 
 def train_station(out: Path, seed: int = 0) -> None:
-    t0 = time.time()
-    data, cols, where = station_weather()
-    n_train = int(len(data) * 0.8)
-    train, test = data[:n_train], data[n_train:]
+    t0, c0 = time.time(), time.process_time()
+    before = _old_skill(out, "station")
+    record, cols, where = station_weather()
+    splits = {"train": (0.0, 0.6), "score": (0.6, 0.8), "heldout": (0.8, 1.0)}
+    L, H, horizon = 24, 6, 8
+    _, n_train = span_rows(splits["train"], len(record))
+    train = record[:n_train]
     mean, std = train.mean(axis=0), train.std(axis=0)
-    L, H = 24, 6
-    idx = np.arange(0, n_train - L - H)
+    idx = np.arange(0, n_train - L - H + 1)  # every window with its target inside the training rows
     X = np.stack([train[i:i + L] for i in idx])
     Y = np.stack([train[i + L:i + L + H] for i in idx])
     torch.manual_seed(seed)
@@ -276,41 +569,42 @@ def train_station(out: Path, seed: int = 0) -> None:
 
     final = fit(model, loss, 2500, 1e-3, seed)
     path = out / "station" / "model.onnx"
-    export(model.eval(), (torch.tensor(test[None, :L]),), path)
-    starts = np.arange(0, len(test) - L - 48, 24)
-    x0 = np.stack([test[s:s + L] for s in starts])
-    pred = rollout_np(path, x0, 8, window=True)  # [8, B, 6, C] -> 48 hours
-    pred_h = pred.transpose(1, 0, 2, 3).reshape(len(starts), -1, len(cols))
-    skill = []
-    for lead in (1, 6, 24, 48):
-        truth = np.stack([test[s + L + lead - 1] for s in starts])
-        skill.append({"lead": f"{lead} h", "model": nrmse(pred_h[:, lead - 1], truth, std, 1),
-                      "persistence": nrmse(x0[:, -1], truth, std, 1)})
+    export(model.eval(), (torch.tensor(record[None, :L]),), path)
+    common = card_common(record, splits, L, H, horizon)
+    k = min(SKILL_K, common["room"]["heldout"])
+    skill = heldout_skill(path, record, splits["heldout"], length=L, per_call=H, horizon=horizon, k=k,
+                          leads=[(n, f"{n} h") for n in (1, 6, 24, 48)])
     n_params = sum(p.numel() for p in model.parameters())
     card = {
         "title": "Hourly station weather, 24 h in -> 6 h out", "name": "station", "mode": "window", "n_params": n_params, "seed": seed,
         "summary": f"A window MLP on six hourly variables from {where} (pvlib's bundled TMY3 file). Normalisation constants live in the graph as buffers, as in many frozen exports.",
-        "data": f"pvlib TMY3 723170TYA.CSV, variables {', '.join(cols)}; first 80% of the year for training, last 20% held out (contexts.npz)",
+        "data": f"pvlib TMY3 723170TYA.CSV, variables {', '.join(cols)}; the whole typical year is shipped (contexts.npz)",
         "architecture": "normalise (buffers in_mean/in_std), Linear(144->128), 2 residual Linear(128->128) + ReLU, Linear(128->36) added to the last observed hour, de-normalise; input [B, 24, 6], output [B, 6, 6]",
         "parameters": f"{n_params:,} (+12 normalisation constants)", "rollout": "window mode: append the 6 predicted hours, drop the oldest 6",
         "training": f"Adam 1e-3 cosine, 2,500 steps of 256, 6-hour MSE in normalised units; final loss {final:.4f}",
-        "contexts": f"held-out record [{len(test)}, 6] with variable names", "skill": skill, "train_seconds": time.time() - t0,
-        "description": "hourly station weather (pvlib TMY3), 24 h window -> 6 h",
+        "contexts": f"record [{len(record)}, 6] (the whole year) with variable names", **common, "skill_k": k, "skill": skill,
+        "skill_before": before,
+        "skill_note": "Before: trained on the first 80% of the year, measured on 70 contexts every 24 h of the last 20%.",
+        "train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0, "description": "hourly station weather (pvlib TMY3), 24 h window -> 6 h",
     }
-    toml = 'name = "station"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[score]\nhorizon = 8\n'
-    write_example("station", out, toml, card, {"record": test, "variables": np.array(cols)})
-    print(f"station: {n_params} params, loss {final:.4f}, skill {[(s['lead'], round(s['model'], 4), round(s['persistence'], 4)) for s in skill]}, {time.time() - t0:.0f} s")
+    toml = f'name = "station"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[score]\nhorizon = {horizon}\n'
+    write_example("station", out, toml, card, {"record": record, "variables": np.array(cols)})
+    _report("station", n_params, final, skill, t0)
 
 
 def train_blizzard(out: Path, seed: int = 0) -> None:
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
+    before = _old_skill(out, "blizzard")
     x, mask, names = blizzard()
-    n_train = 52
+    splits = {"train": (0.0, 0.5), "score": (0.5, 0.75), "heldout": (0.75, 1.0)}
+    horizon = 4
+    _, n_train = span_rows(splits["train"], len(x))
     train = x[:n_train]
     mean, std = train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3))
     torch.manual_seed(seed)
     model = BlizzardNet(mean, std)
-    xt = torch.tensor(train[:-1]); yt = torch.tensor(train[1:])
+    xt = torch.tensor(train[:-1])
+    yt = torch.tensor(train[1:])
     mt = torch.tensor(np.repeat(mask[None], len(xt), axis=0))
     s_t = torch.tensor(std).reshape(1, -1, 1, 1)
 
@@ -322,39 +616,156 @@ def train_blizzard(out: Path, seed: int = 0) -> None:
     final = fit(model, loss, 400, 3e-3, seed)
     path = out / "blizzard" / "model.onnx"
     export(model.eval(), (torch.tensor(x[:2]), torch.tensor(np.repeat(mask[None], 2, axis=0))), path)
-    starts = np.arange(n_train - 1, 64 - 4)
-    feeds = {"mask": np.repeat(mask[None], len(starts), axis=0)}
-    pred = rollout_np(path, x[starts], 4, feeds=feeds)
-    skill = []
-    for lead in (1, 2, 4):
-        truth = x[starts + lead]
-        skill.append({"lead": f"{lead * 6} h", "model": nrmse(pred[lead - 1], truth, std, 1), "persistence": nrmse(x[starts], truth, std, 1)})
+    common = card_common(x, splits, 1, 1, horizon)
+    k = min(SKILL_K, common["room"]["heldout"])
+    skill = heldout_skill(path, x, splits["heldout"], length=1, per_call=1, horizon=horizon, k=k, static={"mask": mask},
+                          leads=[(1, "6 h"), (2, "12 h"), (4, "24 h")])
     n_params = sum(p.numel() for p in model.parameters())
     card = {
-        "title": "January 1996 blizzard, 6 fields on a 33x36 grid", "name": "blizzard", "mode": "state", "n_params": n_params, "seed": seed,
-        "summary": "A small residual CNN stepping six-hourly sea-level pressure, 2 m temperature, 10 m and 500 hPa winds over North America (NCAR Graphics example data of the 1996 blizzard): Pangu-like in miniature, with a static mask input. 64 steps only: a demonstration of the pipeline, not a skilful forecaster.",
-        "data": "libncarg-data {P,T,U,V,U500,V500}storm.cdf, 64 six-hourly steps; steps 0-51 train, 52-63 held out; 224 masked points per field (fixed for psl, moving for t2m/v10/v500) filled with that field's mean; psl's fixed mask is the static input; 4 fields missing whole (t2m step 17, v10 steps 17/37, v500 step 36) interpolated from the neighbouring steps",
+        "title": "January 1996 blizzard, 6 fields on a 33x36 grid", "name": "blizzard", "mode": "state", "grid": True, "n_params": n_params,
+        "seed": seed,
+        "summary": "A small residual CNN stepping six-hourly sea-level pressure, 2 m temperature, 10 m and 500 hPa winds over North America (NCAR Graphics example data of the 1996 blizzard): Pangu-like in miniature, with a static mask input. 64 steps only: a demonstration of the pipeline, not a skilful forecaster, and too short for 32 disjoint scoring and held-out contexts (12 each).",
+        "data": "libncarg-data {P,T,U,V,U500,V500}storm.cdf, 64 six-hourly steps; 224 masked points per field (fixed for psl, moving for t2m/v10/v500) filled with that field's mean; psl's fixed mask is the static input; 4 fields missing whole (t2m step 17, v10 steps 17/37, v500 step 36) interpolated from the neighbouring steps",
         "architecture": "normalise (buffers), Conv2d(7->32, 3x3), 3 residual Conv2d(32->32, 3x3) + GELU, Conv2d(32->6, 1x1), residual output; inputs x [B, 6, 33, 36], mask [B, 1, 33, 36]",
         "parameters": f"{n_params:,} (+12 normalisation constants)", "rollout": "state mode; 'mask' is static (declared in edgetqs.toml)",
-        "training": f"Adam 3e-3 cosine, 400 full-batch steps, one- plus two-step MSE; final loss {final:.4f}",
-        "contexts": "all 64 steps [64, 6, 33, 36] (float32) with the mask; draw held-out contexts with --span 0.8:1", "skill": skill,
-        "train_seconds": time.time() - t0, "description": "Jan 1996 blizzard fields (6 variables, 33x36), CNN with static mask",
+        "training": f"Adam 3e-3 cosine, 400 full-batch steps on the {n_train - 1} pairs of the training rows, one- plus two-step MSE; final loss {final:.4f}",
+        "contexts": "all 64 steps [64, 6, 33, 36] (float32) with the mask", **common, "skill_k": k, "skill": skill,
+        "skill_before": before,
+        "skill_note": "Before: trained on steps 0-51 and measured from steps 51-59, which overlapped training.",
+        "train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0, "description": "Jan 1996 blizzard fields (6 variables, 33x36), CNN with static mask",
     }
     toml = ('name = "blizzard"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nstatic = ["mask"]\n\n'
-            '[score]\nhorizon = 12\n')
+            f'[score]\nhorizon = {horizon}\n')
     write_example("blizzard", out, toml, card, {"record": x, "mask": mask, "variables": np.array(names)})
-    print(f"blizzard: {n_params} params, loss {final:.4f}, skill {[(s['lead'], round(s['model'], 4), round(s['persistence'], 4)) for s in skill]}, {time.time() - t0:.0f} s")
+    _report("blizzard", n_params, final, skill, t0)
+
+
+def train_patchtst(out: Path, seed: int = 0) -> None:
+    t0, c0 = time.time(), time.process_time()
+    record, names, where = tmy_stations()
+    splits = {"train": (0.0, 0.6), "score": (0.6, 0.8), "heldout": (0.8, 1.0)}
+    L, H, horizon, batch, n_iter = 192, 24, 6, 64, 150
+    _, n_train = span_rows(splits["train"], len(record))
+    torch.manual_seed(seed)
+    model = PatchTST(record.shape[1], L, H)
+    series = torch.tensor(record[:n_train].T.copy())  # [C, rows]: training rows only
+    n_starts = n_train - L - H + 1  # windows whose 24 target hours are training rows too
+    q = torch.tensor(model.quantiles)
+    offs = torch.arange(L + H)
+    gen = torch.Generator().manual_seed(seed)
+
+    def loss(i: int) -> torch.Tensor:
+        c = torch.randint(0, series.shape[0], (batch,), generator=gen)
+        s = torch.randint(0, n_starts, (batch,), generator=gen)
+        w = series[c[:, None], s[:, None] + offs]
+        zq, mu, sd = model.series(w[:, :L])
+        e = ((w[:, L:] - mu) / sd)[:, :, None] - zq  # pinball loss per quantile in normalised units
+        return torch.maximum(q * e, (q - 1) * e).mean()
+
+    final = fit(model, loss, n_iter, 1e-3, seed, weight_decay=0.01)
+    path = out / "patchtst" / "model.onnx"
+    export(model.eval(), (torch.tensor(record[None, :L]),), path)
+    common = card_common(record, splits, L, H, horizon)
+    k = min(SKILL_K, common["room"]["heldout"])
+    skill = heldout_skill(path, record, splits["heldout"], length=L, per_call=H, horizon=horizon, k=k, out_index=(Ellipsis, 1),
+                          leads=[(n, f"{n} h") for n in (1, 6, 24, 72, 144)])
+    n_params = sum(p.numel() for p in model.parameters())
+    card = {
+        "title": "Patch transformer with quantile head, hourly weather at 3 stations", "name": "patchtst", "mode": "window",
+        "n_params": n_params, "seed": seed,
+        "summary": "A channel-independent patch transformer in the shape of PatchTST / TimesFM: every variable's 192-hour window is normalised "
+                   "by its own mean and spread, cut into 12 patches of 16 hours, passed through 4 pre-norm attention blocks, and a flatten head "
+                   "predicts the next 24 hours at the 10/50/90% quantiles. The rollout feeds back the median.",
+        "data": f"{where}; variables {', '.join(TMY_VARS)} at each except Sand Point's pressure (constant in the file): "
+                f"{record.shape[1]} series; TMY2 units converted to degC and m/s",
+        "architecture": "per-series normalisation (window mean and spread), Linear(16->144) patch embedding + learned positions, 4 blocks "
+                        "[LayerNorm, q/k/v/o Linear(144->144), 4 heads, softmax attention; LayerNorm, Linear(144->576), GELU, Linear(576->144)], "
+                        f"LayerNorm, Linear(1728->72); input [B, 192, {record.shape[1]}], output [B, 24, {record.shape[1]}, 3] (quantiles 0.1, 0.5, 0.9)",
+        "parameters": f"{n_params:,}", "rollout": "window mode, output_slice '...,1' (the median): append 24 hours, drop the oldest 24",
+        "training": f"AdamW 1e-3 (weight decay 0.01) cosine, {n_iter} steps of {batch} random (series, window) pairs from the training rows, "
+                    f"pinball loss in normalised units; final loss {final:.4f}",
+        "contexts": f"record [{len(record)}, {record.shape[1]}] (the typical year at all three stations), variables 'station:variable'", **common,
+        "skill_k": k, "skill": skill, "skill_before": None,
+        "train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0, "description": "patch transformer, quantile head, 17 hourly series at 3 TMY stations, 192 h -> 24 h",
+    }
+    toml = ('name = "patchtst"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nmode = "window"\noutput_slice = "...,1"\n\n'
+            f'[score]\nhorizon = {horizon}\n')
+    write_example("patchtst", out, toml, card, {"record": record, "variables": np.array(names)})
+    _report("patchtst", n_params, final, skill, t0)
+
+
+def train_seaice(out: Path, seed: int = 0) -> None:
+    t0, c0 = time.time(), time.process_time()
+    x, ocean, _ = sea_ice()
+    splits = {"train": (0.0, 0.4), "score": (0.4, 0.7), "heldout": (0.7, 1.0)}
+    horizon, batch, n_iter = 4, 8, 150
+    _, n_train = span_rows(splits["train"], len(x))
+    train = x[:n_train]
+    mean, std = float(train.mean()), float(train.std())
+    torch.manual_seed(seed)
+    model = IceUNet(mean, std)
+    xt, yt = torch.tensor(train[:-1]), torch.tensor(train[1:])
+    mt = torch.tensor(np.repeat(ocean[None], batch, axis=0))
+    gen = torch.Generator().manual_seed(seed)
+
+    def loss(i: int) -> torch.Tensor:
+        b = torch.randint(0, len(xt), (batch,), generator=gen)
+        return (((model(xt[b], mt) - yt[b]) / std) ** 2).mean()
+
+    final = fit(model, loss, n_iter, 1e-3, seed)
+    path = out / "seaice" / "model.onnx"
+    export(model.eval(), (torch.tensor(x[:2]), torch.tensor(np.repeat(ocean[None], 2, axis=0))), path)
+    common = card_common(x, splits, 1, 1, horizon)
+    k = min(SKILL_K, common["room"]["heldout"])
+    skill = heldout_skill(path, x, splits["heldout"], length=1, per_call=1, horizon=horizon, k=k, static={"mask": ocean},
+                          leads=[(n, f"{n} month{'s' if n > 1 else ''}") for n in (1, 2, 3, 4)])
+    n_params = sum(p.numel() for p in model.parameters())
+    card = {
+        "title": "Monthly sea-ice concentration, U-Net on both polar caps (49x100)", "name": "seaice", "mode": "state", "grid": True, "n_params": n_params,
+        "seed": seed,
+        "summary": "A two-level U-Net (about 1 M parameters, periodic in longitude) stepping monthly sea-ice concentration, with a static "
+                   "ocean mask input, as grid forecasters carry a land-sea mask. The record is the longest gridded one that loads offline here "
+                   f"(120 months), so the model is trained on {n_train - 1} month-to-month pairs: far too few for a million weights to learn much. "
+                   "It ships for its weights (quantization sensitivity of a realistic grid architecture), not for its skill.",
+        "data": "libncarg-data fice.nc: 120 monthly means of ice concentration (0-1) from a coupled ocean/sea-ice model spin-up, 49 latitudes "
+                "(77.4S-35.7S and 35.7N-90N stacked) x 100 longitudes; ocean mask = landsea.nc (1 degree, 0 = ocean) at the nearest point",
+        "architecture": "normalise (scalars), concat mask, pad to 52 rows, Conv2d(2->64, 2x2, stride 2), 2 residual Conv2d(64->64, 3x3) + GELU, "
+                        "Conv2d(64->192, 2x2, stride 2), 2 residual Conv2d(192->192, 3x3) + GELU, ConvTranspose2d(192->64, 2x2), "
+                        "Conv2d(128->64, 3x3) + GELU, residual Conv2d(64->64, 3x3) + GELU, ConvTranspose2d(64->1, 2x2); 3x3 convolutions wrap in "
+                        "longitude (Slice + Concat) and zero-pad in latitude; output clip(x + 0.1 * std * increment, 0, 1); "
+                        "inputs x [B, 1, 49, 100], mask [B, 1, 49, 100]",
+        "parameters": f"{n_params:,}", "rollout": "state mode; 'mask' is static (declared in edgetqs.toml)",
+        "training": f"Adam 1e-3 cosine, {n_iter} steps of {batch} random pairs from the {n_train - 1} training pairs, one-step MSE in normalised "
+                    f"units; final loss {final:.4f}",
+        "contexts": "record [120, 1, 49, 100] (float32) with the ocean mask", **common, "skill_k": k, "skill": skill, "skill_before": None,
+        "train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0, "description": "monthly sea-ice concentration (49x100), U-Net with static ocean mask",
+    }
+    toml = ('name = "seaice"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nstatic = ["mask"]\n\n'
+            f'[score]\nhorizon = {horizon}\n')
+    write_example("seaice", out, toml, card, {"record": x, "mask": ocean, "variables": np.array(["fice"])})
+    _report("seaice", n_params, final, skill, t0)
+
+
+JOBS: dict[str, Callable[[Path, int], None]] = {"lorenz96": train_lorenz96, "station": train_station, "blizzard": train_blizzard,
+                                                "patchtst": train_patchtst, "seaice": train_seaice}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="lorenz96,station,blizzard")
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--only", default=",".join(JOBS), help="comma-separated examples to train")
     ap.add_argument("--out", type=Path, default=ROOT / "edgetqs" / "examples")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render-cards", action="store_true", help="only rewrite each card.md from its card.json")
     a = ap.parse_args()
-    jobs = {"lorenz96": train_lorenz96, "station": train_station, "blizzard": train_blizzard}
+    if a.render_cards:
+        for name in a.only.split(","):
+            render_card(a.out / name)
+        return
+    torch.use_deterministic_algorithms(True)
     for name in a.only.split(","):
-        jobs[name](a.out, a.seed)
+        if name not in JOBS:
+            raise SystemExit(f"unknown example '{name}'; expected some of {', '.join(JOBS)}")
+        JOBS[name](a.out, a.seed)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from edgetqs.examples import example_path, init_project, list_examples
 from edgetqs.sensitivity.scores import ProbeSettings
 from edgetqs.sensitivity.sweep import run_sweep
 
-NAMES = ["lorenz96", "station", "blizzard"]
+NAMES = ["lorenz96", "station", "blizzard", "patchtst", "seaice"]
 
 
 def test_all_examples_are_bundled() -> None:
