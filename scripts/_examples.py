@@ -43,14 +43,18 @@ def split_span(c: dict[str, Any], which: str, horizon: int) -> str:
         ValueError: the card has no such split, or the split has no room for one context with that horizon.
     """
     if which not in c.get("splits", {}):
-        raise ValueError(f"example '{c.get('name')}' card has splits {sorted(c.get('splits', {}))}; expected '{which}' (retrain with scripts/train_examples.py)")
+        raise ValueError(
+            f"example '{c.get('name')}' card has splits {sorted(c.get('splits', {}))}; expected '{which}' (retrain with scripts/train_examples.py)"
+        )
     a, b = c["splits"][which]
     n = int(c["record_steps"])
     hi = int(b * n) - horizon * int(c["rows_per_call"])  # last row whose truth a context may use, plus one
     lo = int(a * n)
     if hi - int(c["context_length"]) < lo:
-        raise ValueError(f"split '{which}' {a}:{b} of '{c.get('name')}' ({n} steps) cannot hold a context with {horizon} calls of truth; "
-                         "use a shorter horizon")
+        raise ValueError(
+            f"split '{which}' {a}:{b} of '{c.get('name')}' ({n} steps) cannot hold a context with {horizon} calls of truth; "
+            "use a shorter horizon"
+        )
     # half a row of slack: floor(STOP * n) must land on hi exactly, whatever the float rounding
     return f"{a!r}:{(hi + 0.5) / n!r}"
 
@@ -67,9 +71,9 @@ def splits(name: str, k: int, horizon: int | None = None) -> tuple[Project, int,
         ValueError: the card predates splits, or a split is too short for the horizon.
         ContextsError: K is more than a split has room for (the message says how many fit).
     """
-    from edgetqs.examples import example_path
     from edgetqs.core.inputs import resolve
     from edgetqs.core.project import load_project
+    from edgetqs.examples import example_path
 
     c = card(name)
     proj = load_project(example_path(name) / "edgetqs.toml")

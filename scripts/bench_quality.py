@@ -103,20 +103,22 @@ def one_step_pairs(inp, n: int, span: tuple[float, float]):
     lo, hi = int(span[0] * len(data)), int(span[1] * len(data))
     if spec.mode == "window":
         L = inp.contexts.arrays[0].shape[1]
-        H = [o for o in inp.model.outputs if o.name == spec.pairs[0][1]][0].shape[1]
+        H = next(o for o in inp.model.outputs if o.name == spec.pairs[0][1]).shape[1]
         starts = np.linspace(lo, hi - L - H, n).astype(int)
-        x = np.stack([data[s:s + L] for s in starts])
-        y = np.stack([data[s + L:s + L + H] for s in starts])
+        x = np.stack([data[s : s + L] for s in starts])
+        y = np.stack([data[s + L : s + L + H] for s in starts])
     else:
         starts = np.linspace(lo, hi - 2, n).astype(int)
         x, y = data[starts], data[starts + 1]
-    statics = [torch.tensor(np.broadcast_to(inp.contexts.statics[s], (len(starts),) + inp.contexts.statics[s].shape).copy())
-               for s in spec.static]
+    statics = [
+        torch.tensor(np.broadcast_to(inp.contexts.statics[s], (len(starts),) + inp.contexts.statics[s].shape).copy()) for s in spec.static
+    ]
     return torch.tensor(x), torch.tensor(y), statics
 
 
 def hessian_traces(name: str, inp, scores, n_pairs: int, samples: int):
     import torch
+
     from edgetqs.allocation.methods import hutchinson_traces
 
     net = torch_model(name, inp.model)
@@ -181,10 +183,14 @@ def plans_for(ex: Example, target, budgets: dict[int, int], rounding: str, trace
             name = {"uniform": "uniform-bits"}.get(method, method)
             try:
                 t0 = time.perf_counter()
-                cell[method] = [method_plan(name, scores, m, target, opts, seed=sd, bits=b, **common)
-                                for sd in (range(seeds) if method == "random" else [0])]
+                cell[method] = [
+                    method_plan(name, scores, m, target, opts, seed=sd, bits=b, **common)
+                    for sd in (range(seeds) if method == "random" else [0])
+                ]
                 if method == "tqs-rescored":
-                    ex.costs.setdefault(f"rescore {rounding}", []).append((time.perf_counter() - t0, cell[method][0].refinement["rollouts"]))
+                    ex.costs.setdefault(f"rescore {rounding}", []).append(
+                        (time.perf_counter() - t0, cell[method][0].refinement["rollouts"])
+                    )
             except InfeasibleBudgetError:
                 pass
         out[b] = cell
@@ -295,58 +301,87 @@ def main() -> None:
             errs = {k: v[0] for k, v in meas.items()}
             for v in TQS:
                 if v in errs:
-                    verdicts.setdefault((rounding, v), []).append(((name, b), judge(v, errs, OTHERS, plans_seen[rounding][(name, b)], samples(len(errs[v])))))
+                    verdicts.setdefault((rounding, v), []).append(
+                        ((name, b), judge(v, errs, OTHERS, plans_seen[rounding][(name, b)], samples(len(errs[v]))))
+                    )
             ex = next(e for e in exs if e.name == name)
             names = ex.variables if len(ex.variables) <= 12 else ["all"]
             for j, var in enumerate(names):
                 per = {k: (v[1][:, j] if var != "all" else v[0]) for k, v in meas.items()}
                 for v in TQS:
                     if v in per:
-                        var_verdicts.setdefault((rounding, v), []).append(((name, var, b), judge(v, per, OTHERS, plans_seen[rounding][(name, b)], samples(len(per[v])))))
+                        var_verdicts.setdefault((rounding, v), []).append(
+                            ((name, var, b), judge(v, per, OTHERS, plans_seen[rounding][(name, b)], samples(len(per[v]))))
+                        )
     main_variant = "tqs-rescored"
     good, n, share = headline([v for _, v in verdicts[("rtn", main_variant)]]) if "rtn" in roundings else (0, 0, float("nan"))
     emit(f"headline: TQS best or tied-best in {good} of {n} informative cells ({share:.0%})")
     if "gptq" in roundings:
         better = [vv for _, vv in _paper(results["gptq"], main_variant, plans_seen["gptq"], samples)]
         nb = sum(v.outcome == "win" for v in better)
-        emit(f"paper comparison: TQS better than uniform GPTQ at matched bytes in {nb} of {len(better)} cells ({nb / max(len(better), 1):.0%})")
+        emit(
+            f"paper comparison: TQS better than uniform GPTQ at matched bytes in {nb} of {len(better)} cells ({nb / max(len(better), 1):.0%})"
+        )
         emit("")
-        emit("(Both lines: TQS re-scored in context, the default; the headline with round-to-nearest for every method, the paper comparison "
-             "with GPTQ rounding for both TQS and the uniform baseline. A cell counts for TQS only when the paired bootstrap interval of the "
-             "difference excludes zero; ties are listed below.)")
+        emit(
+            "(Both lines: TQS re-scored in context, the default; the headline with round-to-nearest for every method, the paper comparison "
+            "with GPTQ rounding for both TQS and the uniform baseline. A cell counts for TQS only when the paired bootstrap interval of the "
+            "difference excludes zero; ties are listed below.)"
+        )
     emit("")
-    emit("rounding | variant | overall cells: win / tie / loss / saturated | best or tied-best (informative) | per-variable cells: win / tie / loss / saturated | best or tied-best")
+    emit(
+        "rounding | variant | overall cells: win / tie / loss / saturated | best or tied-best (informative) | per-variable cells: win / tie / loss / saturated | best or tied-best"
+    )
     emit("--- | --- | --- | --- | --- | ---")
     for (rounding, v), vs in verdicts.items():
         o = [x.outcome for _, x in vs]
         ov = [x.outcome for _, x in var_verdicts[(rounding, v)]]
         g, nn, sh = headline([x for _, x in vs])
         g2, n2, sh2 = headline([x for _, x in var_verdicts[(rounding, v)]])
-        emit(f"{rounding} | {v} | {o.count('win')} / {o.count('tie')} / {o.count('loss')} / {o.count('saturated')} | {g} of {nn} ({sh:.0%}) | "
-             f"{ov.count('win')} / {ov.count('tie')} / {ov.count('loss')} / {ov.count('saturated')} | {g2} of {n2} ({sh2:.0%})")
+        emit(
+            f"{rounding} | {v} | {o.count('win')} / {o.count('tie')} / {o.count('loss')} / {o.count('saturated')} | {g} of {nn} ({sh:.0%}) | "
+            f"{ov.count('win')} / {ov.count('tie')} / {ov.count('loss')} / {ov.count('saturated')} | {g2} of {n2} ({sh2:.0%})"
+        )
     if "gptq" in roundings:
         emit("")
-        emit("Paper comparison (GPTQ rounding for both) per TQS variant: cells where the variant is better than uniform GPTQ at matched bytes "
-             "(interval excludes zero) / tie / worse:")
+        emit(
+            "Paper comparison (GPTQ rounding for both) per TQS variant: cells where the variant is better than uniform GPTQ at matched bytes "
+            "(interval excludes zero) / tie / worse:"
+        )
         emit("")
         for v in TQS:
             vs = [x for _, x in _paper(results["gptq"], v, plans_seen["gptq"], samples)]
-            emit(f"- {v}: {sum(x.outcome == 'win' for x in vs)} better / {sum(x.outcome == 'tie' for x in vs)} tie / "
-                 f"{sum(x.outcome == 'loss' for x in vs)} worse of {len(vs)} ({sum(x.outcome == 'saturated' for x in vs)} saturated)")
+            emit(
+                f"- {v}: {sum(x.outcome == 'win' for x in vs)} better / {sum(x.outcome == 'tie' for x in vs)} tie / "
+                f"{sum(x.outcome == 'loss' for x in vs)} worse of {len(vs)} ({sum(x.outcome == 'saturated' for x in vs)} saturated)"
+            )
     emit("")
     emit("## Cost of the estimates (score split)\n")
-    emit("example | weights | groups | sweep s (model calls) | ladder s (calls) | re-scoring s and rollouts per budget (mean) | Hessian s (HVPs) | GPTQ calibration + rounding s")
+    emit(
+        "example | weights | groups | sweep s (model calls) | ladder s (calls) | re-scoring s and rollouts per budget (mean) | Hessian s (HVPs) | GPTQ calibration + rounding s"
+    )
     emit("--- | --- | --- | --- | --- | --- | --- | ---")
     for ex in exs:
         c = ex.costs
-        resc = "; ".join(f"{k.split()[1]}: {np.mean([x[0] for x in vals]):.1f} s, {np.mean([x[1] for x in vals]):.0f}" for k, vals in c.items() if k.startswith("rescore"))
+        resc = "; ".join(
+            f"{k.split()[1]}: {np.mean([x[0] for x in vals]):.1f} s, {np.mean([x[1] for x in vals]):.0f}"
+            for k, vals in c.items()
+            if k.startswith("rescore")
+        )
         gq = f"{c['gptq'][0]:.1f}" if "gptq" in c else "-"
-        emit(f"{ex.name} | {sum(w.size for w in ex.score.model.weights):,} | {len(ex.score.model.weights)} | {c['sweep'][0]:.2f} ({c['sweep'][1]}) | "
-             f"{c['ladder'][0]:.2f} ({c['ladder'][1]}) | {resc} | {c['hessian'][0]:.2f} ({c['hessian'][1]}) | {gq}")
+        emit(
+            f"{ex.name} | {sum(w.size for w in ex.score.model.weights):,} | {len(ex.score.model.weights)} | {c['sweep'][0]:.2f} ({c['sweep'][1]}) | "
+            f"{c['ladder'][0]:.2f} ({c['ladder'][1]}) | {resc} | {c['hessian'][0]:.2f} ({c['hessian'][1]}) | {gq}"
+        )
     for rounding in roundings:
         emit("")
         emit(f"## Overall error at the horizon, {rounding} rounding (held-out contexts; RMS over contexts, [95% interval])\n")
-        emit("example | bits (budget B) | " + " | ".join((*TQS, *OTHERS)) + " | " + " | ".join(f"{v} verdict (diff to best other [interval])" for v in TQS))
+        emit(
+            "example | bits (budget B) | "
+            + " | ".join((*TQS, *OTHERS))
+            + " | "
+            + " | ".join(f"{v} verdict (diff to best other [interval])" for v in TQS)
+        )
         emit(" | ".join(["---"] * (2 + len(TQS) + len(OTHERS) + len(TQS))))
         for (name, b), meas in results[rounding].items():
             ex = next(e for e in exs if e.name == name)
@@ -360,7 +395,11 @@ def main() -> None:
             vcells = []
             for v in TQS:
                 x = next((vv for key, vv in verdicts[(rounding, v)] if key == (name, b)), None)
-                vcells.append("n/a" if x is None else f"{x.outcome} ({x.diff:+.3g} vs {x.best_other} [{x.diff_interval[0]:+.3g}, {x.diff_interval[1]:+.3g}])")
+                vcells.append(
+                    "n/a"
+                    if x is None
+                    else f"{x.outcome} ({x.diff:+.3g} vs {x.best_other} [{x.diff_interval[0]:+.3g}, {x.diff_interval[1]:+.3g}])"
+                )
             emit(f"{name} | {b} ({ex.budgets[b]:,}) | " + " | ".join(cells) + " | " + " | ".join(vcells))
         emit("")
         emit(f"### Per variable at the horizon, {rounding} rounding (RMS over held-out contexts)\n")
@@ -374,20 +413,27 @@ def main() -> None:
             meas = results[rounding][(name, b)]
             ex = next(e for e in exs if e.name == name)
             j = ex.variables.index(var) if var in ex.variables else None
-            errs = [f"{cell_error(meas[mth][1][:, j] if j is not None else meas[mth][0]):.4g}" if mth in meas else "n/a" for mth in (*TQS, *OTHERS)]
+            errs = [
+                f"{cell_error(meas[mth][1][:, j] if j is not None else meas[mth][0]):.4g}" if mth in meas else "n/a"
+                for mth in (*TQS, *OTHERS)
+            ]
             emit(f"{name} | {var} | {b} | " + " | ".join(errs) + " | " + " | ".join(vv[v].outcome if v in vv else "n/a" for v in TQS))
         emit("")
         emit(f"### Cells {main_variant} loses ({rounding})\n")
         lost = [(key, x) for key, x in verdicts[(rounding, main_variant)] if x.outcome == "loss"]
         for (name, b), x in lost:
-            emit(f"- {name} at {b} bits: {x.error:.4g} vs {x.best_other} {x.best_other_error:.4g} (difference {x.diff:+.3g}, interval "
-                 f"[{x.diff_interval[0]:+.3g}, {x.diff_interval[1]:+.3g}])")
+            emit(
+                f"- {name} at {b} bits: {x.error:.4g} vs {x.best_other} {x.best_other_error:.4g} (difference {x.diff:+.3g}, interval "
+                f"[{x.diff_interval[0]:+.3g}, {x.diff_interval[1]:+.3g}])"
+            )
         if not lost:
             emit("- none")
     for ex in exs:
         if getattr(ex, "buffers", None):
-            emit(f"\nNote: {ex.name}: {', '.join(ex.buffers)} are buffers in the torch model (no gradient, no trace): the Hessian "
-                 "baseline keeps them in fp32, as HAWQ quantizes parameters only.")
+            emit(
+                f"\nNote: {ex.name}: {', '.join(ex.buffers)} are buffers in the torch model (no gradient, no trace): the Hessian "
+                "baseline keeps them in fp32, as HAWQ quantizes parameters only."
+            )
     header = [
         "# Benchmarks: TQS allocation against what users have today\n",
         f"Produced by `python {' '.join(['scripts/bench_quality.py', *sys.argv[1:]])}` on {platform.machine()} "

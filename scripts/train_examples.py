@@ -35,6 +35,7 @@ SKILL_K = 32  # held-out contexts the card's skill is measured on (fewer only wh
 
 # ------------------------------------------------------------------ data
 
+
 def lorenz96(n_steps: int, n: int = 40, forcing: float = 8.0, dt: float = 0.05, seed: int = 0) -> np.ndarray:
     """Lorenz-96 integrated with RK4 (10 substeps per output step), after a 1000-step spin-up."""
     rng = np.random.default_rng(seed)
@@ -47,7 +48,10 @@ def lorenz96(n_steps: int, n: int = 40, forcing: float = 8.0, dt: float = 0.05, 
     out = np.empty((n_steps, n))
     for i in range(1000 + n_steps):
         for _ in range(10):
-            k1 = f(x); k2 = f(x + h / 2 * k1); k3 = f(x + h / 2 * k2); k4 = f(x + h * k3)
+            k1 = f(x)
+            k2 = f(x + h / 2 * k1)
+            k3 = f(x + h / 2 * k2)
+            k4 = f(x + h * k3)
             x = x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
         if i >= 1000:
             out[i - 1000] = x
@@ -60,15 +64,21 @@ def station_weather() -> tuple[np.ndarray, list[str], str]:
     path = os.path.join(os.path.dirname(pvlib.__file__), "data", "723170TYA.CSV")
     df, meta = pvlib.iotools.read_tmy3(path, map_variables=True)
     cols = ["temp_air", "temp_dew", "relative_humidity", "pressure", "wind_speed", "ghi"]
-    name = str(meta.get('Name', 'Greensboro')).strip('"')
+    name = str(meta.get("Name", "Greensboro")).strip('"')
     return df[cols].to_numpy(np.float32), cols, f"TMY3 station {meta.get('USAF', 723170)} ({name}, {meta.get('State', 'NC')})"
 
 
 def blizzard() -> tuple[np.ndarray, np.ndarray, list[str]]:
     import xarray as xr
 
-    names = [("Pstorm.cdf", "p", "psl"), ("Tstorm.cdf", "t", "t2m"), ("Ustorm.cdf", "u", "u10"), ("Vstorm.cdf", "v", "v10"),
-             ("U500storm.cdf", "u", "u500"), ("V500storm.cdf", "v", "v500")]
+    names = [
+        ("Pstorm.cdf", "p", "psl"),
+        ("Tstorm.cdf", "t", "t2m"),
+        ("Ustorm.cdf", "u", "u10"),
+        ("Vstorm.cdf", "v", "v10"),
+        ("U500storm.cdf", "u", "u500"),
+        ("V500storm.cdf", "v", "v500"),
+    ]
     fields = []
     for f, v, _ in names:
         with xr.open_dataset(NCARG / f) as ds:
@@ -89,8 +99,14 @@ def blizzard() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 # the same six variables at three climates (TMY3 Alaska and North Carolina, TMY2 Florida)
 TMY_VARS = ["temp_air", "temp_dew", "relative_humidity", "pressure", "wind_speed", "ghi"]
-TMY2_COLS = {"temp_air": ("DryBulb", 0.1), "temp_dew": ("DewPoint", 0.1), "relative_humidity": ("RHum", 1.0),
-             "pressure": ("Pressure", 1.0), "wind_speed": ("Wspd", 0.1), "ghi": ("GHI", 1.0)}
+TMY2_COLS = {
+    "temp_air": ("DryBulb", 0.1),
+    "temp_dew": ("DewPoint", 0.1),
+    "relative_humidity": ("RHum", 1.0),
+    "pressure": ("Pressure", 1.0),
+    "wind_speed": ("Wspd", 0.1),
+    "ghi": ("GHI", 1.0),
+}
 
 
 def tmy_stations() -> tuple[np.ndarray, list[str], str]:
@@ -137,6 +153,7 @@ def sea_ice() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------ models
+
 
 class L96Net(nn.Module):
     """Periodic 1-D conv net predicting the increment of a Lorenz-96 state [B, 40]."""
@@ -241,8 +258,17 @@ class PatchTST(nn.Module):
     flatten head to ``horizon`` steps x quantiles. Input [B, L, C], output [B, H, C, Q].
     """
 
-    def __init__(self, n_channels: int, length: int = 192, horizon: int = 24, patch: int = 16, d: int = 144, depth: int = 4,
-                 heads: int = 4, quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)) -> None:
+    def __init__(
+        self,
+        n_channels: int,
+        length: int = 192,
+        horizon: int = 24,
+        patch: int = 16,
+        d: int = 144,
+        depth: int = 4,
+        heads: int = 4,
+        quantiles: tuple[float, ...] = (0.1, 0.5, 0.9),
+    ) -> None:
         super().__init__()
         self.c, self.length, self.horizon, self.patch = n_channels, length, horizon, patch
         self.n_patches = length // patch
@@ -312,7 +338,9 @@ class IceUNet(nn.Module):
         dz = self.out(u)[:, :, :49]
         return torch.clamp(x + 0.1 * self.std * dz, 0.0, 1.0)
 
+
 # ------------------------------------------------------------------ splits, rollout and skill
+
 
 def span_rows(span: tuple[float, float], n: int) -> tuple[int, int]:
     """Rows [lo, hi) of a record of n steps that a fraction span covers (the rule edgetqs' --span uses)."""
@@ -344,7 +372,11 @@ def check_splits(splits: dict[str, tuple[float, float]]) -> None:
 
 def fit(model: nn.Module, loss_fn: Callable[[int], torch.Tensor], n_iter: int, lr: float, seed: int, weight_decay: float = 0.0) -> float:
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay else torch.optim.Adam(model.parameters(), lr=lr)
+    opt = (
+        torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        if weight_decay
+        else torch.optim.Adam(model.parameters(), lr=lr)
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_iter)
     loss = torch.tensor(0.0)
     for i in range(n_iter):
@@ -357,13 +389,20 @@ def fit(model: nn.Module, loss_fn: Callable[[int], torch.Tensor], n_iter: int, l
 
 
 def export(model: nn.Module, args: tuple, path: Path) -> None:
-    from edgetqs.model import export_torch
+    from edgetqs.core.model import export_torch
 
     export_torch(model, args, path)
 
 
-def rollout_np(onnx_path: Path, x0: np.ndarray, steps: int, feeds: dict | None = None, increment: bool = False,
-               window: bool = False, out_index: tuple | None = None) -> np.ndarray:
+def rollout_np(
+    onnx_path: Path,
+    x0: np.ndarray,
+    steps: int,
+    feeds: dict | None = None,
+    increment: bool = False,
+    window: bool = False,
+    out_index: tuple | None = None,
+) -> np.ndarray:
     """Roll the exported model out with onnxruntime (the skill figures are those of the shipped file).
 
     Returns [steps, B, ...]: what each call produced (window mode: the H new rows of each call).
@@ -380,7 +419,7 @@ def rollout_np(onnx_path: Path, x0: np.ndarray, steps: int, feeds: dict | None =
         if increment:
             y = x + y
         outs.append(y)
-        x = np.concatenate([x[:, y.shape[1]:], y], axis=1) if window else y
+        x = np.concatenate([x[:, y.shape[1] :], y], axis=1) if window else y
     return np.stack(outs)
 
 
@@ -397,9 +436,20 @@ def nrmse(pred: np.ndarray, truth: np.ndarray, spread: np.ndarray) -> float:
     return float(np.sqrt(np.mean(((pred.astype(np.float64) - truth) / spread.reshape(shape)) ** 2)))
 
 
-def heldout_skill(path: Path, record: np.ndarray, span: tuple[float, float], *, length: int, per_call: int, horizon: int,
-                  leads: list[tuple[int, str]], k: int, static: dict[str, np.ndarray] | None = None, increment: bool = False,
-                  out_index: tuple | None = None) -> list[dict]:
+def heldout_skill(
+    path: Path,
+    record: np.ndarray,
+    span: tuple[float, float],
+    *,
+    length: int,
+    per_call: int,
+    horizon: int,
+    leads: list[tuple[int, str]],
+    k: int,
+    static: dict[str, np.ndarray] | None = None,
+    increment: bool = False,
+    out_index: tuple | None = None,
+) -> list[dict]:
     """Normalised RMSE of the shipped ONNX and of persistence at each lead, on K contexts of the held-out split.
 
     Args:
@@ -410,7 +460,7 @@ def heldout_skill(path: Path, record: np.ndarray, span: tuple[float, float], *, 
     n = len(record)
     starts = context_starts(span, n, length, per_call, horizon, k)
     window = length > 1
-    x0 = np.stack([record[s:s + length] for s in starts]) if window else record[starts]
+    x0 = np.stack([record[s : s + length] for s in starts]) if window else record[starts]
     feeds = {name: np.repeat(v[None], len(starts), axis=0) for name, v in (static or {}).items()}
     pred = rollout_np(path, x0, horizon, feeds=feeds, increment=increment, window=window, out_index=out_index)
     if window:
@@ -425,17 +475,22 @@ def heldout_skill(path: Path, record: np.ndarray, span: tuple[float, float], *, 
     return rows
 
 
-def card_common(record: np.ndarray, splits: dict[str, tuple[float, float]], length: int, per_call: int, horizon: int,
-                train_note: str | None = None) -> dict:
+def card_common(
+    record: np.ndarray, splits: dict[str, tuple[float, float]], length: int, per_call: int, horizon: int, train_note: str | None = None
+) -> dict:
     """Card fields about the record and its splits (the test re-derives each from contexts.npz)."""
     check_splits(splits)
     n = len(record)
     return {
         "splits": {k: list(v) for k, v in splits.items()},
         "split_rows": {k: list(span_rows(v, n)) for k, v in splits.items()},
-        "record_steps": n, "context_length": length, "rows_per_call": per_call, "horizon": horizon,
+        "record_steps": n,
+        "context_length": length,
+        "rows_per_call": per_call,
+        "horizon": horizon,
         "room": {k: room(splits[k], n, length, per_call, horizon) for k in ("score", "heldout")},
-        "train_data": train_note or f"rows {span_rows(splits['train'], n)[0]}-{span_rows(splits['train'], n)[1] - 1} of the shipped record (split 'train') only",
+        "train_data": train_note
+        or f"rows {span_rows(splits['train'], n)[0]}-{span_rows(splits['train'], n)[1] - 1} of the shipped record (split 'train') only",
     }
 
 
@@ -453,20 +508,29 @@ def render_card(d: Path) -> None:
     """Write card.md from card.json (``--render-cards`` redoes this without training)."""
     card = json.loads((d / "card.json").read_text())
     rows = card["split_rows"]
-    splits = "; ".join(f"{k} {v[0]:g}-{v[1]:g} (rows {rows[k][0]}-{rows[k][1] - 1})" if v[1] > v[0] else f"{k}: none of the record"
-                       for k, v in card["splits"].items())
+    splits = "; ".join(
+        f"{k} {v[0]:g}-{v[1]:g} (rows {rows[k][0]}-{rows[k][1] - 1})" if v[1] > v[0] else f"{k}: none of the record"
+        for k, v in card["splits"].items()
+    )
     lines = [f"# {card['title']}", "", card["summary"], "", "| | |", "|---|---|"]
     for k in ("data", "architecture", "parameters", "rollout", "training", "contexts"):
         lines.append(f"| {k} | {card[k]} |")
     lines.append(f"| splits | {splits}; training used {card['train_data']} |")
-    lines.append(f"| room | {card['room']['score']} scoring and {card['room']['heldout']} held-out contexts with the whole "
-                 f"{card['horizon']}-call horizon of truth inside their split |")
+    lines.append(
+        f"| room | {card['room']['score']} scoring and {card['room']['heldout']} held-out contexts with the whole "
+        f"{card['horizon']}-call horizon of truth inside their split |"
+    )
     lines.append(f"| model.onnx | {card['model_bytes']:,} bytes |")
     before = {r["lead"]: r for r in card.get("skill_before") or []}
-    lines += ["", f"## Skill on the held-out split ({card['skill_k']} contexts spread evenly over it)", "",
-              "Normalised RMSE: each variable divided by its standard deviation over the whole shipped record"
-              + (", every grid point counted alike (no latitude weighting)" if card.get("grid") else "")
-              + "; persistence repeats the last observed step.", ""]
+    lines += [
+        "",
+        f"## Skill on the held-out split ({card['skill_k']} contexts spread evenly over it)",
+        "",
+        "Normalised RMSE: each variable divided by its standard deviation over the whole shipped record"
+        + (", every grid point counted alike (no latitude weighting)" if card.get("grid") else "")
+        + "; persistence repeats the last observed step.",
+        "",
+    ]
     head = "| lead | model | persistence |" + (" model before | persistence before |" if before else "")
     lines += [head, "|---" * (5 if before else 3) + "|"]
     for row in card["skill"]:
@@ -477,15 +541,23 @@ def render_card(d: Path) -> None:
         lines.append(line)
     if card.get("skill_note"):
         lines += ["", card["skill_note"]]
-    lines += ["", (f"Trained by `scripts/train_examples.py --only {card['name']}` with seed {card['seed']} in {card['train_seconds']:.0f} s "
-                   f"({card['train_cpu_seconds']:.0f} s of CPU time) on 2 CPU cores shared with other jobs, including data loading, export "
-                   "and the skill rollouts.")]
+    lines += [
+        "",
+        (
+            f"Trained by `scripts/train_examples.py --only {card['name']}` with seed {card['seed']} in {card['train_seconds']:.0f} s "
+            f"({card['train_cpu_seconds']:.0f} s of CPU time) on 2 CPU cores shared with other jobs, including data loading, export "
+            "and the skill rollouts."
+        ),
+    ]
     (d / "card.md").write_text("\n".join(lines) + "\n")
 
 
 def _report(name: str, n_params: int, final: float, skill: list[dict], t0: float) -> None:
-    print(f"{name}: {n_params} params, loss {final:.4f}, skill {[(s['lead'], round(s['model'], 4), round(s['persistence'], 4)) for s in skill]}, "
-          f"{time.time() - t0:.0f} s", flush=True)
+    print(
+        f"{name}: {n_params} params, loss {final:.4f}, skill {[(s['lead'], round(s['model'], 4), round(s['persistence'], 4)) for s in skill]}, "
+        f"{time.time() - t0:.0f} s",
+        flush=True,
+    )
 
 
 def _old_skill(out: Path, name: str) -> list[dict] | None:
@@ -494,10 +566,13 @@ def _old_skill(out: Path, name: str) -> list[dict] | None:
     if not p.exists():
         return None
     old = json.loads(p.read_text())
-    return old.get("skill_before") or ([{k: r[k] for k in ("lead", "model", "persistence")} for r in old["skill"]] if "splits" not in old else None)
+    return old.get("skill_before") or (
+        [{k: r[k] for k in ("lead", "model", "persistence")} for r in old["skill"]] if "splits" not in old else None
+    )
 
 
 # ------------------------------------------------------------------ the examples
+
 
 def train_lorenz96(out: Path, seed: int = 0) -> None:
     t0, c0 = time.time(), time.process_time()
@@ -523,24 +598,45 @@ def train_lorenz96(out: Path, seed: int = 0) -> None:
     export(model.eval(), (torch.tensor(record[:2]),), path)
     common = card_common(record, splits, 1, 1, horizon, train_note=f"12,000 steps of a separate trajectory (seed {seed}; not shipped)")
     k = min(SKILL_K, common["room"]["heldout"])
-    skill = heldout_skill(path, record, splits["heldout"], length=1, per_call=1, horizon=horizon, k=k, increment=True,
-                          leads=[(n, f"{n} steps ({n * 0.05:.2f} MTU)") for n in (1, 5, 10, 20)])
+    skill = heldout_skill(
+        path,
+        record,
+        splits["heldout"],
+        length=1,
+        per_call=1,
+        horizon=horizon,
+        k=k,
+        increment=True,
+        leads=[(n, f"{n} steps ({n * 0.05:.2f} MTU)") for n in (1, 5, 10, 20)],
+    )
     n_params = sum(p.numel() for p in model.parameters())
     card = {
-        "title": "Lorenz-96 emulator (40 variables)", "name": "lorenz96", "mode": "state", "n_params": n_params, "seed": seed,
+        "title": "Lorenz-96 emulator (40 variables)",
+        "name": "lorenz96",
+        "mode": "state",
+        "n_params": n_params,
+        "seed": seed,
         "summary": "The classic weather proxy: a periodic 1-D convolutional net that predicts the 6-hour-equivalent increment of the 40-variable Lorenz-96 system (F=8).",
         "data": f"Lorenz-96, F=8, dt=0.05 (~6 h), RK4 with 10 substeps after a 1,000-step spin-up; trained on 12,000 steps of the trajectory from seed {seed}; "
-                f"the shipped record is 2,000 steps of another trajectory (seed {seed + 1})",
+        f"the shipped record is 2,000 steps of another trajectory (seed {seed + 1})",
         "architecture": "periodic Conv1d(1->48, k=5), 5 residual pointwise Conv1d(48->48) + tanh, Conv1d(48->1); input [B, 40], output increment [B, 40]",
-        "parameters": f"{n_params:,}", "rollout": "state mode, increment (next = x + output)",
+        "parameters": f"{n_params:,}",
+        "rollout": "state mode, increment (next = x + output)",
         "training": f"Adam 3e-3 cosine, 3,000 steps of 256, one-step MSE; final loss {final:.4f}",
-        "contexts": "record [2000, 40] from a trajectory not trained on, variables x00..x39", **common, "skill_k": k, "skill": skill,
+        "contexts": "record [2000, 40] from a trajectory not trained on, variables x00..x39",
+        **common,
+        "skill_k": k,
+        "skill": skill,
         "skill_before": before,
         "skill_note": "Before: the same recipe (weights within 1e-4) on 38 contexts of the continuation of its training trajectory.",
-        "train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0, "description": "Lorenz-96 (40 variables) state model, increment prediction",
+        "train_seconds": time.time() - t0,
+        "train_cpu_seconds": time.process_time() - c0,
+        "description": "Lorenz-96 (40 variables) state model, increment prediction",
     }
-    toml = ('name = "lorenz96"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nmode = "state"\nincrement = true\n\n'
-            f'[score]\nhorizon = {horizon}\n')
+    toml = (
+        'name = "lorenz96"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nmode = "state"\nincrement = true\n\n'
+        f"[score]\nhorizon = {horizon}\n"
+    )
     write_example("lorenz96", out, toml, card, {"record": record, "variables": np.array([f"x{i:02d}" for i in range(40)])})
     _report("lorenz96", n_params, final, skill, t0)
 
@@ -555,8 +651,8 @@ def train_station(out: Path, seed: int = 0) -> None:
     train = record[:n_train]
     mean, std = train.mean(axis=0), train.std(axis=0)
     idx = np.arange(0, n_train - L - H + 1)  # every window with its target inside the training rows
-    X = np.stack([train[i:i + L] for i in idx])
-    Y = np.stack([train[i + L:i + L + H] for i in idx])
+    X = np.stack([train[i : i + L] for i in idx])
+    Y = np.stack([train[i + L : i + L + H] for i in idx])
     torch.manual_seed(seed)
     model = StationNet(mean, std, L, H)
     xt, yt = torch.tensor(X), torch.tensor((Y - mean) / std)
@@ -572,20 +668,31 @@ def train_station(out: Path, seed: int = 0) -> None:
     export(model.eval(), (torch.tensor(record[None, :L]),), path)
     common = card_common(record, splits, L, H, horizon)
     k = min(SKILL_K, common["room"]["heldout"])
-    skill = heldout_skill(path, record, splits["heldout"], length=L, per_call=H, horizon=horizon, k=k,
-                          leads=[(n, f"{n} h") for n in (1, 6, 24, 48)])
+    skill = heldout_skill(
+        path, record, splits["heldout"], length=L, per_call=H, horizon=horizon, k=k, leads=[(n, f"{n} h") for n in (1, 6, 24, 48)]
+    )
     n_params = sum(p.numel() for p in model.parameters())
     card = {
-        "title": "Hourly station weather, 24 h in -> 6 h out", "name": "station", "mode": "window", "n_params": n_params, "seed": seed,
+        "title": "Hourly station weather, 24 h in -> 6 h out",
+        "name": "station",
+        "mode": "window",
+        "n_params": n_params,
+        "seed": seed,
         "summary": f"A window MLP on six hourly variables from {where} (pvlib's bundled TMY3 file). Normalisation constants live in the graph as buffers, as in many frozen exports.",
         "data": f"pvlib TMY3 723170TYA.CSV, variables {', '.join(cols)}; the whole typical year is shipped (contexts.npz)",
         "architecture": "normalise (buffers in_mean/in_std), Linear(144->128), 2 residual Linear(128->128) + ReLU, Linear(128->36) added to the last observed hour, de-normalise; input [B, 24, 6], output [B, 6, 6]",
-        "parameters": f"{n_params:,} (+12 normalisation constants)", "rollout": "window mode: append the 6 predicted hours, drop the oldest 6",
+        "parameters": f"{n_params:,} (+12 normalisation constants)",
+        "rollout": "window mode: append the 6 predicted hours, drop the oldest 6",
         "training": f"Adam 1e-3 cosine, 2,500 steps of 256, 6-hour MSE in normalised units; final loss {final:.4f}",
-        "contexts": f"record [{len(record)}, 6] (the whole year) with variable names", **common, "skill_k": k, "skill": skill,
+        "contexts": f"record [{len(record)}, 6] (the whole year) with variable names",
+        **common,
+        "skill_k": k,
+        "skill": skill,
         "skill_before": before,
         "skill_note": "Before: trained on the first 80% of the year, measured on 70 contexts every 24 h of the last 20%.",
-        "train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0, "description": "hourly station weather (pvlib TMY3), 24 h window -> 6 h",
+        "train_seconds": time.time() - t0,
+        "train_cpu_seconds": time.process_time() - c0,
+        "description": "hourly station weather (pvlib TMY3), 24 h window -> 6 h",
     }
     toml = f'name = "station"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[score]\nhorizon = {horizon}\n'
     write_example("station", out, toml, card, {"record": record, "variables": np.array(cols)})
@@ -618,24 +725,45 @@ def train_blizzard(out: Path, seed: int = 0) -> None:
     export(model.eval(), (torch.tensor(x[:2]), torch.tensor(np.repeat(mask[None], 2, axis=0))), path)
     common = card_common(x, splits, 1, 1, horizon)
     k = min(SKILL_K, common["room"]["heldout"])
-    skill = heldout_skill(path, x, splits["heldout"], length=1, per_call=1, horizon=horizon, k=k, static={"mask": mask},
-                          leads=[(1, "6 h"), (2, "12 h"), (4, "24 h")])
+    skill = heldout_skill(
+        path,
+        x,
+        splits["heldout"],
+        length=1,
+        per_call=1,
+        horizon=horizon,
+        k=k,
+        static={"mask": mask},
+        leads=[(1, "6 h"), (2, "12 h"), (4, "24 h")],
+    )
     n_params = sum(p.numel() for p in model.parameters())
     card = {
-        "title": "January 1996 blizzard, 6 fields on a 33x36 grid", "name": "blizzard", "mode": "state", "grid": True, "n_params": n_params,
+        "title": "January 1996 blizzard, 6 fields on a 33x36 grid",
+        "name": "blizzard",
+        "mode": "state",
+        "grid": True,
+        "n_params": n_params,
         "seed": seed,
         "summary": "A small residual CNN stepping six-hourly sea-level pressure, 2 m temperature, 10 m and 500 hPa winds over North America (NCAR Graphics example data of the 1996 blizzard): Pangu-like in miniature, with a static mask input. 64 steps only: a demonstration of the pipeline, not a skilful forecaster, and too short for 32 disjoint scoring and held-out contexts (12 each).",
         "data": "libncarg-data {P,T,U,V,U500,V500}storm.cdf, 64 six-hourly steps; 224 masked points per field (fixed for psl, moving for t2m/v10/v500) filled with that field's mean; psl's fixed mask is the static input; 4 fields missing whole (t2m step 17, v10 steps 17/37, v500 step 36) interpolated from the neighbouring steps",
         "architecture": "normalise (buffers), Conv2d(7->32, 3x3), 3 residual Conv2d(32->32, 3x3) + GELU, Conv2d(32->6, 1x1), residual output; inputs x [B, 6, 33, 36], mask [B, 1, 33, 36]",
-        "parameters": f"{n_params:,} (+12 normalisation constants)", "rollout": "state mode; 'mask' is static (declared in edgetqs.toml)",
+        "parameters": f"{n_params:,} (+12 normalisation constants)",
+        "rollout": "state mode; 'mask' is static (declared in edgetqs.toml)",
         "training": f"Adam 3e-3 cosine, 400 full-batch steps on the {n_train - 1} pairs of the training rows, one- plus two-step MSE; final loss {final:.4f}",
-        "contexts": "all 64 steps [64, 6, 33, 36] (float32) with the mask", **common, "skill_k": k, "skill": skill,
+        "contexts": "all 64 steps [64, 6, 33, 36] (float32) with the mask",
+        **common,
+        "skill_k": k,
+        "skill": skill,
         "skill_before": before,
         "skill_note": "Before: trained on steps 0-51 and measured from steps 51-59, which overlapped training.",
-        "train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0, "description": "Jan 1996 blizzard fields (6 variables, 33x36), CNN with static mask",
+        "train_seconds": time.time() - t0,
+        "train_cpu_seconds": time.process_time() - c0,
+        "description": "Jan 1996 blizzard fields (6 variables, 33x36), CNN with static mask",
     }
-    toml = ('name = "blizzard"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nstatic = ["mask"]\n\n'
-            f'[score]\nhorizon = {horizon}\n')
+    toml = (
+        'name = "blizzard"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nstatic = ["mask"]\n\n'
+        f"[score]\nhorizon = {horizon}\n"
+    )
     write_example("blizzard", out, toml, card, {"record": x, "mask": mask, "variables": np.array(names)})
     _report("blizzard", n_params, final, skill, t0)
 
@@ -667,29 +795,49 @@ def train_patchtst(out: Path, seed: int = 0) -> None:
     export(model.eval(), (torch.tensor(record[None, :L]),), path)
     common = card_common(record, splits, L, H, horizon)
     k = min(SKILL_K, common["room"]["heldout"])
-    skill = heldout_skill(path, record, splits["heldout"], length=L, per_call=H, horizon=horizon, k=k, out_index=(Ellipsis, 1),
-                          leads=[(n, f"{n} h") for n in (1, 6, 24, 72, 144)])
+    skill = heldout_skill(
+        path,
+        record,
+        splits["heldout"],
+        length=L,
+        per_call=H,
+        horizon=horizon,
+        k=k,
+        out_index=(Ellipsis, 1),
+        leads=[(n, f"{n} h") for n in (1, 6, 24, 72, 144)],
+    )
     n_params = sum(p.numel() for p in model.parameters())
     card = {
-        "title": "Patch transformer with quantile head, hourly weather at 3 stations", "name": "patchtst", "mode": "window",
-        "n_params": n_params, "seed": seed,
+        "title": "Patch transformer with quantile head, hourly weather at 3 stations",
+        "name": "patchtst",
+        "mode": "window",
+        "n_params": n_params,
+        "seed": seed,
         "summary": "A channel-independent patch transformer in the shape of PatchTST / TimesFM: every variable's 192-hour window is normalised "
-                   "by its own mean and spread, cut into 12 patches of 16 hours, passed through 4 pre-norm attention blocks, and a flatten head "
-                   "predicts the next 24 hours at the 10/50/90% quantiles. The rollout feeds back the median.",
+        "by its own mean and spread, cut into 12 patches of 16 hours, passed through 4 pre-norm attention blocks, and a flatten head "
+        "predicts the next 24 hours at the 10/50/90% quantiles. The rollout feeds back the median.",
         "data": f"{where}; variables {', '.join(TMY_VARS)} at each except Sand Point's pressure (constant in the file): "
-                f"{record.shape[1]} series; TMY2 units converted to degC and m/s",
+        f"{record.shape[1]} series; TMY2 units converted to degC and m/s",
         "architecture": "per-series normalisation (window mean and spread), Linear(16->144) patch embedding + learned positions, 4 blocks "
-                        "[LayerNorm, q/k/v/o Linear(144->144), 4 heads, softmax attention; LayerNorm, Linear(144->576), GELU, Linear(576->144)], "
-                        f"LayerNorm, Linear(1728->72); input [B, 192, {record.shape[1]}], output [B, 24, {record.shape[1]}, 3] (quantiles 0.1, 0.5, 0.9)",
-        "parameters": f"{n_params:,}", "rollout": "window mode, output_slice '...,1' (the median): append 24 hours, drop the oldest 24",
+        "[LayerNorm, q/k/v/o Linear(144->144), 4 heads, softmax attention; LayerNorm, Linear(144->576), GELU, Linear(576->144)], "
+        f"LayerNorm, Linear(1728->72); input [B, 192, {record.shape[1]}], output [B, 24, {record.shape[1]}, 3] (quantiles 0.1, 0.5, 0.9)",
+        "parameters": f"{n_params:,}",
+        "rollout": "window mode, output_slice '...,1' (the median): append 24 hours, drop the oldest 24",
         "training": f"AdamW 1e-3 (weight decay 0.01) cosine, {n_iter} steps of {batch} random (series, window) pairs from the training rows, "
-                    f"pinball loss in normalised units; final loss {final:.4f}",
-        "contexts": f"record [{len(record)}, {record.shape[1]}] (the typical year at all three stations), variables 'station:variable'", **common,
-        "skill_k": k, "skill": skill, "skill_before": None,
-        "train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0, "description": "patch transformer, quantile head, 17 hourly series at 3 TMY stations, 192 h -> 24 h",
+        f"pinball loss in normalised units; final loss {final:.4f}",
+        "contexts": f"record [{len(record)}, {record.shape[1]}] (the typical year at all three stations), variables 'station:variable'",
+        **common,
+        "skill_k": k,
+        "skill": skill,
+        "skill_before": None,
+        "train_seconds": time.time() - t0,
+        "train_cpu_seconds": time.process_time() - c0,
+        "description": "patch transformer, quantile head, 17 hourly series at 3 TMY stations, 192 h -> 24 h",
     }
-    toml = ('name = "patchtst"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nmode = "window"\noutput_slice = "...,1"\n\n'
-            f'[score]\nhorizon = {horizon}\n')
+    toml = (
+        'name = "patchtst"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nmode = "window"\noutput_slice = "...,1"\n\n'
+        f"[score]\nhorizon = {horizon}\n"
+    )
     write_example("patchtst", out, toml, card, {"record": record, "variables": np.array(names)})
     _report("patchtst", n_params, final, skill, t0)
 
@@ -717,37 +865,64 @@ def train_seaice(out: Path, seed: int = 0) -> None:
     export(model.eval(), (torch.tensor(x[:2]), torch.tensor(np.repeat(ocean[None], 2, axis=0))), path)
     common = card_common(x, splits, 1, 1, horizon)
     k = min(SKILL_K, common["room"]["heldout"])
-    skill = heldout_skill(path, x, splits["heldout"], length=1, per_call=1, horizon=horizon, k=k, static={"mask": ocean},
-                          leads=[(n, f"{n} month{'s' if n > 1 else ''}") for n in (1, 2, 3, 4)])
+    skill = heldout_skill(
+        path,
+        x,
+        splits["heldout"],
+        length=1,
+        per_call=1,
+        horizon=horizon,
+        k=k,
+        static={"mask": ocean},
+        leads=[(n, f"{n} month{'s' if n > 1 else ''}") for n in (1, 2, 3, 4)],
+    )
     n_params = sum(p.numel() for p in model.parameters())
     card = {
-        "title": "Monthly sea-ice concentration, U-Net on both polar caps (49x100)", "name": "seaice", "mode": "state", "grid": True, "n_params": n_params,
+        "title": "Monthly sea-ice concentration, U-Net on both polar caps (49x100)",
+        "name": "seaice",
+        "mode": "state",
+        "grid": True,
+        "n_params": n_params,
         "seed": seed,
         "summary": "A two-level U-Net (about 1 M parameters, periodic in longitude) stepping monthly sea-ice concentration, with a static "
-                   "ocean mask input, as grid forecasters carry a land-sea mask. The record is the longest gridded one that loads offline here "
-                   f"(120 months), so the model is trained on {n_train - 1} month-to-month pairs: far too few for a million weights to learn much. "
-                   "It ships for its weights (quantization sensitivity of a realistic grid architecture), not for its skill.",
+        "ocean mask input, as grid forecasters carry a land-sea mask. The record is the longest gridded one that loads offline here "
+        f"(120 months), so the model is trained on {n_train - 1} month-to-month pairs: far too few for a million weights to learn much. "
+        "It ships for its weights (quantization sensitivity of a realistic grid architecture), not for its skill.",
         "data": "libncarg-data fice.nc: 120 monthly means of ice concentration (0-1) from a coupled ocean/sea-ice model spin-up, 49 latitudes "
-                "(77.4S-35.7S and 35.7N-90N stacked) x 100 longitudes; ocean mask = landsea.nc (1 degree, 0 = ocean) at the nearest point",
+        "(77.4S-35.7S and 35.7N-90N stacked) x 100 longitudes; ocean mask = landsea.nc (1 degree, 0 = ocean) at the nearest point",
         "architecture": "normalise (scalars), concat mask, pad to 52 rows, Conv2d(2->64, 2x2, stride 2), 2 residual Conv2d(64->64, 3x3) + GELU, "
-                        "Conv2d(64->192, 2x2, stride 2), 2 residual Conv2d(192->192, 3x3) + GELU, ConvTranspose2d(192->64, 2x2), "
-                        "Conv2d(128->64, 3x3) + GELU, residual Conv2d(64->64, 3x3) + GELU, ConvTranspose2d(64->1, 2x2); 3x3 convolutions wrap in "
-                        "longitude (Slice + Concat) and zero-pad in latitude; output clip(x + 0.1 * std * increment, 0, 1); "
-                        "inputs x [B, 1, 49, 100], mask [B, 1, 49, 100]",
-        "parameters": f"{n_params:,}", "rollout": "state mode; 'mask' is static (declared in edgetqs.toml)",
+        "Conv2d(64->192, 2x2, stride 2), 2 residual Conv2d(192->192, 3x3) + GELU, ConvTranspose2d(192->64, 2x2), "
+        "Conv2d(128->64, 3x3) + GELU, residual Conv2d(64->64, 3x3) + GELU, ConvTranspose2d(64->1, 2x2); 3x3 convolutions wrap in "
+        "longitude (Slice + Concat) and zero-pad in latitude; output clip(x + 0.1 * std * increment, 0, 1); "
+        "inputs x [B, 1, 49, 100], mask [B, 1, 49, 100]",
+        "parameters": f"{n_params:,}",
+        "rollout": "state mode; 'mask' is static (declared in edgetqs.toml)",
         "training": f"Adam 1e-3 cosine, {n_iter} steps of {batch} random pairs from the {n_train - 1} training pairs, one-step MSE in normalised "
-                    f"units; final loss {final:.4f}",
-        "contexts": "record [120, 1, 49, 100] (float32) with the ocean mask", **common, "skill_k": k, "skill": skill, "skill_before": None,
-        "train_seconds": time.time() - t0, "train_cpu_seconds": time.process_time() - c0, "description": "monthly sea-ice concentration (49x100), U-Net with static ocean mask",
+        f"units; final loss {final:.4f}",
+        "contexts": "record [120, 1, 49, 100] (float32) with the ocean mask",
+        **common,
+        "skill_k": k,
+        "skill": skill,
+        "skill_before": None,
+        "train_seconds": time.time() - t0,
+        "train_cpu_seconds": time.process_time() - c0,
+        "description": "monthly sea-ice concentration (49x100), U-Net with static ocean mask",
     }
-    toml = ('name = "seaice"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nstatic = ["mask"]\n\n'
-            f'[score]\nhorizon = {horizon}\n')
+    toml = (
+        'name = "seaice"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n[rollout]\nstatic = ["mask"]\n\n'
+        f"[score]\nhorizon = {horizon}\n"
+    )
     write_example("seaice", out, toml, card, {"record": x, "mask": ocean, "variables": np.array(["fice"])})
     _report("seaice", n_params, final, skill, t0)
 
 
-JOBS: dict[str, Callable[[Path, int], None]] = {"lorenz96": train_lorenz96, "station": train_station, "blizzard": train_blizzard,
-                                                "patchtst": train_patchtst, "seaice": train_seaice}
+JOBS: dict[str, Callable[[Path, int], None]] = {
+    "lorenz96": train_lorenz96,
+    "station": train_station,
+    "blizzard": train_blizzard,
+    "patchtst": train_patchtst,
+    "seaice": train_seaice,
+}
 
 
 def main() -> None:

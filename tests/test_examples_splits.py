@@ -16,9 +16,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from edgetqs.core.rollout import parse_slice
 from edgetqs.errors import ContextsError
 from edgetqs.examples import example_path, list_examples
-from edgetqs.rollout import parse_slice
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -65,7 +65,7 @@ def _rollout(name: str, x0: np.ndarray, calls: int, toml: dict[str, Any], static
         if r.get("increment"):
             y = x[:, -1:] + y if window else x + y
         out.append(y)
-        x = np.concatenate([x[:, y.shape[1]:], y], axis=1) if window else y
+        x = np.concatenate([x[:, y.shape[1] :], y], axis=1) if window else y
     return np.concatenate(out, axis=1) if window else np.stack(out, axis=1)
 
 
@@ -80,7 +80,7 @@ def test_card_splits_are_disjoint_and_match_the_shipped_files(name: str) -> None
     assert spans["score"][1] > spans["score"][0] and spans["heldout"][1] > spans["heldout"][0]
     nonempty = [(k, v) for k, v in spans.items() if v[1] > v[0]]
     for i, (ka, a) in enumerate(nonempty):
-        for kb, b in nonempty[i + 1:]:
+        for kb, b in nonempty[i + 1 :]:
             assert max(a[0], b[0]) >= min(a[1], b[1]), f"{ka} {a} overlaps {kb} {b}"
     assert card["record_steps"] == n
     assert {k: tuple(v) for k, v in card["split_rows"].items()} == {k: _rows(list(v), n) for k, v in spans.items()}
@@ -112,7 +112,9 @@ def test_splits_helper_keeps_each_rollout_inside_its_split(name: str) -> None:
         starts = np.array(inp.contexts.indices)
         assert len(set(starts.tolist())) == k
         assert starts.min() >= lo and (starts + L - 1 + horizon * H).max() <= hi - 1, which
-        np.testing.assert_array_equal(inp.contexts.arrays[0][0], record[starts[0]:starts[0] + L] if card["mode"] == "window" else record[starts[0]])
+        np.testing.assert_array_equal(
+            inp.contexts.arrays[0][0], record[starts[0] : starts[0] + L] if card["mode"] == "window" else record[starts[0]]
+        )
     with pytest.raises(ContextsError, match="do not fit"):
         splits(name, card["room"]["heldout"] + 1)
 
@@ -121,7 +123,7 @@ def test_splits_helper_keeps_each_rollout_inside_its_split(name: str) -> None:
 def test_heldout_context_rolls_out_finitely_for_the_horizon(name: str) -> None:
     card, toml, record, statics = _example(name)
     lo, _ = _rows(card["splits"]["heldout"], len(record))
-    x0 = record[lo:lo + card["context_length"]][None] if card["mode"] == "window" else record[lo:lo + 1]
+    x0 = record[lo : lo + card["context_length"]][None] if card["mode"] == "window" else record[lo : lo + 1]
     y = _rollout(name, x0, card["horizon"], toml, statics, card["mode"] == "window")
     assert y.shape[1] == card["horizon"] * card["rows_per_call"]
     assert np.isfinite(y).all()
@@ -135,7 +137,7 @@ def test_card_skill_is_reproduced_on_the_heldout_split(name: str) -> None:
     lo, hi = _rows(card["splits"]["heldout"], n)
     starts = np.unique(np.round(np.linspace(lo, hi - L - card["horizon"] * H, k)).astype(int))
     assert len(starts) == k
-    x0 = np.stack([record[s:s + L] for s in starts]) if card["mode"] == "window" else record[starts]
+    x0 = np.stack([record[s : s + L] for s in starts]) if card["mode"] == "window" else record[starts]
     pred = _rollout(name, x0, card["horizon"], toml, statics, card["mode"] == "window")
     axes = tuple(i for i in range(record.ndim) if i != 1)
     spread = record.astype(np.float64).std(axis=axes).reshape([1, -1] + [1] * (record.ndim - 2))
