@@ -145,12 +145,14 @@ METHODS.register("uniform", lambda i: uniform_plan(i.scores, i.model, i.target, 
 
 
 def uniform_bits(i: MethodInputs) -> Plan:
-    """Every tensor at ``bits`` bits per output channel (1-D tensors per tensor), scales counted: the paper's RTN
-    baseline, and with ``rounding="gptq"`` in the options its GPTQ baseline. Its budget is its own size, so a
-    benchmark cell at this size compares every method at matched bytes."""
+    """Every weight matrix (rank >= 2: the weights of Gemm, MatMul, Conv...) at ``bits`` bits per output channel, scales
+    counted, and the 1-D tensors (biases, normalisers) kept in fp32, as post-training quantization papers do: the
+    paper's RTN baseline, and with ``rounding="gptq"`` in the options its GPTQ baseline. Its budget is its own size,
+    so a benchmark cell at this size compares every method at matched bytes."""
     if i.bits is None:
         raise BadInputError("the uniform-bits baseline needs bits=")
-    opts = i.opts.model_copy(update={"pins": (parse_pin(f"re:.*=int{i.bits}-channel"),), "budget_bytes": 2**50, "ratio": None})
+    pins = tuple(parse_pin(f"{w.name}={'fp32' if len(w.shape) < 2 else f'int{i.bits}-channel'}") for w in i.model.weights)
+    opts = i.opts.model_copy(update={"pins": pins, "budget_bytes": 2**50, "ratio": None})
     return make_plan(i.scores, i.model, i.target, opts)
 
 

@@ -4,8 +4,8 @@ The sweep scores each group alone, and the knapsack adds those damages as if the
 bits per weight they are not: errors of many groups interact and saturate, so the additive optimum can push a
 few tensors so low that the rollout suffers more than predicted. Re-scoring measures instead:
 
-1. start from the better (measured) of the plans the scores give: the gauss-gain plan, and the ladder plan
-   when the scores hold quant-probe gains per bit-width;
+1. start from the best (measured) of the plans the same sweep gives: the gauss-gain plan, the published
+   objective's plan (ranked gammas), and the ladder plan when the scores hold quant-probe gains per bit-width;
 2. for every tensor and each precision near its current one (``reach`` steps up or down its menu), roll the
    model out with that one tensor changed and everything else as planned: the marginal damage
    D_t(p) = e(t -> p)^2 - e^2 in the context of the whole plan;
@@ -187,9 +187,12 @@ def rescore(
             options_values[(i, k)] = rounder.values(items[i].name, items[i].options[k])
         return options_values[(i, k)]
 
+    # every plan the same sweep gives is a starting point; the best measured one is refined
     starts = [("gauss", make_plan(scores, model, target, opts))]
     if ladder is not None and any(g.gain_by_bits for g in ladder.groups):
         starts.append(("ladder", make_plan(ladder, model, target, opts)))
+    if opts.objective != "paper":
+        starts.append(("paper objective", make_plan(scores, model, target, opts.model_copy(update={"objective": "paper"}))))
     steps: list[Step] = []
     best: tuple[float, str, list[int]] | None = None
     for label, p in starts:

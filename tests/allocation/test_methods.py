@@ -47,7 +47,9 @@ def test_uniform_bits_is_the_papers_rtn_baseline_at_its_own_size(scored) -> None
     m, s = scored
     for b in (3, 5, 8):
         p = method_plan("uniform-bits", s, m, PI, PlanOptions(), bits=b)
-        assert {t.precision.name for t in p.tensors} <= {f"int{b}-channel", f"int{b}-tensor"}
+        by = {t.name: t.precision.name for t in p.tensors}
+        assert all(v == f"int{b}-channel" for k, v in by.items() if k.endswith("weight"))  # every weight matrix
+        assert all(v == "fp32" for k, v in by.items() if k.endswith("bias"))  # biases and normalisers stay float
         assert p.weight_bytes < p.budget_bytes  # sized by itself, not by a budget
 
 
