@@ -70,7 +70,7 @@ class _Recurrent:  # built lazily: torch.nn is only imported when a builder runs
         return OneStep()
 
 
-def gru_onestep(path: Path, L: int = 48, C: int = 5, hidden: int = 32, seed: int = 0) -> Path:  # noqa: N803 - the brief's names
+def gru_onestep(path: Path, L: int = 48, C: int = 5, hidden: int = 32, seed: int = 0) -> Path:
     """x[B, L, C] -> y[B, C]: torch GRU (batch_first) + linear head, legacy export, opset 17, dynamic batch.
 
     The graph: Transpose -> GRU (W/R/B initializers, linear_before_reset=1, initial state = zeros built
@@ -79,7 +79,7 @@ def gru_onestep(path: Path, L: int = 48, C: int = 5, hidden: int = 32, seed: int
     return _legacy(_Recurrent.make("GRU", C, hidden), _torch().randn(2, L, C), path)
 
 
-def lstm_onestep(path: Path, L: int = 48, C: int = 5, hidden: int = 32, seed: int = 0) -> Path:  # noqa: N803
+def lstm_onestep(path: Path, L: int = 48, C: int = 5, hidden: int = 32, seed: int = 0) -> Path:
     """x[B, L, C] -> y[B, C]: torch LSTM (batch_first) + linear head, legacy export, opset 17, dynamic batch.
 
     Same graph shape as `gru_onestep`, with an ONNX LSTM (zero initial h and c from ConstantOfShape)."""
@@ -131,7 +131,7 @@ def _trained_norms(module: Any) -> Any:
     return module
 
 
-def patch_univariate(path: Path, L: int = 64, H: int = 8, patch: int = 8, d: int = 32, seed: int = 0) -> Path:  # noqa: N803
+def patch_univariate(path: Path, L: int = 64, H: int = 8, patch: int = 8, d: int = 32, seed: int = 0) -> Path:
     """x[B, L] -> y[B, H]: a patch forecaster (PatchTST-like), dynamo export at opset 20, dynamic batch.
 
     Patches of ``patch`` steps -> Linear to ``d`` + positional embedding -> one pre-norm attention block
@@ -159,7 +159,7 @@ def patch_univariate(path: Path, L: int = 64, H: int = 8, patch: int = 8, d: int
     return _dynamo(_trained_norms(Patch()), torch.randn(2, L), path, opset=20, dynamic_batch=True, external_data=False)
 
 
-def circular_conv_state(path: Path, C: int = 2, lat: int = 8, lon: int = 16, hidden: int = 8, seed: int = 0) -> Path:  # noqa: N803
+def circular_conv_state(path: Path, C: int = 2, lat: int = 8, lon: int = 16, hidden: int = 8, seed: int = 0) -> Path:
     """x[B, C, lat, lon] -> y[B, C, lat, lon]: a gridded state model, periodic in longitude, legacy export.
 
     The wrap-around pad is written as weather codes write it, from the tensor's own size
@@ -194,7 +194,7 @@ def circular_conv_state(path: Path, C: int = 2, lat: int = 8, lon: int = 16, hid
     return _legacy(State(), torch.randn(1, C, lat, lon), path)
 
 
-def window_transformer(path: Path, L: int = 32, H: int = 8, Q: int = 3, d: int = 16, seed: int = 0) -> Path:  # noqa: N803
+def window_transformer(path: Path, L: int = 32, H: int = 8, Q: int = 3, d: int = 16, seed: int = 0) -> Path:
     """x[2, L, 1] -> y[2, H, Q] (Q quantiles): a pretrained-style window forecaster as found on model hubs.
 
     Dynamo export at opset 20 with EXTERNAL weight data (``path`` plus ``path.name + '.data'`` beside it)
@@ -224,7 +224,7 @@ def window_transformer(path: Path, L: int = 32, H: int = 8, Q: int = 3, d: int =
     return _dynamo(_trained_norms(Window()), torch.randn(2, L, 1), path, opset=20, dynamic_batch=False, external_data=True)
 
 
-def transformer_block(path: Path, L: int = 16, C: int = 3, H: int = 4, d: int = 16, seed: int = 0) -> Path:  # noqa: N803
+def transformer_block(path: Path, L: int = 16, C: int = 3, H: int = 4, d: int = 16, seed: int = 0) -> Path:
     """x[B, L, C] -> y[B, H, C]: embed -> pre-norm attention block -> per-variable linear over time.
 
     Legacy export, opset 17, dynamic batch: LayerNormalization ops and GELU as the Erf pattern

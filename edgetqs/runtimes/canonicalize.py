@@ -173,10 +173,11 @@ class _Folder:
             return None
         start, end = _attr(node, "start", 0), _attr(node, "end", None)
         dims = list(shape)[slice(start, end)]
+        known = [d for d in dims if d is not None]
+        if len(known) == len(dims):
+            return np.array(int(np.prod(known)) if node.op_type == "Size" else known, np.int64)
         if node.op_type == "Size":
-            return np.array(int(np.prod(dims)), np.int64) if all(d is not None for d in dims) else None
-        if all(d is not None for d in dims):
-            return np.array(dims, np.int64)
+            return None
         self.partial[node.output[0]] = dims
         return None
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -148,8 +149,9 @@ def _node_label(node: onnx.NodeProto) -> str:
     return node.name or (node.output[0] if node.output else node.op_type)
 
 
-class _Graph:
-    """Read access to a graph (constants, shapes, producers, consumers) and fresh names."""
+class GraphView:
+    """What a rule may ask about the graph: constants, inferred shapes and types, producers,
+    consumers, graph outputs, the default opset, and fresh (unused) names."""
 
     def __init__(self, proto: onnx.ModelProto) -> None:
         self.proto = proto
@@ -196,16 +198,16 @@ class _Graph:
             for a in node.attribute:
                 if a.name == "value":
                     return numpy_helper.to_array(a.t)
-                if a.name in ("value_float", "value_int"):
-                    return np.array(helper.get_attribute_value(a))
-                if a.name in ("value_floats", "value_ints"):
-                    return np.array(helper.get_attribute_value(a))
+                if a.name in ("value_float", "value_floats", "value_int", "value_ints"):
+                    return np.array(helper.get_attribute_value(a), dtype=np.float32 if "float" in a.name else np.int64)
         return None
 
     def used(self, name: str) -> bool:
+        """Whether a node or the graph's outputs read the tensor."""
         return bool(name) and (name in self.outputs or bool(self.consumers.get(name)))
 
     def fresh(self, base: str) -> str:
+        """``base``, or ``base_1``, ``base_2``... whichever no tensor or node of the graph uses yet (reserved)."""
         name, k = base, 1
         while name in self.taken:
             name, k = f"{base}_{k}", k + 1
@@ -213,19 +215,23 @@ class _Graph:
         return name
 
     def dtype(self, name: str) -> np.dtype:
+        """The element type of a tensor (float32 when unknown)."""
         t = self.types.get(name, TensorProto.FLOAT)
         return np.dtype(helper.tensor_dtype_to_np_dtype(t)) if t else np.dtype(np.float32)
 
 
-class _Builder:
-    """Emits the nodes and initializers of one replacement, with fresh names under the node's name."""
+class Builder:
+    """Emits the nodes and initializers of one replacement, with fresh names under the node's name.
 
-    def __init__(self, g: _Graph, base: str, dtype: np.dtype) -> None:
+    ``op(..., out=name)`` writes a given tensor name (the replaced node's output); constants take the
+    dtype of the replaced node's input unless told otherwise."""
+
+    def __init__(self, g: GraphView, base: str, dtype: np.dtype) -> None:
         self.g, self.base, self.dtype = g, base, dtype
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[TensorProto] = []
 
-    def op(self, op_type: str, inputs: list[str], hint: str = "", out: str | None = None, **attrs: object) -> str:
+    def op(self, op_type: str, inputs: list[str], hint: str = "", out: str | None = None, **attrs: Any) -> str:
         tag = f"{self.base}/{hint or op_type}"
         out = out or self.g.fresh(tag)
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.g.fresh(tag), **attrs))
@@ -249,7 +255,7 @@ class _Builder:
     def sub(self, a: str, b: str, hint: str = "sub", out: str | None = None) -> str:
         return self.op("Sub", [a, b], hint, out)
 
-    def axes_op(self, op_type: str, x: str, axes: list[int], hint: str, out: str | None = None, **attrs: object) -> str:
+    def axes_op(self, op_type: str, x: str, axes: list[int], hint: str, out: str | None = None, **attrs: Any) -> str:
         """Squeeze/Unsqueeze (axes an input from opset 13) and ReduceMean (from opset 18)."""
         since = 18 if op_type.startswith("Reduce") else 13
         if self.g.opset >= since:
@@ -269,16 +275,21 @@ class _Builder:
 
 
 @dataclass
-class _Replacement:
+class Replacement:
+    """What a rule returns: the nodes it replaces, the builder holding the new nodes and constants, a
+    description, the analytic error bound (0.0: exact), and for split weights the pieces and the
+    initializers they replace (dropped once nothing reads them)."""
+
     remove: list[onnx.NodeProto]
-    builder: _Builder
+    builder: Builder
     replacement: str
     max_error: float
     pieces: tuple[WeightPiece, ...] = ()
     drop_inits: tuple[str, ...] = ()
 
 
-_RuleFn = Callable[[_Graph, onnx.NodeProto], "_Replacement | str"]
+# a rule: (graph, node) -> Replacement, or a sentence saying why it does not apply to this node
+RuleFn = Callable[[GraphView, onnx.NodeProto], "Replacement | str"]
 
 
 @dataclass(frozen=True)
@@ -287,21 +298,21 @@ class Rule:
 
     name: str
     op: str
-    fn: _RuleFn
+    fn: RuleFn
     doc: str
 
 
 RULES: dict[str, Rule] = {}
 
 
-def register(name: str, op: str, doc: str) -> Callable[[_RuleFn], _RuleFn]:
+def register(name: str, op: str, doc: str) -> Callable[[RuleFn], RuleFn]:
     """Register a rewrite rule under a unique name for the op key it starts from.
 
     Raises:
         ValueError: a rule of that name exists.
     """
 
-    def deco(fn: _RuleFn) -> _RuleFn:
+    def deco(fn: RuleFn) -> RuleFn:
         if name in RULES:
             raise ValueError(f"a legalisation rule named '{name}' is already registered; choose another name")
         RULES[name] = Rule(name, op, fn, doc)
@@ -310,7 +321,7 @@ def register(name: str, op: str, doc: str) -> Callable[[_RuleFn], _RuleFn]:
     return deco
 
 
-def _attrs(node: onnx.NodeProto) -> dict[str, object]:
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -330,8 +341,16 @@ class Gap:
     rules: tuple[str, ...]
 
 
+# Measured on this machine (onnx2tf 1.28.8, ai-edge-quantizer 0.10, LiteRT 2.3, tflite-micro 0.dev20261023182759)
+# by converting one-op graphs and the models in tests/realmodels.py; ops not listed convert and run (float)
+# or quantize to full integer (int8 and int16 activations): Tanh, Sigmoid, Softmax, MatMul (weights and
+# activations), ReduceMean, Mul/Add/Sub, Pow(2), LayerNormalization (int8), HardSwish (int8), Reshape/Slice.
 _ONNX2TF = "onnx2tf 1.28.8 has no converter for it"
-_RECURRENT_TFL = "onnx2tf 1.28.8 fails on it (a Keras RNN layer that does not trace at batch 1)"
+_GRU = "onnx2tf 1.28.8 fails on it ('cannot convert ONNX node ... (unknown op)'), with or without keeping the input layout"
+_LSTM = ("onnx2tf 1.28.8 fails on it (ValueError: initial_state not compatible with cell.state_size), also with -eru; it has "
+         "no path to TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM (its LSTM is a custom Keras cell in an RNN layer)")
+_RNN = ("onnx2tf 1.28.8 writes a WHILE loop whose float output is wrong (0.81 max abs deviation from onnxruntime on a "
+        "5-step test) and which ai-edge-quantizer cannot quantize")
 
 GAPS: dict[str, dict[str, Gap]] = {
     "ort": {},
@@ -340,20 +359,24 @@ GAPS: dict[str, dict[str, Gap]] = {
         "com.microsoft.QuickGelu": Gap(_ONNX2TF, ("quickgelu_sigmoid",)),
         "com.microsoft.FusedMatMul": Gap(_ONNX2TF, ("fusedmatmul_matmul",)),
         "DFT": Gap(_ONNX2TF, ("dft_matmul",)),
-        "GRU": Gap(_RECURRENT_TFL, ("gru_unroll",)),
-        "LSTM": Gap(_RECURRENT_TFL, ("lstm_unroll",)),
-        "RNN": Gap(_RECURRENT_TFL, ("rnn_unroll",)),
+        "GRU": Gap(_GRU, ("gru_unroll",)),
+        "LSTM": Gap(_LSTM, ("lstm_unroll",)),
+        "RNN": Gap(_RNN, ("rnn_unroll",)),
     },
     "tflm": {
         "Gelu": Gap("tflite-micro has no GELU kernel (Didn't find op for builtin opcode 'GELU')", ("gelu_tanh",)),
         "Erf": Gap("onnx2tf emits TensorFlow's Erf, which has no TFLite builtin", ("gelu_erf_pattern", "erf_tanh")),
         "Softplus": Gap("onnx2tf emits EXP/LOG, which ai-edge-quantizer leaves in float (not full integer)", ("softplus_sigmoid",)),
+        "LayerNormalization": Gap("with int16 activations onnx2tf's SQUARED_DIFFERENCE stays float in ai-edge-quantizer (int8 is full "
+                                  "integer); the decomposition (MEAN/SUB/MUL/RSQRT) is full integer at both widths",
+                                  ("layernorm_decompose",)),
+        "HardSwish": Gap("with int16 activations HARD_SWISH stays float in ai-edge-quantizer (int8 is full integer)", ("hardswish_relu",)),
         "com.microsoft.QuickGelu": Gap(_ONNX2TF, ("quickgelu_sigmoid",)),
         "com.microsoft.FusedMatMul": Gap(_ONNX2TF, ("fusedmatmul_matmul",)),
         "DFT": Gap(_ONNX2TF, ("dft_matmul",)),
-        "GRU": Gap(_RECURRENT_TFL, ("gru_unroll",)),
-        "LSTM": Gap(_RECURRENT_TFL, ("lstm_unroll",)),
-        "RNN": Gap(_RECURRENT_TFL, ("rnn_unroll",)),
+        "GRU": Gap(_GRU, ("gru_unroll",)),
+        "LSTM": Gap(_LSTM, ("lstm_unroll",)),
+        "RNN": Gap(_RNN, ("rnn_unroll",)),
     },
 }
 
@@ -403,7 +426,7 @@ def _toposort(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.Nod
     return out
 
 
-def _try(runtime: str, table: Mapping[str, Gap], g: _Graph, node: onnx.NodeProto) -> tuple[str, _Replacement | None, str]:
+def _try(runtime: str, table: Mapping[str, Gap], g: GraphView, node: onnx.NodeProto) -> tuple[str, Replacement | None, str]:
     """(rule name, its replacement, "") or ("", None, why nothing applies; "" when the runtime takes the node)."""
     gap = _gap(runtime, table, node)
     if gap is None:
@@ -411,7 +434,7 @@ def _try(runtime: str, table: Mapping[str, Gap], g: _Graph, node: onnx.NodeProto
     reasons = []
     for rule_name in gap.rules:
         res = RULES[rule_name].fn(g, node)
-        if isinstance(res, _Replacement):
+        if isinstance(res, Replacement):
             return rule_name, res, ""
         reasons.append(f"{rule_name}: {res}")
     detail = "; ".join(reasons) if reasons else "no rewrite is registered"
@@ -433,7 +456,7 @@ def unsupported_ops(proto: onnx.ModelProto, runtime: str, table: Mapping[str, Ga
         LegalizeError: an unknown runtime, or a table naming an unknown rule.
     """
     gaps = _table(runtime, table)
-    g = _Graph(proto)
+    g = GraphView(proto)
     out = []
     for node in proto.graph.node:
         _, rep, reason = _try(runtime, gaps, g, node)
@@ -464,7 +487,7 @@ def legalize(proto: onnx.ModelProto, runtime: str, table: Mapping[str, Gap] | No
     out.CopyFrom(proto)
     if not gaps:
         return out, []
-    g = _Graph(out)
+    g = GraphView(out)
     removed: set[int] = set()
     new_nodes: dict[int, list[onnx.NodeProto]] = {}
     rewrites: list[Rewrite] = []
@@ -608,7 +631,7 @@ def _base(node: onnx.NodeProto) -> str:
     return _node_label(node)
 
 
-def _tanh_gelu(b: _Builder, x: str, out: str) -> None:
+def _tanh_gelu(b: Builder, x: str, out: str) -> None:
     """0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))) with Mul/Add/Tanh (integer kernels everywhere)."""
     x2 = b.mul(x, x, "x2")
     p = b.add(b.mul(x2, b.scalar(_SQRT_2_OVER_PI * _GELU_C)), b.scalar(_SQRT_2_OVER_PI), "poly")
@@ -618,14 +641,14 @@ def _tanh_gelu(b: _Builder, x: str, out: str) -> None:
 
 
 @register("gelu_tanh", "Gelu", "GELU (opset 20, either approximation) -> tanh form with Mul/Add/Tanh")
-def _gelu_tanh(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
+def _gelu_tanh(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
     approx = _s(_attrs(node).get("approximate", "none"))
-    b = _Builder(g, _base(node), g.dtype(node.input[0]))
+    b = Builder(g, _base(node), g.dtype(node.input[0]))
     _tanh_gelu(b, node.input[0], node.output[0])
-    return _Replacement([node], b, "0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3)))", 0.0 if approx == "tanh" else GELU_TANH_ERROR)
+    return Replacement([node], b, "0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3)))", 0.0 if approx == "tanh" else GELU_TANH_ERROR)
 
 
-def _scalar_const(g: _Graph, name: str) -> float | None:
+def _scalar_const(g: GraphView, name: str) -> float | None:
     v = g.const(name)
     if v is None or v.size != 1:
         return None
@@ -639,7 +662,7 @@ def _other(node: onnx.NodeProto, name: str) -> str | None:
     return ins[1] if ins[0] == name else ins[0]
 
 
-def _sole_consumer(g: _Graph, name: str, op: str) -> onnx.NodeProto | None:
+def _sole_consumer(g: GraphView, name: str, op: str) -> onnx.NodeProto | None:
     users = g.consumers.get(name, [])
     if name in g.outputs or len(users) != 1 or users[0].op_type != op or users[0].domain not in _DEFAULT_DOMAINS:
         return None
@@ -651,11 +674,13 @@ def _close(v: float | None, want: float) -> bool:
 
 
 @register("gelu_erf_pattern", "Erf", "x*0.5*(1+Erf(x/sqrt2)) as exported by torch -> tanh-form GELU")
-def _gelu_erf_pattern(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
+def _gelu_erf_pattern(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
     # Erf's input: Div(x, sqrt2) or Mul(x, 1/sqrt2)
     pre = g.producer.get(node.input[0])
+    if pre is None:
+        return "the Erf input is not x/sqrt(2)"
     x = None
-    if pre is not None and pre.op_type in ("Div", "Mul") and len(g.consumers.get(pre.output[0], [])) == 1 and pre.output[0] not in g.outputs:
+    if pre.op_type in ("Div", "Mul") and len(g.consumers.get(pre.output[0], [])) == 1 and pre.output[0] not in g.outputs:
         want = math.sqrt(2.0) if pre.op_type == "Div" else 1.0 / math.sqrt(2.0)
         if _close(_scalar_const(g, pre.input[1]), want):
             x = pre.input[0]
@@ -670,7 +695,7 @@ def _gelu_erf_pattern(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
     if mul is None:
         return "1+Erf is not multiplied"
     partner = _other(mul, add.output[0])
-    nodes = [pre, node, add, mul]
+    nodes: list[onnx.NodeProto] = [pre, node, add, mul]
     if partner == x:  # (x * (1+erf)) * 0.5
         last = _sole_consumer(g, mul.output[0], "Mul")
         if last is None or not _close(_scalar_const(g, _other(last, mul.output[0]) or ""), 0.5):
@@ -684,25 +709,25 @@ def _gelu_erf_pattern(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
             return "1+Erf is not multiplied by x or x/2"
         nodes.append(half)
         last = mul
-    b = _Builder(g, _base(node), g.dtype(x))
+    b = Builder(g, _base(node), g.dtype(x))
     _tanh_gelu(b, x, last.output[0])
-    return _Replacement(nodes, b, "GELU pattern -> 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3)))", GELU_TANH_ERROR)
+    return Replacement(nodes, b, "GELU pattern -> 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3)))", GELU_TANH_ERROR)
 
 
 @register("erf_tanh", "Erf", "Erf -> tanh(z(a + b z^2)) (Mul/Add/Tanh: integer kernels)")
-def _erf_tanh(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
+def _erf_tanh(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
     z = node.input[0]
-    b = _Builder(g, _base(node), g.dtype(z))
+    b = Builder(g, _base(node), g.dtype(z))
     a = 2.0 / math.sqrt(math.pi)
     p = b.add(b.mul(b.mul(z, z, "z2"), b.scalar(2.0 * _GELU_C * a)), b.scalar(a), "poly")
     b.op("Tanh", [b.mul(z, p, "inner")], "tanh", out=node.output[0])
-    return _Replacement([node], b, "tanh(z(a+bz^2)), a=2/sqrt(pi), b=0.0894a", ERF_TANH_ERROR)
+    return Replacement([node], b, "tanh(z(a+bz^2)), a=2/sqrt(pi), b=0.0894a", ERF_TANH_ERROR)
 
 
 @register("erf_rational", "Erf", "Erf -> Abramowitz-Stegun 7.1.26 (Abs/Div/Exp/Sign: float kernels)")
-def _erf_rational(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
+def _erf_rational(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
     z = node.input[0]
-    b = _Builder(g, _base(node), g.dtype(z))
+    b = Builder(g, _base(node), g.dtype(z))
     az = b.op("Abs", [z], "abs")
     t = b.op("Div", [b.scalar(1.0), b.add(b.mul(az, b.scalar(_AS_P)), b.scalar(1.0))], "t")
     acc = b.scalar(_AS_A[-1])
@@ -711,23 +736,23 @@ def _erf_rational(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
     e = b.op("Exp", [b.mul(b.mul(z, z, "z2"), b.scalar(-1.0))], "exp")
     y = b.sub(b.scalar(1.0), b.mul(b.mul(acc, t), e), "y")
     b.mul(b.op("Sign", [z], "sign"), y, out=node.output[0])
-    return _Replacement([node], b, "sign(z)(1 - t(a1+t(a2+...))exp(-z^2)), t = 1/(1+0.3275911|z|)", ERF_AS_ERROR)
+    return Replacement([node], b, "sign(z)(1 - t(a1+t(a2+...))exp(-z^2)), t = 1/(1+0.3275911|z|)", ERF_AS_ERROR)
 
 
 @register("quickgelu_sigmoid", "com.microsoft.QuickGelu", "QuickGelu(alpha) -> x * Sigmoid(alpha x)")
-def _quickgelu(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
-    alpha = float(_attrs(node).get("alpha", 1.702))  # type: ignore[arg-type]
+def _quickgelu(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
+    alpha = float(_attrs(node).get("alpha", 1.702))
     x = node.input[0]
-    b = _Builder(g, _base(node), g.dtype(x))
+    b = Builder(g, _base(node), g.dtype(x))
     s = b.op("Sigmoid", [b.mul(x, b.scalar(alpha), "ax") if alpha != 1.0 else x], "sigmoid")
     b.mul(x, s, out=node.output[0])
-    return _Replacement([node], b, f"x*Sigmoid({alpha:g}x)", 0.0)
+    return Replacement([node], b, f"x*Sigmoid({alpha:g}x)", 0.0)
 
 
 @register("softplus_sigmoid", "Softplus", "Softplus -> Relu(x) + p(Sigmoid(-|x|)) (integer kernels)")
-def _softplus(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
+def _softplus(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
     x = node.input[0]
-    b = _Builder(g, _base(node), g.dtype(x))
+    b = Builder(g, _base(node), g.dtype(x))
     pos = b.op("Relu", [x], "relu")
     neg = b.op("Relu", [b.mul(x, b.scalar(-1.0), "neg")], "relu_neg")
     u = b.op("Sigmoid", [b.mul(b.add(pos, neg, "abs"), b.scalar(-1.0), "minus_abs")], "u")
@@ -735,21 +760,24 @@ def _softplus(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
     for c in reversed(_SOFTPLUS_COEFFS[:-1]):
         acc = b.add(b.mul(acc, u), b.scalar(c))
     b.add(pos, b.mul(acc, u, "tail"), out=node.output[0])
-    return _Replacement([node], b, "relu(x) + p(sigmoid(-|x|)), p ~ -log(1-u) (degree 4)", SOFTPLUS_ERROR)
+    return Replacement([node], b, "relu(x) + p(sigmoid(-|x|)), p ~ -log(1-u) (degree 4)", SOFTPLUS_ERROR)
 
 
-@register("hardswish_clip", "HardSwish", "HardSwish -> x * Clip(x/6 + 1/2, 0, 1)")
-def _hardswish(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
+@register("hardswish_relu", "HardSwish", "HardSwish -> x * (Relu(x/6 + 1/2) - Relu(x/6 - 1/2))")
+def _hardswish(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
+    # clip(v, 0, 1) = relu(v) - relu(v - 1): a Clip becomes RELU + MINIMUM, and MINIMUM stays float in
+    # ai-edge-quantizer (measured); RELU has integer kernels
     x = node.input[0]
-    b = _Builder(g, _base(node), g.dtype(x))
-    h = b.add(b.mul(x, b.scalar(1.0 / 6.0)), b.scalar(0.5))
-    c = b.op("Clip", [h, b.scalar(0.0, "lo"), b.scalar(1.0, "hi")], "clip")
-    b.mul(x, c, out=node.output[0])
-    return _Replacement([node], b, "x*clip(x/6+1/2, 0, 1)", 0.0)
+    b = Builder(g, _base(node), g.dtype(x))
+    v = b.mul(x, b.scalar(1.0 / 6.0), "x6")
+    hi = b.op("Relu", [b.add(v, b.scalar(0.5), "v_plus")], "relu_lo")
+    lo = b.op("Relu", [b.add(v, b.scalar(-0.5), "v_minus")], "relu_hi")
+    b.mul(x, b.sub(hi, lo, "hard_sigmoid"), out=node.output[0])
+    return Replacement([node], b, "x*(relu(x/6+1/2) - relu(x/6-1/2))", 0.0)
 
 
 @register("layernorm_decompose", "LayerNormalization", "LayerNormalization -> ReduceMean/Sub/Mul/Add/Sqrt/Div")
-def _layernorm(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
+def _layernorm(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
     a = _attrs(node)
     if any(g.used(o) for o in node.output[1:]):
         return "its Mean or InvStdDev output is used"
@@ -757,12 +785,12 @@ def _layernorm(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
     if shape is None:
         return "the rank of its input is unknown"
     rank = len(shape)
-    axis = int(a.get("axis", -1))  # type: ignore[call-overload]
+    axis = int(a.get("axis", -1))
     axis = axis + rank if axis < 0 else axis
     axes = list(range(axis, rank))
-    eps = float(a.get("epsilon", 1e-5))  # type: ignore[arg-type]
+    eps = float(a.get("epsilon", 1e-5))
     x = node.input[0]
-    b = _Builder(g, _base(node), g.dtype(x))
+    b = Builder(g, _base(node), g.dtype(x))
     mu = b.axes_op("ReduceMean", x, axes, "mean", keepdims=1)
     d = b.sub(x, mu, "centred")
     var = b.axes_op("ReduceMean", b.mul(d, d, "sq"), axes, "var", keepdims=1)
@@ -773,15 +801,15 @@ def _layernorm(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
     y = b.mul(n, node.input[1], "scaled", out=None if has_bias else node.output[0])
     if has_bias:
         b.add(y, node.input[2], out=node.output[0])
-    return _Replacement([node], b, "(x-mean)/sqrt(var+eps)*scale+bias", 0.0)
+    return Replacement([node], b, "(x-mean)/sqrt(var+eps)*scale+bias", 0.0)
 
 
 @register("fusedmatmul_matmul", "com.microsoft.FusedMatMul", "FusedMatMul -> (Transpose) MatMul (Mul alpha)")
-def _fusedmatmul(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
+def _fusedmatmul(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
     a = _attrs(node)
     if a.get("transBatchA", 0) or a.get("transBatchB", 0):
         return "transBatchA/transBatchB are not supported"
-    b = _Builder(g, _base(node), g.dtype(node.input[0]))
+    b = Builder(g, _base(node), g.dtype(node.input[0]))
     ins = []
     for name, flag in ((node.input[0], a.get("transA", 0)), (node.input[1], a.get("transB", 0))):
         if flag:
@@ -791,12 +819,12 @@ def _fusedmatmul(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
             perm = list(range(len(shape) - 2)) + [len(shape) - 1, len(shape) - 2]
             name = b.op("Transpose", [name], "transpose", perm=perm)  # a weight keeps its name: the Transpose reads it
         ins.append(name)
-    alpha = float(a.get("alpha", 1.0))  # type: ignore[arg-type]
+    alpha = float(a.get("alpha", 1.0))
     if alpha == 1.0:
         b.op("MatMul", ins, "matmul", out=node.output[0])
     else:
         b.mul(b.op("MatMul", ins, "matmul"), b.scalar(alpha, "alpha"), out=node.output[0])
-    return _Replacement([node], b, "MatMul" + ("" if alpha == 1.0 else f" * {alpha:g}"), 0.0)
+    return Replacement([node], b, "MatMul" + ("" if alpha == 1.0 else f" * {alpha:g}"), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -804,7 +832,7 @@ def _fusedmatmul(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
 
 
 @register("dft_matmul", "DFT", "DFT of fixed length -> MatMul with constant cos/sin bases")
-def _dft(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
+def _dft(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
     a = _attrs(node)
     shape = g.shapes.get(node.input[0])
     if shape is None:
@@ -816,18 +844,19 @@ def _dft(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
             return "its axis is computed at run time"
         axis = int(axis_v.reshape(()))
     else:
-        axis = int(a.get("axis", 1))  # type: ignore[call-overload]
+        axis = int(a.get("axis", 1))
     axis = axis + rank if axis < 0 else axis
-    if not 0 <= axis < rank - 1 or shape[-1] not in (1, 2) or shape[axis] is None:
+    length = shape[axis] if 0 <= axis < rank - 1 else None
+    if length is None or shape[-1] not in (1, 2):
         return f"axis {axis} of input shape {list(shape)} is not a fixed-length signal axis with a last dimension of 1 or 2"
-    n_in = int(shape[axis])  # type: ignore[arg-type]
+    n_in = int(length)
     n_fft = n_in
     if len(node.input) > 1 and node.input[1]:
         v = g.const(node.input[1])
         if v is None:
             return "its dft_length is computed at run time"
         n_fft = int(v.reshape(()))
-    inverse, onesided = int(a.get("inverse", 0)), int(a.get("onesided", 0))  # type: ignore[call-overload]
+    inverse, onesided = int(a.get("inverse", 0)), int(a.get("onesided", 0))
     k = n_fft // 2 + 1 if onesided else n_fft
     n = np.arange(n_in)[:, None]
     theta = 2.0 * np.pi * ((n * np.arange(k)[None, :]) % n_fft) / n_fft
@@ -835,7 +864,7 @@ def _dft(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
     sign = 1.0 if inverse else -1.0
     live = (n < n_fft).astype(np.float64)  # rows past dft_length are truncated away
     m1, m2 = np.cos(theta) * scale * live, sign * np.sin(theta) * scale * live
-    b = _Builder(g, _base(node), g.dtype(node.input[0]))
+    b = Builder(g, _base(node), g.dtype(node.input[0]))
     x = node.input[0]
     last = rank - 1
     if shape[-1] == 1:
@@ -859,7 +888,7 @@ def _dft(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
     re, im = b.axes_op("Unsqueeze", re, [last], "re_u"), b.axes_op("Unsqueeze", im, [last], "im_u")
     b.op("Concat", [re, im], "complex", out=node.output[0], axis=last)
     what = f"{'inverse ' if inverse else ''}{'onesided ' if onesided else ''}DFT of length {n_fft} -> MatMul with [{n_in}, {k}] cos/sin bases"
-    return _Replacement([node], b, what, 0.0)
+    return Replacement([node], b, what, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -887,22 +916,22 @@ class _Cell:
     drop: list[str] = field(default_factory=list)
 
 
-def _parse_cell(g: _Graph, node: onnx.NodeProto, b: _Builder) -> _Cell | str:
+def _parse_cell(g: GraphView, node: onnx.NodeProto, b: Builder) -> _Cell | str:
     kind = node.op_type
     a = _attrs(node)
     direction = _s(a.get("direction", "forward"))
     if direction not in ("forward", "reverse"):
         return f"direction '{direction}' is not supported (forward or reverse only)"
-    if int(a.get("layout", 0)):  # type: ignore[call-overload]
+    if int(a.get("layout", 0)):
         return "layout 1 (batch first) is not supported; torch exports layout 0"
     if "clip" in a:
         return "cell clipping is not supported"
-    if int(a.get("input_forget", 0)):  # type: ignore[call-overload]
+    if int(a.get("input_forget", 0)):
         return "input_forget is not supported"
-    acts = [str(_s(x)) for x in a.get("activations", [])]  # type: ignore[union-attr]
+    acts = [str(_s(x)) for x in a.get("activations", [])]
     if acts and [x.lower() for x in acts] != [x.lower() for x in _DEFAULT_ACTS[kind]]:
         return f"activations {acts} are not the defaults {_DEFAULT_ACTS[kind]}"
-    hidden = int(a.get("hidden_size", 0))  # type: ignore[call-overload]
+    hidden = int(a.get("hidden_size", 0))
     xshape = g.shapes.get(node.input[0])
     if not hidden or xshape is None or len(xshape) != 3 or xshape[0] is None:
         return "the sequence length (dimension 0 of X) is not static; canonicalise with a fixed shape first"
@@ -951,7 +980,7 @@ def _parse_cell(g: _Graph, node: onnx.NodeProto, b: _Builder) -> _Cell | str:
     return cell
 
 
-def _step_inputs(b: _Builder, cell: _Cell) -> list[str]:
+def _step_inputs(b: Builder, cell: _Cell) -> list[str]:
     """x_t as [B, in] for t in time order, one Slice + Squeeze per step.
 
     Every tensor of the unrolled cell is 2-D [B, *]: onnx2tf reads 3-D tensors as NCW and transposes
@@ -959,13 +988,13 @@ def _step_inputs(b: _Builder, cell: _Cell) -> list[str]:
     batch_first transpose of a [B, L, C] tensor, the steps are read from that tensor directly."""
     x, axis = cell.node.input[0], 0
     pre = b.g.producer.get(x)
-    if pre is not None and pre.op_type == "Transpose" and list(_attrs(pre).get("perm", [])) == [1, 0, 2]:  # type: ignore[call-overload]
+    if pre is not None and pre.op_type == "Transpose" and list(_attrs(pre).get("perm", [])) == [1, 0, 2]:
         x, axis = pre.input[0], 1
     # Slice + Squeeze, not Gather: TFLM's GATHER has no int16 kernel ("Type 'INT16' is not supported by gather")
     return [b.axes_op("Squeeze", b.slice(x, t, t + 1, axis, f"x_t{t}"), [axis], f"x_t{t}") for t in range(cell.length)]
 
 
-def _biases(b: _Builder, cell: _Cell, merged: tuple[str, ...]) -> dict[str, str]:
+def _biases(b: Builder, cell: _Cell, merged: tuple[str, ...]) -> dict[str, str]:
     """gate -> the bias added to x_t W_gate: Wb, or Wb + Rb where Rb is not gated (one Add of two
     constants per gate, which the TFLite converter folds)."""
     out = {}
@@ -974,20 +1003,20 @@ def _biases(b: _Builder, cell: _Cell, merged: tuple[str, ...]) -> dict[str, str]
     return out
 
 
-def _proj(b: _Builder, cell: _Cell, x_t: str, gate: str, bias: dict[str, str]) -> str:
+def _proj(b: Builder, cell: _Cell, x_t: str, gate: str, bias: dict[str, str]) -> str:
     """x_t W_gate + bias_gate."""
     p = b.op("MatMul", [x_t, cell.w[gate]], f"x_{gate}")
     return b.add(p, bias[gate], f"x_{gate}_b") if gate in bias else p
 
 
-def _initial(b: _Builder, node: onnx.NodeProto, slot: int) -> str | None:
+def _initial(b: Builder, node: onnx.NodeProto, slot: int) -> str | None:
     """The initial state [1, B, H] of one direction as [B, H], or None when absent (zero)."""
     if len(node.input) > slot and node.input[slot]:
         return b.axes_op("Squeeze", node.input[slot], [0], f"init{slot}")
     return None
 
 
-def _outputs(g: _Graph, b: _Builder, cell: _Cell, hs: list[str], cs: list[str] | None) -> None:
+def _outputs(g: GraphView, b: Builder, cell: _Cell, hs: list[str], cs: list[str] | None) -> None:
     """Y = the h of every step stacked as [L, 1, B, H]; Y_h (and Y_c) = the last step's, [1, B, H]."""
     node = cell.node
     if len(node.output) > 1 and g.used(node.output[1]):
@@ -1001,11 +1030,11 @@ def _outputs(g: _Graph, b: _Builder, cell: _Cell, hs: list[str], cs: list[str] |
         b.axes_op("Unsqueeze", y, [1], "y", out=node.output[0])
 
 
-def _rec(b: _Builder, h: str | None, cell: _Cell, gate: str) -> str | None:
+def _rec(b: Builder, h: str | None, cell: _Cell, gate: str) -> str | None:
     return None if h is None else b.op("MatMul", [h, cell.r[gate]], f"h_{gate}")
 
 
-def _sum(b: _Builder, terms: list[str | None], hint: str) -> str:
+def _sum(b: Builder, terms: list[str | None], hint: str) -> str:
     live = [t for t in terms if t is not None]
     acc = live[0]
     for t in live[1:]:
@@ -1014,12 +1043,12 @@ def _sum(b: _Builder, terms: list[str | None], hint: str) -> str:
 
 
 @register("gru_unroll", "GRU", "GRU (forward/reverse, layout 0, fixed length) -> unrolled MatMul/Add/Sigmoid/Tanh/Mul")
-def _gru(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
-    b = _Builder(g, _base(node), g.dtype(node.input[0]))
+def _gru(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
+    b = Builder(g, _base(node), g.dtype(node.input[0]))
     cell = _parse_cell(g, node, b)
     if isinstance(cell, str):
         return cell
-    lbr = int(_attrs(node).get("linear_before_reset", 0))  # type: ignore[call-overload]
+    lbr = int(_attrs(node).get("linear_before_reset", 0))
     xs = _step_inputs(b, cell)
     bias = _biases(b, cell, ("z", "r") if lbr else ("z", "r", "h"))
     h = _initial(b, node, 5)
@@ -1041,13 +1070,13 @@ def _gru(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
         h = b.sub(hh, b.mul(z, hh, "z_hh"), "h") if h is None else b.add(hh, b.mul(z, b.sub(h, hh, "h_minus_hh"), "z_d"), "h")
         hs.append(h)
     _outputs(g, b, cell, hs, None)
-    return _Replacement([node], b, f"GRU unrolled over {cell.length} steps (hidden {cell.hidden}, linear_before_reset={lbr})", 0.0,
+    return Replacement([node], b, f"GRU unrolled over {cell.length} steps (hidden {cell.hidden}, linear_before_reset={lbr})", 0.0,
                         tuple(cell.pieces), tuple(cell.drop))
 
 
 @register("lstm_unroll", "LSTM", "LSTM (forward/reverse, layout 0, fixed length, peepholes) -> unrolled MatMul/Add/Sigmoid/Tanh/Mul")
-def _lstm(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
-    b = _Builder(g, _base(node), g.dtype(node.input[0]))
+def _lstm(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
+    b = Builder(g, _base(node), g.dtype(node.input[0]))
     cell = _parse_cell(g, node, b)
     if isinstance(cell, str):
         return cell
@@ -1071,13 +1100,13 @@ def _lstm(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
         hs.append(h)
         cs.append(c)
     _outputs(g, b, cell, hs, cs)
-    return _Replacement([node], b, f"LSTM unrolled over {cell.length} steps (hidden {cell.hidden}{', peepholes' if cell.p else ''})", 0.0,
+    return Replacement([node], b, f"LSTM unrolled over {cell.length} steps (hidden {cell.hidden}{', peepholes' if cell.p else ''})", 0.0,
                         tuple(cell.pieces), tuple(cell.drop))
 
 
 @register("rnn_unroll", "RNN", "RNN (tanh, forward/reverse, layout 0, fixed length) -> unrolled MatMul/Add/Tanh")
-def _rnn(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
-    b = _Builder(g, _base(node), g.dtype(node.input[0]))
+def _rnn(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
+    b = Builder(g, _base(node), g.dtype(node.input[0]))
     cell = _parse_cell(g, node, b)
     if isinstance(cell, str):
         return cell
@@ -1090,4 +1119,4 @@ def _rnn(g: _Graph, node: onnx.NodeProto) -> _Replacement | str:
         h = b.op("Tanh", [_sum(b, [_proj(b, cell, xs[t], "i", bias), _rec(b, h, cell, "i")], "pre")], "h")
         hs.append(h)
     _outputs(g, b, cell, hs, None)
-    return _Replacement([node], b, f"RNN unrolled over {cell.length} steps (hidden {cell.hidden})", 0.0, tuple(cell.pieces), tuple(cell.drop))
+    return Replacement([node], b, f"RNN unrolled over {cell.length} steps (hidden {cell.hidden})", 0.0, tuple(cell.pieces), tuple(cell.drop))
