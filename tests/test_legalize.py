@@ -160,7 +160,7 @@ CASES = [
     ("gelu_erf_tflite", lambda: _gelu_erf(False), "tflite", "erf_rational", 1.5e-7),
     ("quickgelu", lambda: _unary("QuickGelu", domain="com.microsoft", alpha=1.702), "tflite", "quickgelu_sigmoid", 0.0),
     ("softplus_tflm", lambda: _unary("Softplus"), "tflm", "softplus_sigmoid", 6.8e-5),
-    ("hardswish", lambda: _unary("HardSwish"), "tflm", "hardswish_relu", 0.0),
+    ("hardswish", lambda: _unary("HardSwish"), "tflm", "hardswish_relu6", 0.0),
     ("layernorm", lambda: _layernorm(), "tflm", "layernorm_decompose", 0.0),
     ("layernorm_two_axes", lambda: _layernorm(1), {"LayerNormalization": Gap("test", ("layernorm_decompose",))}, "layernorm_decompose", 0.0),
     ("fusedmatmul_plain", lambda: _fusedmatmul(0, 0, 1.0), "tflite", "fusedmatmul_matmul", 0.0),

@@ -370,7 +370,7 @@ GAPS: dict[str, dict[str, Gap]] = {
         "LayerNormalization": Gap("with int16 activations onnx2tf's SQUARED_DIFFERENCE stays float in ai-edge-quantizer (int8 is full "
                                   "integer); the decomposition (MEAN/SUB/MUL/RSQRT) is full integer at both widths",
                                   ("layernorm_decompose",)),
-        "HardSwish": Gap("with int16 activations HARD_SWISH stays float in ai-edge-quantizer (int8 is full integer)", ("hardswish_relu",)),
+        "HardSwish": Gap("with int16 activations HARD_SWISH stays float in ai-edge-quantizer (int8 is full integer)", ("hardswish_relu6",)),
         "com.microsoft.QuickGelu": Gap(_ONNX2TF, ("quickgelu_sigmoid",)),
         "com.microsoft.FusedMatMul": Gap(_ONNX2TF, ("fusedmatmul_matmul",)),
         "DFT": Gap(_ONNX2TF, ("dft_matmul",)),
@@ -763,17 +763,15 @@ def _softplus(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
     return Replacement([node], b, "relu(x) + p(sigmoid(-|x|)), p ~ -log(1-u) (degree 4)", SOFTPLUS_ERROR)
 
 
-@register("hardswish_relu", "HardSwish", "HardSwish -> x * (Relu(x/6 + 1/2) - Relu(x/6 - 1/2))")
+@register("hardswish_relu6", "HardSwish", "HardSwish -> x * Clip(x + 3, 0, 6) / 6")
 def _hardswish(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
-    # clip(v, 0, 1) = relu(v) - relu(v - 1): a Clip becomes RELU + MINIMUM, and MINIMUM stays float in
-    # ai-edge-quantizer (measured); RELU has integer kernels
+    # onnx2tf fuses Clip(0, 6) into the ADD as RELU6, which has integer kernels at both widths; a Clip to
+    # [0, 1] (HardSigmoid's form) becomes RELU_0_TO_1 (no TFLM kernel) or RELU + MINIMUM (MINIMUM stays float)
     x = node.input[0]
     b = Builder(g, _base(node), g.dtype(x))
-    v = b.mul(x, b.scalar(1.0 / 6.0), "x6")
-    hi = b.op("Relu", [b.add(v, b.scalar(0.5), "v_plus")], "relu_lo")
-    lo = b.op("Relu", [b.add(v, b.scalar(-0.5), "v_minus")], "relu_hi")
-    b.mul(x, b.sub(hi, lo, "hard_sigmoid"), out=node.output[0])
-    return Replacement([node], b, "x*(relu(x/6+1/2) - relu(x/6-1/2))", 0.0)
+    c = b.op("Clip", [b.add(x, b.scalar(3.0), "x_plus_3"), b.scalar(0.0, "lo"), b.scalar(6.0, "hi")], "relu6")
+    b.mul(b.mul(x, c, "x_relu6"), b.scalar(1.0 / 6.0), out=node.output[0])
+    return Replacement([node], b, "x*clip(x+3, 0, 6)/6", 0.0)
 
 
 @register("layernorm_decompose", "LayerNormalization", "LayerNormalization -> ReduceMean/Sub/Mul/Add/Sqrt/Div")
