@@ -303,6 +303,19 @@ def test_pattern_with_a_shared_intermediate_is_not_fused() -> None:
     assert measure_deviation(m, out, scale=3.0).max_abs < 5e-4
 
 
+def test_blizzard_example_gelus_become_tanh_form_for_tflm() -> None:
+    """The bundled blizzard model (opset-20 Gelu) stops at TFLM's missing GELU kernel; legalised, it has none."""
+    from edgetqs.examples import example_path
+
+    proto = onnx.load(str(example_path("blizzard") / "model.onnx"))
+    out, rewrites = legalize(proto, "tflm")
+    assert [r.rule for r in rewrites] == ["gelu_tanh"] * 4 and "Gelu" not in {n.op_type for n in out.graph.node}
+    assert {i.name for i in proto.graph.initializer} <= {i.name for i in out.graph.initializer}
+    dev = measure_deviation(proto, out, n=2)
+    assert dev.max_rel < 1e-3, dev
+    assert legalize(proto, "tflite")[1] == []  # LiteRT has GELU
+
+
 # ---------------------------------------------------------------------------------------------------
 # canonicalisation
 
@@ -368,7 +381,8 @@ def test_recurrent_zero_state_folds_only_with_a_fixed_batch(tmp_path: Path) -> N
     assert "ConstantOfShape" in _ops(canonicalize(proto, None)[0])
     out, rep = canonicalize(proto, 1)
     assert "ConstantOfShape" not in _ops(out) and rep.folded["ConstantOfShape"] == 1
-    assert rep.new_initializers == ("/rnn/ConstantOfShape_output_0",)
+    assert rep.new_constants == ("/rnn/ConstantOfShape_output_0",)
+    assert "/rnn/ConstantOfShape_output_0" not in {i.name for i in out.graph.initializer}  # a Constant node: no new weight
     # either way the GRU unrolls and keeps the outputs
     for c in (canonicalize(proto, None)[0], out):
         legal, rewrites = legalize(c, "tflm")

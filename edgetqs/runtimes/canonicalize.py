@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import EdgetqsError
 
@@ -50,7 +50,8 @@ class CanonReport:
         removed_dead: op type -> nodes removed because nothing used their outputs.
         constants_to_initializers: Constant nodes turned into initializers (integer tensors and float
             scalars only: a float Constant of rank >= 1 stays a node, or the planner would see a new weight).
-        new_initializers: constants written by folding (named after the tensors they replace).
+        new_constants: tensors folding turned into constants (same names): initializers, except float
+            tensors of rank >= 1, which become Constant nodes so that the planner sees no new weight.
         removed_initializers: initializers nothing reads any more (weights among them are listed in removed_weights).
         removed_weights: float initializers of rank >= 1 that became unused (their consumers were dead).
         symbolic_inputs: inputs that still have a symbolic dimension.
@@ -64,7 +65,7 @@ class CanonReport:
     folded: dict[str, int]
     removed_dead: dict[str, int]
     constants_to_initializers: int
-    new_initializers: tuple[str, ...]
+    new_constants: tuple[str, ...]
     removed_initializers: tuple[str, ...]
     removed_weights: tuple[str, ...]
     symbolic_inputs: tuple[str, ...]
@@ -76,7 +77,7 @@ class CanonReport:
         """JSON-ready form."""
         return {"batch": self.batch, "fixed_inputs": list(self.fixed_inputs), "folded": dict(self.folded), "removed_dead": dict(self.removed_dead),
                 "constants_to_initializers": self.constants_to_initializers,
-                "new_initializers": list(self.new_initializers), "removed_initializers": list(self.removed_initializers),
+                "new_constants": list(self.new_constants), "removed_initializers": list(self.removed_initializers),
                 "removed_weights": list(self.removed_weights), "symbolic_inputs": list(self.symbolic_inputs),
                 "nodes_before": self.nodes_before, "nodes_after": self.nodes_after, "passes": self.passes}
 
@@ -126,8 +127,6 @@ def _shapes(m: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
 
 
 def _const_of(node: onnx.NodeProto) -> np.ndarray | None:
-    from onnx import helper
-
     for a in node.attribute:
         if a.name == "value":
             return numpy_helper.to_array(a.t)
@@ -296,7 +295,7 @@ def canonicalize(proto: onnx.ModelProto, batch: int | None = None, max_elements:
     fixed = _fix_batch(m, batch) if batch is not None else []
     dead = _remove_dead(m)  # first, so nothing is evaluated for nothing
     folded: dict[str, int] = {}
-    new_inits: list[str] = []
+    new_consts: list[str] = []
     passes = 0
     for passes in range(1, max_passes + 1):
         f = _Folder(m, max_elements)
@@ -308,11 +307,16 @@ def canonicalize(proto: onnx.ModelProto, batch: int | None = None, max_elements:
         produced = {o for k in done for o in m.graph.node[k].output if o}
         keep = [n for k, n in enumerate(m.graph.node) if k not in done]
         used = {i for n in keep for i in n.input}
+        constant_nodes = []
         for name in sorted(produced & used):
-            m.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(f.consts[name]), name))
-            new_inits.append(name)
+            value = np.ascontiguousarray(f.consts[name])
+            if np.issubdtype(value.dtype, np.floating) and value.ndim >= 1:
+                constant_nodes.append(helper.make_node("Constant", [], [name], name=f"{name}/folded", value=numpy_helper.from_array(value, name)))
+            else:
+                m.graph.initializer.append(numpy_helper.from_array(value, name))
+            new_consts.append(name)
         del m.graph.node[:]
-        m.graph.node.extend(keep)
+        m.graph.node.extend(constant_nodes + keep)
         for op, c in _remove_dead(m).items():
             dead[op] = dead.get(op, 0) + c
     moved = _constants_to_initializers(m)
@@ -325,7 +329,7 @@ def canonicalize(proto: onnx.ModelProto, batch: int | None = None, max_elements:
     _shapes(m)  # leave value_info of the final graph for converters
     symbolic = tuple(v.name for v in m.graph.input if v.name not in {i.name for i in m.graph.initializer}
                      and any(not (d.HasField("dim_value") and d.dim_value > 0) for d in v.type.tensor_type.shape.dim))
-    report = CanonReport(batch, tuple(fixed), folded, dead, moved, tuple(n for n in new_inits if n in used),
+    report = CanonReport(batch, tuple(fixed), folded, dead, moved, tuple(n for n in new_consts if n in used),
                          tuple(i.name for i in removed_inits), tuple(i.name for i in removed_inits if _is_weight(i)), symbolic,
                          before, len(m.graph.node), passes)
     return m, report

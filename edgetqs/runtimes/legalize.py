@@ -15,7 +15,8 @@ tensor, so a converter that matches planned tensors by content can find them. A 
 applies to each of its pieces with the same precision; per-channel on W or R (one channel per row of
 [gates*hidden, in], a gate unit) becomes per-channel on each piece's output columns with the same
 channels and the same scales; per-tensor becomes one scale per piece (finer: no more error, 4 bytes
-more per extra piece).
+more per extra piece). The bias pieces of a gate are added once (Wb + Rb, an Add of two constants that
+the TFLite converter folds), so the TFLite graph holds their sum: keep B at fp32 (biases are).
 
 Approximations and their bounds (float64 analysis over all reals; ``max_error`` of each `Rewrite`):
 - GELU (exact, erf form) -> tanh form 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))): |error| <= 4.8e-4.
