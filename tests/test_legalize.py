@@ -148,6 +148,21 @@ def _recurrent(kind: str, length: int = 6, c: int = 5, hidden: int = 7, *, init:
     return m
 
 
+def _gather(index: np.ndarray, axis: int = 1) -> onnx.ModelProto:
+    """tanh(x)[B, 4, 8] -> Gather of one constant index (x[:, i] as torch writes it)."""
+    shape: list = ["B", 4, 8]
+    out = shape[:axis] + list(index.shape) + shape[axis + 1:]
+    return _model([helper.make_node("Tanh", ["x"], ["t"]), helper.make_node("Gather", ["t", "i"], ["y"], name="pick", axis=axis)],
+                  [("i", index)], [("x", shape)], [("y", out)])
+
+
+def _masked_softmax() -> onnx.ModelProto:
+    """softmax(x + mask) with a causal mask of 0 / -inf held as an initializer (as the dynamo exporter writes it)."""
+    mask = np.triu(np.full((4, 4), -np.inf, np.float32), k=1)
+    return _model([helper.make_node("Add", ["x", "mask"], ["s"], name="add_mask"), helper.make_node("Softmax", ["s"], ["y"], axis=-1)],
+                  [("mask", mask)], [("x", ["B", 2, 4, 4])], [("y", ["B", 2, 4, 4])])
+
+
 # (id, model builder, runtime or table, rule expected, analytic bound on the max abs deviation (0: exact);
 # float rounding, 1e-5 of the outputs' magnitude, comes on top)
 CASES = [
@@ -179,6 +194,9 @@ CASES = [
     ("lstm_reverse_peepholes", lambda: _recurrent("LSTM", reverse=True, peepholes=True, outputs=(2,)), "tflm", "lstm_unroll", 0.0),
     ("rnn", lambda: _recurrent("RNN", init=True), "tflite", "rnn_unroll", 0.0),
     ("rnn_one_step_reverse", lambda: _recurrent("RNN", length=1, reverse=True), "tflm", "rnn_unroll", 0.0),
+    ("gather_scalar_index", lambda: _gather(np.array(2, np.int64)), "tflm", "gather_slice", 0.0),
+    ("gather_last_1d", lambda: _gather(np.array([-1], np.int64)), "tflm", "gather_slice", 0.0),
+    ("gather_2d_index", lambda: _gather(np.array([[1]], np.int64), axis=2), "tflm", "gather_slice", 0.0),
 ]
 
 
@@ -209,6 +227,19 @@ def test_rewrite_deviation_within_its_bound(build, target, rule, bound) -> None:
             assert name not in after
         else:
             np.testing.assert_array_equal(after[name], arr)
+
+
+def test_infinite_mask_becomes_finite_for_tflm_only() -> None:
+    proto = _masked_softmax()
+    out, rewrites = legalize(proto, "tflm")
+    assert [r.rule for r in rewrites] == ["finite_mask"] and "mask" not in {i.name for i in out.graph.initializer}
+    finite = numpy_helper.to_array(next(i for i in out.graph.initializer if i.name == "mask__finite"))
+    assert finite.min() == -30.0 and np.isfinite(finite).all()
+    assert measure_deviation(proto, out, n=3, scale=3.0).max_abs < 1e-5  # unmasked scores within ~18: exp(-12) at most
+    assert legalize(proto, "tflite")[1] == []  # float LiteRT takes -inf
+    # an Add without an infinite constant is not a gap: not rewritten, not reported
+    plain = _model([helper.make_node("Add", ["x", "b"], ["y"])], [("b", _w(8))], [("x", ["B", 8])], [("y", ["B", 8])])
+    assert legalize(plain, "tflm")[1] == [] and unsupported_ops(plain, "tflm") == []
 
 
 def test_approximations_are_what_they_claim() -> None:
@@ -386,7 +417,7 @@ def test_recurrent_zero_state_folds_only_with_a_fixed_batch(tmp_path: Path) -> N
     # either way the GRU unrolls and keeps the outputs
     for c in (canonicalize(proto, None)[0], out):
         legal, rewrites = legalize(c, "tflm")
-        assert [r.rule for r in rewrites] == ["gru_unroll"]
+        assert sorted(r.rule for r in rewrites) == ["gather_slice", "gather_slice", "gru_unroll"]  # x[:, -1] and y[:, -1]
         assert measure_deviation(proto, legal, n=1).max_abs < 1e-5
 
 
@@ -395,12 +426,12 @@ def test_recurrent_zero_state_folds_only_with_a_fixed_batch(tmp_path: Path) -> N
 
 # (builder, kwargs, rules applied for tflite, rules applied for tflm)
 REAL = {
-    "gru_onestep": ({}, ["gru_unroll"], ["gru_unroll"]),
-    "lstm_onestep": ({}, ["lstm_unroll"], ["lstm_unroll"]),
+    "gru_onestep": ({}, ["gru_unroll"], ["gather_slice", "gather_slice", "gru_unroll"]),
+    "lstm_onestep": ({}, ["lstm_unroll"], ["gather_slice", "gather_slice", "lstm_unroll"]),
     "circular_conv_state": ({}, [], []),
     "transformer_block": ({}, ["erf_rational"], ["gelu_erf_pattern"] + 2 * ["layernorm_decompose"]),
     "patch_univariate": ({}, [], ["gelu_tanh"] + 3 * ["layernorm_decompose"]),
-    "window_transformer": ({}, ["dft_matmul"], ["dft_matmul", "gelu_tanh"] + 3 * ["layernorm_decompose"]),
+    "window_transformer": ({}, ["dft_matmul"], ["dft_matmul", "finite_mask", "gather_slice", "gelu_tanh"] + 3 * ["layernorm_decompose"]),
 }
 DYNAMO = ("patch_univariate", "window_transformer")
 

@@ -24,6 +24,8 @@ Approximations and their bounds (float64 analysis over all reals; ``max_error`` 
   only ops with integer kernels). Erf -> Abramowitz-Stegun 7.1.26 rational-exponential form: <= 1.5e-7
   (TFLite: float kernels; ~6e-7 in float32).
 - Softplus -> relu(x) + p(u), u = sigmoid(-|x|), p a degree-4 fit of -log(1-u) on [0, 1/2]: <= 6.8e-5.
+- An additive mask's -inf -> -30 (TFLM): a masked softmax weight becomes <= exp(-16) ~ 1.1e-7 instead of 0
+  while a row's unmasked scores lie within 14 of the masked ones (a conditional bound, not a proof).
 Every other rewrite is exact up to float rounding.
 """
 
@@ -263,10 +265,10 @@ class Builder:
             return self.op(op_type, [x, self.const(np.array(axes, np.int64), "axes", dtype=np.dtype(np.int64))], hint, out, **attrs)
         return self.op(op_type, [x], hint, out, axes=axes, **attrs)
 
-    def slice(self, x: str, start: int, stop: int, axis: int, hint: str = "slice") -> str:
+    def slice(self, x: str, start: int, stop: int, axis: int, hint: str = "slice", out: str | None = None) -> str:
         i64 = np.dtype(np.int64)
         return self.op("Slice", [x, self.const(np.array([start], np.int64), "starts", i64), self.const(np.array([stop], np.int64), "ends", i64),
-                                 self.const(np.array([axis], np.int64), "axes", i64)], hint)
+                                 self.const(np.array([axis], np.int64), "axes", i64)], hint, out)
 
     def added(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -289,8 +291,10 @@ class Replacement:
     drop_inits: tuple[str, ...] = ()
 
 
-# a rule: (graph, node) -> Replacement, or a sentence saying why it does not apply to this node
-RuleFn = Callable[[GraphView, onnx.NodeProto], "Replacement | str"]
+# a rule: (graph, node) -> Replacement; a sentence saying why it cannot rewrite this node (the node is then
+# unsupported unless a later rule applies); or None: this node does not have the problem (an Add without
+# an infinite constant), nothing to do
+RuleFn = Callable[[GraphView, onnx.NodeProto], "Replacement | str | None"]
 
 
 @dataclass(frozen=True)
@@ -372,6 +376,9 @@ GAPS: dict[str, dict[str, Gap]] = {
                                   "integer); the decomposition (MEAN/SUB/MUL/RSQRT) is full integer at both widths",
                                   ("layernorm_decompose",)),
         "HardSwish": Gap("with int16 activations HARD_SWISH stays float in ai-edge-quantizer (int8 is full integer)", ("hardswish_relu6",)),
+        "Add": Gap("a constant with -inf (an attention mask) quantizes to a scale of ~1e36 and tflite-micro aborts (exit -6) in ADD",
+                   ("finite_mask",)),
+        "Gather": Gap("tflite-micro's GATHER has no int16 kernel (\"Type 'INT16' is not supported by gather\")", ("gather_slice",)),
         "com.microsoft.QuickGelu": Gap(_ONNX2TF, ("quickgelu_sigmoid",)),
         "com.microsoft.FusedMatMul": Gap(_ONNX2TF, ("fusedmatmul_matmul",)),
         "DFT": Gap(_ONNX2TF, ("dft_matmul",)),
@@ -437,7 +444,10 @@ def _try(runtime: str, table: Mapping[str, Gap], g: GraphView, node: onnx.NodePr
         res = RULES[rule_name].fn(g, node)
         if isinstance(res, Replacement):
             return rule_name, res, ""
-        reasons.append(f"{rule_name}: {res}")
+        if res is not None:
+            reasons.append(f"{rule_name}: {res}")
+    if gap.rules and not reasons:  # every rule says this node does not have the problem
+        return "", None, ""
     detail = "; ".join(reasons) if reasons else "no rewrite is registered"
     return "", None, f"{gap.reason} ({detail})"
 
@@ -824,6 +834,57 @@ def _fusedmatmul(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
     else:
         b.mul(b.op("MatMul", ins, "matmul"), b.scalar(alpha, "alpha"), out=node.output[0])
     return Replacement([node], b, "MatMul" + ("" if alpha == 1.0 else f" * {alpha:g}"), 0.0)
+
+
+MASK_LIMIT = 30.0  # -inf in an additive mask becomes -30: exp(-30) ~ 1e-13 next to an unmasked score
+
+
+@register("finite_mask", "Add", "Add of a constant holding +-inf (an attention mask) -> the same Add of a finite copy (+-30)")
+def _finite_mask(g: GraphView, node: onnx.NodeProto) -> Replacement | str | None:
+    # -inf quantizes to nothing useful: the converter clamps it to -3.4e38, the int8 scale becomes ~1e36 and
+    # the kernel's rescaling overflows. A softmax cannot tell -30 from -inf while the unmasked scores of a
+    # row lie within ~14 of each other (then exp(-30 + 14) < 1e-7, below even int16 resolution), and the
+    # add's calibrated range grows by 30 only.
+    for k, name in enumerate(node.input):
+        v = g.const(name)
+        if v is None or not np.issubdtype(v.dtype, np.floating) or np.all(np.isfinite(v)):
+            continue
+        if np.any(np.isnan(v)):
+            return f"the constant '{name}' holds NaN"
+        b = Builder(g, _base(node), v.dtype)
+        finite = b.const(np.clip(v, -MASK_LIMIT, MASK_LIMIT), "", name=g.fresh(f"{name}__finite"))
+        ins = list(node.input)
+        ins[k] = finite
+        b.op("Add", ins, "add", out=node.output[0])
+        # the bound: a masked softmax weight is at most exp(-MASK_LIMIT + 14) instead of 0 (scores within 14)
+        return Replacement([node], b, f"'{name}' with +-inf replaced by +-{MASK_LIMIT:g} in '{finite}'", math.exp(-MASK_LIMIT + 14.0),
+                           drop_inits=(name,))
+    return None
+
+
+@register("gather_slice", "Gather", "Gather of one constant index from a computed tensor -> Slice (+ Squeeze for a scalar index)")
+def _gather_slice(g: GraphView, node: onnx.NodeProto) -> Replacement | str | None:
+    idx = g.const(node.input[1])
+    if g.const(node.input[0]) is not None or idx is None or idx.size != 1 or not np.issubdtype(g.dtype(node.input[0]), np.floating):
+        return None  # an embedding lookup (constant table), a computed index or shape arithmetic: not quantized activations
+    shape = g.shapes.get(node.input[0])
+    axis = int(_attrs(node).get("axis", 0))
+    if shape is None:
+        return "the rank of its data input is unknown"
+    axis = axis + len(shape) if axis < 0 else axis
+    i, size = int(idx.reshape(())), shape[axis]
+    if i < 0:
+        if size is None:
+            return "a negative index on a dimension of unknown size"
+        i += size
+    b = Builder(g, _base(node), g.dtype(node.input[0]))
+    if idx.ndim == 0:
+        b.axes_op("Squeeze", b.slice(node.input[0], i, i + 1, axis), [axis], "squeeze", out=node.output[0])
+    elif idx.ndim == 1:
+        b.slice(node.input[0], i, i + 1, axis, out=node.output[0])
+    else:  # indices of shape [1, 1, ...]: the extra axes come in after `axis`
+        b.axes_op("Unsqueeze", b.slice(node.input[0], i, i + 1, axis), list(range(axis + 1, axis + idx.ndim)), "unsqueeze", out=node.output[0])
+    return Replacement([node], b, f"Slice [{i}:{i + 1}] on axis {axis}" + (" + Squeeze" if idx.ndim == 0 else ""), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------
