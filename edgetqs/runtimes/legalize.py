@@ -1076,18 +1076,54 @@ def _initial(b: Builder, node: onnx.NodeProto, slot: int) -> str | None:
     return None
 
 
-def _outputs(g: GraphView, b: Builder, cell: _Cell, hs: list[str], cs: list[str] | None) -> None:
-    """Y = the h of every step stacked as [L, 1, B, H]; Y_h (and Y_c) = the last step's, [1, B, H]."""
+def _sole_user(g: GraphView, name: str, op: str) -> onnx.NodeProto | None:
+    users = g.consumers.get(name, [])
+    if name in g.outputs or len(users) != 1 or users[0].op_type != op or users[0].domain not in _DEFAULT_DOMAINS:
+        return None
+    return users[0]
+
+
+def _squeeze_axes(g: GraphView, node: onnx.NodeProto) -> list[int] | None:
+    if len(node.input) > 1 and node.input[1]:
+        v = g.const(node.input[1])
+        return None if v is None else [int(a) for a in np.ravel(v)]
+    axes = _attrs(node).get("axes")
+    return None if axes is None else [int(a) for a in axes]
+
+
+def _outputs(g: GraphView, b: Builder, cell: _Cell, hs: list[str], cs: list[str] | None) -> list[onnx.NodeProto]:
+    """Y = the h of every step stacked as [L, 1, B, H]; Y_h (and Y_c) = the last step's, [1, B, H].
+
+    torch reads Y through Squeeze(axis 1) -> Transpose(1, 0, 2) (batch_first); those nodes are replaced
+    too, the steps stacked straight into [L, B, H] or [B, L, H]: onnx2tf misreads the 4-D Y ('cannot
+    convert ... Squeeze' at batch 1). Returns the consumer nodes replaced."""
     node = cell.node
     if len(node.output) > 1 and g.used(node.output[1]):
         b.axes_op("Unsqueeze", hs[-1], [0], "y_h", out=node.output[1])
     if cs is not None and len(node.output) > 2 and g.used(node.output[2]):
         b.axes_op("Unsqueeze", cs[-1], [0], "y_c", out=node.output[2])
-    if g.used(node.output[0]):
-        order = list(reversed(hs)) if cell.reverse else hs  # Y is in time order whatever the direction
-        rows = [b.axes_op("Unsqueeze", h, [0], "h_row") for h in order]
-        y = rows[0] if len(rows) == 1 else b.op("Concat", rows, "y_seq", axis=0)
+    if not g.used(node.output[0]):
+        return []
+    order = list(reversed(hs)) if cell.reverse else hs  # Y is in time order whatever the direction
+    squeeze = _sole_user(g, node.output[0], "Squeeze")
+    if squeeze is not None and _squeeze_axes(g, squeeze) not in ([1], [-3]):
+        squeeze = None
+    transpose = None if squeeze is None else _sole_user(g, squeeze.output[0], "Transpose")
+    if transpose is not None and list(_attrs(transpose).get("perm", [])) != [1, 0, 2]:
+        transpose = None
+    if transpose is not None:  # [B, L, H]
+        replaced, axis, target = [squeeze, transpose], 1, transpose.output[0]
+    elif squeeze is not None:  # [L, B, H]
+        replaced, axis, target = [squeeze], 0, squeeze.output[0]
+    else:  # [L, 1, B, H]
+        replaced, axis, target = [], 0, None
+    if len(order) == 1:
+        y = b.axes_op("Unsqueeze", order[0], [axis], "y_seq", out=target)
+    else:
+        y = b.op("Concat", [b.axes_op("Unsqueeze", h, [axis], "h_row") for h in order], "y_seq", out=target, axis=axis)
+    if target is None:
         b.axes_op("Unsqueeze", y, [1], "y", out=node.output[0])
+    return [n for n in replaced if n is not None]
 
 
 def _rec(b: Builder, h: str | None, cell: _Cell, gate: str) -> str | None:
@@ -1129,8 +1165,8 @@ def _gru(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
         # h' = (1 - z) hh + z h = hh + z (h - hh)
         h = b.sub(hh, b.mul(z, hh, "z_hh"), "h") if h is None else b.add(hh, b.mul(z, b.sub(h, hh, "h_minus_hh"), "z_d"), "h")
         hs.append(h)
-    _outputs(g, b, cell, hs, None)
-    return Replacement([node], b, f"GRU unrolled over {cell.length} steps (hidden {cell.hidden}, linear_before_reset={lbr})", 0.0,
+    extra = _outputs(g, b, cell, hs, None)
+    return Replacement([node, *extra], b, f"GRU unrolled over {cell.length} steps (hidden {cell.hidden}, linear_before_reset={lbr})", 0.0,
                         tuple(cell.pieces), tuple(cell.drop))
 
 
@@ -1159,8 +1195,8 @@ def _lstm(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
         h = b.mul(o, b.op("Tanh", [c], "tanh_c"), "h")
         hs.append(h)
         cs.append(c)
-    _outputs(g, b, cell, hs, cs)
-    return Replacement([node], b, f"LSTM unrolled over {cell.length} steps (hidden {cell.hidden}{', peepholes' if cell.p else ''})", 0.0,
+    extra = _outputs(g, b, cell, hs, cs)
+    return Replacement([node, *extra], b, f"LSTM unrolled over {cell.length} steps (hidden {cell.hidden}{', peepholes' if cell.p else ''})", 0.0,
                         tuple(cell.pieces), tuple(cell.drop))
 
 
@@ -1178,5 +1214,5 @@ def _rnn(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
         t = cell.length - 1 - k if cell.reverse else k
         h = b.op("Tanh", [_sum(b, [_proj(b, cell, xs[t], "i", bias), _rec(b, h, cell, "i")], "pre")], "h")
         hs.append(h)
-    _outputs(g, b, cell, hs, None)
-    return Replacement([node], b, f"RNN unrolled over {cell.length} steps (hidden {cell.hidden})", 0.0, tuple(cell.pieces), tuple(cell.drop))
+    extra = _outputs(g, b, cell, hs, None)
+    return Replacement([node, *extra], b, f"RNN unrolled over {cell.length} steps (hidden {cell.hidden})", 0.0, tuple(cell.pieces), tuple(cell.drop))
