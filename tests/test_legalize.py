@@ -37,7 +37,6 @@ from edgetqs.runtimes.legalize import (
     unsupported_ops,
 )
 
-RNG = np.random.default_rng(0)
 MS = helper.make_opsetid("com.microsoft", 1)
 
 
@@ -193,6 +192,7 @@ CASES = [
     ("lstm_init_peepholes_yc", lambda: _recurrent("LSTM", init=True, peepholes=True, outputs=(0, 1, 2)), "tflm", "lstm_unroll", 0.0),
     ("lstm_reverse_peepholes", lambda: _recurrent("LSTM", reverse=True, peepholes=True, outputs=(2,)), "tflm", "lstm_unroll", 0.0),
     ("rnn", lambda: _recurrent("RNN", init=True), "tflite", "rnn_unroll", 0.0),
+    ("rnn_23_steps_concat_tree", lambda: _recurrent("RNN", length=23), "tflm", "rnn_unroll", 0.0),
     ("rnn_one_step_reverse", lambda: _recurrent("RNN", length=1, reverse=True), "tflm", "rnn_unroll", 0.0),
     ("gather_scalar_index", lambda: _gather(np.array(2, np.int64)), "tflm", "gather_slice", 0.0),
     ("gather_last_1d", lambda: _gather(np.array([-1], np.int64)), "tflm", "gather_slice", 0.0),
@@ -249,6 +249,12 @@ def test_approximations_are_what_they_claim() -> None:
         proto, out, _ = _apply(build, target)
         dev = measure_deviation(proto, out, n=64, seed=2, scale=3.0)
         assert 0.5 * bound < dev.max_abs <= bound * 1.01
+
+
+def test_long_sequences_concatenate_at_most_ten_inputs_per_node() -> None:
+    out, _ = legalize(_recurrent("GRU", length=23), "tflm")
+    widths = [len(n.input) for n in out.graph.node if n.op_type == "Concat"]
+    assert max(widths) <= 10 and sum(widths) - (len(widths) - 1) == 23  # a tree over the 23 steps
 
 
 def test_recurrent_pieces_trace_back_to_their_sources() -> None:

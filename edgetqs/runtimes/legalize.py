@@ -351,11 +351,14 @@ class Gap:
 # or quantize to full integer (int8 and int16 activations): Tanh, Sigmoid, Softmax, MatMul (weights and
 # activations), ReduceMean, Mul/Add/Sub, Pow(2), LayerNormalization (int8), HardSwish (int8), Reshape/Slice.
 _ONNX2TF = "onnx2tf 1.28.8 has no converter for it"
-_GRU = "onnx2tf 1.28.8 fails on it ('cannot convert ONNX node ... (unknown op)'), with or without keeping the input layout"
-_LSTM = ("onnx2tf 1.28.8 fails on it (ValueError: initial_state not compatible with cell.state_size), also with -eru; it has "
-         "no path to TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM (its LSTM is a custom Keras cell in an RNN layer)")
-_RNN = ("onnx2tf 1.28.8 writes a WHILE loop whose float output is wrong (0.81 max abs deviation from onnxruntime on a "
-        "5-step test) and which ai-edge-quantizer cannot quantize")
+_WHILE = "a WHILE loop, whose weights sit in a loop-body subgraph that ai-edge-quantizer does not calibrate"
+_GRU = ("onnx2tf 1.28.8 fails on torch's GRU when given -b 1, as the converter runs it ('cannot convert ONNX node ... GRU': "
+        "a Split that does not divide); without -b 1 it writes " + _WHILE)
+_LSTM = ("onnx2tf 1.28.8 fails on an LSTM without initial state (ValueError: initial_state not compatible with cell.state_size, "
+         "also with -eru) and writes one with initial state as " + _WHILE + "; it never emits the fused UNIDIRECTIONAL_SEQUENCE_LSTM "
+         "(its LSTM is a custom Keras cell in an RNN layer)")
+_RNN = ("onnx2tf 1.28.8 writes " + _WHILE + ", and its float output was wrong (0.81 max abs deviation from onnxruntime on a "
+        "5-step test; ai-edge-quantizer: 'Tensor data is null')")
 
 GAPS: dict[str, dict[str, Gap]] = {
     "ort": {},
@@ -1091,6 +1094,17 @@ def _squeeze_axes(g: GraphView, node: onnx.NodeProto) -> list[int] | None:
     return None if axes is None else [int(a) for a in axes]
 
 
+CONCAT_MAX_INPUTS = 10  # tflite-micro's CONCATENATION: "num_inputs <= kMaxInputNum" (10)
+
+
+def _concat(b: Builder, parts: list[str], axis: int, out: str | None) -> str:
+    """Concat in a tree of at most CONCAT_MAX_INPUTS inputs per node."""
+    while len(parts) > CONCAT_MAX_INPUTS:
+        parts = [b.op("Concat", parts[k:k + CONCAT_MAX_INPUTS], "y_part", axis=axis) if len(parts[k:k + CONCAT_MAX_INPUTS]) > 1
+                 else parts[k] for k in range(0, len(parts), CONCAT_MAX_INPUTS)]
+    return b.op("Concat", parts, "y_seq", out=out, axis=axis)
+
+
 def _outputs(g: GraphView, b: Builder, cell: _Cell, hs: list[str], cs: list[str] | None) -> list[onnx.NodeProto]:
     """Y = the h of every step stacked as [L, 1, B, H]; Y_h (and Y_c) = the last step's, [1, B, H].
 
@@ -1120,7 +1134,7 @@ def _outputs(g: GraphView, b: Builder, cell: _Cell, hs: list[str], cs: list[str]
     if len(order) == 1:
         y = b.axes_op("Unsqueeze", order[0], [axis], "y_seq", out=target)
     else:
-        y = b.op("Concat", [b.axes_op("Unsqueeze", h, [axis], "h_row") for h in order], "y_seq", out=target, axis=axis)
+        y = _concat(b, [b.axes_op("Unsqueeze", h, [axis], "h_row") for h in order], axis, target)
     if target is None:
         b.axes_op("Unsqueeze", y, [1], "y", out=node.output[0])
     return [n for n in replaced if n is not None]
