@@ -639,11 +639,13 @@ def _batch1(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # what the routes did with each ORIGINAL graph (batch fixed to 1, nothing folded), as measured on this
-# machine: a substring of the failure ("" any failure), or None: converts and runs (tflm8: full integer)
+# machine: a substring of the failure, or None: converts and runs
 BEFORE: dict[str, dict[str, str | None]] = {
     "gru_onestep": {"tflite": "GRU", "tflm8": "GRU"},
-    "lstm_onestep": {"tflite": None, "tflm8": ""},
-    "transformer_block": {"tflite": "", "tflm8": ""},
+    # a WHILE loop: converts (0.4% off onnxruntime in float), but ai-edge-quantizer cannot calibrate it
+    "lstm_onestep": {"tflite": None, "tflm8": "Tensor data is null"},
+    # the unfolded shape arithmetic fails before Erf is reached: onnx2tf cannot convert '/block/fc1/Add'
+    "transformer_block": {"tflite": "fc1/Add", "tflm8": "fc1/Add"},
     "patch_univariate": {"tflite": None, "tflm8": "GELU"},
     "window_transformer": {"tflite": "DFT", "tflm8": "DFT"},
     "circular_conv_state": {"tflite": "wa/Add", "tflm8": "wa/Add"},  # onnx2tf: cannot convert ONNX node '/wa/Add'
