@@ -36,8 +36,16 @@ def _legacy(module: Any, example: Any, path: Path, opset: int = 17, dynamic_batc
     torch = _torch()
     axes = {"x": {0: "batch"}, "y": {0: "batch"}} if dynamic_batch else None
     with _quiet(), torch.no_grad():
-        torch.onnx.export(module.eval(), (example,), str(path), dynamo=False, opset_version=opset, input_names=["x"], output_names=["y"],
-                          dynamic_axes=axes)
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes=axes,
+        )
     return path
 
 
@@ -45,8 +53,17 @@ def _dynamo(module: Any, example: Any, path: Path, opset: int, dynamic_batch: bo
     torch = _torch()
     shapes = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
     with _quiet(), torch.no_grad():
-        torch.onnx.export(module.eval(), (example,), str(path), dynamo=True, opset_version=opset, input_names=["x"], output_names=["y"],
-                          dynamic_shapes=shapes, external_data=external_data)
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_shapes=shapes,
+            external_data=external_data,
+        )
     return path
 
 
@@ -178,7 +195,7 @@ def circular_conv_state(path: Path, C: int = 2, lat: int = 8, lon: int = 16, hid
         @staticmethod
         def wrap(x: Any, p: int = 1) -> Any:
             w = x.shape[-1]
-            return torch.cat([x[..., w - p:], x, x[..., :p]], dim=-1)
+            return torch.cat([x[..., w - p :], x, x[..., :p]], dim=-1)
 
         def forward(self, x: Any) -> Any:
             return self.c2(self.wrap(torch.tanh(self.c1(self.wrap(x)))))
@@ -248,8 +265,14 @@ def transformer_block(path: Path, L: int = 16, C: int = 3, H: int = 4, d: int = 
     return _legacy(_trained_norms(Former()), torch.randn(2, L, C), path)
 
 
-BUILDERS = {"gru_onestep": gru_onestep, "lstm_onestep": lstm_onestep, "patch_univariate": patch_univariate,
-            "circular_conv_state": circular_conv_state, "window_transformer": window_transformer, "transformer_block": transformer_block}
+BUILDERS = {
+    "gru_onestep": gru_onestep,
+    "lstm_onestep": lstm_onestep,
+    "patch_univariate": patch_univariate,
+    "circular_conv_state": circular_conv_state,
+    "window_transformer": window_transformer,
+    "transformer_block": transformer_block,
+}
 
 
 def example_input(proto: Any, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:

@@ -30,8 +30,18 @@ from ..errors import EdgetqsError
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # never evaluated at conversion time: random, or control flow with subgraphs
-_NOT_FOLDABLE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli",
-                 "If", "Loop", "Scan", "Constant"}
+_NOT_FOLDABLE = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+    "If",
+    "Loop",
+    "Scan",
+    "Constant",
+}
 _FLOAT = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
@@ -75,11 +85,20 @@ class CanonReport:
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
-        return {"batch": self.batch, "fixed_inputs": list(self.fixed_inputs), "folded": dict(self.folded), "removed_dead": dict(self.removed_dead),
-                "constants_to_initializers": self.constants_to_initializers,
-                "new_constants": list(self.new_constants), "removed_initializers": list(self.removed_initializers),
-                "removed_weights": list(self.removed_weights), "symbolic_inputs": list(self.symbolic_inputs),
-                "nodes_before": self.nodes_before, "nodes_after": self.nodes_after, "passes": self.passes}
+        return {
+            "batch": self.batch,
+            "fixed_inputs": list(self.fixed_inputs),
+            "folded": dict(self.folded),
+            "removed_dead": dict(self.removed_dead),
+            "constants_to_initializers": self.constants_to_initializers,
+            "new_constants": list(self.new_constants),
+            "removed_initializers": list(self.removed_initializers),
+            "removed_weights": list(self.removed_weights),
+            "symbolic_inputs": list(self.symbolic_inputs),
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "passes": self.passes,
+        }
 
 
 def _is_weight(init: TensorProto) -> bool:
@@ -97,8 +116,10 @@ def _fix_batch(m: onnx.ModelProto, batch: int) -> list[str]:
             continue
         if dims[0].HasField("dim_value") and dims[0].dim_value > 0:
             if dims[0].dim_value != batch:
-                raise CanonicalizeError(f"input '{v.name}' has a fixed batch of {dims[0].dim_value}, not {batch}; "
-                                        f"canonicalise with batch={dims[0].dim_value} or batch=None, or re-export with a dynamic batch")
+                raise CanonicalizeError(
+                    f"input '{v.name}' has a fixed batch of {dims[0].dim_value}, not {batch}; "
+                    f"canonicalise with batch={dims[0].dim_value} or batch=None, or re-export with a dynamic batch"
+                )
             continue
         dims[0].Clear()
         dims[0].dim_value = batch
@@ -268,8 +289,9 @@ def _remove_dead(m: onnx.ModelProto) -> dict[str, int]:
         m.graph.node.extend(keep)
 
 
-def canonicalize(proto: onnx.ModelProto, batch: int | None = None, max_elements: int = 1 << 20,
-                 max_passes: int = 20) -> tuple[onnx.ModelProto, CanonReport]:
+def canonicalize(
+    proto: onnx.ModelProto, batch: int | None = None, max_elements: int = 1 << 20, max_passes: int = 20
+) -> tuple[onnx.ModelProto, CanonReport]:
     """Fix the batch, infer shapes, fold constant computations, remove dead nodes.
 
     The input is not modified. Weight initializers keep their names; a node that reads one is never folded.
@@ -311,7 +333,9 @@ def canonicalize(proto: onnx.ModelProto, batch: int | None = None, max_elements:
         for name in sorted(produced & used):
             value = np.ascontiguousarray(f.consts[name])
             if np.issubdtype(value.dtype, np.floating) and value.ndim >= 1:
-                constant_nodes.append(helper.make_node("Constant", [], [name], name=f"{name}/folded", value=numpy_helper.from_array(value, name)))
+                constant_nodes.append(
+                    helper.make_node("Constant", [], [name], name=f"{name}/folded", value=numpy_helper.from_array(value, name))
+                )
             else:
                 m.graph.initializer.append(numpy_helper.from_array(value, name))
             new_consts.append(name)
@@ -327,9 +351,24 @@ def canonicalize(proto: onnx.ModelProto, batch: int | None = None, max_elements:
     del m.graph.initializer[:]
     m.graph.initializer.extend(keep_inits)
     _shapes(m)  # leave value_info of the final graph for converters
-    symbolic = tuple(v.name for v in m.graph.input if v.name not in {i.name for i in m.graph.initializer}
-                     and any(not (d.HasField("dim_value") and d.dim_value > 0) for d in v.type.tensor_type.shape.dim))
-    report = CanonReport(batch, tuple(fixed), folded, dead, moved, tuple(n for n in new_consts if n in used),
-                         tuple(i.name for i in removed_inits), tuple(i.name for i in removed_inits if _is_weight(i)), symbolic,
-                         before, len(m.graph.node), passes)
+    symbolic = tuple(
+        v.name
+        for v in m.graph.input
+        if v.name not in {i.name for i in m.graph.initializer}
+        and any(not (d.HasField("dim_value") and d.dim_value > 0) for d in v.type.tensor_type.shape.dim)
+    )
+    report = CanonReport(
+        batch,
+        tuple(fixed),
+        folded,
+        dead,
+        moved,
+        tuple(n for n in new_consts if n in used),
+        tuple(i.name for i in removed_inits),
+        tuple(i.name for i in removed_inits if _is_weight(i)),
+        symbolic,
+        before,
+        len(m.graph.node),
+        passes,
+    )
     return m, report

@@ -74,7 +74,7 @@ class WeightPiece:
 
     def take(self, source: np.ndarray) -> np.ndarray:
         """The piece's values, cut from the source tensor's values."""
-        a = np.asarray(source)[0, self.start:self.stop]
+        a = np.asarray(source)[0, self.start : self.stop]
         return np.ascontiguousarray(a.T) if self.transposed else a
 
 
@@ -102,9 +102,17 @@ class Rewrite:
 
     def to_dict(self) -> dict:
         """JSON-ready form (for convert.json)."""
-        return {"rule": self.rule, "op": self.op, "nodes": list(self.nodes), "replacement": self.replacement,
-                "added": dict(self.added), "max_error": self.max_error,
-                "pieces": [{"name": p.name, "source": p.source, "start": p.start, "stop": p.stop, "transposed": p.transposed} for p in self.pieces]}
+        return {
+            "rule": self.rule,
+            "op": self.op,
+            "nodes": list(self.nodes),
+            "replacement": self.replacement,
+            "added": dict(self.added),
+            "max_error": self.max_error,
+            "pieces": [
+                {"name": p.name, "source": p.source, "start": p.start, "stop": p.stop, "transposed": p.transposed} for p in self.pieces
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -135,8 +143,14 @@ class Deviation:
 
     def to_dict(self) -> dict:
         """JSON-ready form (for convert.json)."""
-        return {"max_abs": self.max_abs, "max_rel": self.max_rel, "per_output": dict(self.per_output), "scale": self.scale, "n": self.n,
-                "seed": self.seed}
+        return {
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "per_output": dict(self.per_output),
+            "scale": self.scale,
+            "n": self.n,
+            "seed": self.seed,
+        }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -267,8 +281,17 @@ class Builder:
 
     def slice(self, x: str, start: int, stop: int, axis: int, hint: str = "slice", out: str | None = None) -> str:
         i64 = np.dtype(np.int64)
-        return self.op("Slice", [x, self.const(np.array([start], np.int64), "starts", i64), self.const(np.array([stop], np.int64), "ends", i64),
-                                 self.const(np.array([axis], np.int64), "axes", i64)], hint, out)
+        return self.op(
+            "Slice",
+            [
+                x,
+                self.const(np.array([start], np.int64), "starts", i64),
+                self.const(np.array([stop], np.int64), "ends", i64),
+                self.const(np.array([axis], np.int64), "axes", i64),
+            ],
+            hint,
+            out,
+        )
 
     def added(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -352,13 +375,19 @@ class Gap:
 # activations), ReduceMean, Mul/Add/Sub, Pow(2), LayerNormalization (int8), HardSwish (int8), Reshape/Slice.
 _ONNX2TF = "onnx2tf 1.28.8 has no converter for it"
 _WHILE = "a WHILE loop, whose weights sit in a loop-body subgraph that ai-edge-quantizer does not calibrate"
-_GRU = ("onnx2tf 1.28.8 fails on torch's GRU when given -b 1, as the converter runs it ('cannot convert ONNX node ... GRU': "
-        "a Split that does not divide); without -b 1 it writes " + _WHILE)
-_LSTM = ("onnx2tf 1.28.8 fails on an LSTM without initial state (ValueError: initial_state not compatible with cell.state_size, "
-         "also with -eru) and writes one with initial state as " + _WHILE + "; it never emits the fused UNIDIRECTIONAL_SEQUENCE_LSTM "
-         "(its LSTM is a custom Keras cell in an RNN layer)")
-_RNN = ("onnx2tf 1.28.8 writes " + _WHILE + ", and its float output was wrong (0.81 max abs deviation from onnxruntime on a "
-        "5-step test; ai-edge-quantizer: 'Tensor data is null')")
+_GRU = (
+    "onnx2tf 1.28.8 fails on torch's GRU when given -b 1, as the converter runs it ('cannot convert ONNX node ... GRU': "
+    "a Split that does not divide); without -b 1 it writes " + _WHILE
+)
+_LSTM = (
+    "onnx2tf 1.28.8 fails on an LSTM without initial state (ValueError: initial_state not compatible with cell.state_size, "
+    "also with -eru) and writes one with initial state as " + _WHILE + "; it never emits the fused UNIDIRECTIONAL_SEQUENCE_LSTM "
+    "(its LSTM is a custom Keras cell in an RNN layer)"
+)
+_RNN = (
+    "onnx2tf 1.28.8 writes " + _WHILE + ", and its float output was wrong (0.81 max abs deviation from onnxruntime on a "
+    "5-step test; ai-edge-quantizer: 'Tensor data is null')"
+)
 
 GAPS: dict[str, dict[str, Gap]] = {
     "ort": {},
@@ -375,12 +404,16 @@ GAPS: dict[str, dict[str, Gap]] = {
         "Gelu": Gap("tflite-micro has no GELU kernel (Didn't find op for builtin opcode 'GELU')", ("gelu_tanh",)),
         "Erf": Gap("onnx2tf emits TensorFlow's Erf, which has no TFLite builtin", ("gelu_erf_pattern", "erf_tanh")),
         "Softplus": Gap("onnx2tf emits EXP/LOG, which ai-edge-quantizer leaves in float (not full integer)", ("softplus_sigmoid",)),
-        "LayerNormalization": Gap("with int16 activations onnx2tf's SQUARED_DIFFERENCE stays float in ai-edge-quantizer (int8 is full "
-                                  "integer); the decomposition (MEAN/SUB/MUL/RSQRT) is full integer at both widths",
-                                  ("layernorm_decompose",)),
+        "LayerNormalization": Gap(
+            "with int16 activations onnx2tf's SQUARED_DIFFERENCE stays float in ai-edge-quantizer (int8 is full "
+            "integer); the decomposition (MEAN/SUB/MUL/RSQRT) is full integer at both widths",
+            ("layernorm_decompose",),
+        ),
         "HardSwish": Gap("with int16 activations HARD_SWISH stays float in ai-edge-quantizer (int8 is full integer)", ("hardswish_relu6",)),
-        "Add": Gap("a constant with -inf (an attention mask) quantizes to a scale of ~1e36 and tflite-micro aborts (exit -6) in ADD",
-                   ("finite_mask",)),
+        "Add": Gap(
+            "a constant with -inf (an attention mask) quantizes to a scale of ~1e36 and tflite-micro aborts (exit -6) in ADD",
+            ("finite_mask",),
+        ),
         "Gather": Gap("tflite-micro's GATHER has no int16 kernel (\"Type 'INT16' is not supported by gather\")", ("gather_slice",)),
         "com.microsoft.QuickGelu": Gap(_ONNX2TF, ("quickgelu_sigmoid",)),
         "com.microsoft.FusedMatMul": Gap(_ONNX2TF, ("fusedmatmul_matmul",)),
@@ -521,9 +554,17 @@ def legalize(proto: onnx.ModelProto, runtime: str, table: Mapping[str, Gap] | No
         new_nodes[k] = rep.builder.nodes
         new_inits.extend(rep.builder.inits)
         drop.update(rep.drop_inits)
-        rewrites.append(Rewrite(rule, op_key(node),
-                                tuple(_node_label(n) for n in sorted(rep.remove, key=lambda n: index[id(n)])),
-                                rep.replacement, rep.builder.added(), rep.max_error, rep.pieces))
+        rewrites.append(
+            Rewrite(
+                rule,
+                op_key(node),
+                tuple(_node_label(n) for n in sorted(rep.remove, key=lambda n: index[id(n)])),
+                rep.replacement,
+                rep.builder.added(),
+                rep.max_error,
+                rep.pieces,
+            )
+        )
     if not rewrites:
         return out, []
     merged: list[onnx.NodeProto] = []
@@ -579,8 +620,9 @@ def _random_feeds(proto: onnx.ModelProto, n: int, rng: np.random.Generator, scal
     return feeds
 
 
-def measure_deviation(original: onnx.ModelProto, rewritten: onnx.ModelProto, n: int = 4, seed: int = 0, scale: float = 1.0,
-                      rounds: int = 4) -> Deviation:
+def measure_deviation(
+    original: onnx.ModelProto, rewritten: onnx.ModelProto, n: int = 4, seed: int = 0, scale: float = 1.0, rounds: int = 4
+) -> Deviation:
     """Max abs and normwise relative deviation of the graph outputs on random inputs (onnxruntime).
 
     Inputs are N(0, scale^2) in each float input; symbolic dimensions (the batch) take ``n``.
@@ -860,8 +902,9 @@ def _finite_mask(g: GraphView, node: onnx.NodeProto) -> Replacement | str | None
         ins[k] = finite
         b.op("Add", ins, "add", out=node.output[0])
         # the bound: a masked softmax weight is at most exp(-MASK_LIMIT + 14) instead of 0 (scores within 14)
-        return Replacement([node], b, f"'{name}' with +-inf replaced by +-{MASK_LIMIT:g} in '{finite}'", math.exp(-MASK_LIMIT + 14.0),
-                           drop_inits=(name,))
+        return Replacement(
+            [node], b, f"'{name}' with +-inf replaced by +-{MASK_LIMIT:g} in '{finite}'", math.exp(-MASK_LIMIT + 14.0), drop_inits=(name,)
+        )
     return None
 
 
@@ -886,7 +929,9 @@ def _gather_slice(g: GraphView, node: onnx.NodeProto) -> Replacement | str | Non
     elif idx.ndim == 1:
         b.slice(node.input[0], i, i + 1, axis, out=node.output[0])
     else:  # indices of shape [1, 1, ...]: the extra axes come in after `axis`
-        b.axes_op("Unsqueeze", b.slice(node.input[0], i, i + 1, axis), list(range(axis + 1, axis + idx.ndim)), "unsqueeze", out=node.output[0])
+        b.axes_op(
+            "Unsqueeze", b.slice(node.input[0], i, i + 1, axis), list(range(axis + 1, axis + idx.ndim)), "unsqueeze", out=node.output[0]
+        )
     return Replacement([node], b, f"Slice [{i}:{i + 1}] on axis {axis}" + (" + Squeeze" if idx.ndim == 0 else ""), 0.0)
 
 
@@ -950,7 +995,9 @@ def _dft(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
         re, im = b.op("Transpose", [re], "re_back", perm=inv), b.op("Transpose", [im], "im_back", perm=inv)
     re, im = b.axes_op("Unsqueeze", re, [last], "re_u"), b.axes_op("Unsqueeze", im, [last], "im_u")
     b.op("Concat", [re, im], "complex", out=node.output[0], axis=last)
-    what = f"{'inverse ' if inverse else ''}{'onesided ' if onesided else ''}DFT of length {n_fft} -> MatMul with [{n_in}, {k}] cos/sin bases"
+    what = (
+        f"{'inverse ' if inverse else ''}{'onesided ' if onesided else ''}DFT of length {n_fft} -> MatMul with [{n_in}, {k}] cos/sin bases"
+    )
     return Replacement([node], b, what, 0.0)
 
 
@@ -1100,8 +1147,10 @@ CONCAT_MAX_INPUTS = 10  # tflite-micro's CONCATENATION: "num_inputs <= kMaxInput
 def _concat(b: Builder, parts: list[str], axis: int, out: str | None) -> str:
     """Concat in a tree of at most CONCAT_MAX_INPUTS inputs per node."""
     while len(parts) > CONCAT_MAX_INPUTS:
-        parts = [b.op("Concat", parts[k:k + CONCAT_MAX_INPUTS], "y_part", axis=axis) if len(parts[k:k + CONCAT_MAX_INPUTS]) > 1
-                 else parts[k] for k in range(0, len(parts), CONCAT_MAX_INPUTS)]
+        parts = [
+            b.op("Concat", parts[k : k + CONCAT_MAX_INPUTS], "y_part", axis=axis) if len(parts[k : k + CONCAT_MAX_INPUTS]) > 1 else parts[k]
+            for k in range(0, len(parts), CONCAT_MAX_INPUTS)
+        ]
     return b.op("Concat", parts, "y_seq", out=out, axis=axis)
 
 
@@ -1180,8 +1229,14 @@ def _gru(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
         h = b.sub(hh, b.mul(z, hh, "z_hh"), "h") if h is None else b.add(hh, b.mul(z, b.sub(h, hh, "h_minus_hh"), "z_d"), "h")
         hs.append(h)
     extra = _outputs(g, b, cell, hs, None)
-    return Replacement([node, *extra], b, f"GRU unrolled over {cell.length} steps (hidden {cell.hidden}, linear_before_reset={lbr})", 0.0,
-                        tuple(cell.pieces), tuple(cell.drop))
+    return Replacement(
+        [node, *extra],
+        b,
+        f"GRU unrolled over {cell.length} steps (hidden {cell.hidden}, linear_before_reset={lbr})",
+        0.0,
+        tuple(cell.pieces),
+        tuple(cell.drop),
+    )
 
 
 @register("lstm_unroll", "LSTM", "LSTM (forward/reverse, layout 0, fixed length, peepholes) -> unrolled MatMul/Add/Sigmoid/Tanh/Mul")
@@ -1210,8 +1265,14 @@ def _lstm(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
         hs.append(h)
         cs.append(c)
     extra = _outputs(g, b, cell, hs, cs)
-    return Replacement([node, *extra], b, f"LSTM unrolled over {cell.length} steps (hidden {cell.hidden}{', peepholes' if cell.p else ''})", 0.0,
-                        tuple(cell.pieces), tuple(cell.drop))
+    return Replacement(
+        [node, *extra],
+        b,
+        f"LSTM unrolled over {cell.length} steps (hidden {cell.hidden}{', peepholes' if cell.p else ''})",
+        0.0,
+        tuple(cell.pieces),
+        tuple(cell.drop),
+    )
 
 
 @register("rnn_unroll", "RNN", "RNN (tanh, forward/reverse, layout 0, fixed length) -> unrolled MatMul/Add/Tanh")
@@ -1229,4 +1290,6 @@ def _rnn(g: GraphView, node: onnx.NodeProto) -> Replacement | str:
         h = b.op("Tanh", [_sum(b, [_proj(b, cell, xs[t], "i", bias), _rec(b, h, cell, "i")], "pre")], "h")
         hs.append(h)
     extra = _outputs(g, b, cell, hs, None)
-    return Replacement([node, *extra], b, f"RNN unrolled over {cell.length} steps (hidden {cell.hidden})", 0.0, tuple(cell.pieces), tuple(cell.drop))
+    return Replacement(
+        [node, *extra], b, f"RNN unrolled over {cell.length} steps (hidden {cell.hidden})", 0.0, tuple(cell.pieces), tuple(cell.drop)
+    )

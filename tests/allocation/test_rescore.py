@@ -70,7 +70,9 @@ def test_rescoring_repairs_a_plan_whose_gains_are_wrong(setup) -> None:
     wrong = {g.name: gains[len(gains) - 1 - i] for i, g in enumerate(order)}
     gammas = sorted(g.gamma for g in s.groups)
     wrong_gamma = {g.name: gammas[len(gammas) - 1 - i] for i, g in enumerate(sorted(s.groups, key=lambda g: g.gamma))}
-    bad = s.model_copy(update={"groups": tuple(g.model_copy(update={"gain": wrong[g.name], "gamma": wrong_gamma[g.name]}) for g in s.groups)})
+    bad = s.model_copy(
+        update={"groups": tuple(g.model_copy(update={"gain": wrong[g.name], "gamma": wrong_gamma[g.name]}) for g in s.groups)}
+    )
     opts = PlanOptions(ratio=0.2)
     naive = make_plan(bad, m, t, opts)
     fixed = rescore(bad, m, t, opts, spec, ctx, settings=RescoreSettings(rollout_budget=300))

@@ -45,11 +45,16 @@ def _w(*shape: int, seed: int = 0, scale: float = 1.0) -> np.ndarray:
     return (scale * rng.standard_normal(shape) / math.sqrt(shape[-1])).astype(np.float32)
 
 
-def _model(nodes: list, inits: list, ins: list[tuple[str, list]], outs: list[tuple[str, list]], opset: int = 17,
-           extra: tuple = ()) -> onnx.ModelProto:
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in ins],
-                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outs],
-                          [numpy_helper.from_array(a, n) for n, a in inits])
+def _model(
+    nodes: list, inits: list, ins: list[tuple[str, list]], outs: list[tuple[str, list]], opset: int = 17, extra: tuple = ()
+) -> onnx.ModelProto:
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in ins],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outs],
+        [numpy_helper.from_array(a, n) for n, a in inits],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset), *extra])
     m.ir_version = 8 if opset < 20 else 9
     return m
@@ -57,38 +62,67 @@ def _model(nodes: list, inits: list, ins: list[tuple[str, list]], outs: list[tup
 
 def _unary(op: str, opset: int = 17, domain: str = "", **attrs) -> onnx.ModelProto:
     extra = (MS,) if domain else ()
-    return _model([helper.make_node(op, ["x"], ["y"], name="act", domain=domain, **attrs)], [], [("x", ["B", 4, 8])],
-                  [("y", ["B", 4, 8])], opset, extra)
+    return _model(
+        [helper.make_node(op, ["x"], ["y"], name="act", domain=domain, **attrs)],
+        [],
+        [("x", ["B", 4, 8])],
+        [("y", ["B", 4, 8])],
+        opset,
+        extra,
+    )
 
 
 def _gelu_erf(half_first: bool, use_mul: bool = False) -> onnx.ModelProto:
     """GELU as torch's exporters write it: x*0.5*(1+Erf(x/sqrt2)), in both multiplication orders."""
-    nodes = [helper.make_node("Mul", ["x", "inv_sqrt2"], ["s"]) if use_mul else helper.make_node("Div", ["x", "sqrt2"], ["s"]),
-             helper.make_node("Erf", ["s"], ["e"], name="erf"), helper.make_node("Add", ["e", "one"], ["a"])]
+    nodes = [
+        helper.make_node("Mul", ["x", "inv_sqrt2"], ["s"]) if use_mul else helper.make_node("Div", ["x", "sqrt2"], ["s"]),
+        helper.make_node("Erf", ["s"], ["e"], name="erf"),
+        helper.make_node("Add", ["e", "one"], ["a"]),
+    ]
     if half_first:
         nodes += [helper.make_node("Mul", ["x", "half"], ["h"]), helper.make_node("Mul", ["h", "a"], ["y"])]
     else:
         nodes += [helper.make_node("Mul", ["x", "a"], ["m"]), helper.make_node("Mul", ["m", "half"], ["y"])]
-    inits = [("sqrt2", np.array(math.sqrt(2), np.float32)), ("inv_sqrt2", np.array(1 / math.sqrt(2), np.float32)),
-             ("one", np.array(1.0, np.float32)), ("half", np.array(0.5, np.float32))]
+    inits = [
+        ("sqrt2", np.array(math.sqrt(2), np.float32)),
+        ("inv_sqrt2", np.array(1 / math.sqrt(2), np.float32)),
+        ("one", np.array(1.0, np.float32)),
+        ("half", np.array(0.5, np.float32)),
+    ]
     return _model(nodes, inits, [("x", ["B", 8])], [("y", ["B", 8])])
 
 
 def _layernorm(axis: int = -1) -> onnx.ModelProto:
     """LayerNormalization over the last axis (axis=-1) or the last two (axis=1) of x[B, 4, 8]."""
     shape = (8,) if axis == -1 else (4, 8)
-    return _model([helper.make_node("LayerNormalization", ["x", "ln.weight", "ln.bias"], ["y"], name="ln", axis=axis, epsilon=1e-5)],
-                  [("ln.weight", 1 + _w(*shape, seed=1)), ("ln.bias", _w(*shape, seed=2))], [("x", ["B", 4, 8])], [("y", ["B", 4, 8])])
+    return _model(
+        [helper.make_node("LayerNormalization", ["x", "ln.weight", "ln.bias"], ["y"], name="ln", axis=axis, epsilon=1e-5)],
+        [("ln.weight", 1 + _w(*shape, seed=1)), ("ln.bias", _w(*shape, seed=2))],
+        [("x", ["B", 4, 8])],
+        [("y", ["B", 4, 8])],
+    )
 
 
 def _fusedmatmul(trans_a: int, trans_b: int, alpha: float) -> onnx.ModelProto:
     a_shape = ["B", 8, 4] if trans_a else ["B", 4, 8]
     w = _w(6, 8, seed=3) if trans_b else _w(8, 6, seed=3)
-    return _model([helper.make_node("FusedMatMul", ["x", "fc.weight"], ["y"], name="fmm", domain="com.microsoft", alpha=alpha, transA=trans_a,
-                                    transB=trans_b)], [("fc.weight", w)], [("x", a_shape)], [("y", ["B", 4, 6])], 17, (MS,))
+    return _model(
+        [
+            helper.make_node(
+                "FusedMatMul", ["x", "fc.weight"], ["y"], name="fmm", domain="com.microsoft", alpha=alpha, transA=trans_a, transB=trans_b
+            )
+        ],
+        [("fc.weight", w)],
+        [("x", a_shape)],
+        [("y", ["B", 4, 6])],
+        17,
+        (MS,),
+    )
 
 
-def _dft(opset: int, n: int, complex_in: bool, onesided: int, inverse: int = 0, axis: int = 1, length: int | None = None) -> onnx.ModelProto:
+def _dft(
+    opset: int, n: int, complex_in: bool, onesided: int, inverse: int = 0, axis: int = 1, length: int | None = None
+) -> onnx.ModelProto:
     """x[B, n, 3, c] (c = 2 if complex) -> DFT along an axis; rank 4 so a non-last signal axis is testable."""
     shape = ["B", n, 3, 2 if complex_in else 1] if axis == 1 else ["B", 3, n, 2 if complex_in else 1]
     n_fft = length or n
@@ -105,23 +139,43 @@ def _dft(opset: int, n: int, complex_in: bool, onesided: int, inverse: int = 0, 
         inits.append(("axis", np.array(axis, np.int64)))
     else:
         attrs["axis"] = axis
-    g = helper.make_graph([helper.make_node("DFT", ins, ["y"], name="dft", **attrs)], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], [numpy_helper.from_array(a, nm) for nm, a in inits])
+    g = helper.make_graph(
+        [helper.make_node("DFT", ins, ["y"], name="dft", **attrs)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)],
+        [numpy_helper.from_array(a, nm) for nm, a in inits],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 9 if opset >= 20 else 8
     return m
 
 
-def _recurrent(kind: str, length: int = 6, c: int = 5, hidden: int = 7, *, init: bool = False, reverse: bool = False, lbr: int = 0,
-               peepholes: bool = False, outputs: tuple[int, ...] = (0, 1), seq_lens: bool = False, batch: int | str = "B") -> onnx.ModelProto:
+def _recurrent(
+    kind: str,
+    length: int = 6,
+    c: int = 5,
+    hidden: int = 7,
+    *,
+    init: bool = False,
+    reverse: bool = False,
+    lbr: int = 0,
+    peepholes: bool = False,
+    outputs: tuple[int, ...] = (0, 1),
+    seq_lens: bool = False,
+    batch: int | str = "B",
+) -> onnx.ModelProto:
     """x[L, B, C] -> an ONNX GRU/LSTM/RNN (layout 0) with seeded weights; the outputs asked for.
 
     seq_lens: a constant sequence_lens of the full length (its shape is [B], so the batch is fixed to 3)."""
     if seq_lens:
         batch = 3
     gates = {"GRU": 3, "LSTM": 4, "RNN": 1}[kind]
-    inits = [("cell.W", _w(1, gates * hidden, c, seed=10)), ("cell.R", _w(1, gates * hidden, hidden, seed=11)),
-             ("cell.B", _w(1, 2 * gates * hidden, seed=12, scale=3.0))]
+    inits = [
+        ("cell.W", _w(1, gates * hidden, c, seed=10)),
+        ("cell.R", _w(1, gates * hidden, hidden, seed=11)),
+        ("cell.B", _w(1, 2 * gates * hidden, seed=12, scale=3.0)),
+    ]
     ins = ["x", "cell.W", "cell.R", "cell.B", "lens" if seq_lens else "", "h0" if init else ""]
     graph_ins = [("x", [length, batch, c])]
     if seq_lens:
@@ -143,23 +197,33 @@ def _recurrent(kind: str, length: int = 6, c: int = 5, hidden: int = 7, *, init:
     while node_outs and not node_outs[-1]:
         node_outs.pop()
     shapes = {"Y": [length, 1, batch, hidden], "Y_h": [1, batch, hidden], "Y_c": [1, batch, hidden]}
-    m = _model([helper.make_node(kind, ins, node_outs, name="cell", **attrs)], inits, graph_ins, [(names[k], shapes[names[k]]) for k in outputs])
+    m = _model(
+        [helper.make_node(kind, ins, node_outs, name="cell", **attrs)], inits, graph_ins, [(names[k], shapes[names[k]]) for k in outputs]
+    )
     return m
 
 
 def _gather(index: np.ndarray, axis: int = 1) -> onnx.ModelProto:
     """tanh(x)[B, 4, 8] -> Gather of one constant index (x[:, i] as torch writes it)."""
     shape: list = ["B", 4, 8]
-    out = shape[:axis] + list(index.shape) + shape[axis + 1:]
-    return _model([helper.make_node("Tanh", ["x"], ["t"]), helper.make_node("Gather", ["t", "i"], ["y"], name="pick", axis=axis)],
-                  [("i", index)], [("x", shape)], [("y", out)])
+    out = shape[:axis] + list(index.shape) + shape[axis + 1 :]
+    return _model(
+        [helper.make_node("Tanh", ["x"], ["t"]), helper.make_node("Gather", ["t", "i"], ["y"], name="pick", axis=axis)],
+        [("i", index)],
+        [("x", shape)],
+        [("y", out)],
+    )
 
 
 def _masked_softmax() -> onnx.ModelProto:
     """softmax(x + mask) with a causal mask of 0 / -inf held as an initializer (as the dynamo exporter writes it)."""
     mask = np.triu(np.full((4, 4), -np.inf, np.float32), k=1)
-    return _model([helper.make_node("Add", ["x", "mask"], ["s"], name="add_mask"), helper.make_node("Softmax", ["s"], ["y"], axis=-1)],
-                  [("mask", mask)], [("x", ["B", 2, 4, 4])], [("y", ["B", 2, 4, 4])])
+    return _model(
+        [helper.make_node("Add", ["x", "mask"], ["s"], name="add_mask"), helper.make_node("Softmax", ["s"], ["y"], axis=-1)],
+        [("mask", mask)],
+        [("x", ["B", 2, 4, 4])],
+        [("y", ["B", 2, 4, 4])],
+    )
 
 
 # (id, model builder, runtime or table, rule expected, analytic bound on the max abs deviation (0: exact);
@@ -176,7 +240,13 @@ CASES = [
     ("softplus_tflm", lambda: _unary("Softplus"), "tflm", "softplus_sigmoid", 6.8e-5),
     ("hardswish", lambda: _unary("HardSwish"), "tflm", "hardswish_relu6", 0.0),
     ("layernorm", lambda: _layernorm(), "tflm", "layernorm_decompose", 0.0),
-    ("layernorm_two_axes", lambda: _layernorm(1), {"LayerNormalization": Gap("test", ("layernorm_decompose",))}, "layernorm_decompose", 0.0),
+    (
+        "layernorm_two_axes",
+        lambda: _layernorm(1),
+        {"LayerNormalization": Gap("test", ("layernorm_decompose",))},
+        "layernorm_decompose",
+        0.0,
+    ),
     ("fusedmatmul_plain", lambda: _fusedmatmul(0, 0, 1.0), "tflite", "fusedmatmul_matmul", 0.0),
     ("fusedmatmul_trans_alpha", lambda: _fusedmatmul(1, 1, 0.5), "tflm", "fusedmatmul_matmul", 0.0),
     ("dft17_real_onesided", lambda: _dft(17, 16, False, 1), "tflite", "dft_matmul", 0.0),
@@ -244,8 +314,11 @@ def test_infinite_mask_becomes_finite_for_tflm_only() -> None:
 
 def test_approximations_are_what_they_claim() -> None:
     """The analytic bounds are tight: a coarser claim would hide a wrong coefficient."""
-    for build, target, bound in ((lambda: _unary("Gelu", 20), "tflm", 4.8e-4), (lambda: _unary("Erf"), "tflm", 3.6e-4),
-                                 (lambda: _unary("Softplus"), "tflm", 6.8e-5)):
+    for build, target, bound in (
+        (lambda: _unary("Gelu", 20), "tflm", 4.8e-4),
+        (lambda: _unary("Erf"), "tflm", 3.6e-4),
+        (lambda: _unary("Softplus"), "tflm", 6.8e-5),
+    ):
         proto, out, _ = _apply(build, target)
         dev = measure_deviation(proto, out, n=64, seed=2, scale=3.0)
         assert 0.5 * bound < dev.max_abs <= bound * 1.01
@@ -397,9 +470,17 @@ def test_canonicalize_keeps_a_symbolic_batch_and_still_folds_static_dims(circula
 
 def test_canonicalize_never_folds_a_weight() -> None:
     """Transpose(W) has only constant inputs, but W is a weight: folding would rename it."""
-    m = _model([helper.make_node("Transpose", ["fc.weight"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"]),
-                helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Identity", ["s"], ["dead"])],
-               [("fc.weight", _w(6, 8))], [("x", ["B", 8])], [("y", ["B", 6])])
+    m = _model(
+        [
+            helper.make_node("Transpose", ["fc.weight"], ["wt"], perm=[1, 0]),
+            helper.make_node("MatMul", ["x", "wt"], ["y"]),
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("Identity", ["s"], ["dead"]),
+        ],
+        [("fc.weight", _w(6, 8))],
+        [("x", ["B", 8])],
+        [("y", ["B", 6])],
+    )
     out, rep = canonicalize(m, batch=2)
     assert [n.op_type for n in out.graph.node] == ["Transpose", "MatMul"] and [i.name for i in out.graph.initializer] == ["fc.weight"]
     assert rep.removed_dead == {"Shape": 1, "Identity": 1} and rep.folded == {}
@@ -561,16 +642,18 @@ def _tflm(out_dir: Path, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], w
     from ai_edge_quantizer.utils import qsv_utils
 
     fpath = work / "sig.tflite"
-    r = subprocess.run([sys.executable, "-c", _SAVED_TO_TFLITE, str(out_dir), str(fpath)], check=False, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-c", _SAVED_TO_TFLITE, str(out_dir), str(fpath)], check=False, capture_output=True, text=True, timeout=900
+    )
     if r.returncode:
         ops = sorted(set(re.findall(r'"(tf\.\w+)"', r.stderr)))
         return None, f"TensorFlow converter fails on {ops}: " + r.stderr.strip().splitlines()[-1][:200]
     fbuf = fpath.read_bytes()
-    (name, x), = feeds.items()
+    ((name, x),) = feeds.items()
     from ai_edge_litert.interpreter import Interpreter
 
     sig = Interpreter(model_content=fbuf).get_signature_runner().get_input_details()
-    (key, detail), = sig.items()
+    ((key, detail),) = sig.items()
     perm = _perm_to(x, tuple(detail["shape"]))
     rows = []
     for s in range(16):
@@ -583,23 +666,33 @@ def _tflm(out_dir: Path, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], w
             cal = calibrator.Calibrator(fbuf, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
             cal.calibrate({"serving_default": rows}, qt._recipe_manager)
             buf = bytes(qt.quantize(cal.get_model_qsvs()).quantized_model)
-    except Exception as exc:  # noqa: BLE001 - the quantizer raises several types
+    except Exception as exc:
         return None, f"ai-edge-quantizer: {type(exc).__name__}: {str(exc)[:300]}"
     floats = _float_ops(buf)
     if floats:
         return None, f"not full integer: float {sorted(set(floats))}"
     (work / "q.tflite").write_bytes(buf)
     np.savez(work / "feeds.npz", in0=np.ascontiguousarray(x if perm is None else x.transpose(perm)))
-    r = subprocess.run([sys.executable, "-c", _TFLM_RUN, str(work / "q.tflite"), str(work / "feeds.npz"), str(work / "y.npy")],
-                       check=False, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", _TFLM_RUN, str(work / "q.tflite"), str(work / "feeds.npz"), str(work / "y.npy")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if r.returncode:
         said = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip() and not ln.startswith(("Traceback", "  "))]
         return None, f"tflite-micro (exit {r.returncode}): " + " | ".join(said[-3:])[:300]
     return np.load(work / "y.npy"), ""
 
 
-def _route(proto: onnx.ModelProto, work: Path, feeds: dict[str, np.ndarray], ref: np.ndarray,
-           routes: tuple[str, ...] = ("tflite", "tflm8", "tflm16")) -> dict[str, object]:
+def _route(
+    proto: onnx.ModelProto,
+    work: Path,
+    feeds: dict[str, np.ndarray],
+    ref: np.ndarray,
+    routes: tuple[str, ...] = ("tflite", "tflm8", "tflm16"),
+) -> dict[str, object]:
     """route -> relative deviation from onnxruntime (max abs / max |ref|), or why it failed."""
     work.mkdir(parents=True, exist_ok=True)
     out_dir, why = _onnx2tf(proto, work)
@@ -673,8 +766,10 @@ def test_legalised_realistic_model_converts_and_runs_where_the_original_did_not(
     if tfl.SerializeToString() == tflm.SerializeToString():  # one conversion serves both
         after = _route(tfl, tmp_path / "after", feeds, ref)
     else:
-        after = {**_route(tfl, tmp_path / "after_tflite", feeds, ref, ("tflite",)),
-                 **_route(tflm, tmp_path / "after_tflm", feeds, ref, ("tflm8", "tflm16"))}
+        after = {
+            **_route(tfl, tmp_path / "after_tflite", feeds, ref, ("tflite",)),
+            **_route(tflm, tmp_path / "after_tflm", feeds, ref, ("tflm8", "tflm16")),
+        }
     print(f"\n{name} before {before}\n{name} after {after}")
     assert isinstance(after["tflite"], float) and after["tflite"] < 1e-3, after
     # full integer, calibrated on 16 random inputs: int8 activations are coarse on attention models, int16 are not
