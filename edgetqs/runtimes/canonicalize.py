@@ -319,7 +319,8 @@ def canonicalize(
     folded: dict[str, int] = {}
     new_consts: list[str] = []
     passes = 0
-    for passes in range(1, max_passes + 1):
+    while passes < max_passes:
+        passes += 1
         f = _Folder(m, max_elements)
         counts, done = f.fold_pass()
         if not done:
