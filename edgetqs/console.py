@@ -59,13 +59,13 @@ def _log_dir() -> Path:
 
 
 def _write_log(exc: BaseException) -> Path | None:
+    from .core.files import write_text
+
     try:
-        d = _log_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        p = d / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        p.write_text(f"edgetqs {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc)))
-        return p
-    except OSError:
+        p = _log_dir() / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        text = f"edgetqs {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc))
+        return write_text(p, text, policy="refuse_existing")  # never through a link planted at the name
+    except (OSError, EdgetqsError):
         return None
 
 
