@@ -300,6 +300,11 @@ def convert(
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
     _check_horizon(horizon)
     inp = inputs(model, contexts, project=project, k=k, fill=fill, log=log)
+    from .core.files import Policy, preflight
+    from .runtimes.convert import artifact_name
+
+    for name in (artifact_name(inp.model, fmt), "convert.json"):  # known before the conversion, not after it
+        preflight(Path(out_dir) / name, policy=Policy.REPLACE if overwrite else Policy.REFUSE_EXISTING)
     with new_folders(out_dir):
         return run(inp.model, p, fmt, Path(out_dir), inp.contexts, inp.spec, horizon=horizon, overwrite=overwrite, activations=activations)
 

@@ -173,7 +173,9 @@ def build(
 
     t = time.perf_counter()
     st.say(f"[1/5] score: {len(m.weights)} weights, {inp.contexts.k} contexts")
-    scores, cached, cpath = score_cached(m, inp.spec, inp.contexts, settings, force=force, progress=progress, notes=inp.notes, log=st.say)
+    scores, cached, cpath = score_cached(
+        m, inp.spec, inp.contexts, settings, force=force, progress=progress, notes=inp.notes, log=lambda msg: st.say(f"      note: {msg}")
+    )
     st.time("score", t)
     st.say(f"      {'reused cached scores' if cached else 'swept'} ({len(scores.groups)} groups, T={scores.horizon}) {cpath}")
     pause_point("build_scored")

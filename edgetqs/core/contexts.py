@@ -9,6 +9,7 @@ of them are taken evenly spread over the record, so the choice is deterministic.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,9 +83,11 @@ class Contexts:
         return self.info().model_dump(mode="json")
 
     def sha256(self) -> str:
-        """Hash of the arrays a rollout starts from (contexts and static inputs): part of the score cache key."""
+        """Hash of what a score depends on besides the model: the arrays a rollout starts from (contexts and
+        static inputs) and the spreads that normalise its errors (they come from the whole record, so two records
+        sharing the selected rows, or a record before and after a fill, score differently): the score cache key."""
         h = hashlib.sha256()
-        for a in self.arrays:
+        for a in (*self.arrays, *(np.asarray(s, np.float64) for s in self.spreads)):
             h.update(str(a.shape).encode() + str(a.dtype).encode())
             h.update(np.ascontiguousarray(a).tobytes())
         for k in sorted(self.statics):
@@ -164,8 +167,8 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
             arrays = {names[0]: grid}
         else:
             raise BadInputError(f"contexts file '{p}' has suffix '{suffix}'; expected .npy, .npz, .csv or .nc")
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"cannot read contexts file '{p}': {str(exc)[:300]}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise BadInputError(f"cannot read contexts file '{p}' ({type(exc).__name__}): {str(exc)[:300]}") from None
     for k, a in [*arrays.items(), *statics.items()]:
         if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
             raise BadInputError(f"contexts array '{k}' in '{p}' has dtype {a.dtype}; expected real numbers")

@@ -720,7 +720,7 @@ def atomic_write(
     done = False
     try:
         f: IO[Any] = os.fdopen(fd, mode, encoding=encoding) if mode == "w" else os.fdopen(fd, mode)
-        with f:
+        try:
             try:
                 yield f
             except OSError as exc:
@@ -730,8 +730,15 @@ def atomic_write(
             try:
                 f.flush()
                 os.fsync(f.fileno())
+                f.close()
             except OSError as exc:
                 raise _disk_error(exc, path, had_old) from None
+        finally:
+            if not f.closed:
+                # on the way out of an error: closing flushes what is still buffered, which fails again on a
+                # full disk; that second error would hide the first, and the temporary file is removed anyway
+                with suppress(OSError):
+                    f.close()
         pause_point("file_before_replace")
         try:
             _commit(tmp, path, policy, kind)

@@ -99,7 +99,8 @@ def _move_into(out: Path, files: list[Path], overwrite: bool) -> None:
     for f in files:
         dest = out / f.name
         if dest.is_symlink() or (dest.exists() and not dest.is_file()):
-            raise UnsafeTargetError(f"'{dest}' is not a regular file; edgetqs will not replace it: move it away or choose another --output")
+            what = "a symbolic link" if dest.is_symlink() else "not a regular file"
+            raise UnsafeTargetError(f"'{dest}' is {what}; edgetqs will not replace it: move it away or choose another --output")
         if overwrite:
             os.replace(f, dest)
         else:

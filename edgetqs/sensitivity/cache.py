@@ -125,11 +125,11 @@ def score_cached(
         if why is None:
             return cached, True, path
         if log:
-            log(f"note: the cached scores {path.name} were not reused ({why[:200]}); scoring again")
+            log(f"the cached scores {path.name} were not reused ({why[:200]}); scoring again")
     scores = run_sweep(model, spec, contexts, settings, workers=workers, progress=progress, notes=tuple(notes), strategy=strategy)
     try:
         scores.save(path, policy="replace")
     except (OSError, EdgetqsError) as exc:  # a read-only or full cache folder costs the reuse, not the result
         if log:
-            log(f"note: could not write the score cache {path} ({exc})")
+            log(f"could not write the score cache {path} ({exc})")
     return scores, False, path
