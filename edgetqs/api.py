@@ -226,6 +226,8 @@ def plan(
     from .core.results import describe_validation_error
     from .sensitivity.scores import Scores
 
+    if pareto is not None and not 2 <= pareto <= 1000:  # before any work (the front is planned last)
+        raise BadInputError(f"--pareto {pareto}; expected 2 to 1000 budgets")
     s = scores if isinstance(scores, Scores) else Scores.load(scores)
     proj = open_project(project)
     if isinstance(model, Model):

@@ -212,7 +212,7 @@ def toml_dumps(data: dict[str, Any]) -> str:
         if isinstance(v, float):
             return "nan" if math.isnan(v) else ("inf" if v == math.inf else "-inf" if v == -math.inf else repr(v))
         if isinstance(v, str):
-            return json.dumps(v)
+            return json.dumps(v, ensure_ascii=False)  # TOML has no surrogate-pair escapes: write the characters
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
         if isinstance(v, dict):
@@ -368,7 +368,7 @@ def classify(case: Case, r: Result, before: dict[str, str], after: dict[str, str
     text = r.stdout + r.stderr
     if r.hung:
         kind = "hang"
-    elif "Traceback (most recent call last)" in text or any("unexpected " in ln for ln in r.error_lines):
+    elif "Traceback (most recent call last)" in text or any(ln.startswith("error: unexpected ") for ln in r.error_lines):
         kind = "traceback"
     elif lost:
         kind = "lost"
@@ -411,11 +411,17 @@ JUNK = ("", " ", "abc", "x" * 5000, "é", "\u202e", *MARKUP, *PATHY, *NUMBERY, *
 
 
 def _int(text: str) -> int | None:
-    """What a command line reads as an integer (Python's int() of the text, as typer does), else None."""
+    """What a command line reads as an integer, else None: Python's int() of the text, or a float text with an
+    integral value (typer reads ``--seed 4.0`` as 4, the same number)."""
     try:
         return int(text)
     except ValueError:
+        pass
+    try:
+        f = float(text)
+    except ValueError:
         return None
+    return int(f) if math.isfinite(f) and f == int(f) and "e" not in text.lower() and "_" not in text else None
 
 
 def _float(text: str) -> float | None:
@@ -603,9 +609,9 @@ class InFile(Domain):
             data = (root / self.valid).read_bytes()
             made = st.one_of(
                 made,
-                st.integers(0, max(len(data) - 1, 0)).map(
-                    lambda n: Bad(f"in/cut{suffix}", ((f"in/cut{suffix}", data[:n]),), f"truncated at {n}")
-                ),
+                st.integers(0, max(len(data) - 1, 0))
+                .filter(lambda n: not valid(data[:n]))
+                .map(lambda n: Bad(f"in/cut{suffix}", ((f"in/cut{suffix}", data[:n]),), f"truncated at {n}")),
             )
         return st.one_of(st.sampled_from(self._base(root)), made)
 
@@ -822,18 +828,22 @@ def _artifact_variants(root: Path) -> list[Bad]:
 TARGETS = ("x86-64", "raspberrypi", "raspberrypi-zero2w", "stm32h743", "esp32s3", "nrf52840")
 MODEL = InFile("model", "m.onnx", ("rec.csv", "scores.json", "user.txt"), _onnx_variants)
 SCORED_MODEL = InFile("model", "m.onnx", ("rec.csv", "scores.json", "user.txt"), _scored_onnx_variants)  # plan, convert, check
-CONTEXTS = InFile("contexts", "rec.csv", ("m.onnx", "scores.json", "user.txt"), _contexts_variants)
+# truncated copies of the .npy (a CSV cut between two rows, or inside the last number, is a valid shorter record)
+CONTEXTS = InFile("contexts", "rec.npy", ("m.onnx", "scores.json", "user.txt"), _contexts_variants)
 
 
-def _empty_toml(data: bytes) -> bool:
-    """A file of blanks and comments is a valid project file: every setting at its default."""
+def _valid_project(data: bytes) -> bool:
+    """Contents that are a valid project file after all: blanks and comments (every setting at its default), or a
+    truncated copy that still ends between two whole lines of the workspace's project file."""
     try:
-        return tomllib.loads(data.decode()) == {}
+        parsed = tomllib.loads(data.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return False
+    flat = json.dumps(PROJECT_BASE, sort_keys=True)
+    return parsed == {} or all(json.dumps({k: v}, sort_keys=True)[1:-1] in flat for k, v in parsed.items() if not isinstance(v, dict))
 
 
-PROJECT = InFile("project", "p.toml", ("m.onnx", "rec.csv", "scores.json"), _toml_variants, empty_ok=True, valid_content=_empty_toml)
+PROJECT = InFile("project", "p.toml", ("m.onnx", "rec.csv", "scores.json"), _toml_variants, empty_ok=True, valid_content=_valid_project)
 SCORES = InFile(
     "scores",
     "scores.json",

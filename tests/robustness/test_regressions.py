@@ -721,3 +721,24 @@ def test_12_ssh_passes_the_destination_after_double_dash_and_trusts_only_the_nam
         os.chdir(here)
     assert not ready and "is empty" in why
     ws.restore()
+
+
+# ------------------------------------------------------------ found by the generated suite (-m fuzz)
+
+
+@pytest.mark.parametrize("text", ["x\x85y", "a\u2028b", "e\x1b[2Jf", "r\u202eev", "t\x1ew"], ids=["NEL", "LS", "ESC", "RLO", "RS"])
+def test_user_text_with_control_characters_stays_one_escaped_line(ws: robust.Workspace, text: str) -> None:
+    """A name with a line separator split the error in two (str.splitlines breaks at NEL, LS, RS...), and one with an
+    escape sequence could drive the terminal: such characters are now printed as their escapes."""
+    line = refused(ws, "score", "m.onnx", "-c", "rec.csv", "--static", text)
+    assert text.encode("unicode_escape").decode("ascii").split("\\")[1][:3] in line
+    assert line.isprintable()
+
+
+def test_pareto_0_is_refused_before_the_plan(ws: robust.Workspace) -> None:
+    refused(ws, "plan", "scores.json", "-t", "x86-64", "--model", "m.onnx", "-q", "-o", "out/p.json", "--pareto", "0", words="--pareto 0")
+
+
+def test_a_budget_of_400_digits_is_refused_not_an_overflow(ws: robust.Workspace) -> None:
+    line = refused(ws, "plan", "scores.json", "-t", "x86-64", "--model", "m.onnx", "--budget", "1" * 400, words="up to 1 PiB")
+    assert len(line) < 2100  # the quoted value is shortened, the advice kept
