@@ -126,7 +126,7 @@ class PlanOptions(Frozen):
     pins: tuple[Pin, ...] = ()
     rounding: str = "rtn"  # rtn (round-to-nearest) or gptq: how the converters round each integer tensor
     activations: str = "auto"  # float | int8 | int16 | auto (the target's preference for the runtime, [activations])
-    exact_bytes: bool = False  # full-integer runtimes: price from the graph the converter writes (needs its tools)
+    exact_bytes: bool = True  # full-integer runtimes: price from the graph the converter writes (its tools; else estimated, noted)
 
     @field_validator("pins", mode="before")
     @classmethod

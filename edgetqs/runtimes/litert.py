@@ -161,6 +161,17 @@ class Match:
     pos: int
     factor: float = 1.0
     users: int = 1
+    uses: tuple[tuple[str, str, int], ...] = ()  # every consumer: (scope, op, input position); an unrolled cell shares a weight
+
+    @property
+    def weight_scopes(self) -> list[tuple[str, str]]:
+        """(scope, op) of every consumer: each needs the tensor's recipe, or the quantizer applies its default to the shared tensor."""
+        return [(sc, op) for sc, op, _ in (self.uses or ((self.scope, self.op, self.pos),))]
+
+    @property
+    def only_weight_uses(self) -> bool:
+        """Every consumer takes it as the weight input of an op with its own weight scales."""
+        return all(WEIGHT_OPS.get(op) == pos for _, op, pos in (self.uses or ((self.scope, self.op, self.pos),)))
 
     @property
     def is_weight(self) -> bool:
@@ -241,6 +252,7 @@ def match_planned(prep: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str], sk
                     pos,
                     factor,
                     len(users),
+                    tuple((scope(sg, o), op_name(m, o, ops), ps) for o, ps in users),
                 )
             )
     return found, missing

@@ -221,6 +221,16 @@ def read_back(
     return checks, sum(i.nbytes for i in g.inits.values())
 
 
+def canonical_pricing(runtime: str, storage: Any, model: Model, activations: str) -> Any:
+    """Tensor-by-tensor prices (`packed_bytes`), with the non-weight bytes of the canonical graph the route writes."""
+    from .prepare import canonical_fixed_bytes
+    from .pricing import storage_pricing
+
+    p = storage_pricing(runtime, storage, activations)
+    p.fixed = canonical_fixed_bytes(model, runtime)
+    return p
+
+
 def validate_onnx(artifact: Path, ort_format: bool) -> None:
     from ..ondevice.runners import OrtRunner
 
@@ -234,11 +244,15 @@ class OrtRuntime(RuntimeInfo):
         from ..ondevice.runners import OrtRunner
 
         ints = job.plan_integers()
-        data, nbits = qdq_model(job.model, job.plan, integers=ints)
+        prep = job.prepared("ort")  # canonical graph: run-time shape/pad arithmetic folded, weights kept by name
+        data, nbits = qdq_model(prep.model, job.plan, integers=ints)
         artifact = job.work / job.file_name
         artifact.write_bytes(data)
-        checks, weight_bytes = read_back(artifact, job.model, job.plan, nbits, ints)
-        return Converted(artifact, checks, weight_bytes, OrtRunner(data, threads=0))
+        checks, weight_bytes = read_back(artifact, prep.model, job.plan, nbits, ints)
+        return Converted(artifact, checks, weight_bytes, OrtRunner(data, threads=0), notes=prep.notes(), facts={"prepared": prep.record()})
+
+    def pricing(self, model: Model, activations: str, exact: bool = False, auto: bool = False) -> Any:
+        return canonical_pricing(self.name, self.storage, model, activations)
 
     def open(self, artifact: Path, model: Model, facts: dict[str, Any]) -> Any:
         from ..ondevice.runners import OrtRunner

@@ -230,3 +230,20 @@ def _deviations(
         out[rule] = both(canon, alone)
     out["all"] = both(canon, legal)
     return out
+
+
+def canonical_fixed_bytes(model: Model, route: str) -> int:
+    """Bytes of the non-weight initializers of the graph ``route`` converts (its canonical form): folding turns
+    run-time shape, pad and index arithmetic into stored constants, which the artifact holds and the plan pays."""
+    from onnx import numpy_helper
+
+    from .canonicalize import CanonicalizeError, canonicalize
+
+    fixed = [i for i in model.inputs if i.shape and i.shape[0] is not None]
+    batch = 1 if route in BATCH1 and not fixed else None
+    try:
+        canon, _ = canonicalize(model.proto, batch)
+    except CanonicalizeError:
+        return model.fixed_bytes  # convert names the cause; the plan prices the graph as it is
+    weights = {w.name for w in model.weights}
+    return sum(numpy_helper.to_array(i).nbytes for i in canon.graph.initializer if i.name not in weights)

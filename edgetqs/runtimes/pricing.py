@@ -17,6 +17,10 @@ quantization parameters are paid only when the weight is planned per channel, so
 the weight's per-channel options and the plan moves them back onto the bias once chosen. The read-back
 after conversion compares these figures with the file, tensor by tensor.
 
+One thing is not priced: a bias shared by several kernels (the steps of an unrolled GRU/LSTM/RNN) gets
+one integer copy per distinct (input scale x weight scale), which calibration decides; convert.json
+says how many bytes such copies added (``facts.shared_bias_copies``).
+
 When the TFLite tools are missing (or for a quick plan), `analytic_pricing` applies the same rules to the
 ONNX graph; it cannot see what the converters fold, so its plans say ``exact: false``.
 """
@@ -237,6 +241,8 @@ def tflite_pricing(model: Model, runtime: str, activations: str, storage: Storag
                 fixed += QPARAM_BYTES * (channels(op, idx) - 1)
             continue
         ch = channels(op, idx) if role == "weight" and op is not None else 1
+        if match.piece != match.tensor and prep.source.layout(match.tensor).out_axis != 1:
+            ch = 1  # a gate piece of a recurrent weight planned per channel along its size-1 direction axis: one scale
         slots[match.tensor].append(Slot(role, n, ch, len(t.shape)))
     for w, cs in coupled.items():
         # a bias that is a planned weight takes its per-channel part only when its weight is per channel

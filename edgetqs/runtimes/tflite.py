@@ -52,7 +52,7 @@ def _match(prep: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str]) -> list[A
             "(it was folded or transformed, e.g. a division turned into a multiplication); pin it to fp32 and replan"
         )
     for f in found:
-        if f.users != 1 or not f.is_weight:
+        if not f.users or not f.only_weight_uses:
             raise ConvertError(
                 f"planned tensor '{f.tensor}' ({f.precision}) feeds {f.op or 'nothing'} input {f.pos} in the TFLite graph; ai-edge-quantizer "
                 f"quantizes only the weight input of {', '.join(sorted(WEIGHT_OPS))}: pin it to fp32 and replan"
@@ -145,7 +145,8 @@ class TfliteRuntime(RuntimeInfo):
         if matched:
             qt = quantizer.Quantizer(str(float_path))
             for f in matched:
-                _recipe(qt, f.scope, f.op, f.precision)
+                for sc, op in f.weight_scopes:  # an unrolled recurrent cell's steps share one weight
+                    _recipe(qt, sc, op, f.precision)
             with contextlib.redirect_stdout(io.StringIO()):  # the quantizer prints a size summary
                 buf = bytes(qt.quantize().quantized_model)
         else:

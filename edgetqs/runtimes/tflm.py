@@ -31,6 +31,7 @@ from ..core.quantize import Storage
 from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
 from .convert import TensorCheck
 from .litert import (
+    WEIGHT_OPS,
     float_tflite,
     input_perms,
     io_dicts,
@@ -40,6 +41,7 @@ from .litert import (
     quiet_tensorflow,
     refuse_other_rounding,
     schema,
+    scope,
     versions,
 )
 from .litert import require as _require
@@ -194,13 +196,16 @@ def quantize_static(
         p = f.precision
         if f.is_weight and p.kind == "int" and p.bits <= 8:  # the weight input; biases follow the kernel
             gran = qtyping.QuantGranularity.CHANNELWISE if p.granularity != "tensor" else qtyping.QuantGranularity.TENSORWISE
-            qt.add_static_config(
-                regex="^" + re.escape(f.scope) + "$",
-                operation_name=qtyping.TFLOperationName[f.op],
-                activation_num_bits=act_bits,
-                weight_num_bits=p.bits,
-                weight_granularity=gran,
-            )
+            for sc, op in f.weight_scopes:  # every consumer: the steps of an unrolled recurrent cell share one weight
+                if WEIGHT_OPS.get(op) is None:
+                    continue
+                qt.add_static_config(
+                    regex="^" + re.escape(sc) + "$",
+                    operation_name=qtyping.TFLOperationName[op],
+                    activation_num_bits=act_bits,
+                    weight_num_bits=p.bits,
+                    weight_granularity=gran,
+                )
     for sc in float_scopes:
         qt.update_quantization_recipe(
             regex="^" + re.escape(sc) + "$",
@@ -280,6 +285,7 @@ def _readback(buf: bytes, fm: Any, matched: list[Any]) -> tuple[dict[str, list[t
     by_name: dict[str, int] = {}
     for idx, t in enumerate(sg.tensors):
         by_name.setdefault(t.name.decode(), idx)
+    by_scope = {scope(sg, op): op for op in sg.operators}
     fsg = fm.subgraphs[0]
     out: dict[str, list[tuple[str, int]]] = {}
     for f in matched:
@@ -288,8 +294,11 @@ def _readback(buf: bytes, fm: Any, matched: list[Any]) -> tuple[dict[str, list[t
             out.setdefault(f.tensor, []).append(("missing", 0))
             continue
         t = sg.tensors[at]
-        b = m.buffers[t.buffer]
-        nbytes = (0 if b.data is None else len(b.data)) + qbytes(t)
+        # the copies the quantizer made for other consumers (a bias shared by the steps of an unrolled cell)
+        copies = {at} | {op.inputs[pos] for sc, _, pos in f.uses if (op := by_scope.get(sc)) is not None and pos < len(op.inputs)}
+        nbytes = sum(
+            (0 if (b := m.buffers[sg.tensors[i].buffer]).data is None else len(b.data)) + qbytes(sg.tensors[i]) for i in copies if i >= 0
+        )
         kind = types.get(t.type, "?")
         if kind in ("INT8", "INT16", "INT4"):
             n = len(t.quantization.scale) if t.quantization is not None and t.quantization.scale is not None else 0
@@ -304,6 +313,20 @@ def _readback(buf: bytes, fm: Any, matched: list[Any]) -> tuple[dict[str, list[t
         if b.data is not None and len(b.data):
             total += len(b.data) + qbytes(t)
     return out, total, floats
+
+
+def shared_copies(buf: bytes) -> tuple[int, int]:
+    """(count, bytes) of the constants ai-edge-quantizer duplicated because their consumers need different
+    quantization parameters (``*_duplicated*`` tensors: a bias shared by the steps of an unrolled cell)."""
+    fb = schema()
+    m = fb.ModelT.InitFromPackedBuf(buf, 0)
+    n = nbytes = 0
+    for t in m.subgraphs[0].tensors:
+        b = m.buffers[t.buffer]
+        if "_duplicated" in t.name.decode() and b.data is not None and len(b.data):
+            n += 1
+            nbytes += len(b.data) + qbytes(t)
+    return n, nbytes
 
 
 def _bits(precision: str) -> int:
@@ -437,6 +460,12 @@ def convert_tflm(job: ConvertJob) -> Converted:
     model = prep.model
     in_order, out_order = io_order(buf, [i.name for i in model.inputs], [o.name for o in model.outputs])
     stored, total, floats = _readback(buf, fm, matched)
+    dup_n, dup_bytes = shared_copies(buf)
+    if dup_n:
+        notes.append(
+            f"the quantizer stored {dup_n} extra copies of constants shared by several kernels ({dup_bytes:,} bytes; the steps of an "
+            "unrolled recurrent cell share biases whose scale differs per step after calibration): the plan does not price them"
+        )
     checks = tensor_checks(plan, stored, matched, act, floats)
     if floats:
         raise ConvertError(f"the TFLite-Micro model still has float tensors ({', '.join(floats[:4])}); TFLM needs a full-integer model")
@@ -464,6 +493,7 @@ def convert_tflm(job: ConvertJob) -> Converted:
         "tflm_inputs": in_order,
         "tflm_outputs": out_order,
         "prepared": prep.record(),
+        "shared_bias_copies": {"tensors": dup_n, "bytes": dup_bytes},
     }
     return Converted(artifact, checks, total, session, notes=notes, facts=facts, versions=versions(_PACKAGES))
 
