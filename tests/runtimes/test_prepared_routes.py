@@ -147,3 +147,21 @@ def test_ort_converts_the_canonical_graph_of_a_legacy_export(tmp_path: Path) -> 
     assert r.facts["prepared"]["deviation_canonicalize"]["contexts"]["max_rel"] < 1e-6
     assert r.facts["prepared"]["rewrites"] == []
     assert r.all_match and any(n.startswith("canonicalised: folded") for n in r.notes)
+
+
+@pytest.mark.mcu
+def test_lorenz96_int16x8_plan_prices_int64_biases_to_the_byte(tmp_path: Path) -> None:
+    """int16x8 kernels store int64 biases (issue 14: the plan said 16,568 B, the artifact stored 21,180 B)."""
+    inp = resolve(None, load_project(example_path("lorenz96") / "edgetqs.toml"), k=3)
+    s = run_sweep(inp.model, inp.spec, inp.contexts, ProbeSettings(horizon=5))
+    plan = make_plan(s, inp.model, STM, PlanOptions(runtime="tflm"))
+    assert plan.activations == "int16" and plan.pricing["exact"]
+    estimate = make_plan(s, inp.model, STM, PlanOptions(runtime="tflm", exact_bytes=False))
+    assert not estimate.pricing["exact"] and any("exact bytes" in n for n in estimate.notes)
+    r = convert(inp.model, plan, "tflm", tmp_path / "out", inp.contexts, inp.spec)
+    assert r.activations == "int16" and r.all_match
+    assert {t.found for t in r.tensors if t.name.endswith("bias")} == {"int64"}
+    _bytes_agree(plan, r)
+    assert r.facts["shared_bias_copies"]["bytes"] == 0
+    # the estimate from the ONNX graph alone is close (it cannot see what the converter folds), the exact price is exact
+    assert abs(estimate.weight_bytes - r.weight_bytes) < 0.01 * r.weight_bytes
