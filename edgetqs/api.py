@@ -314,7 +314,7 @@ def convert(
     rt = RUNTIMES.get(fmt)
     if activations not in ("auto", "float", "int16", "int8"):
         raise BadInputError(f"activations '{activations}'; expected auto, float, int16 or int8")
-    if activations != "auto" and not rt.full_integer and fmt != "ort":
+    if activations != "auto" and not rt.full_integer and not rt.integer_activations:
         raise BadInputError(
             f"--activations {activations}: {fmt} keeps float activations; ort and the full-integer formats (tflm) take an activation width"
         )

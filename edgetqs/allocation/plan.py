@@ -293,7 +293,7 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions,
             seen.setdefault(e.name, e)
         opts_ = list(seen.values())
         opts_ = _narrow_constants(opts_, pricing.role(w.name), pricing.activations) if rule == "optimiser" else opts_
-        if rule == "optimiser" and runtime == "ort" and pricing.activations == "int8" and model.role(w.name) in ("Conv.bias", "Gemm.bias"):
+        if rule == "optimiser" and pricing.activations == "int8" and not pricing.slots and model.role(w.name) in ("Conv.bias", "Gemm.bias"):
             # an integer kernel's bias is int32 at x_scale * w_scale (`edgetqs.runtimes.ort_static`): planned as its fp32 values
             opts_ = [FP32]
         res = np.array([residual_rms(arr, p, layout) for p in opts_])

@@ -104,6 +104,7 @@ class Runtime(Protocol):
     runner: str  # the on-device runner (`edgetqs.ondevice.runners.RUNNERS`)
     emulated: bool  # whether the emulated ARM Python can run it
     full_integer: bool  # activations are integers too (calibrated)
+    integer_activations: bool  # a float runtime that also takes static integer activations (ort: QDQ)
     also_reads: tuple[str, ...]
 
     def convert(self, job: ConvertJob) -> Converted: ...
@@ -142,6 +143,7 @@ class RuntimeInfo:
     runner: str = "onnxruntime"
     emulated: bool = True
     full_integer: bool = False
+    integer_activations: bool = False  # a float runtime that also takes static integer activations (ort: QDQ)
     also_reads: tuple[str, ...] = ()  # other suffixes recognised as this format (``.onnx`` for ``ort``)
 
     def pricing(self, model: Model, activations: str, exact: bool = False, auto: bool = False) -> Any:

@@ -320,5 +320,6 @@ RUNTIME = OrtRuntime(
     description="ONNX Runtime (.onnx, weight-only int8/int4 QDQ, fp16)",
     suffix=".ort.onnx",
     accepts=("ort", "ort-mobile"),
+    integer_activations=True,
     also_reads=(".onnx",),
 )
