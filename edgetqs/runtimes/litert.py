@@ -123,7 +123,7 @@ def float_tflite(model: Any, work: Path) -> Path:
         nodes = [n.name or n.output[0] for n in model.proto.graph.node if n.op_type == op]
         raise ConvertError(
             f"onnx2tf (the ONNX -> TFLite route) has no converter for the op {op} (ONNX node{'s' if len(nodes) > 1 else ''} "
-            f"{', '.join(repr(x) for x in nodes[:3])}); use --format ort or ort-mobile for this model"
+            f"{', '.join(repr(x) for x in nodes[:3])}) and edgetqs has no rewrite for it; {_ADVICE}"
         )
     failed = re.findall(r"onnx_op_name:\s*(\S+)", logs[-1]) or re.findall(r"onnx_op_name:\s*(\S+)", logs[0])
     ops_by_name = {n.name: n.op_type for n in model.proto.graph.node}
@@ -132,8 +132,15 @@ def float_tflite(model: Any, work: Path) -> Path:
     raise ConvertError(
         f"onnx2tf (the ONNX -> TFLite route) cannot convert {where}, with or without keeping the input layout"
         + (f": {last[-1][:300]}" if last else "")
-        + "; use --format ort or ort-mobile for this model"
+        + f"; {_ADVICE}"
     )
+
+
+# valid for any target (a target that runs only tflm refuses --format ort): issue 18
+_ADVICE = (
+    "replace the op in the model before exporting (an equivalent of MatMul/Add/Mul/Tanh/Sigmoid converts), "
+    "or plan for a target that runs ONNX Runtime (its runtimes include ort)"
+)
 
 
 @dataclass(frozen=True)
