@@ -111,8 +111,10 @@ def score(
         model: an .onnx path, a loaded `Model`, or a torch module (with ``example_input``); default: the project's.
         contexts: a contexts file (default: the project's; none: data-free spin-up from noise).
         settings / **options: probe settings (``probe``, ``horizon``, ``granularity``, ``ladder``, ``workers``...,
-            the keys of ``[score]`` in edgetqs.toml); they beat the project file.
-        cache: reuse (and fill) the score cache that `build` uses for the same model, contexts and settings.
+            the keys of ``[score]`` in edgetqs.toml); they beat the project file. ``backend`` (``serial``,
+            ``processes``, ``ray``) and ``address`` (a Ray cluster) say where the sweep runs; all give the same scores.
+        cache: reuse (and fill) the score cache that `build` uses for the same model, contexts and settings; a
+            sweep that is computed checkpoints its finished groups there, so the same call after a kill resumes it.
         force: rescore even when the cache holds these scores.
 
     Raises:
@@ -137,7 +139,7 @@ def score(
         seed=probe.seed,
         rollout=rollout,
     )
-    workers = cfg.workers or 1
+    workers = cfg.workers
     if cache:
         scores, cached, path = score_cached(
             inp.model,
@@ -150,11 +152,25 @@ def score(
             workers=workers,
             strategy=strategy,
             log=log,
+            backend=cfg.backend,
+            address=cfg.address,
         )
         if cached and log:
             log(f"reused cached scores {path} (same model, contexts and probe settings; --force scores again)")
         return scores
-    return run_sweep(inp.model, inp.spec, inp.contexts, probe, workers=workers, progress=progress, notes=inp.notes, strategy=strategy)
+    return run_sweep(
+        inp.model,
+        inp.spec,
+        inp.contexts,
+        probe,
+        workers=workers,
+        progress=progress,
+        notes=inp.notes,
+        strategy=strategy,
+        backend=cfg.backend,
+        address=cfg.address,
+        log=log,
+    )
 
 
 def _score_config(options: dict[str, Any]) -> ScoreConfig:

@@ -39,7 +39,8 @@ class RolloutConfig(Config):
 
 
 class ScoreConfig(Config):
-    """``[score]``: probe settings (see `edgetqs.sensitivity.scores.ProbeSettings`) and workers."""
+    """``[score]``: probe settings (see `edgetqs.sensitivity.scores.ProbeSettings`), and where the sweep runs:
+    ``workers``, ``backend`` (serial, processes, ray: `edgetqs.sensitivity.backends`) and the Ray ``address``."""
 
     probe: str | None = None
     granularity: Literal["tensor", "block"] | None = None
@@ -51,6 +52,8 @@ class ScoreConfig(Config):
     bits: int | None = None
     workers: int | None = None
     ladder: tuple[int, ...] | None = None
+    backend: str | None = None
+    address: str | None = None
 
 
 class ProjectFile(Config):
