@@ -7,6 +7,7 @@ needed, so frozen exports with fused operators work the same way.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -189,7 +190,7 @@ class Model:
             )
         return bytes(self.proto.SerializeToString())
 
-    def overridable_bytes(self, names: list[str] | None = None) -> bytes:
+    def overridable_bytes(self, names: list[str] | None = None) -> builtins.bytes:
         """The model with the given initializers (default: all weights) declared as graph inputs.
 
         onnxruntime treats an initializer that is also a graph input as a default that a feed
@@ -212,7 +213,7 @@ class Model:
             proto.ir_version = 4
         return proto.SerializeToString()
 
-    def with_weights(self, new: dict[str, np.ndarray]) -> bytes:
+    def with_weights(self, new: dict[str, np.ndarray]) -> builtins.bytes:
         """The model bytes with some initializers replaced (baked in as constants).
 
         Patches the shared proto in place and restores it, so a large model is not copied per call.
@@ -250,7 +251,9 @@ def _read_tensor(init: Any, path: Path | None) -> np.ndarray:
     if ext is None:
         return numpy_helper.to_array(init)
     if path is None:
-        raise BadModelError(f"initializer '{init.name}' keeps its data in '{ext.get('location')}', but the model has no folder to read it from")
+        raise BadModelError(
+            f"initializer '{init.name}' keeps its data in '{ext.get('location')}', but the model has no folder to read it from"
+        )
     dtype = np.dtype(FLOAT_TYPES[init.data_type]).newbyteorder("<")
     shape = tuple(int(d) for d in init.dims)
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
@@ -259,7 +262,9 @@ def _read_tensor(init: Any, path: Path | None) -> np.ndarray:
     try:
         arr = np.fromfile(file, dtype=dtype, count=count, offset=offset)
     except OSError as exc:
-        raise BadModelError(f"cannot read the data of initializer '{init.name}' from '{file}' ({exc}); keep the data file beside the model") from None
+        raise BadModelError(
+            f"cannot read the data of initializer '{init.name}' from '{file}' ({exc}); keep the data file beside the model"
+        ) from None
     if arr.size != count:
         raise BadModelError(f"'{file}' holds {arr.size} of the {count} values of initializer '{init.name}'; the data file is truncated")
     return arr.astype(dtype.newbyteorder("="), copy=False).reshape(shape)

@@ -211,7 +211,7 @@ class Rollout:
             from .session import SharedSession
 
             session = SharedSession(model, feed=True, threads=threads)  # weights overridable per run, shared with the model
-        elif session is None:
+        elif session is None and model_bytes is not None:
             from ..ondevice.runners import OrtRunner
 
             session = OrtRunner(model_bytes, ort_format=ort_format, threads=threads)

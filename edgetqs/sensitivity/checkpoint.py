@@ -73,7 +73,9 @@ class Checkpoint:
         self._synced = time.monotonic()
 
     @classmethod
-    def open(cls, path: Path, header: dict[str, Any], tasks: Sequence[Task], horizon: int) -> tuple[Checkpoint | None, dict[int, TaskResult], str]:
+    def open(
+        cls, path: Path, header: dict[str, Any], tasks: Sequence[Task], horizon: int
+    ) -> tuple[Checkpoint | None, dict[int, TaskResult], str]:
         """Open (or create) the checkpoint of the sweep ``header`` identifies.
 
         Returns:

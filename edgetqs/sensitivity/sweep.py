@@ -224,7 +224,7 @@ def run_sweep(
     *,
     backend: str | SweepBackend | None = None,
     address: str | None = None,
-    checkpoint: Path | None = None,
+    checkpoint: Path | str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Scores:
     """Score every weight group of ``model`` with TQS.
@@ -261,10 +261,11 @@ def run_sweep(
     if strategy not in STRATEGIES:
         raise BadInputError(f"strategy '{strategy}'; expected one of {', '.join(STRATEGIES)}")
     be = backend if backend is not None and not isinstance(backend, str) else make_backend(backend, workers, address)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
     with be:
         if settings.ladder:
-            return _with_ladder(model, spec, contexts, settings, be, progress, notes, strategy, checkpoint, log)
-        return _sweep(model, spec, contexts, settings, be, progress, notes, strategy, checkpoint, log)
+            return _with_ladder(model, spec, contexts, settings, be, progress, notes, strategy, ckpt, log)
+        return _sweep(model, spec, contexts, settings, be, progress, notes, strategy, ckpt, log)
 
 
 def _digest(arrays: Sequence[np.ndarray]) -> str:

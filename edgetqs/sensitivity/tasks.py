@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 
 from ..core.metrics import divergence
@@ -68,7 +69,7 @@ def context_shares(n_groups: int, k: int, n_params: int, fixed_batch: int | None
 
 def plan_tasks(n_groups: int, shares: Sequence[tuple[int, int]]) -> list[Task]:
     """Every (group, share) in order: group-major, so a group's results complete early."""
-    out = []
+    out: list[Task] = []
     for g in range(n_groups):
         for a, b in shares:
             out.append(Task(len(out), g, a, b))

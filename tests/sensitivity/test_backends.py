@@ -114,7 +114,6 @@ def test_a_killed_worker_process_has_its_tasks_run_again(wide: Path, tmp_path: P
 # --- Ray: a local cluster started here ----------------------------------------------------------------------
 
 
-
 @pytest.fixture(scope="module")
 def ray_cluster():
     import ray
@@ -200,3 +199,24 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("over_limit", [False, True])
+def test_external_data_models_sweep_like_the_inline_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, over_limit: bool) -> None:
+    import onnx
+
+    import edgetqs.core.model as model_mod
+
+    inline = models.deep_mlp(tmp_path / "d.onnx")
+    ext = tmp_path / "e.onnx"
+    onnx.save(onnx.load(str(inline)), str(ext), save_as_external_data=True, location="e.onnx.data", size_threshold=0)
+    m, spec, ctx = _setup(inline, tmp_path, k=4)
+    st = ProbeSettings(horizon=4)
+    want = run_sweep(m, spec, ctx, st, strategy="feed")
+    if over_limit:  # as a > 2 GiB model: weights read from the data file into arrays, never one message
+        monkeypatch.setattr(model_mod, "PROTOBUF_LIMIT", 1000)
+    e = load_model(ext)
+    for backend in ("serial", "processes"):
+        got = run_sweep(e, spec, ctx, st, strategy="feed", backend=backend, workers=2 if backend == "processes" else None)
+        assert got.groups == want.groups and got.state_exponent == want.state_exponent
+    assert run_sweep(e, spec, ctx, st, strategy="rebuild").groups == run_sweep(m, spec, ctx, st, strategy="rebuild").groups
