@@ -39,6 +39,7 @@ def _encode(r: TaskResult) -> bytes:
         "probe": r.probe,
         "first_nonfinite": r.first_nonfinite,
         "calls": r.calls,
+        "seconds": r.seconds,
         "shape": None if r.e is None else list(r.e.shape),
         "e": e,
     }
@@ -61,7 +62,16 @@ def _decode(line: bytes, tasks: Sequence[Task], horizon: int) -> TaskResult | No
     elif d["first_nonfinite"] is None:
         return None
     nf = d["first_nonfinite"]
-    return TaskResult(i, float(d["eps"]), int(d["n_params"]), str(d["probe"]), None if nf is None else int(nf), e, int(d["calls"]))
+    return TaskResult(
+        i,
+        float(d["eps"]),
+        int(d["n_params"]),
+        str(d["probe"]),
+        None if nf is None else int(nf),
+        e,
+        int(d["calls"]),
+        float(d.get("seconds", 0.0)),
+    )
 
 
 class Checkpoint:

@@ -12,6 +12,7 @@ mapped from shared memory) and keeps one session for all its tasks.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ class TaskResult:
     first_nonfinite: int | None
     e: np.ndarray | None
     calls: int
+    seconds: float = 0.0  # wall time of the task in its worker (benchmarks, projections); not part of the scores
 
 
 def context_shares(n_groups: int, k: int, n_params: int, fixed_batch: int | None) -> list[tuple[int, int]]:
@@ -159,6 +161,7 @@ class TaskScorer:
         from ..core.session import SharedSession
 
         job = self.job
+        t0 = time.perf_counter()
         new, eps, n, probe = self._perturbation(job.groups[task.group][1])
         ctx = [c[task.start : task.stop] for c in job.contexts]
         if job.strategy == "feed":
@@ -171,7 +174,7 @@ class TaskScorer:
         e = None
         if res.first_nonfinite is None:
             e = divergence(res.steps, [r[:, task.start : task.stop] for r in job.reference], job.inv)
-        return TaskResult(task.index, eps, n, probe, res.first_nonfinite, e, res.forward_calls)
+        return TaskResult(task.index, eps, n, probe, res.first_nonfinite, e, res.forward_calls, time.perf_counter() - t0)
 
 
 def group_score(name: str, tensors: tuple[str, ...], parts: Sequence[TaskResult], horizon: int) -> GroupScore:
