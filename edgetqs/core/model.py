@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
 from ..errors import BadInputError, BadModelError
 
 FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx.TensorProto enum -> dtype
-# one protobuf message cannot exceed 2 GiB: larger models keep their weights in external data files,
-# and are loaded, hashed and swept without ever being one message
+# one protobuf message cannot exceed 2 GiB: larger models keep their weights in external data files, which are
+# read straight into the weight arrays; such a model is loaded, hashed and swept without ever being one message
 PROTOBUF_LIMIT = 2**31 - 1
 
 
@@ -68,7 +68,7 @@ class Model:
             initializers are always constants of the graph (epsilons, scales of fused ops), never weights.
         arrays: the weights' values, when they are already at hand (a sweep worker maps them from shared
             memory); then exactly these initializers are the weights and ``proto`` may be a `skeleton`.
-        sha256: the model's hash, when already known (skips hashing).
+        sha256: the model's hash, when already known (`load_model` hashes the files as it reads them).
     """
 
     def __init__(
@@ -271,23 +271,30 @@ def _read_tensor(init: Any, path: Path | None) -> np.ndarray:
 
 
 def _sha256(proto: Any, path: Path | None) -> str:
-    """sha256 of the model as one serialized message (weights inline), as the result files record it.
-
-    A model whose weights stay in external data (only above 2 GiB, see `load_model`) cannot be one message:
-    its hash is then that of the .onnx file followed by each data file, in order of first use."""
+    """sha256 of a model given as a message: its serialization, or its files when its weights are external."""
     from onnx import TensorProto
 
-    external = [i for i in proto.graph.initializer if i.data_location == TensorProto.EXTERNAL]
-    if not external:
-        return hashlib.sha256(proto.SerializeToString()).hexdigest()
-    if path is None:
-        raise BadModelError("a model with external data needs its path to be hashed")
+    if path is not None and any(i.data_location == TensorProto.EXTERNAL for i in proto.graph.initializer):
+        return _files_sha256(proto, path)
+    return hashlib.sha256(proto.SerializeToString()).hexdigest()
+
+
+def _files_sha256(proto: Any, path: Path) -> str:
+    """sha256 of the model's files, read in pieces: the .onnx file, then each external data file in order of first use.
+
+    For a model in one file this is what ``sha256sum model.onnx`` prints (and, for a file written by onnx or torch,
+    the sha256 of its serialization that earlier versions recorded), without ever holding a second copy of it."""
+    from onnx import TensorProto
+
     h = hashlib.sha256()
-    files = [path] + [path.parent / loc for loc in dict.fromkeys((_external(i) or {})["location"] for i in external)]
-    for f in files:
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 24):
-                h.update(chunk)
+    locations = [(_external(i) or {}).get("location", "") for i in proto.graph.initializer if i.data_location == TensorProto.EXTERNAL]
+    for f in [path] + [path.parent / loc for loc in dict.fromkeys(locations)]:
+        try:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 24):
+                    h.update(chunk)
+        except OSError as exc:
+            raise BadModelError(f"cannot read '{f}' ({exc}); keep the model's external data file(s) beside it") from None
     return h.hexdigest()
 
 
@@ -371,38 +378,16 @@ def load_model(path: str | Path, min_weight_size: int = 1) -> Model:
         raise BadModelError(
             f"'{p}' is not a readable ONNX model ({type(exc).__name__}); export it with torch.onnx.export or check the file"
         ) from None
-    if _external_bytes(proto, p) + proto.ByteSize() <= PROTOBUF_LIMIT:
-        # it fits in one message: read the external data inline, so its sha256 is the one it always had
-        try:
-            onnx.load_external_data_for_model(proto, str(p.parent))
-        except (OSError, ValueError) as exc:
-            raise BadModelError(f"cannot read the external data of '{p}' ({exc}); keep the data file(s) beside the model") from None
     if len(proto.graph.node) == 0 or not proto.graph.output:
         raise BadModelError(f"'{p}' is not an ONNX model with a graph (no nodes or outputs); check the file")
-    model = Model(proto, p, min_weight_size=min_weight_size)
+    model = Model(proto, p, min_weight_size=min_weight_size, sha256=_files_sha256(proto, p))
+    del proto  # the weights now live in the model's arrays only
     if not model.weights:
         raise BadModelError(
             f"'{p}' has no float weight initializers (tensors of rank >= 1); "
             "TQS perturbs float weights, so there is nothing to score (was it exported with weights as inputs?)"
         )
     return model
-
-
-def _external_bytes(proto: Any, path: Path) -> int:
-    """Bytes of initializer data kept in external files (their recorded lengths, else the files' sizes)."""
-    total, whole = 0, set()
-    for init in proto.graph.initializer:
-        ext = _external(init)
-        if ext is None:
-            continue
-        if "length" in ext:
-            total += int(ext["length"])
-        else:
-            whole.add(ext["location"])
-    for loc in whole:
-        f = path.parent / loc
-        total += f.stat().st_size if f.exists() else 0
-    return total
 
 
 def export_torch(module: Any, example_input: Any, path: str | Path, dynamic_batch: bool = True) -> Path:

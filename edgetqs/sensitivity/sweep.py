@@ -37,6 +37,9 @@ from .tasks import Job, Task, TaskResult, context_shares, group_score, plan_task
 
 TINY = float(np.finfo(np.float32).tiny)
 STRATEGIES = ("auto", "feed", "rebuild")
+# above this, ``auto`` does not time a rebuilt session: a feed session shares the model's arrays, a rebuilt one holds
+# its own optimised copy of every weight (2-3x the weights while it is built)
+AUTO_REBUILD_MAX_BYTES = 1 << 30
 Progress = Callable[[int, int], None]
 
 
@@ -132,9 +135,12 @@ def choose_horizon(error_curve: np.ndarray, e0: float, max_horizon: int, growth:
 
 @dataclass
 class _Baseline:
-    """What every group of a sweep is compared with: the reference rollout on the strategy's session."""
+    """What every group of a sweep is compared with: the reference rollout on the strategy's session.
 
-    roll: Rollout
+    ``roll`` is that session when the groups run on it (``feed``); a rebuilt constant session (which holds its
+    own optimised copy of the weights) is not kept while the groups run."""
+
+    roll: Rollout | None
     ref_steps: list[np.ndarray]
     inv: list[np.ndarray]
     state: StateExponent
@@ -169,6 +175,14 @@ def _baseline(
     in the same shares as the tasks (``shares``), so a group with no effect diverges by exactly zero."""
     arrays, statics = contexts.arrays, contexts.statics
     probe_t = settings.horizon or settings.max_horizon  # the longest horizon that may be needed
+    weight_bytes = sum(model.weight_array(w.name).nbytes for w in model.weights)
+    if strategy == "auto" and weight_bytes > AUTO_REBUILD_MAX_BYTES:
+        strategy = "feed"
+        notes = notes + (
+            f"strategy auto -> feed without timing a rebuilt session: the weights ({weight_bytes / 2**30:.1f} GiB) are above "
+            f"{AUTO_REBUILD_MAX_BYTES / 2**30:g} GiB, where its own optimised copy of them would double the memory; "
+            "--strategy rebuild times nothing and rebuilds anyway",
+        )
     first = "feed" if strategy == "feed" else "rebuild"
     tb = time.perf_counter()
     roll = _session(model, spec, statics, feed=first == "feed")
@@ -209,7 +223,10 @@ def _baseline(
         )
     else:
         horizon, rule = settings.horizon, "fixed"
-    return _Baseline(roll, [s[:horizon] for s in ref.steps], inv, state, horizon, rule, strategy, extra_calls + roll.forward_calls, notes)
+    calls = extra_calls + roll.forward_calls
+    return _Baseline(
+        roll if strategy == "feed" else None, [s[:horizon] for s in ref.steps], inv, state, horizon, rule, strategy, calls, notes
+    )
 
 
 def run_sweep(

@@ -60,6 +60,8 @@ def _external_copy(src: Path, dst: Path) -> Path:
 
 
 def test_model_keeps_one_copy_of_its_weights_and_builds_the_whole_model_on_demand(tmp_path: Path) -> None:
+    import hashlib
+
     import onnx
 
     p = models.deep_mlp(tmp_path / "d.onnx")
@@ -67,7 +69,8 @@ def test_model_keeps_one_copy_of_its_weights_and_builds_the_whole_model_on_deman
     assert "proto" not in vars(m) and "bytes" not in vars(m)  # neither the message nor its serialization is kept
     assert all(not i.raw_data for i in m.skeleton.graph.initializer if i.name in {w.name for w in m.weights})
     again = onnx.load(str(p))
-    assert m.sha256 == __import__("hashlib").sha256(again.SerializeToString()).hexdigest()
+    # the file's sha256 (what sha256sum prints), read in pieces; for a file onnx wrote, also that of its serialization
+    assert m.sha256 == hashlib.sha256(p.read_bytes()).hexdigest() == hashlib.sha256(again.SerializeToString()).hexdigest()
     x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
     want = ort.InferenceSession(again.SerializeToString()).run(None, {"x": x})[0]
     assert np.array_equal(ort.InferenceSession(m.bytes).run(None, {"x": x})[0], want)
@@ -99,36 +102,24 @@ def test_shared_sessions_use_the_model_arrays_without_copying_them(state_model: 
     assert np.array_equal(feed.run(["y"], {"x": x, **zero})[0], SharedSession(m, feed=False, replace=zero).run(["y"], {"x": x})[0])
 
 
-def test_external_data_model_loads_with_its_usual_hash_and_the_same_weights(tmp_path: Path) -> None:
-    import hashlib
-
-    import onnx
-
-    inline = models.deep_mlp(tmp_path / "d.onnx")
-    ext = _external_copy(inline, tmp_path / "e.onnx")
-    a, b = load_model(inline), load_model(ext)
-    assert (tmp_path / "e.onnx.data").exists() and ext.stat().st_size < 2000
-    # below 2 GiB the hash is what it always was: the model with its data read inline, as one message
-    assert b.sha256 == hashlib.sha256(onnx.load(str(ext), load_external_data=True).SerializeToString()).hexdigest()
-    assert [w.name for w in a.weights] == [w.name for w in b.weights]
-    assert all(np.array_equal(a.weight_array(w.name), b.weight_array(w.name)) for w in a.weights)
-
-
-def test_model_above_the_protobuf_limit_reads_its_external_data_directly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_external_data_model_reads_its_weights_from_the_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
 
     import edgetqs.core.model as model_mod
 
     inline = models.deep_mlp(tmp_path / "d.onnx")
     ext = _external_copy(inline, tmp_path / "e.onnx")
-    a = load_model(inline)
-    monkeypatch.setattr(model_mod, "PROTOBUF_LIMIT", 1000)  # this small model now counts as a > 2 GiB one
-    b = load_model(ext)
+    a, b = load_model(inline), load_model(ext)
+    assert ext.stat().st_size < 2000 and [w.name for w in a.weights] == [w.name for w in b.weights]
     assert all(np.array_equal(a.weight_array(w.name), b.weight_array(w.name)) for w in a.weights)
-    # no single message to hash: the .onnx file, then its data file
+    # the hash of its files: the .onnx file, then its data file (never one message: it may be above 2 GiB)
     assert b.sha256 == hashlib.sha256(ext.read_bytes() + (tmp_path / "e.onnx.data").read_bytes()).hexdigest()
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    assert np.array_equal(ort.InferenceSession(b.bytes).run(None, {"x": x})[0], ort.InferenceSession(a.bytes).run(None, {"x": x})[0])
+    monkeypatch.setattr(model_mod, "PROTOBUF_LIMIT", 1000)  # as if it were above 2 GiB: no single message to give
+    c = load_model(ext)
     with pytest.raises(BadModelError, match="larger than 2 GiB"):
-        _ = b.bytes
+        _ = c.bytes
     (tmp_path / "e.onnx.data").write_bytes(b"\0" * 16)
     with pytest.raises(BadModelError, match="truncated"):
         load_model(ext)

@@ -16,7 +16,7 @@ import pytest
 from edgetqs.core.contexts import read_record, select_contexts
 from edgetqs.core.model import load_model
 from edgetqs.core.rollout import infer_spec
-from edgetqs.errors import BadInputError, OptionalDependencyError
+from edgetqs.errors import BadInputError, BadModelError, OptionalDependencyError
 from edgetqs.sensitivity.backends import BACKENDS, RayBackend, make_backend
 from edgetqs.sensitivity.scores import ProbeSettings, Scores
 from edgetqs.sensitivity.sweep import run_sweep
@@ -213,10 +213,26 @@ def test_external_data_models_sweep_like_the_inline_one(tmp_path: Path, monkeypa
     m, spec, ctx = _setup(inline, tmp_path, k=4)
     st = ProbeSettings(horizon=4)
     want = run_sweep(m, spec, ctx, st, strategy="feed")
-    if over_limit:  # as a > 2 GiB model: weights read from the data file into arrays, never one message
+    if over_limit:  # as a > 2 GiB model, which cannot be one message: no step of the sweep may need it as one
         monkeypatch.setattr(model_mod, "PROTOBUF_LIMIT", 1000)
     e = load_model(ext)
     for backend in ("serial", "processes"):
         got = run_sweep(e, spec, ctx, st, strategy="feed", backend=backend, workers=2 if backend == "processes" else None)
         assert got.groups == want.groups and got.state_exponent == want.state_exponent
     assert run_sweep(e, spec, ctx, st, strategy="rebuild").groups == run_sweep(m, spec, ctx, st, strategy="rebuild").groups
+    assert run_sweep(e, spec, ctx, st).groups  # auto times a rebuilt session too
+    if over_limit:
+        with pytest.raises(BadModelError, match="larger than 2 GiB"):
+            _ = e.bytes
+
+
+def test_auto_does_not_build_a_second_copy_of_large_weights(state_model: Path, record: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgetqs.sensitivity.sweep as sweep_mod
+
+    m = load_model(state_model)
+    spec = infer_spec(m)
+    ctx = select_contexts(read_record(record, spec), m, spec, 2)
+    monkeypatch.setattr(sweep_mod, "AUTO_REBUILD_MAX_BYTES", 100)  # this model's 1 KiB of weights now count as large
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=3))
+    assert s.strategy == "feed" and any("without timing a rebuilt session" in n for n in s.notes)
+    assert run_sweep(m, spec, ctx, ProbeSettings(horizon=3), strategy="rebuild").strategy == "rebuild"  # asked for: still honoured
