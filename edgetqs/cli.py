@@ -96,7 +96,10 @@ def score(
     bits: Annotated[int | None, typer.Option(help="Bit-width of the quant probe (default 4).")] = None,
     ladder: Annotated[str | None, typer.Option(help="Also measure the quant probe at these bit-widths, e.g. 2,3,4,5,6,8.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for probes and spin-up (default 0).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Parallel workers (default 1; with --backend processes or ray: every core).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Parallel workers (default: a process per core from 5 M parameters, else 1; with --backend: every core)."),
+    ] = None,
     backend: Annotated[
         str | None, typer.Option(help="Where the sweep runs: serial | processes | ray (pip install 'edgetqs[ray]'). Same scores on each.")
     ] = None,

@@ -33,6 +33,7 @@ from ..registry import Registry
 from .tasks import Job, Task, TaskResult, TaskScorer, weights_of
 
 MAX_ATTEMPTS = 3  # runs of one task before a sweep gives up on workers that keep dying
+LOCAL_PROCESSES_MIN_PARAMS = 5_000_000  # with no backend named, larger models are swept by a process per core
 Done = Callable[[TaskResult], None]
 
 
@@ -62,7 +63,7 @@ class SweepBackend(Protocol):
 
 
 class SerialBackend:
-    """Every task in this process, one after the other, on all cores."""
+    """Every task in this process, one after the other (on one core: see `edgetqs.sensitivity.tasks.SWEEP_THREADS`)."""
 
     name = "serial"
 
@@ -78,7 +79,7 @@ class SerialBackend:
         return None
 
     def run(self, sweep: Sweep, tasks: Sequence[Task], done: Done) -> int:
-        scorer = TaskScorer(sweep.job, sweep.model, threads=0, roll=sweep.roll)
+        scorer = TaskScorer(sweep.job, sweep.model, roll=sweep.roll)
         for t in tasks:
             done(scorer.run(t))
         return 0
@@ -125,7 +126,7 @@ _PROC: TaskScorer | None = None
 
 def _proc_init(job: Job, weights: SharedWeights) -> None:
     global _PROC
-    _PROC = job.open(weights.arrays(), threads=1)
+    _PROC = job.open(weights.arrays())
 
 
 def _proc_run(task: Task) -> TaskResult:
@@ -205,7 +206,7 @@ class RayWorker:
     """A Ray actor: opens the model once from the object store (zero-copy on its machine) and runs tasks."""
 
     def __init__(self, job: Job, weights: dict[str, np.ndarray]) -> None:
-        self.scorer = job.open(weights, threads=1)
+        self.scorer = job.open(weights)
 
     def pid(self) -> int:
         return os.getpid()
@@ -333,6 +334,13 @@ BACKENDS: Registry[Callable[[int | None, str | None], SweepBackend]] = Registry(
 BACKENDS.register("serial", SerialBackend)
 BACKENDS.register("processes", ProcessesBackend)
 BACKENDS.register("ray", RayBackend)
+
+
+def local_default(n_params: int) -> tuple[str, int | None]:
+    """The backend when none is named and no worker count is given: a process per core for a model large enough
+    that a call's compute outweighs starting the processes (every backend gives the same scores), else serial."""
+    cores = os.cpu_count() or 1
+    return ("processes", cores) if cores > 1 and n_params >= LOCAL_PROCESSES_MIN_PARAMS else ("serial", None)
 
 
 def make_backend(name: str | None, workers: int | None = None, address: str | None = None) -> SweepBackend:

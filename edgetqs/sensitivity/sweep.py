@@ -29,11 +29,11 @@ from ..core.model import Model
 from ..core.results import edgetqs_version
 from ..core.rollout import Rollout, RolloutSpec
 from ..errors import BadInputError, DivergedRolloutError
-from .backends import Sweep, SweepBackend, make_backend
+from .backends import Sweep, SweepBackend, local_default, make_backend
 from .checkpoint import Checkpoint
 from .groups import make_groups
 from .scores import DEAD_GAMMA, GroupScore, ProbeSettings, Scores, StateExponent
-from .tasks import Job, Task, TaskResult, context_shares, group_score, plan_tasks, run_shares
+from .tasks import SWEEP_THREADS, Job, Task, TaskResult, context_shares, group_score, plan_tasks, run_shares
 
 TINY = float(np.finfo(np.float32).tiny)
 STRATEGIES = ("auto", "feed", "rebuild")
@@ -152,10 +152,11 @@ class _Baseline:
 
 
 def _session(model: Model, spec: RolloutSpec, statics: dict[str, np.ndarray], feed: bool) -> Rollout:
-    """A rollout on the model's own arrays: weights overridable per run (feed), or a fully optimised constant graph."""
+    """A rollout on the model's own arrays: weights overridable per run (feed), or a fully optimised constant graph;
+    on the sweep's one thread, like every task's session."""
     from ..core.session import SharedSession
 
-    return Rollout(model, spec, statics, session=SharedSession(model, feed=feed))
+    return Rollout(model, spec, statics, session=SharedSession(model, feed=feed, threads=SWEEP_THREADS))
 
 
 def _baseline(
@@ -251,14 +252,16 @@ def run_sweep(
         spec: its rollout.
         contexts: K initial states (`edgetqs.core.contexts`).
         settings: probe, granularity, horizon, seed.
-        workers: parallel workers (processes or Ray actors, each running a single-threaded session); default
-            1 (serial), or every core of the machine or the Ray cluster when a parallel backend is named.
+        workers: parallel workers (processes or Ray actors); every session of a sweep is single-threaded, so
+            that the scores are the same on every backend. Default: with no backend named, a process per core for
+            a model of 5 M parameters or more, else 1 (serial); with a parallel backend, every core of the machine
+            or the Ray cluster.
         progress: called with (tasks done, tasks total) as each task finishes; a task is one group rolled out
             from a share of the contexts (all of them unless the sweep has few groups, see `edgetqs.sensitivity.tasks`).
         strategy: ``feed`` (one session, weights as inputs), ``rebuild`` (a session per group) or
             ``auto`` (the cheaper, timed on the reference and state rollouts; recorded in the result).
         backend: a registered backend's name (`edgetqs.sensitivity.backends`: serial, processes, ray) or an
-            instance; default serial with one worker, processes with more. Every backend gives the same numbers.
+            instance; default: see ``workers``. Every backend gives the same numbers.
         address: the Ray cluster to join (``ray`` backend).
         checkpoint: a file that keeps finished tasks while the sweep runs, so that a killed sweep resumes where it
             stopped (`edgetqs.sensitivity.checkpoint`); removed when the sweep completes.
@@ -277,6 +280,8 @@ def run_sweep(
     settings.check()
     if strategy not in STRATEGIES:
         raise BadInputError(f"strategy '{strategy}'; expected one of {', '.join(STRATEGIES)}")
+    if backend is None and workers is None and address is None:
+        backend, workers = local_default(model.n_params)
     be = backend if backend is not None and not isinstance(backend, str) else make_backend(backend, workers, address)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     with be:

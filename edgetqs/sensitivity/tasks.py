@@ -26,9 +26,17 @@ from .probes import PROBES, probe_delta
 from .scores import GroupScore, ProbeSettings
 
 # contexts are shared out between tasks only when a sweep has fewer groups than this (a cluster then still
-# gets work for each of its cores) and the model is large enough that a smaller batch costs little per call
+# gets work for each of its cores), the model is large enough that a call's compute outweighs its overhead, and
+# every share keeps at least SPLIT_MIN_CONTEXTS contexts. The rule depends on the model and the contexts only:
+# every backend runs the same batches, so the scores are the same to the last bit wherever they run. The price
+# is paid by a serial sweep of such a model: it makes one call per share instead of one for all contexts.
 SPLIT_BELOW_GROUPS = 16
 SPLIT_MIN_PARAMS = 1_000_000
+SPLIT_MIN_CONTEXTS = 2
+# every session of a sweep runs its kernels on one thread, in every backend: onnxruntime's kernels can round
+# differently with another intra-op thread count (seen on 1024-wide Gemm with weights fed as inputs), and a sweep
+# must give the same bits wherever it runs. Parallelism comes from running tasks side by side (processes, Ray).
+SWEEP_THREADS = 1
 _CHUNK = 1 << 20  # elements per slice when summing a group's perturbation: no float64 copy of a whole tensor
 
 Groups = Sequence[tuple[str, tuple[str, ...]]]
@@ -60,9 +68,9 @@ class TaskResult:
 
 def context_shares(n_groups: int, k: int, n_params: int, fixed_batch: int | None) -> list[tuple[int, int]]:
     """How the K contexts are shared out between the tasks of each group (see `SPLIT_BELOW_GROUPS`)."""
-    if n_groups >= SPLIT_BELOW_GROUPS or n_params < SPLIT_MIN_PARAMS or k < 2:
+    parts = min(k // SPLIT_MIN_CONTEXTS, math.ceil(SPLIT_BELOW_GROUPS / max(n_groups, 1)))
+    if n_groups >= SPLIT_BELOW_GROUPS or n_params < SPLIT_MIN_PARAMS or parts < 2:
         return [(0, k)]
-    parts = min(k, math.ceil(SPLIT_BELOW_GROUPS / max(n_groups, 1)))
     size = math.ceil(k / parts)
     if fixed_batch:  # whole batches of a fixed-batch model: no padded calls
         size = math.ceil(size / fixed_batch) * fixed_batch
@@ -105,12 +113,12 @@ class Job:
     settings: ProbeSettings
     strategy: str
 
-    def open(self, weights: Mapping[str, np.ndarray], threads: int = 1) -> TaskScorer:
+    def open(self, weights: Mapping[str, np.ndarray]) -> TaskScorer:
         """The model rebuilt around ``weights`` and a scorer holding one session for every task."""
         import onnx
 
         model = Model(onnx.load_from_string(self.skeleton), Path(self.path) if self.path else None, arrays=weights, sha256=self.sha256)
-        return TaskScorer(self, model, threads=threads)
+        return TaskScorer(self, model)
 
 
 class TaskScorer:
@@ -119,17 +127,15 @@ class TaskScorer:
     Args:
         job: the sweep.
         model: the model (the coordinator's own, or one rebuilt in a worker).
-        threads: intra-op threads of the sessions (1 in parallel workers).
         roll: a warm feed rollout to reuse (the coordinator's reference session).
     """
 
-    def __init__(self, job: Job, model: Model, threads: int = 0, roll: Rollout | None = None) -> None:
+    def __init__(self, job: Job, model: Model, roll: Rollout | None = None) -> None:
         self.job = job
         self.model = model
-        self.threads = threads
         self.roll = roll
         if job.strategy == "feed" and roll is None:
-            self.roll = Rollout(model, job.spec, job.statics, threads=threads)
+            self.roll = Rollout(model, job.spec, job.statics, threads=SWEEP_THREADS)
 
     def _perturbation(self, tensors: tuple[str, ...]) -> tuple[dict[str, np.ndarray], float, int, str]:
         """The group's perturbed weights, eps = RMS of the perturbation, its size and the probe used."""
@@ -168,7 +174,7 @@ class TaskScorer:
             assert self.roll is not None
             res = self.roll.run(ctx, job.horizon, overrides=new)
         else:
-            session = SharedSession(self.model, feed=False, threads=self.threads, replace=new)
+            session = SharedSession(self.model, feed=False, threads=SWEEP_THREADS, replace=new)
             res = Rollout(self.model, job.spec, job.statics, session=session).run(ctx, job.horizon)
         del new
         e = None
