@@ -103,6 +103,7 @@ def score(
     example_input: Any = None,
     progress: Callable[[int, int], None] | None = None,
     log: Log | None = None,
+    default_workers: int | None = None,
     **options: Any,
 ) -> Scores:
     """Score a model's quantization sensitivity with TQS.
@@ -116,6 +117,8 @@ def score(
         cache: reuse (and fill) the score cache that `build` uses for the same model, contexts and settings; a
             sweep that is computed checkpoints its finished groups there, so the same call after a kill resumes it.
         force: rescore even when the cache holds these scores.
+        default_workers: ``workers`` when neither it nor ``backend`` is set anywhere (the command line passes 0:
+            a process per core for large models, see `edgetqs.sensitivity.sweep.run_sweep`).
 
     Raises:
         EdgetqsError: bad input (named), a diverging float rollout, ...
@@ -139,7 +142,7 @@ def score(
         seed=probe.seed,
         rollout=rollout,
     )
-    workers = cfg.workers
+    workers = cfg.workers if cfg.workers is not None or cfg.backend is not None else default_workers
     if cache:
         scores, cached, path = score_cached(
             inp.model,

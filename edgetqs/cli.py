@@ -167,6 +167,7 @@ def score(
                 force=force,
                 progress=bar,
                 log=note,
+                default_workers=0,  # a process per core for a large model, unless --workers or --backend says otherwise
             )
         for n in scores.notes:
             if "spin-up" in n:

@@ -18,8 +18,9 @@ peak of the summed proportional set size (PSS, shared pages split between the pr
 child and every process under it (worker processes; for Ray also the raylet, the object store and the GCS),
 sampled every 0.1 s, and the child's own VmHWM. Printed per configuration: parameters, groups, tasks, horizon,
 wall seconds of the sweep (model already loaded; Ray: cluster already started, its start time apart), forward
-steps, time per step (a rollout of the same contexts on the sweep's kind of session, divided by its steps), the
-lower bound (groups + 1) x T x step time and the ratio to it, the peak memory and bytes per parameter. Then Ray
+steps, time per step (a rollout of the same contexts on the sweep's kind of session, one thread like every sweep
+session, divided by its steps), the lower bound (1 + groups / workers) x T x step time (the reference rollout,
+then the groups shared by the workers) and the ratio to it, the peak memory and bytes per parameter. Then Ray
 against the local backends, and for each Ray run a projection on N machines like this one: the measured
 per-task times list-scheduled on N x workers, plus the measured driver part (reference rollouts) and worker start,
 plus shipping the weights to each machine at an assumed 1 GB/s. A projection, not a measurement.
@@ -271,7 +272,7 @@ def child(path: str, granularity: str, backend: str, workers: int, horizon: int,
     from edgetqs.sensitivity.backends import make_backend
     from edgetqs.sensitivity.scores import ProbeSettings
     from edgetqs.sensitivity.sweep import run_sweep
-    from edgetqs.sensitivity.tasks import context_shares
+    from edgetqs.sensitivity.tasks import SWEEP_THREADS, context_shares
 
     mem = PeakMemory()
     t0 = time.perf_counter()
@@ -283,8 +284,8 @@ def child(path: str, granularity: str, backend: str, workers: int, horizon: int,
     rows = (k + 1) * (shape[0] + 8) if spec.mode == "window" else k + 4  # a window model reads windows cut from one record
     np.save(rec, np.random.default_rng(1).standard_normal((rows, *(shape[-1:] if spec.mode == "window" else shape))).astype(np.float32))
     ctx = select_contexts(read_record(rec, spec), m, spec, k)
-    # the step time on the kind of session the sweep uses (feed: weights shared and overridable)
-    roll = Rollout(m, spec, ctx.statics, session=SharedSession(m, feed=strategy != "rebuild"))
+    # the step time on the kind of session the sweep uses (feed: weights shared and overridable; one thread)
+    roll = Rollout(m, spec, ctx.statics, session=SharedSession(m, feed=strategy != "rebuild", threads=SWEEP_THREADS))
     roll.run(ctx.arrays, 1)  # warm-up
     times = []
     for _ in range(3):  # the median of three rollouts: the machines are shared
@@ -367,7 +368,7 @@ def main() -> None:
     )
     print(f"{what}; K={a.k} contexts, T={a.horizon}; gauss probe; strategy {strategy}; {os.cpu_count()} cores")
     print(
-        "params | granularity | backend | workers | groups | tasks | T | sweep s | forward steps | step ms | bound s = (groups+1) x T x step "
+        "params | granularity | backend | workers | groups | tasks | T | sweep s | forward steps | step ms | bound s = (1 + groups/workers) x T x step "
         "| sweep/bound | peak MiB (all processes, PSS) | bytes/param | driver VmHWM MiB | load s | ray start s"
     )
     print(" | ".join(["---"] * 17))
@@ -393,7 +394,8 @@ def main() -> None:
                         continue
                     x = json.loads(r.stdout.strip().splitlines()[-1])
                     x.update(size=size, granularity=gran, backend=backend)
-                    bound = (x["groups"] + 1) * a.horizon * x["step_s"]
+                    # the reference rollout in the driver, then the groups' rollouts shared by the workers
+                    bound = (1 + x["groups"] / x["workers"]) * a.horizon * x["step_s"]
                     x["bound_s"] = bound
                     rows.append(x)
                     print(

@@ -148,14 +148,27 @@ def build(
     inp = resolve(model, proj, contexts=contexts, k=k)
     m = inp.model
     st.notes += inp.notes
-    settings = ProbeSettings.from_config(merged(proj.score if proj and model is None else ScoreConfig(), score))
+    cfg = merged(proj.score if proj and model is None else ScoreConfig(), score)
+    settings = ProbeSettings.from_config(cfg)
     name, out = f"{m.name}-{tg.name}", Path(output)
     if (out / name).exists() and not overwrite:
         raise BadInputError(f"{out / name} exists; pass --overwrite to replace it")
 
     t = time.perf_counter()
     st.say(f"[1/5] score: {len(m.weights)} weights, {inp.contexts.k} contexts")
-    scores, cached, cpath = score_cached(m, inp.spec, inp.contexts, settings, force=force, progress=progress, notes=inp.notes, log=st.say)
+    scores, cached, cpath = score_cached(
+        m,
+        inp.spec,
+        inp.contexts,
+        settings,
+        force=force,
+        progress=progress,
+        notes=inp.notes,
+        log=st.say,
+        workers=cfg.workers,  # [score] workers, backend and address say where the sweep runs (checkpointed: a rerun resumes)
+        backend=cfg.backend,
+        address=cfg.address,
+    )
     st.time("score", t)
     st.say(f"      {'reused cached scores' if cached else 'swept'} ({len(scores.groups)} groups, T={scores.horizon}) {cpath}")
 

@@ -40,7 +40,8 @@ class RolloutConfig(Config):
 
 class ScoreConfig(Config):
     """``[score]``: probe settings (see `edgetqs.sensitivity.scores.ProbeSettings`), and where the sweep runs:
-    ``workers``, ``backend`` (serial, processes, ray: `edgetqs.sensitivity.backends`) and the Ray ``address``."""
+    ``workers`` (0: a process per core for large models), ``backend`` (serial, processes, ray:
+    `edgetqs.sensitivity.backends`) and the Ray ``address``."""
 
     probe: str | None = None
     granularity: Literal["tensor", "block"] | None = None

@@ -168,14 +168,15 @@ class ProcessesBackend:
                         pending.pop(r.index, None)
                         done(r)
                 except BrokenProcessPool as exc:
-                    # a worker died (killed, out of memory): every unfinished task runs again in a fresh pool
+                    # a worker died (killed, out of memory, or it could not start): every unfinished task runs again
                     for i in pending:
                         attempts[i] += 1
                     retried += len(pending)
                     if max(attempts.values()) >= MAX_ATTEMPTS:
                         raise SweepWorkerError(
                             f"the sweep's worker processes died {MAX_ATTEMPTS} times ({exc}); check the memory per worker "
-                            "(fewer --workers) or run with --backend serial"
+                            "(fewer --workers), or run with --backend serial; a Python script that starts a parallel sweep "
+                            'must do it under `if __name__ == "__main__":` (each worker imports the script again)'
                         ) from None
                 finally:
                     _stop(pool)
@@ -349,8 +350,9 @@ def make_backend(name: str | None, workers: int | None = None, address: str | No
     Raises:
         BadInputError: an unknown name, workers out of range, or an address for a backend that joins no cluster.
     """
-    if workers is not None and not 1 <= workers <= 1024:
-        raise BadInputError(f"workers {workers}; expected 1 to 1024")
+    if workers is not None and not 0 <= workers <= 1024:
+        raise BadInputError(f"workers {workers}; expected 1 to 1024 (0: every core)")
+    workers = workers or None  # 0: as many as there are cores
     name = name or ("serial" if (workers or 1) == 1 else "processes")
     factory = BACKENDS.get(name)
     if address and name != "ray":

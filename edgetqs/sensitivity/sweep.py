@@ -253,9 +253,10 @@ def run_sweep(
         contexts: K initial states (`edgetqs.core.contexts`).
         settings: probe, granularity, horizon, seed.
         workers: parallel workers (processes or Ray actors); every session of a sweep is single-threaded, so
-            that the scores are the same on every backend. Default: with no backend named, a process per core for
-            a model of 5 M parameters or more, else 1 (serial); with a parallel backend, every core of the machine
-            or the Ray cluster.
+            that the scores are the same on every backend. Default 1 (serial); with a parallel backend, every core
+            of the machine or the Ray cluster. 0 with no backend named: a process per core for a model of 5 M
+            parameters or more, else serial (the command line's default; a script that asks for it must start
+            its work under ``if __name__ == "__main__":``, as worker processes import the script again).
         progress: called with (tasks done, tasks total) as each task finishes; a task is one group rolled out
             from a share of the contexts (all of them unless the sweep has few groups, see `edgetqs.sensitivity.tasks`).
         strategy: ``feed`` (one session, weights as inputs), ``rebuild`` (a session per group) or
@@ -280,7 +281,7 @@ def run_sweep(
     settings.check()
     if strategy not in STRATEGIES:
         raise BadInputError(f"strategy '{strategy}'; expected one of {', '.join(STRATEGIES)}")
-    if backend is None and workers is None and address is None:
+    if backend is None and address is None and workers == 0:
         backend, workers = local_default(model.n_params)
     be = backend if backend is not None and not isinstance(backend, str) else make_backend(backend, workers, address)
     ckpt = Path(checkpoint) if checkpoint is not None else None

@@ -16,7 +16,7 @@ from edgetqs.core.contexts import read_record, select_contexts
 from edgetqs.core.model import load_model
 from edgetqs.core.rollout import infer_spec
 from edgetqs.errors import BadInputError, BadModelError, OptionalDependencyError
-from edgetqs.sensitivity.backends import BACKENDS, RayBackend, make_backend
+from edgetqs.sensitivity.backends import BACKENDS, RayBackend, local_default, make_backend
 from edgetqs.sensitivity.scores import ProbeSettings, Scores
 from edgetqs.sensitivity.sweep import run_sweep
 from edgetqs.sensitivity.tasks import context_shares, plan_tasks
@@ -78,14 +78,17 @@ def test_sessions_are_single_threaded_everywhere_so_the_bits_match(tmp_path: Pat
 def test_backend_names_and_options_are_checked() -> None:
     assert BACKENDS.names() == ("serial", "processes", "ray")
     assert make_backend(None, None).name == "serial" and make_backend(None, 3).name == "processes"
+    assert local_default(10**5) == ("serial", None)
+    assert local_default(10**7) == (("processes", os.cpu_count()) if (os.cpu_count() or 1) > 1 else ("serial", None))
     with pytest.raises(BadInputError, match="unknown sweep backend 'magic'; expected one of serial, processes, ray"):
         make_backend("magic")
     with pytest.raises(BadInputError, match="address 'h:6379' is for the ray backend"):
         make_backend("processes", 2, "h:6379")
     with pytest.raises(BadInputError, match="workers 3 with the serial backend"):
         make_backend("serial", 3)
-    with pytest.raises(BadInputError, match="workers 0"):
-        make_backend("processes", 0)
+    with pytest.raises(BadInputError, match="workers -1"):
+        make_backend("processes", -1)
+    assert make_backend("processes", 0).workers == (os.cpu_count() or 1)  # 0: every core
 
 
 def test_missing_ray_names_the_extra(state_model: Path, record: Path, monkeypatch: pytest.MonkeyPatch) -> None:
