@@ -410,26 +410,38 @@ def main() -> None:
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1))
     print()
-    by = {(r["size"], r["granularity"], r["backend"]): r for r in rows}
-    same = [
-        f"{s}/{g}"
-        for (s, g, b), r in by.items()
-        if b != "serial" and (s, g, "serial") in by and r["gammas"] != by[(s, g, "serial")]["gammas"]
+    by: dict[tuple[str, str, str], list[dict]] = {}
+    for r in rows:  # a backend may be listed more than once (repeats against the machine's load): medians below
+        by.setdefault((r["size"], r["granularity"], r["backend"]), []).append(r)
+    differ = [
+        f"{s}/{g}/{b}"
+        for (s, g, b), rs in by.items()
+        if (s, g, "serial") in by and any(r["gammas"] != by[(s, g, "serial")][0]["gammas"] for r in rs)
     ]
-    print("every backend gave the serial gammas to the last bit" if not same else f"gammas DIFFER from serial in: {', '.join(same)}")
+    print("every backend gave the serial gammas to the last bit" if not differ else f"gammas DIFFER from serial in: {', '.join(differ)}")
+
+    def med(key: tuple[str, str, str], f) -> float:
+        return float(np.median([f(r) for r in by[key]])) if key in by else float("nan")
+
+    def idle(r: dict) -> float:
+        """Worker-seconds not spent in tasks, per task: start, model opening, dispatch, the tail's imbalance."""
+        return (r["phase_s"] * r["workers"] - sum(r["task_s"])) / max(len(r["task_s"]), 1)
+
     ray_rows = [r for r in rows if r["backend"] == "ray"]
     if ray_rows:
-        print("\nRay against the local backends (same machine, same sweep; cluster start excluded, shown apart)")
-        print("params | granularity | ray s | processes s | serial s | ray / processes | ray / serial | ray start s")
-        print(" | ".join(["---"] * 8))
-        for r in ray_rows:
-            p = by.get((r["size"], r["granularity"], "processes"))
-            s = by.get((r["size"], r["granularity"], "serial"))
-            rp = f"{r['wall_s'] / p['wall_s']:.3f}" if p else "-"
-            rs = f"{r['wall_s'] / s['wall_s']:.3f}" if s else "-"
+        print("\nRay against the local backends (same machine, same sweep; medians of the repeats; cluster start excluded, shown apart)")
+        print(
+            "params | granularity | runs ray/processes/serial | ray s | processes s | serial s | ray / processes | ray / serial "
+            "| idle worker-s per task: ray | processes | ray start s"
+        )
+        print(" | ".join(["---"] * 11))
+        for size, gran in dict.fromkeys((r["size"], r["granularity"]) for r in ray_rows):
+            kr, kp, ks = (size, gran, "ray"), (size, gran, "processes"), (size, gran, "serial")
+            wall = lambda r: r["wall_s"]  # noqa: E731
+            rw, pw, sw = med(kr, wall), med(kp, wall), med(ks, wall)
             print(
-                f"{r['params']:,} | {r['granularity']} | {r['wall_s']:.2f} | {p['wall_s'] if p else float('nan'):.2f} | "
-                f"{s['wall_s'] if s else float('nan'):.2f} | {rp} | {rs} | {r['ray_start_s']:.1f}"
+                f"{by[kr][0]['params']:,} | {gran} | {len(by[kr])}/{len(by.get(kp, []))}/{len(by.get(ks, []))} | {rw:.2f} | {pw:.2f} | "
+                f"{sw:.2f} | {rw / pw:.3f} | {rw / sw:.3f} | {med(kr, idle):.2f} | {med(kp, idle):.2f} | {med(kr, lambda r: r['ray_start_s']):.1f}"
             )
         print(
             "\nProjected sweep time on N machines like this one (a PROJECTION from the measured per-task times, not a measurement): "
