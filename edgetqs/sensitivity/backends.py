@@ -249,7 +249,13 @@ class RayBackend:
                 # the cluster runs this process's edgetqs (the code must match the driver's); its other
                 # dependencies (numpy, onnx, onnxruntime) must be installed on the nodes
                 kw["runtime_env"] = {"py_modules": [os.path.dirname(edgetqs.__file__)]}
-                ray.init(address=self.address, **kw)
+                try:
+                    ray.init(address=self.address, **kw)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise BadInputError(
+                        f"cannot join the Ray cluster at '{self.address}' ({str(exc).strip().splitlines()[0][:200]}); start one there with "
+                        "`ray start --head`, or give its address as host:port (ray:// for Ray Client), or drop --address for a local one"
+                    ) from None
             else:
                 ray.init(include_dashboard=False, **kw)
             self._started = True
