@@ -299,7 +299,7 @@ def child(path: str, granularity: str, backend: str, workers: int, horizon: int,
         import ray
 
         t1 = time.perf_counter()
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
         ray_start = time.perf_counter() - t1
     be = Recording(make_backend(backend, workers if backend != "serial" else None))
     s = run_sweep(m, spec, ctx, ProbeSettings(horizon=horizon, granularity=granularity), strategy=strategy, backend=be)  # type: ignore[arg-type]

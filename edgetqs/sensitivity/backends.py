@@ -218,7 +218,8 @@ class RayWorker:
 
 class RayBackend:
     """Actors on a Ray cluster: ``address`` (``ray://host:10001``, ``host:6379``, ``auto``), else the cluster
-    this process is already connected to, else a local one started for the sweep (and stopped after it).
+    this process is already connected to, else the one ``RAY_ADDRESS`` names, else a local one started for the
+    sweep (and stopped after it).
 
     Args:
         workers: actors to run (default: one per CPU of the cluster; never more than it has).
@@ -256,8 +257,10 @@ class RayBackend:
                         f"cannot join the Ray cluster at '{self.address}' ({str(exc).strip().splitlines()[0][:200]}); start one there with "
                         "`ray start --head`, or give its address as host:port (ray:// for Ray Client), or drop --address for a local one"
                     ) from None
+            elif os.environ.get("RAY_ADDRESS"):
+                ray.init(**kw)  # the cluster RAY_ADDRESS names
             else:
-                ray.init(include_dashboard=False, **kw)
+                ray.init(address="local", include_dashboard=False, **kw)  # a new one, even if another runs here
             self._started = True
         return self
 

@@ -128,7 +128,7 @@ def test_a_killed_worker_process_has_its_tasks_run_again(wide: Path, tmp_path: P
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
