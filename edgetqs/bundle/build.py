@@ -158,7 +158,8 @@ def build(
     inp = resolve(model, proj, contexts=contexts, k=k, fill=fill, log=st.say)
     m = inp.model
     st.notes += inp.notes
-    settings = ProbeSettings.from_config(merged(proj.score if proj and model is None else ScoreConfig(), score))
+    cfg = merged(proj.score if proj and model is None else ScoreConfig(), score)
+    settings = ProbeSettings.from_config(cfg)
     name, out = f"{m.name}-{tg.name}", Path(output)
     try:
         validate_name(name)
@@ -176,7 +177,17 @@ def build(
     t = time.perf_counter()
     st.say(f"[1/5] score: {len(m.weights)} weights, {inp.contexts.k} contexts")
     scores, cached, cpath = score_cached(
-        m, inp.spec, inp.contexts, settings, force=force, progress=progress, notes=inp.notes, log=lambda msg: st.say(f"      note: {msg}")
+        m,
+        inp.spec,
+        inp.contexts,
+        settings,
+        force=force,
+        progress=progress,
+        notes=inp.notes,
+        log=st.say,
+        workers=cfg.workers,  # [score] workers, backend and address say where the sweep runs (checkpointed: a rerun resumes)
+        backend=cfg.backend,
+        address=cfg.address,
     )
     st.time("score", t)
     st.say(f"      {'reused cached scores' if cached else 'swept'} ({len(scores.groups)} groups, T={scores.horizon}) {cpath}")

@@ -46,6 +46,12 @@ def cache_path(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pr
     return cache_dir() / f"{score_key(model, spec, contexts, settings)[:32]}.json"
 
 
+def checkpoint_path(entry: Path) -> Path:
+    """Where the sweep of a cache entry keeps its finished tasks until it completes (same key; see
+    `edgetqs.sensitivity.checkpoint`): a killed sweep resumes from there."""
+    return entry.with_suffix(".partial")
+
+
 def verify(scores: Scores, model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings) -> str | None:
     """Why a cached entry cannot be reused for this key (None: it can)."""
     if scores.model_sha256 != model.sha256:
@@ -110,11 +116,16 @@ def score_cached(
     force: bool = False,
     progress: Progress | None = None,
     notes: tuple[str, ...] = (),
-    workers: int = 1,
+    workers: int | None = None,
     strategy: str = "auto",
     log: Callable[[str], None] | None = None,
+    backend: str | None = None,
+    address: str | None = None,
 ) -> tuple[Scores, bool, Path]:
-    """(Scores, whether they came from the cache, cache file). ``force`` recomputes and overwrites."""
+    """(Scores, whether they came from the cache, cache file). ``force`` recomputes and overwrites.
+
+    A sweep that is computed checkpoints its finished tasks beside the entry (`checkpoint_path`), so running
+    the same command again after a kill resumes it; ``force`` starts over."""
     path = cache_path(model, spec, contexts, settings)
     if path.exists() and not force:
         try:
@@ -125,8 +136,26 @@ def score_cached(
         if why is None:
             return cached, True, path
         if log:
-            log(f"the cached scores {path.name} were not reused ({why[:200]}); scoring again")
-    scores = run_sweep(model, spec, contexts, settings, workers=workers, progress=progress, notes=tuple(notes), strategy=strategy)
+            log(f"note: the cached scores {path.name} were not reused ({why[:200]}); scoring again")
+    ckpt = checkpoint_path(path)
+    if force:
+        ckpt.unlink(missing_ok=True)
+        for part in ckpt.parent.glob(ckpt.name + ".*"):  # a ladder's sub-sweeps
+            part.unlink(missing_ok=True)
+    scores = run_sweep(
+        model,
+        spec,
+        contexts,
+        settings,
+        workers=workers,
+        progress=progress,
+        notes=tuple(notes),
+        strategy=strategy,
+        backend=backend,
+        address=address,
+        checkpoint=ckpt,
+        log=log,
+    )
     try:
         scores.save(path, policy="replace")
     except (OSError, EdgetqsError) as exc:  # a read-only or full cache folder costs the reuse, not the result
