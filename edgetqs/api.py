@@ -140,6 +140,9 @@ def score(
         raise BadInputError(f"strategy '{strategy}'; expected one of {', '.join(STRATEGIES)}")
     proj = open_project(project)
     cfg = merged(merged(proj.score if proj else ScoreConfig(), settings), _score_config(options))
+    from .sensitivity.backends import check_backend
+
+    check_backend(cfg.backend, cfg.workers, cfg.address)
     probe = ProbeSettings.from_config(cfg)
     inp = inputs(
         _model_arg(model, example_input),
@@ -289,10 +292,8 @@ def plan(
     if needs_contexts:
         inp = inputs(m, contexts, project=proj, k=k, span=span, rollout=rollout_config(s.spec), fill=fill, log=log)
         spec, ctx = inp.spec, inp.contexts
-    from .allocation.rescore import RescoreSettings
+    from .allocation.rescore import search_settings
 
-    if not 1 <= refine_rollouts <= 1_000_000:
-        raise BadInputError(f"refine rollouts {refine_rollouts}; expected 1 to 1,000,000")
     return plan_stage(
         s,
         m,
@@ -303,7 +304,7 @@ def plan(
         refine=refine,
         evaluate_plans=evaluate,
         pareto_n=pareto,
-        rescore=RescoreSettings(rollout_budget=refine_rollouts),
+        rescore=search_settings(refine_rollouts),
         log=log,
     )
 

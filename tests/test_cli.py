@@ -215,3 +215,17 @@ def test_targets_lists_budgets() -> None:
     for name in ("raspberrypi", "raspberrypi-zero2w", "x86-64", "stm32h743", "esp32s3", "nrf52840"):
         assert name in r.stdout
     assert "KiB" in r.stdout
+
+
+def test_backend_settings_are_checked_when_the_scores_come_from_the_cache(state_model: Path, record: Path, tmp_path: Path) -> None:
+    """A cached result skips the sweep, and the backend used to be checked only there: `--backend 'serial '` and
+    `--address` without Ray were accepted once the scores were cached (found by the generated bad-input suite)."""
+    base = ["score", str(state_model), "-c", str(record), "-k", "4", "-T", "5", "-q", "-o", str(tmp_path / "s.json")]
+    assert run(*base, cwd=tmp_path).returncode == 0
+    for extra, words in (
+        (["--backend", "serial "], "unknown sweep backend 'serial '"),
+        (["--address", "[/bold]x"], "is for the ray backend"),
+    ):
+        r = run(*base, *extra, cwd=tmp_path)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr

@@ -381,11 +381,21 @@ def make_backend(name: str | None, workers: int | None = None, address: str | No
     Raises:
         BadInputError: an unknown name, workers out of range, or an address for a backend that joins no cluster.
     """
+    name = check_backend(name, workers, address)
+    return BACKENDS.get(name)(workers or None, address)  # workers 0: as many as there are cores
+
+
+def check_backend(name: str | None, workers: int | None = None, address: str | None = None) -> str:
+    """The backend a sweep with these settings runs on, checked before any work (a cached result skips the sweep,
+    so the settings are checked on their own).
+
+    Raises:
+        BadInputError: an unknown name, workers out of range, or an address for a backend that joins no cluster.
+    """
     if workers is not None and not 0 <= workers <= 1024:
         raise BadInputError(f"workers {workers}; expected 1 to 1024 (0: every core)")
-    workers = workers or None  # 0: as many as there are cores
     name = name or ("serial" if (workers or 1) == 1 else "processes")
-    factory = BACKENDS.get(name)
-    if address and name != "ray":
+    BACKENDS.get(name)
+    if address is not None and name != "ray":
         raise BadInputError(f"address '{address}' is for the ray backend; add --backend ray, or drop --address")
-    return factory(workers, address)
+    return name

@@ -85,6 +85,7 @@ class Checkpoint:
         self.path = path
         self._fh = fh
         self._synced = time.monotonic()
+        self.failed = False  # a write failed: no more records (the sweep goes on)
 
     @classmethod
     def open(
@@ -127,10 +128,17 @@ class Checkpoint:
             said = f"resuming the sweep from its checkpoint {path.name}: {len(restored)} of {len(tasks)} tasks already done"
         elif lines[0]:
             said = f"note: the checkpoint {path.name} belongs to another run of this sweep (other runtime or reference); starting over"
-        fh.truncate(good)
-        fh.seek(0, os.SEEK_END)
-        if not good:
-            fh.write((json.dumps(head) + "\n").encode())
+        try:
+            fh.truncate(good)
+            fh.seek(0, os.SEEK_END)
+            if not good:
+                fh.write((json.dumps(head) + "\n").encode())
+        except OSError as exc:  # a full disk, say: the sweep runs on without a checkpoint, its result is what counts
+            if not good:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            fh.close()
+            return None, restored, f"note: cannot keep a checkpoint at {path} ({exc}); an interrupted sweep will start over"
         return cls(path, fh), restored, said if restored or not ok else ""
 
     @staticmethod
@@ -145,11 +153,17 @@ class Checkpoint:
         return s if s in ("feed", "rebuild") else None
 
     def add(self, r: TaskResult) -> None:
-        """Append one finished task (one write of one line: a kill leaves at most a torn last line)."""
-        self._fh.write(_encode(r))
-        if time.monotonic() - self._synced > _FSYNC_EVERY_S:
-            os.fsync(self._fh.fileno())
-            self._synced = time.monotonic()
+        """Append one finished task (one write of one line: a kill leaves at most a torn last line). A write that
+        fails (a full disk) ends the checkpointing, not the sweep: the torn line is dropped when it is resumed."""
+        if self.failed:
+            return
+        try:
+            self._fh.write(_encode(r))
+            if time.monotonic() - self._synced > _FSYNC_EVERY_S:
+                os.fsync(self._fh.fileno())
+                self._synced = time.monotonic()
+        except OSError:
+            self.failed = True
 
     def close(self, complete: bool) -> None:
         """Release the file; ``complete``: the sweep finished, so the checkpoint is removed."""
