@@ -155,10 +155,17 @@ def build(
         raise BadInputError("give --budget or --ratio, not both")
     opts = PlanOptions(runtime=runtime, budget_bytes=parse_size(str(budget)) if budget is not None else None, ratio=ratio)
     opts.check()  # bad budgets fail before the sweep
+    from ..allocation.rescore import search_settings
+
+    search = search_settings(refine_rollouts)
     inp = resolve(model, proj, contexts=contexts, k=k, fill=fill, log=st.say)
     m = inp.model
     st.notes += inp.notes
-    settings = ProbeSettings.from_config(merged(proj.score if proj and model is None else ScoreConfig(), score))
+    cfg = merged(proj.score if proj and model is None else ScoreConfig(), score)
+    from ..sensitivity.backends import check_backend
+
+    check_backend(cfg.backend, cfg.workers, cfg.address)
+    settings = ProbeSettings.from_config(cfg)
     name, out = f"{m.name}-{tg.name}", Path(output)
     try:
         validate_name(name)
@@ -176,14 +183,23 @@ def build(
     t = time.perf_counter()
     st.say(f"[1/5] score: {len(m.weights)} weights, {inp.contexts.k} contexts")
     scores, cached, cpath = score_cached(
-        m, inp.spec, inp.contexts, settings, force=force, progress=progress, notes=inp.notes, log=lambda msg: st.say(f"      note: {msg}")
+        m,
+        inp.spec,
+        inp.contexts,
+        settings,
+        force=force,
+        progress=progress,
+        notes=inp.notes,
+        log=st.say,
+        workers=cfg.workers,  # [score] workers, backend and address say where the sweep runs (checkpointed: a rerun resumes)
+        backend=cfg.backend,
+        address=cfg.address,
     )
     st.time("score", t)
     st.say(f"      {'reused cached scores' if cached else 'swept'} ({len(scores.groups)} groups, T={scores.horizon}) {cpath}")
     pause_point("build_scored")
 
     t = time.perf_counter()  # an infeasible budget stops here, before any conversion
-    from ..allocation.rescore import RescoreSettings
 
     plan = plan_stage(
         scores,
@@ -194,7 +210,7 @@ def build(
         contexts=inp.contexts,
         refine=refine,
         pareto_n=8,
-        rescore=RescoreSettings(rollout_budget=refine_rollouts),
+        rescore=search,
         log=st.say,
     )
     if refine:
