@@ -332,11 +332,11 @@ def convert(
     from .runtimes.convert import convert as run
 
     rt = RUNTIMES.get(fmt)
-    if activations not in ("auto", "int16", "int8"):
-        raise BadInputError(f"activations '{activations}'; expected auto, int16 or int8")
-    if activations != "auto" and not rt.full_integer:
+    if activations not in ("auto", "float", "int16", "int8"):
+        raise BadInputError(f"activations '{activations}'; expected auto, float, int16 or int8")
+    if activations != "auto" and not rt.full_integer and not rt.integer_activations:
         raise BadInputError(
-            f"--activations {activations}: {fmt} keeps float activations; only full-integer formats take an activation type"
+            f"--activations {activations}: {fmt} keeps float activations; ort and the full-integer formats (tflm) take an activation width"
         )
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
     _check_horizon(horizon)

@@ -300,7 +300,9 @@ def convert(
     k: K = None,
     horizon: Annotated[int | None, typer.Option("--horizon", "-T", help="Steps of the host check (default: the plan's).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an artifact of the same name.")] = False,
-    activations: Annotated[str, typer.Option(help="Full-integer runtimes: int16 | int8 | auto (the target's preference).")] = "auto",
+    activations: Annotated[
+        str, typer.Option(help="float | int8 | int16 | auto (the plan's, else the target's [activations] for the runtime).")
+    ] = "auto",
     fill: Fill = None,
     project: Project = None,
 ) -> None:

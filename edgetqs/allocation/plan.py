@@ -27,7 +27,7 @@ from pydantic import field_validator
 
 from ..core.contexts import ContextsInfo
 from ..core.model import Model
-from ..core.quantize import FP32, Precision, effective, packed_bytes, residual_rms
+from ..core.quantize import FP32, Precision, effective, residual_rms
 from ..core.results import Frozen, ResultFile, edgetqs_version
 from ..errors import BadInputError
 from ..sensitivity.scores import GroupScore, Scores
@@ -35,6 +35,7 @@ from .knapsack import InfeasibleBudgetError, Item, solve_exact, solve_greedy
 from .targets import Target
 
 Objective = Literal["gain", "paper"]
+ACTIVATIONS = ("auto", "float", "int8", "int16")
 Allocator = Literal["exact", "greedy"]
 MAX_BUDGET_BYTES = 2**50
 
@@ -124,6 +125,8 @@ class PlanOptions(Frozen):
     lowest_bits: int | None = None
     pins: tuple[Pin, ...] = ()
     rounding: str = "rtn"  # rtn (round-to-nearest) or gptq: how the converters round each integer tensor
+    activations: str = "auto"  # float | int8 | int16 | auto (the target's preference for the runtime, [activations])
+    exact_bytes: bool = True  # full-integer runtimes: price from the graph the converter writes (its tools; else estimated, noted)
 
     @field_validator("pins", mode="before")
     @classmethod
@@ -146,6 +149,8 @@ class PlanOptions(Frozen):
             raise BadInputError(f"lowest bits {self.lowest_bits}; expected 2..32")
         if self.rounding not in ROUNDINGS:
             raise BadInputError(f"rounding '{self.rounding}'; expected one of {', '.join(ROUNDINGS)}")
+        if self.activations not in ACTIVATIONS:
+            raise BadInputError(f"activations '{self.activations}'; expected one of {', '.join(ACTIVATIONS)}")
 
 
 class Evaluation(Frozen):
@@ -217,6 +222,8 @@ class Plan(ResultFile):
     refinement: dict[str, Any] | None = None  # the search that chose this plan, when --refine ran
     pareto: tuple[ParetoPoint, ...] = ()  # plans at other budgets from the same scores, when --pareto ran
     calibration: dict[str, Any] | None = None  # contexts the rounding's integers come from (GPTQ): source, k, contexts_sha256
+    activations: str | None = None  # float | int8 | int16: what the converters execute activations at (None: plans before 0.3)
+    pricing: dict[str, Any] | None = None  # how bytes were priced: source, exact, notes (`edgetqs.runtimes.pricing`)
 
     @property
     def rounding(self) -> str:
@@ -238,12 +245,10 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions,
 
     ``prune`` drops options the predicted cost dominates (as large and no better); a search that measures
     every option (`edgetqs.allocation.rescore`) keeps them all."""
-    from ..runtimes import RUNTIMES
-
     runtime = opts.runtime or target.runtimes[0]
     if runtime not in target.precisions:
         raise BadInputError(f"runtime '{runtime}' is not one of target '{target.name}' runtimes {list(target.precisions)}")
-    storage = RUNTIMES.get(runtime).storage
+    pricing = pricing_of(model, target, opts)
     names = [w.name for w in model.weights]
     for p in opts.pins:
         if not any(p.matches(n) for n in names):
@@ -287,6 +292,10 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions,
             e = effective(c, arr.shape, layout)
             seen.setdefault(e.name, e)
         opts_ = list(seen.values())
+        opts_ = _narrow_constants(opts_, pricing.role(w.name), pricing.activations) if rule == "optimiser" else opts_
+        if rule == "optimiser" and pricing.activations == "int8" and not pricing.slots and model.role(w.name) in ("Conv.bias", "Gemm.bias"):
+            # an integer kernel's bias is int32 at x_scale * w_scale (`edgetqs.runtimes.ort_static`): planned as its fp32 values
+            opts_ = [FP32]
         res = np.array([residual_rms(arr, p, layout) for p in opts_])
         if not np.isfinite(res).all():
             # e.g. fp16 of a pressure normaliser (~1e5 Pa > 65504): not a precision this tensor can have
@@ -294,7 +303,7 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions,
             if not keep:
                 raise BadInputError(f"tensor '{w.name}' cannot be stored at any of {[p.name for p in opts_]} (values overflow)")
             opts_, res = [opts_[k] for k in keep], res[keep]
-        nb = np.array([packed_bytes(arr.shape, p, layout, storage) for p in opts_], dtype=np.int64)
+        nb = np.array([pricing.option_bytes(w.name, arr.shape, p, layout) for p in opts_], dtype=np.int64)
         share = w.size / g.n_params if g.n_params else 1.0
         gain = math.inf if g.diverged_step is not None else (g.gain or 0.0)
         gains = [_ladder_gain(g, p, gain) for p in opts_]
@@ -314,6 +323,59 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions,
     for it in items:
         _prune(it) if prune else _sort(it)
     return items, runtime
+
+
+def resolve_activations(target: Target, runtime: str, asked: str) -> str:
+    """The activation width a plan executes: the one asked for when the target offers it for ``runtime``,
+    else (``auto``) the target's first (`[activations]`); float where the target lists none.
+
+    Raises:
+        BadInputError: a width the target does not offer for the runtime, with the ones it does.
+    """
+    from ..runtimes import RUNTIMES
+
+    offered = list(target.activations.get(runtime, ()))
+    if not offered:
+        offered = ["int8"] if RUNTIMES.get(runtime).full_integer else ["float"]
+    if asked == "auto":
+        return offered[0]
+    if asked not in offered:
+        raise BadInputError(
+            f"activations {asked}: target '{target.name}' offers {', '.join(offered)} for {runtime} "
+            f"([activations] {runtime} in its file); use --activations {offered[0]}"
+            + (
+                f" or plan for another runtime of the target ({', '.join(r for r in target.runtimes if r != runtime)})"
+                if len(target.runtimes) > 1
+                else ""
+            )
+        )
+    return asked
+
+
+_PRICING: dict[tuple[str, str, str, bool, bool], Any] = {}
+
+
+def pricing_of(model: Model, target: Target, opts: PlanOptions) -> Any:
+    """How the runtime prices each weight and everything else (`edgetqs.runtimes.pricing.Pricing`), memoised per
+    model, runtime, activations and exactness (an exact price converts the float graph once)."""
+    from ..runtimes import RUNTIMES
+
+    runtime = opts.runtime or target.runtimes[0]
+    acts = resolve_activations(target, runtime, opts.activations)
+    key = (model.sha256, runtime, acts, opts.exact_bytes, opts.activations == "auto")
+    if key not in _PRICING:
+        _PRICING[key] = RUNTIMES.get(runtime).pricing(model, acts, exact=opts.exact_bytes, auto=opts.activations == "auto")
+    return _PRICING[key]
+
+
+def _narrow_constants(options: list[Precision], role: str | None, activations: str) -> list[Precision]:
+    """A full-integer file stores elementwise constants at the activation width: under int8 activations an
+    int16 option would be priced and simulated wider than what is stored, so it goes (int8 remains)."""
+    if role != "const" or activations not in ("int8", "int16"):
+        return options
+    width = 8 if activations == "int8" else 16
+    kept = [p for p in options if p.kind == "int" and p.bits <= width]
+    return kept or options
 
 
 def paper_weights(scores: Scores) -> dict[str, float]:
@@ -407,9 +469,10 @@ def _prune(item: Item) -> None:
 # ------------------------------------------------------------------ the plan
 
 
-def _sizes(model: Model) -> tuple[int, int]:
-    fixed = model.fixed_bytes
-    fp32 = fixed + sum(w.size * 4 for w in model.weights)
+def _sizes(model: Model, pricing: Any = None) -> tuple[int, int]:
+    """(bytes of everything that is not a weight, as the runtime stores it; the fp32 model's bytes)."""
+    fixed = model.fixed_bytes if pricing is None else pricing.fixed_bytes(model)
+    fp32 = model.fixed_bytes + sum(w.size * 4 for w in model.weights)
     return fixed, fp32
 
 
@@ -423,9 +486,9 @@ def budget_of(model: Model, target: Target, opts: PlanOptions) -> tuple[int, str
     return target.weight_budget_bytes, f"target {target.name}"
 
 
-def feasible(model: Model, target: Target, items: list[Item], runtime: str, budget: int, source: str) -> int:
+def feasible(model: Model, target: Target, items: list[Item], runtime: str, budget: int, source: str, fixed: int | None = None) -> int:
     """The smallest feasible size; raises InfeasibleBudgetError (naming it) when the budget is below it."""
-    fixed, _ = _sizes(model)
+    fixed = model.fixed_bytes if fixed is None else fixed
     min_bytes = fixed + int(sum(it.bytes.min() for it in items))
     if min_bytes > budget:
         raise InfeasibleBudgetError(
@@ -447,9 +510,10 @@ def make_plan(scores: Scores, model: Model, target: Target, opts: PlanOptions | 
     opts.check()
     t0 = time.perf_counter()
     items, runtime = build_items(scores, model, target, opts)
+    fixed = _sizes(model, pricing_of(model, target, opts))[0]
     budget, source = budget_of(model, target, opts)
-    min_bytes = feasible(model, target, items, runtime, budget, source)
-    free = budget - _sizes(model)[0]
+    min_bytes = feasible(model, target, items, runtime, budget, source, fixed)
+    free = budget - fixed
     if sum(int(it.bytes[-1]) for it in items) <= free:
         # everything fits at its largest (least-error) option: that is the optimum, and asking the
         # MILP would let costs below its tolerances (~1e-12) pass for zero
@@ -482,8 +546,21 @@ def plan_from_choice(
     min_bytes: int,
     seconds: float,
 ) -> Plan:
-    """The `Plan` for one option per item (``choice`` indexes each item's options)."""
-    fixed, fp32 = _sizes(model)
+    """The `Plan` for one option per item (``choice`` indexes each item's options).
+
+    A weight's per-channel option carries its biases' per-channel parameters in the knapsack (`Pricing.coupled`);
+    once chosen they move back to the bias (or to the fixed bytes, for a bias that is no weight of the plan)."""
+    pricing = pricing_of(model, target, opts)
+    fixed, fp32 = _sizes(model, pricing)
+    moved: dict[str, int] = {}
+    for it, c in zip(items, choice):
+        if pricing.per_channel(it.name, it.options[c]):
+            for bias, extra in pricing.coupled.get(it.name, []):
+                moved[it.name] = moved.get(it.name, 0) - extra
+                if bias is None:
+                    fixed += extra
+                else:
+                    moved[bias] = moved.get(bias, 0) + extra
     errs = np.array([it.err[c] for it, c in zip(items, choice)])
     total_err = float(errs.sum())
     paper = 0.0
@@ -503,7 +580,7 @@ def plan_from_choice(
                 n_params=it.n,
                 precision=p,
                 granularity=p.granularity,
-                bytes=int(it.bytes[c]),
+                bytes=int(it.bytes[c]) + moved.get(it.name, 0),
                 fp32_bytes=it.n * 4,
                 residual=float(it.residual[c]),
                 error_share=share,
@@ -511,6 +588,11 @@ def plan_from_choice(
             )
         )
     weight_bytes = fixed + sum(t.bytes for t in tensors)
+    notes = tuple(pricing.notes)
+    if not pricing.exact and pricing.slots is not None:
+        notes += (
+            f"bytes priced {pricing.source}: the converter's read-back may differ; plan with exact bytes (edgetqs plan, build) to price what it stores",
+        )
     return Plan(
         edgetqs_version=edgetqs_version(),
         model=scores.model,
@@ -532,6 +614,9 @@ def plan_from_choice(
         options=opts,
         solve_seconds=seconds,
         horizon=scores.horizon,
+        notes=notes,
+        activations=pricing.activations,
+        pricing=pricing.record(),
     )
 
 
@@ -540,7 +625,7 @@ def pareto(scores: Scores, model: Model, target: Target, opts: PlanOptions, n: i
     if not 2 <= n <= 1000:
         raise BadInputError(f"--pareto {n}; expected 2 to 1000 budgets")
     items, _ = build_items(scores, model, target, opts)
-    fixed, _ = _sizes(model)
+    fixed, _ = _sizes(model, pricing_of(model, target, opts))
     lo = fixed + int(sum(it.bytes.min() for it in items))
     hi = fixed + int(sum(it.bytes.max() for it in items))
     budgets = np.unique(np.linspace(lo, hi, n).astype(int))

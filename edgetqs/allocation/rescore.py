@@ -37,7 +37,7 @@ from ..core.results import Frozen
 from ..core.rollout import Rollout, RolloutSpec
 from ..sensitivity.scores import Scores
 from .knapsack import InfeasibleBudgetError, Item, solve_exact
-from .plan import Plan, PlanOptions, _sizes, budget_of, build_items, feasible, make_plan, plan_from_choice
+from .plan import Plan, PlanOptions, _sizes, budget_of, build_items, feasible, make_plan, plan_from_choice, pricing_of
 from .targets import Target
 
 
@@ -187,9 +187,10 @@ def rescore(
     t0 = time.perf_counter()
     opts = opts.model_copy(update={"runtime": opts.runtime or target.runtimes[0]})
     items, runtime = build_items(scores, model, target, opts, prune=False)
+    fixed = _sizes(model, pricing_of(model, target, opts))[0]
     budget, source = budget_of(model, target, opts)
-    min_bytes = feasible(model, target, items, runtime, budget, source)
-    free = budget - _sizes(model)[0]
+    min_bytes = feasible(model, target, items, runtime, budget, source, fixed)
+    free = budget - fixed
     budget_state = _Budget(s)
     search, guard = _split(contexts.k, s.guard_share)
     ev = _Evaluator(model, spec, contexts, search, guard, scores.horizon, budget_state)

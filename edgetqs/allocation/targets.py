@@ -11,7 +11,8 @@ Schema (`TargetFile`; unknown keys and wrong types are errors naming the file an
         default = [...]                           any weight
         Conv = [...]                              the weight input of that ONNX op type
         "Conv.bias" = [...]                       the bias input of Conv / Gemm (else: default)
-    [activations] tflm = ["int16", "int8"]        activation types of full-integer runtimes, preferred first
+    [activations] tflm = ["int16", "int8"]        activation widths each runtime executes, the default first
+                  ort = ["float", "int8"]         (float: weight-only; int8/int16: static integer kernels)
 
 Shipped targets live in the top-level ``targets/`` folder of the repository (inside the package once
 installed); `edgetqs.core.catalogue` says where names are looked up.
@@ -75,7 +76,7 @@ class TargetFile(Config):
     default_device: str = "local"
     validation: Validation = Validation()
     precisions: dict[str, dict[str, tuple[Precision, ...]]]
-    activations: dict[str, tuple[Literal["int16", "int8"], ...]] = Field(default_factory=dict)
+    activations: dict[str, tuple[Literal["float", "int16", "int8"], ...]] = Field(default_factory=dict)
 
     @field_validator("name", "default_device")
     @classmethod
@@ -114,10 +115,12 @@ class TargetFile(Config):
                 if not options:
                     raise ValueError(f"precisions.{r}.{role} is empty; list at least one precision")
         for r, acts in self.activations.items():
-            if not RUNTIMES.get(r).full_integer:
-                raise ValueError(f"'activations.{r}': only full-integer runtimes take activation types")
             if not acts:
-                raise ValueError(f"activations.{r} is empty; list int16 and/or int8")
+                raise ValueError(f"activations.{r} is empty; list float, int16 and/or int8")
+            if RUNTIMES.get(r).full_integer and "float" in acts:
+                raise ValueError(f"'activations.{r}' lists float, but {r} runs full-integer models only; list int16 and/or int8")
+            if r not in self.runtimes:
+                raise ValueError(f"'activations.{r}': {r} is not among the target's runtimes {list(self.runtimes)}")
         return self
 
 

@@ -44,6 +44,25 @@ class ConvertJob:
     horizon: int
     target: Target | None
     activations: str = "auto"
+    _rows: list[dict[str, Any]] | None = field(default=None, repr=False)
+    _prepared: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every batch-1 input the float model sees in its closed-loop rollouts of the contexts (the
+        calibration set of full-integer routes, and the inputs legalisation deviations are measured on)."""
+        if self._rows is None:
+            from ..core.rollout import closed_loop_inputs
+
+            self._rows = closed_loop_inputs(self.model, self.spec, self.contexts, self.horizon)
+        return self._rows
+
+    def prepared(self, route: str) -> Any:
+        """The model canonicalised and legalised for ``route`` (`edgetqs.runtimes.prepare.Prepared`), once."""
+        if route not in self._prepared:
+            from .prepare import prepare
+
+            self._prepared[route] = prepare(self.model, route, feeds=self.rows())
+        return self._prepared[route]
 
     def plan_integers(self) -> dict[str, Any] | None:
         """Tensor name -> the integers and scales the plan's rounding chose (`QuantizedTensor`), for
@@ -85,6 +104,7 @@ class Runtime(Protocol):
     runner: str  # the on-device runner (`edgetqs.ondevice.runners.RUNNERS`)
     emulated: bool  # whether the emulated ARM Python can run it
     full_integer: bool  # activations are integers too (calibrated)
+    integer_activations: bool  # a float runtime that also takes static integer activations (ort: QDQ)
     also_reads: tuple[str, ...]
 
     def convert(self, job: ConvertJob) -> Converted: ...
@@ -99,6 +119,13 @@ class Runtime(Protocol):
 
     def job(self, artifact: Path, io: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
         """Runtime-specific fields of the on-device job (runner, arena, I/O order...)."""
+        ...
+
+    def pricing(self, model: Model, activations: str, exact: bool = False, auto: bool = False) -> Any:
+        """What the artifact will store per weight and precision (`edgetqs.runtimes.pricing.Pricing`).
+
+        ``exact``: price from the graph the converter writes; ``auto``: the activation width was not asked
+        for, so the runtime may narrow it where a kernel refuses the wider one (saying so in the notes)."""
         ...
 
 
@@ -116,7 +143,14 @@ class RuntimeInfo:
     runner: str = "onnxruntime"
     emulated: bool = True
     full_integer: bool = False
+    integer_activations: bool = False  # a float runtime that also takes static integer activations (ort: QDQ)
     also_reads: tuple[str, ...] = ()  # other suffixes recognised as this format (``.onnx`` for ``ort``)
+
+    def pricing(self, model: Model, activations: str, exact: bool = False, auto: bool = False) -> Any:
+        """Tensor-by-tensor prices from `storage` (what the ONNX routes and weight-only TFLite store)."""
+        from .pricing import storage_pricing
+
+        return storage_pricing(self.name, self.storage, activations)
 
 
 def _load() -> None:

@@ -14,11 +14,13 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..core.quantize import Precision
 from ..errors import OptionalDependencyError
 from .base import ConvertError
 
@@ -121,7 +123,7 @@ def float_tflite(model: Any, work: Path) -> Path:
         nodes = [n.name or n.output[0] for n in model.proto.graph.node if n.op_type == op]
         raise ConvertError(
             f"onnx2tf (the ONNX -> TFLite route) has no converter for the op {op} (ONNX node{'s' if len(nodes) > 1 else ''} "
-            f"{', '.join(repr(x) for x in nodes[:3])}); use --format ort or ort-mobile for this model"
+            f"{', '.join(repr(x) for x in nodes[:3])}) and edgetqs has no rewrite for it; {_ADVICE}"
         )
     failed = re.findall(r"onnx_op_name:\s*(\S+)", logs[-1]) or re.findall(r"onnx_op_name:\s*(\S+)", logs[0])
     ops_by_name = {n.name: n.op_type for n in model.proto.graph.node}
@@ -130,8 +132,137 @@ def float_tflite(model: Any, work: Path) -> Path:
     raise ConvertError(
         f"onnx2tf (the ONNX -> TFLite route) cannot convert {where}, with or without keeping the input layout"
         + (f": {last[-1][:300]}" if last else "")
-        + "; use --format ort or ort-mobile for this model"
+        + f"; {_ADVICE}"
     )
+
+
+# valid for any target (a target that runs only tflm refuses --format ort): issue 18
+_ADVICE = (
+    "replace the op in the model before exporting (an equivalent of MatMul/Add/Mul/Tanh/Sigmoid converts), "
+    "or plan for a target that runs ONNX Runtime (its runtimes include ort)"
+)
+
+
+@dataclass(frozen=True)
+class Match:
+    """Where one planned tensor (or one gate piece of it) lives in the float TFLite graph.
+
+    Attributes:
+        tensor: the planned tensor's name (the source of a split recurrent weight).
+        piece: the initializer in the prepared ONNX graph (== ``tensor`` unless split).
+        precision: what this piece is stored at (the plan's, mapped onto a piece by `prepare.piece_precision`).
+        index: the TFLite tensor index.
+        scope: the consuming op's scope (its output names), the key of ai-edge-quantizer's recipes.
+        op: the consuming op's builtin name.
+        pos: the input position in that op.
+        factor: the converter stored the values times this factor (a constant multiplier folded into the
+            weight, as TensorFlow's converter folds ``0.1 * conv(x)``); 1.0 when stored as they are.
+    """
+
+    tensor: str
+    piece: str
+    precision: Precision
+    index: int
+    scope: str
+    op: str
+    pos: int
+    factor: float = 1.0
+    users: int = 1
+    uses: tuple[tuple[str, str, int], ...] = ()  # every consumer: (scope, op, input position); an unrolled cell shares a weight
+
+    @property
+    def weight_scopes(self) -> list[tuple[str, str]]:
+        """(scope, op) of every consumer: each needs the tensor's recipe, or the quantizer applies its default to the shared tensor."""
+        return [(sc, op) for sc, op, _ in (self.uses or ((self.scope, self.op, self.pos),))]
+
+    @property
+    def only_weight_uses(self) -> bool:
+        """Every consumer takes it as the weight input of an op with its own weight scales."""
+        return all(WEIGHT_OPS.get(op) == pos for _, op, pos in (self.uses or ((self.scope, self.op, self.pos),)))
+
+    @property
+    def is_weight(self) -> bool:
+        """The weight input of an op ai-edge-quantizer quantizes with its own scales."""
+        return WEIGHT_OPS.get(self.op) == self.pos
+
+
+def _same(vals: np.ndarray, key: np.ndarray) -> bool:
+    return bool(np.allclose(np.sort(vals), key, rtol=1e-6, atol=1e-8))
+
+
+def _scaled(vals: np.ndarray, w: np.ndarray) -> float | None:
+    """The factor c with vals == c * w up to float rounding (a multiplier folded in), else None."""
+    aw, av = float(np.max(np.abs(w))), float(np.max(np.abs(vals)))
+    if aw == 0 or av == 0:
+        return None
+    kw = np.sort(w / aw)
+    for sign in (1.0, -1.0):
+        if np.allclose(np.sort(sign * vals / av), kw, rtol=1e-5, atol=1e-6):
+            c = sign * av / aw
+            if np.allclose(vals.astype(np.float64), c * w.astype(np.float64), rtol=1e-4, atol=1e-6 * av):
+                return c
+    return None
+
+
+def match_planned(prep: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str], skip_fp32: bool) -> tuple[list[Match], list[tuple[str, str]]]:
+    """Find each planned tensor (each gate piece of a split recurrent weight) in the float TFLite graph by
+    content: first as the same multiset of values (layouts are permuted, values are not), then as a
+    multiple of them (a constant multiplier folded in; per-channel and per-tensor integers are the same
+    then). Returns the matches and the (tensor, piece) pairs not found (folded or transformed otherwise)."""
+    from ..core.quantize import Layout, effective
+    from .prepare import piece_precision
+
+    by_size: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for idx, vals in constants(m, sg):
+        by_size.setdefault(vals.size, []).append((idx, vals))
+    consumers: dict[int, list[Any]] = {}
+    for op in sg.operators:
+        for pos, i in enumerate(op.inputs):
+            if i >= 0:
+                consumers.setdefault(i, []).append((op, pos))
+    used: set[int] = set()
+    found: list[Match] = []
+    missing: list[tuple[str, str]] = []
+    for t in plan.tensors:
+        if skip_fp32 and t.precision.kind == "float" and t.precision.bits == 32:
+            continue
+        src_layout = prep.source.layout(t.name) if t.name in prep.source_weights else None
+        pieces = {p.name: p for p in prep.pieces.get(t.name, ())}
+        for piece, arr in prep.values(t.name):
+            w = arr.astype(np.float32).ravel()
+            key = np.sort(w)
+            cands = [(idx, vals) for idx, vals in by_size.get(w.size, []) if idx not in used]
+            hit = next(((idx, 1.0) for idx, vals in cands if _same(vals, key)), None)
+            if hit is None:
+                hit = next(((idx, c) for idx, vals in cands if (c := _scaled(vals, w)) is not None), None)
+            if hit is None:
+                missing.append((t.name, piece))
+                continue
+            idx, factor = hit
+            used.add(idx)
+            users = consumers.get(idx, [])
+            op, pos = users[0] if users else (None, -1)
+            if piece in pieces:
+                p = effective(
+                    piece_precision(t.precision, src_layout or Layout(0, None), pieces[piece]), arr.shape, Layout(arr.ndim - 1, 0)
+                )
+            else:
+                p = effective(t.precision, arr.shape, src_layout or Layout(0, None))
+            found.append(
+                Match(
+                    t.name,
+                    piece,
+                    p,
+                    idx,
+                    scope(sg, op) if op is not None else "",
+                    op_name(m, op, ops) if op is not None else "",
+                    pos,
+                    factor,
+                    len(users),
+                    tuple((scope(sg, o), op_name(m, o, ops), ps) for o, ps in users),
+                )
+            )
+    return found, missing
 
 
 def constants(m: Any, sg: Any) -> list[tuple[int, np.ndarray]]:

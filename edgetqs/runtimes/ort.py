@@ -193,11 +193,33 @@ def _to_matmul_nbits(
     return b_name
 
 
+def ort_activations(job: ConvertJob) -> str:
+    """The activation width of an ORT artifact: the one asked for, else the plan's, else float; refused (with
+    the widths offered) when the target does not list it for ort (``[activations] ort``)."""
+    offered = list(job.target.activations.get("ort", ())) if job.target is not None else []
+    offered = offered or ["float"]
+    asked = job.activations if job.activations not in ("auto", None) else (getattr(job.plan, "activations", None) or offered[0])
+    if asked not in offered:
+        raise ConvertError(
+            f"activations {asked}: target '{job.plan.target}' offers {', '.join(offered)} for ort ([activations] ort in its file); "
+            f"use --activations {offered[0]}"
+        )
+    return asked
+
+
 def read_back(
-    artifact: Path, model: Model, plan: Plan, nbits: dict[str, str], integers: dict[str, QuantizedTensor] | None
+    artifact: Path,
+    model: Model,
+    plan: Plan,
+    nbits: dict[str, str],
+    integers: dict[str, QuantizedTensor] | None,
+    int32_biases: list[str] | tuple[str, ...] = (),
 ) -> tuple[list[Any], int]:
     """Per planned tensor, the precision the file stores and whether its integers are exactly the plan's (its
-    rounding's: GPTQ's when given, else round-to-nearest), and every constant byte it holds."""
+    rounding's: GPTQ's when given, else round-to-nearest), and every constant byte it holds.
+
+    ``int32_biases``: biases stored int32 at scale x_scale * w_scale because their op runs integer activations
+    (`edgetqs.runtimes.ort_static`): the plan's float bias, as an integer kernel needs it."""
     from . import readback
     from .convert import TensorCheck
 
@@ -206,6 +228,8 @@ def read_back(
     for t in plan.tensors:
         found, nbytes = readback.stored_precision(g, t.name, nbits)
         planned = "fp32" if t.precision.stays_float else t.precision.name  # float graphs keep full-integer biases in fp32
+        if t.name in int32_biases:
+            planned = "dq-int32"
         ok = found == planned
         stored = readback.stored_integers(g, t.name, nbits) if ok and t.precision.kind == "int" and not t.precision.stays_float else None
         if stored is not None:
@@ -221,6 +245,25 @@ def read_back(
     return checks, sum(i.nbytes for i in g.inits.values())
 
 
+def canonical_pricing(runtime: str, storage: Any, model: Model, activations: str) -> Any:
+    """Tensor-by-tensor prices (`packed_bytes`), with the non-weight bytes of the canonical graph the route writes."""
+    from .prepare import canonical_fixed_bytes
+    from .pricing import storage_pricing
+
+    p = storage_pricing(runtime, storage, activations)
+    p.fixed = canonical_fixed_bytes(model, runtime)
+    if activations == "int8":
+        from .ort_static import int8_extra_bytes
+
+        extra = int8_extra_bytes(model)
+        p.fixed += extra
+        p.notes.append(
+            f"int8 activations: {extra:,} B for activation scales and zero points and int32 bias scales, priced as if every "
+            "Conv/Gemm/MatMul weight were int8 (an upper bound: ops whose weight stays float keep float activations)"
+        )
+    return p
+
+
 def validate_onnx(artifact: Path, ort_format: bool) -> None:
     from ..ondevice.runners import OrtRunner
 
@@ -234,11 +277,31 @@ class OrtRuntime(RuntimeInfo):
         from ..ondevice.runners import OrtRunner
 
         ints = job.plan_integers()
-        data, nbits = qdq_model(job.model, job.plan, integers=ints)
+        prep = job.prepared("ort")  # canonical graph: run-time shape/pad arithmetic folded, weights kept by name
+        data, nbits = qdq_model(prep.model, job.plan, integers=ints)
+        acts = ort_activations(job)
+        facts: dict[str, Any] = {"prepared": prep.record(), "activations": acts}
+        notes = prep.notes()
+        int32: list[str] = []
+        if acts == "int8":
+            from .ort_static import fused_kernels, static_qdq
+
+            data, q = static_qdq(data, prep.model.proto, job.rows())
+            int32 = q["int32_biases"]
+            kernels = fused_kernels(data)
+            facts["ort_static"] = {**q, "optimized_graph_ops": kernels}
+            fused = {k: v for k, v in kernels.items() if k.startswith(("QLinear", "QGemm"))}
+            notes.append(
+                f"int8 activations (uint8 asymmetric, min/max on {len(job.rows())} closed-loop inputs) around {len(q['quantized_nodes'])} "
+                f"kernel op(s); onnxruntime's optimised graph runs {', '.join(f'{k} x{v}' for k, v in sorted(fused.items())) or 'no integer kernel'}"
+            )
         artifact = job.work / job.file_name
         artifact.write_bytes(data)
-        checks, weight_bytes = read_back(artifact, job.model, job.plan, nbits, ints)
-        return Converted(artifact, checks, weight_bytes, OrtRunner(data, threads=0))
+        checks, weight_bytes = read_back(artifact, prep.model, job.plan, nbits, ints, int32_biases=int32)
+        return Converted(artifact, checks, weight_bytes, OrtRunner(data, threads=0), notes=notes, facts=facts)
+
+    def pricing(self, model: Model, activations: str, exact: bool = False, auto: bool = False) -> Any:
+        return canonical_pricing(self.name, self.storage, model, activations)
 
     def open(self, artifact: Path, model: Model, facts: dict[str, Any]) -> Any:
         from ..ondevice.runners import OrtRunner
@@ -257,5 +320,6 @@ RUNTIME = OrtRuntime(
     description="ONNX Runtime (.onnx, weight-only int8/int4 QDQ, fp16)",
     suffix=".ort.onnx",
     accepts=("ort", "ort-mobile"),
+    integer_activations=True,
     also_reads=(".onnx",),
 )

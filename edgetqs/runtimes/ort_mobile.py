@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
-from .ort import qdq_model, read_back, validate_onnx
+from .ort import canonical_pricing, qdq_model, read_back, validate_onnx
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.model import Model
@@ -54,7 +54,8 @@ class OrtMobileRuntime(RuntimeInfo):
         from ..ondevice.runners import OrtRunner
 
         ints = job.plan_integers()
-        data, nbits = qdq_model(job.model, job.plan, mobile=True, integers=ints)
+        prep = job.prepared("ort-mobile")  # canonical graph, as for ort
+        data, nbits = qdq_model(prep.model, job.plan, mobile=True, integers=ints)
         onnx_path = job.work / (job.model.name + ".onnx")
         onnx_path.write_bytes(data)
         artifact = to_ort_format(onnx_path, job.work)
@@ -62,8 +63,12 @@ class OrtMobileRuntime(RuntimeInfo):
         final = job.work / job.file_name
         if artifact != final:
             artifact.replace(final)
-        checks, weight_bytes = read_back(final, job.model, job.plan, nbits, ints)
-        return Converted(final, checks, weight_bytes, OrtRunner(final.read_bytes(), ort_format=True, threads=0))
+        checks, weight_bytes = read_back(final, prep.model, job.plan, nbits, ints)
+        runner = OrtRunner(final.read_bytes(), ort_format=True, threads=0)
+        return Converted(final, checks, weight_bytes, runner, notes=prep.notes(), facts={"prepared": prep.record()})
+
+    def pricing(self, model: Model, activations: str, exact: bool = False, auto: bool = False) -> Any:
+        return canonical_pricing(self.name, self.storage, model, activations)
 
     def open(self, artifact: Path, model: Model, facts: dict[str, Any]) -> Any:
         from ..ondevice.runners import OrtRunner

@@ -17,16 +17,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..core.quantize import Storage, effective
 from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
 from .convert import TensorCheck
 from .litert import (
     WEIGHT_OPS,
-    constants,
     float_tflite,
     io_dicts,
+    match_planned,
     names,
     op_name,
     qbytes,
@@ -42,41 +40,23 @@ _ALGO_FLOAT = "float_casting"
 _PACKAGES = ("onnx2tf", "ai-edge-quantizer", "ai-edge-litert", "tensorflow")
 
 
-def _match(model: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str]) -> dict[str, tuple[str, str, int]]:
-    """Planned (non-fp32) tensor -> (op scope, op name, input position) in the float TFLite graph."""
-    consts = constants(m, sg)
-    consumers: dict[int, list] = {}
-    for op in sg.operators:
-        for pos, i in enumerate(op.inputs):
-            if i >= 0:
-                consumers.setdefault(i, []).append((op, pos))
-    used: set[int] = set()
-    found = {}
-    for t in plan.tensors:
-        p = t.precision
-        if p.kind == "float" and p.bits == 32:
-            continue
-        w = model.weight_array(t.name).astype(np.float32).ravel()
-        key = np.sort(w)
-        cands = [
-            idx for idx, vals in consts if idx not in used and vals.size == w.size and np.allclose(np.sort(vals), key, rtol=1e-6, atol=1e-8)
-        ]
-        if not cands:
+def _match(prep: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str]) -> list[Any]:
+    """Planned (non-fp32) tensors, and each gate piece of a split recurrent weight, in the float TFLite graph."""
+    found, missing = match_planned(prep, plan, m, sg, ops, skip_fp32=True)
+    if missing:
+        name, piece = missing[0]
+        p = next(t.precision for t in plan.tensors if t.name == name)
+        what = f"'{name}'" + (f" (its piece '{piece}')" if piece != name else "")
+        raise ConvertError(
+            f"planned tensor {what} ({p}) has no counterpart with the same values in the TFLite graph onnx2tf wrote "
+            "(it was folded or transformed, e.g. a division turned into a multiplication); pin it to fp32 and replan"
+        )
+    for f in found:
+        if not f.users or not f.only_weight_uses:
             raise ConvertError(
-                f"planned tensor '{t.name}' ({t.precision}) has no counterpart with the same values in the TFLite graph onnx2tf wrote "
-                "(it was folded or transformed, e.g. a division turned into a multiplication); pin it to fp32 and replan"
+                f"planned tensor '{f.tensor}' ({f.precision}) feeds {f.op or 'nothing'} input {f.pos} in the TFLite graph; ai-edge-quantizer "
+                f"quantizes only the weight input of {', '.join(sorted(WEIGHT_OPS))}: pin it to fp32 and replan"
             )
-        idx = cands[0]
-        users = consumers.get(idx, [])
-        if len(users) != 1 or op_name(m, users[0][0], ops) not in WEIGHT_OPS or users[0][1] != WEIGHT_OPS[op_name(m, users[0][0], ops)]:
-            what = ", ".join(f"{op_name(m, o, ops)} input {pos}" for o, pos in users) or "nothing"
-            raise ConvertError(
-                f"planned tensor '{t.name}' ({t.precision}) feeds {what} in the TFLite graph; ai-edge-quantizer quantizes "
-                f"only the weight input of {', '.join(sorted(WEIGHT_OPS))}: pin it to fp32 and replan"
-            )
-        used.add(idx)
-        op, pos = users[0]
-        found[t.name] = (scope(sg, op), op_name(m, op, ops), pos)
     return found
 
 
@@ -99,8 +79,8 @@ def _recipe(qt: Any, op_scope: str, op: str, p: Any) -> None:
     qt.add_weight_only_config(regex=regex, operation_name=name, num_bits=p.bits, granularity=gran)
 
 
-def _readback(buf: bytes, matched: dict[str, tuple[str, str, int]]) -> tuple[dict[str, tuple[str, int]], int]:
-    """Stored precision and bytes of each matched tensor, and all weight bytes of the file."""
+def _readback(buf: bytes, matched: list[Any]) -> tuple[dict[str, list[tuple[str, int]]], int]:
+    """Stored precision and bytes of each matched piece (by planned tensor), and all weight bytes of the file."""
     fb = schema()
     ops, types = names(fb)
     m = fb.ModelT.InitFromPackedBuf(buf, 0)
@@ -108,14 +88,14 @@ def _readback(buf: bytes, matched: dict[str, tuple[str, str, int]]) -> tuple[dic
     by_scope = {scope(sg, op): op for op in sg.operators}
     producer = {o: op for op in sg.operators for o in op.outputs}
 
-    out = {}
-    for name, (op_scope, _, pos) in matched.items():
-        op = by_scope.get(op_scope)
+    out: dict[str, list[tuple[str, int]]] = {}
+    for f in matched:
+        op = by_scope.get(f.scope)
         if op is None:
-            out[name] = ("missing", 0)
+            out.setdefault(f.tensor, []).append(("missing", 0))
             continue
-        src = sg.tensors[op.inputs[pos]]
-        prod = producer.get(op.inputs[pos])
+        src = sg.tensors[op.inputs[f.pos]]
+        prod = producer.get(op.inputs[f.pos])
         if prod is not None and op_name(m, prod, ops) == "DEQUANTIZE":
             src = sg.tensors[prod.inputs[0]]
         b = m.buffers[src.buffer]
@@ -123,13 +103,14 @@ def _readback(buf: bytes, matched: dict[str, tuple[str, str, int]]) -> tuple[dic
         kind = types.get(src.type, "?")
         if kind in ("INT8", "INT4"):
             n = len(src.quantization.scale) if src.quantization is not None and src.quantization.scale is not None else 0
-            out[name] = (f"int{8 if kind == 'INT8' else 4}-{'tensor' if n == 1 else 'channel'}", nbytes)
+            found = f"int{8 if kind == 'INT8' else 4}-{'tensor' if n == 1 else 'channel'}"
         elif kind == "FLOAT16":
-            out[name] = ("fp16", nbytes)
+            found = "fp16"
         elif kind == "FLOAT32":
-            out[name] = ("fp32", nbytes)
+            found = "fp32"
         else:
-            out[name] = (kind.lower(), nbytes)
+            found = kind.lower()
+        out.setdefault(f.tensor, []).append((found, nbytes))
     total = 0
     for t in sg.tensors:
         b = m.buffers[t.buffer]
@@ -156,15 +137,16 @@ class TfliteRuntime(RuntimeInfo):
         model, plan, work = job.model, job.plan, job.work
         fb = schema()
         ops, _ = names(fb)
-        float_path = float_tflite(model, work)
+        prep = job.prepared("tflite")
+        float_path = float_tflite(prep.model, work)
         fbuf = float_path.read_bytes()
         fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
-        matched = _match(model, plan, fm, fm.subgraphs[0], ops)
-        precision = {t.name: t.precision for t in plan.tensors}
+        matched = _match(prep, plan, fm, fm.subgraphs[0], ops)
         if matched:
             qt = quantizer.Quantizer(str(float_path))
-            for tname, (op_scope, op, _) in matched.items():
-                _recipe(qt, op_scope, op, precision[tname])
+            for f in matched:
+                for sc, op in f.weight_scopes:  # an unrolled recurrent cell's steps share one weight
+                    _recipe(qt, sc, op, f.precision)
             with contextlib.redirect_stdout(io.StringIO()):  # the quantizer prints a size summary
                 buf = bytes(qt.quantize().quantized_model)
         else:
@@ -172,19 +154,34 @@ class TfliteRuntime(RuntimeInfo):
         artifact = work / job.file_name
         artifact.write_bytes(buf)
         stored, total = _readback(buf, matched)
+        want: dict[str, list[str]] = {f.tensor: [] for f in matched}
+        for f in matched:
+            want[f.tensor].append(f.precision.name)
         checks = []
         for t in plan.tensors:
             p = effective(t.precision, model.weight_array(t.name).shape, model.layout(t.name))
             if t.name in stored:
-                found, nbytes = stored[t.name]
-                checks.append(TensorCheck(name=t.name, planned=p.name, found=found, match=found == p.name, bytes=nbytes))
+                got = stored[t.name]
+                found = got[0][0] if len({g for g, _ in got}) == 1 else "+".join(g for g, _ in got)
+                nbytes = sum(b for _, b in got)
+                ok = [g for g, _ in got] == want[t.name]
+                label = found if len(got) == 1 else f"{found} ({len(got)} gate pieces)"
+                checks.append(TensorCheck(name=t.name, planned=p.name, found=label, match=ok, bytes=nbytes))
             else:  # planned fp32: stays float in the graph onnx2tf wrote (possibly transformed or fused)
                 checks.append(TensorCheck(name=t.name, planned=p.name, found="fp32", match=p.name == "fp32", bytes=t.bytes))
         shutil.rmtree(work / "onnx2tf", ignore_errors=True)
         (work / "float_input.onnx").unlink(missing_ok=True)
         ins, outs = io_dicts(model)
-        notes = [f"float TFLite from onnx2tf at batch 1; {len(matched)} tensors quantized weight-only by ai-edge-quantizer"]
-        return Converted(artifact, checks, total, LiteRunner(buf, ins, outs), notes=notes, versions=versions(_PACKAGES))
+        notes = [f"float TFLite from onnx2tf at batch 1; {len(matched)} tensors quantized weight-only by ai-edge-quantizer", *prep.notes()]
+        return Converted(
+            artifact,
+            checks,
+            total,
+            LiteRunner(buf, ins, outs),
+            notes=notes,
+            facts={"prepared": prep.record()},
+            versions=versions(_PACKAGES),
+        )
 
     def open(self, artifact: Path, model: Any, facts: dict[str, Any]) -> Any:
         from ..ondevice.runners import LiteRunner

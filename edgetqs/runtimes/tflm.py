@@ -21,23 +21,22 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..core.quantize import Storage
-from ..core.rollout import closed_loop_inputs
 from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
 from .convert import TensorCheck
 from .litert import (
     WEIGHT_OPS,
-    constants,
     float_tflite,
     input_perms,
     io_dicts,
+    match_planned,
     names,
-    op_name,
     qbytes,
     quiet_tensorflow,
     refuse_other_rounding,
@@ -86,8 +85,52 @@ def require() -> None:
     )
 
 
+def _cache_file(model: Any) -> Path:
+    import hashlib
+    import os
+
+    from .litert import versions as _v
+
+    key = hashlib.sha256(model.bytes + repr(sorted(_v(("onnx2tf", "tensorflow")).items())).encode()).hexdigest()[:32]
+    root = Path(os.environ.get("EDGETQS_CACHE_DIR", Path.home() / ".cache" / "edgetqs")).expanduser()
+    return root / "tflite" / f"{key}.signature.tflite"
+
+
+def _require_light() -> None:
+    """`require` without importing TensorFlow (seconds): the packages are looked up, not loaded."""
+    import importlib.util
+
+    from ..errors import OptionalDependencyError
+
+    for mod, pkg in (
+        ("tflite_micro", "tflite-micro"),
+        ("onnx2tf", "onnx2tf"),
+        ("tensorflow", "tensorflow"),
+        ("ai_edge_litert", "ai-edge-litert"),
+    ):
+        if importlib.util.find_spec(mod) is None:
+            raise OptionalDependencyError(pkg, "mcu", "pricing a plan for TFLite-Micro exactly")
+
+
 def signature_tflite(model: Any, work: Path) -> bytes:
-    """Float TFLite with a ``serving_default`` signature, from the SavedModel onnx2tf writes."""
+    """Float TFLite with a ``serving_default`` signature, from the SavedModel onnx2tf writes.
+
+    Cached by the graph's bytes and the converters' versions (the planner prices from this graph and
+    convert quantizes it: one conversion serves both)."""
+    import os
+
+    cached = _cache_file(model)
+    if cached.is_file():
+        return cached.read_bytes()
+    data = _signature_tflite(model, work)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, cached)
+    return data
+
+
+def _signature_tflite(model: Any, work: Path) -> bytes:
     float_tflite(model, work)
     out = work / "float_signature.tflite"
     r = subprocess.run(
@@ -128,16 +171,19 @@ def _input_keys(inputs: list[str], sig_inputs: dict[str, int]) -> dict[str, str]
     return out
 
 
-def _quantize(
+def quantize_static(
     fbuf: bytes,
-    model: Any,
-    plan: Any,
-    matched: dict[str, tuple[str, str, int]],
+    matched: list[Any],
     rows: list[dict[str, np.ndarray]],
     act_bits: int,
     in_perm: dict[str, Any],
     keys: dict[str, str],
+    float_scopes: tuple[str, ...] = (),
 ) -> bytes:
+    """Static (full-integer) quantization of a float TFLite graph with ai-edge-quantizer: int8 weights (per
+    channel or per tensor as the plan says), ``act_bits`` activations calibrated with min/max on ``rows``.
+
+    ``float_scopes``: op scopes left in float (LiteRT runs them between DEQUANTIZE/QUANTIZE; TFLite-Micro cannot)."""
     import contextlib
     import io
 
@@ -146,17 +192,27 @@ def _quantize(
 
     qt = quantizer.Quantizer(fbuf)
     qt.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=act_bits, weight_num_bits=8)
-    for tname, (op_scope, op, pos) in matched.items():
-        p = next(t.precision for t in plan.tensors if t.name == tname)
-        if WEIGHT_OPS.get(op) == pos and p.kind == "int":  # the weight input; biases follow the kernel
+    for f in matched:
+        p = f.precision
+        if f.is_weight and p.kind == "int" and p.bits <= 8:  # the weight input; biases follow the kernel
             gran = qtyping.QuantGranularity.CHANNELWISE if p.granularity != "tensor" else qtyping.QuantGranularity.TENSORWISE
-            qt.add_static_config(
-                regex="^" + re.escape(op_scope) + "$",
-                operation_name=qtyping.TFLOperationName[op],
-                activation_num_bits=act_bits,
-                weight_num_bits=p.bits,
-                weight_granularity=gran,
-            )
+            for sc, op in f.weight_scopes:  # every consumer: the steps of an unrolled recurrent cell share one weight
+                if WEIGHT_OPS.get(op) is None:
+                    continue
+                qt.add_static_config(
+                    regex="^" + re.escape(sc) + "$",
+                    operation_name=qtyping.TFLOperationName[op],
+                    activation_num_bits=act_bits,
+                    weight_num_bits=p.bits,
+                    weight_granularity=gran,
+                )
+    for sc in float_scopes:
+        qt.update_quantization_recipe(
+            regex="^" + re.escape(sc) + "$",
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            op_config=qtyping.OpQuantizationConfig(compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=False),
+            algorithm_key="no_quantize",
+        )
     data = []
     for r in rows:
         feed = {}
@@ -219,9 +275,9 @@ def measure_arena(path: Path, n_inputs: int, ceiling: int = ARENA_CEILING) -> tu
     return hi, reported, probes
 
 
-def _readback(buf: bytes, tfl_names: dict[str, str]) -> tuple[dict[str, tuple[str, int]], int, list[str]]:
-    """Stored precision and bytes of each planned tensor (by its tensor name in the float graph),
-    all constant bytes, and the names of float tensors left (a full-integer model has none)."""
+def _readback(buf: bytes, fm: Any, matched: list[Any]) -> tuple[dict[str, list[tuple[str, int]]], int, list[str]]:
+    """Stored precision and bytes of each matched piece (by planned tensor; found by its tensor name in the
+    float graph), all constant bytes, and the names of float tensors left (a full-integer model has none)."""
     fb = schema()
     _, types = names(fb)
     m = fb.ModelT.InitFromPackedBuf(buf, 0)
@@ -229,22 +285,26 @@ def _readback(buf: bytes, tfl_names: dict[str, str]) -> tuple[dict[str, tuple[st
     by_name: dict[str, int] = {}
     for idx, t in enumerate(sg.tensors):
         by_name.setdefault(t.name.decode(), idx)
-
-    out: dict[str, tuple[str, int]] = {}
-    for plan_name, tfl_name in tfl_names.items():
-        at = by_name.get(tfl_name)
+    by_scope = {scope(sg, op): op for op in sg.operators}
+    fsg = fm.subgraphs[0]
+    out: dict[str, list[tuple[str, int]]] = {}
+    for f in matched:
+        at = by_name.get(fsg.tensors[f.index].name.decode())
         if at is None:
-            out[plan_name] = ("missing", 0)
+            out.setdefault(f.tensor, []).append(("missing", 0))
             continue
         t = sg.tensors[at]
-        b = m.buffers[t.buffer]
-        nbytes = (0 if b.data is None else len(b.data)) + qbytes(t)
+        # the copies the quantizer made for other consumers (a bias shared by the steps of an unrolled cell)
+        copies = {at} | {op.inputs[pos] for sc, _, pos in f.uses if (op := by_scope.get(sc)) is not None and pos < len(op.inputs)}
+        nbytes = sum(
+            (0 if (b := m.buffers[sg.tensors[i].buffer]).data is None else len(b.data)) + qbytes(sg.tensors[i]) for i in copies if i >= 0
+        )
         kind = types.get(t.type, "?")
         if kind in ("INT8", "INT16", "INT4"):
             n = len(t.quantization.scale) if t.quantization is not None and t.quantization.scale is not None else 0
-            out[plan_name] = (f"{kind.lower()}-{'tensor' if n == 1 else 'channel'}", nbytes)
+            out.setdefault(f.tensor, []).append((f"{kind.lower()}-{'tensor' if n == 1 else 'channel'}", nbytes))
         else:
-            out[plan_name] = (kind.lower().replace("float", "fp"), nbytes)
+            out.setdefault(f.tensor, []).append((kind.lower().replace("float", "fp"), nbytes))
     total, floats = 0, []
     for t in sg.tensors:
         b = m.buffers[t.buffer]
@@ -255,42 +315,112 @@ def _readback(buf: bytes, tfl_names: dict[str, str]) -> tuple[dict[str, tuple[st
     return out, total, floats
 
 
+def shared_copies(buf: bytes) -> tuple[int, int]:
+    """(count, bytes) of the constants ai-edge-quantizer duplicated because their consumers need different
+    quantization parameters (``*_duplicated*`` tensors: a bias shared by the steps of an unrolled cell)."""
+    fb = schema()
+    m = fb.ModelT.InitFromPackedBuf(buf, 0)
+    n = nbytes = 0
+    for t in m.subgraphs[0].tensors:
+        b = m.buffers[t.buffer]
+        if "_duplicated" in t.name.decode() and b.data is not None and len(b.data):
+            n += 1
+            nbytes += len(b.data) + qbytes(t)
+    return n, nbytes
+
+
 def _bits(precision: str) -> int:
     m = re.match(r"[a-z]+?(\d+)", precision)
     return int(m.group(1)) if m else 0
 
 
-def _match_constants(
-    model: Any, plan: Any, fm: Any, sg: Any, ops: dict[int, str]
-) -> tuple[dict[str, tuple[str, str, int]], dict[str, str]]:
-    """Planned tensors found by content in the float graph: (name -> (op scope, op, input position), name -> TFLite tensor name).
+def activation_choices(job: ConvertJob, route: str) -> list[str]:
+    """The activation widths to try, in order: the one asked for, else the plan's, else the target's preference."""
+    allowed: list[str] = list(job.target.activations.get(route, ())) if job.target is not None else []
+    allowed = allowed or (["int8"] if route == "tflm" else ["float"])
+    if job.activations not in ("auto", None):
+        if job.activations not in allowed:
+            raise ConvertError(
+                f"activations {job.activations} are not offered for {route} by target '{job.plan.target}' (it offers {', '.join(allowed)})"
+            )
+        return [job.activations]
+    planned = getattr(job.plan, "activations", None)
+    if planned:
+        rest = [a for a in allowed if a != planned and _bits(a) < _bits(planned) and a != "float"]
+        return [planned, *rest]  # a kernel that refuses the planned width falls back to narrower ones, with a note
+    return allowed
 
-    As for TFLite; in a full-integer graph every constant is quantized, so one that onnx2tf folded or
-    transformed (1/std for a division) is quantized in its new form and simply not found here."""
-    consts = constants(fm, sg)
-    consumers: dict[int, list[Any]] = {}
-    for op in sg.operators:
-        for pos, i in enumerate(op.inputs):
-            if i >= 0:
-                consumers.setdefault(i, []).append((op, pos))
-    matched: dict[str, tuple[str, str, int]] = {}
-    tensor_names: dict[str, str] = {}
-    used: set[int] = set()
+
+@dataclass
+class FloatGraph:
+    """The float TFLite graph of a prepared model, with what static quantization needs to feed it."""
+
+    prep: Any
+    fbuf: bytes
+    fm: Any
+    matched: list[Any]
+    keys: dict[str, str]
+    in_perm: dict[str, Any]
+    notes: list[str]
+
+    def quantize(self, rows: list[dict[str, np.ndarray]], act: str, float_scopes: tuple[str, ...] = ()) -> bytes:
+        return quantize_static(self.fbuf, self.matched, rows, _bits(act), self.in_perm, self.keys, float_scopes)
+
+
+def float_graph(job: ConvertJob, route: str) -> FloatGraph:
+    """The prepared model as a float TFLite graph with a signature, and the planned tensors found in it."""
+    prep = job.prepared(route)
+    model = prep.model
+    fb = schema()
+    ops, _ = names(fb)
+    fbuf = signature_tflite(model, job.work)
+    fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
+    sg = fm.subgraphs[0]
+    sig_in, _ = _signature(fm)
+    in_names = [i.name for i in model.inputs]
+    keys = _input_keys(in_names, sig_in)
+    in_perm = input_perms(model, [tuple(sg.tensors[sig_in[keys[n]]].shape) for n in in_names])
+    matched, _ = match_planned(prep, job.plan, fm, sg, ops, skip_fp32=False)
+    rows = job.rows()
+    notes = [
+        f"calibrated with min/max on {len(rows)} inputs from the float model's closed-loop rollouts of {job.contexts.k} contexts x {job.horizon} steps",
+        *prep.notes(),
+    ]
+    return FloatGraph(prep, fbuf, fm, matched, keys, in_perm, notes)
+
+
+def tensor_checks(
+    plan: Any, stored: dict[str, list[tuple[str, int]]], matched: list[Any], act: str, floats: list[str]
+) -> list[TensorCheck]:
+    """Per planned tensor, what the full-integer file stores: weights exactly at the planned form; biases and
+    elementwise constants at the width their kernels need (int32/int64 biases, constants at the activation
+    width); a tensor folded into another (a sum of two biases) is integer when no float tensor is left."""
+    kinds: dict[str, list[Any]] = {}
+    for f in matched:
+        kinds.setdefault(f.tensor, []).append(f)
+    checks = []
     for t in plan.tensors:
-        w = np.sort(model.weight_array(t.name).astype(np.float32).ravel())
-        cands = [
-            idx for idx, vals in consts if idx not in used and vals.size == w.size and np.allclose(np.sort(vals), w, rtol=1e-6, atol=1e-8)
-        ]
-        if not cands:
+        planned = t.precision
+        got = stored.get(t.name)
+        if not got:  # folded or transformed by the converter: full integer if no float tensor is left
+            checks.append(
+                TensorCheck(
+                    name=t.name, planned=planned.name, found="folded (integer)" if not floats else "folded", match=not floats, bytes=0
+                )
+            )
             continue
-        idx = cands[0]
-        used.add(idx)
-        tensor_names[t.name] = sg.tensors[idx].name.decode()
-        users = consumers.get(idx, [])
-        if users:
-            op, pos = users[0]
-            matched[t.name] = (scope(sg, op), op_name(fm, op, ops), pos)
-    return matched, tensor_names
+        ok = True
+        for (found, _), f in zip(got, kinds[t.name]):
+            if f.is_weight:
+                ok &= found == f.precision.name  # a weight: exactly the planned integer form
+            else:  # a bias or an elementwise constant: the width its kernel needs
+                ok &= found.startswith("int") and _bits(found) >= min(planned.bits, _bits(act))
+        names_ = [g for g, _ in got]
+        label = names_[0] if len(set(names_)) == 1 else "+".join(names_)
+        if len(got) > 1:
+            label += f" ({len(got)} gate pieces)"
+        checks.append(TensorCheck(name=t.name, planned=planned.name, found=label, match=ok, bytes=sum(b for _, b in got)))
+    return checks
 
 
 def convert_tflm(job: ConvertJob) -> Converted:
@@ -300,80 +430,49 @@ def convert_tflm(job: ConvertJob) -> Converted:
     refuse_other_rounding(job)
     from ..ondevice.runners import MicroRunner
 
-    model, plan, work, contexts, spec, horizon, target, activations = (
-        job.model,
-        job.plan,
-        job.work,
-        job.contexts,
-        job.spec,
-        job.horizon,
-        job.target,
-        job.activations,
-    )
-    fb = schema()
-    ops, _ = names(fb)
-    fbuf = signature_tflite(model, work)
-    fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
-    sg = fm.subgraphs[0]
-    sig_in, _ = _signature(fm)
-    in_names, out_names = [i.name for i in model.inputs], [o.name for o in model.outputs]
-    keys = _input_keys(in_names, sig_in)
-    in_perm = input_perms(model, [tuple(sg.tensors[sig_in[keys[n]]].shape) for n in in_names])
-
-    matched, tensor_names = _match_constants(model, plan, fm, sg, ops)
-
-    allowed = list(target.activations.get("tflm", ["int8"])) if target is not None else ["int8"]
-    if activations != "auto":
-        if activations not in allowed:
-            raise ConvertError(f"activations {activations} are not allowed by target '{plan.target}' (allowed: {', '.join(allowed)})")
-        allowed = [activations]
-    rows = closed_loop_inputs(model, spec, contexts, horizon)
-    notes = [
-        f"calibrated with min/max on {len(rows)} inputs from the float model's closed-loop rollouts of {contexts.k} contexts x {horizon} steps"
-    ]
+    plan, work, target = job.plan, job.work, job.target
+    acts = activation_choices(job, "tflm")
+    if "float" in acts:
+        raise ConvertError("TFLite-Micro runs full-integer models only; activations must be int16 or int8")
+    g = float_graph(job, "tflm")
+    notes = list(g.notes)
     artifact = work / job.file_name
     arena = reported = probes = None
-    act = None
-    for i, act in enumerate(allowed):
-        bits = _bits(act)
-        buf = _quantize(fbuf, model, plan, matched, rows, bits, in_perm, keys)
-        artifact.write_bytes(buf)
+    act = buf = None
+    for i, a in enumerate(acts):
         try:
-            arena, reported, probes = measure_arena(artifact, len(model.inputs))
+            buf = g.quantize(job.rows(), a)
+            artifact.write_bytes(buf)
+            arena, reported, probes = measure_arena(artifact, len(job.model.inputs))
+            act = a
             break
         except ConvertError as e:
-            if i == len(allowed) - 1:
+            if i == len(acts) - 1:
                 raise
-            notes.append(f"{act} activations: {e}; falling back to {allowed[i + 1]}")
-    in_order, out_order = io_order(buf, in_names, out_names)
-
-    stored, total, floats = _readback(buf, tensor_names)
-    if arena is None or act is None:  # pragma: no cover - the loop above either measured an arena or raised
+            notes.append(f"{a} activations: {e}; falling back to {acts[i + 1]}")
+    if arena is None or act is None or buf is None:  # pragma: no cover - the loop measured an arena or raised
         raise ConvertError("no activation type could be converted for TFLite-Micro")
-    checks = []
-    for t in plan.tensors:
-        planned = t.precision
-        if t.name not in stored:  # folded or transformed by onnx2tf: full integer if no float tensor is left
-            checks.append(
-                TensorCheck(
-                    name=t.name, planned=planned.name, found="folded (integer)" if not floats else "folded", match=not floats, bytes=0
-                )
-            )
-            continue
-        found, nbytes = stored[t.name]
-        kind = matched.get(t.name, ("", "", -1))[1]
-        if kind in WEIGHT_OPS and matched[t.name][2] == WEIGHT_OPS[kind]:
-            ok = found == planned.name  # a weight: exactly the planned int8 form
-        else:  # a bias or an elementwise constant: quantized at the width the kernels need (int32/int64 bias;
-            # elementwise constants at the activation width, so int8 when activations fell back to int8)
-            ok = found.startswith("int") and _bits(found) >= min(planned.bits, _bits(act))
-        checks.append(TensorCheck(name=t.name, planned=planned.name, found=found, match=ok, bytes=nbytes))
+    if act != getattr(plan, "activations", act):
+        notes.append(
+            f"the plan priced {plan.activations} activations; the artifact has {act}: replan with --activations {act} for exact bytes"
+        )
+    prep, fm, matched = g.prep, g.fm, g.matched
+    model = prep.model
+    in_order, out_order = io_order(buf, [i.name for i in model.inputs], [o.name for o in model.outputs])
+    stored, total, floats = _readback(buf, fm, matched)
+    dup_n, dup_bytes = shared_copies(buf)
+    if dup_n:
+        notes.append(
+            f"the quantizer stored {dup_n} extra copies of constants shared by several kernels ({dup_bytes:,} bytes; the steps of an "
+            "unrolled recurrent cell share biases whose scale differs per step after calibration): the plan does not price them"
+        )
+    checks = tensor_checks(plan, stored, matched, act, floats)
     if floats:
         raise ConvertError(f"the TFLite-Micro model still has float tensors ({', '.join(floats[:4])}); TFLM needs a full-integer model")
-    file_bytes = len(buf)
-    if file_bytes > plan.budget_bytes:
+    if total > plan.budget_bytes:
         raise ConvertError(
-            f"the TFLite-Micro model is {file_bytes:,} bytes, over the flash budget of {plan.budget_bytes:,} bytes; replan with a smaller budget"
+            f"the TFLite-Micro model stores {total:,} weight bytes, over the flash budget of {plan.budget_bytes:,} bytes; "
+            "replan with a smaller budget"
         )
     if target is not None and target.ram_budget_bytes and arena > target.ram_budget_bytes:
         raise ConvertError(
@@ -390,15 +489,69 @@ def convert_tflm(job: ConvertJob) -> Converted:
         "arena_bytes": arena,
         "arena_bytes_reported": reported,
         "ram_budget_bytes": None if target is None else target.ram_budget_bytes,
-        "calibration_inputs": len(rows),
+        "calibration_inputs": len(job.rows()),
         "tflm_inputs": in_order,
         "tflm_outputs": out_order,
+        "prepared": prep.record(),
+        "shared_bias_copies": {"tensors": dup_n, "bytes": dup_bytes},
     }
     return Converted(artifact, checks, total, session, notes=notes, facts=facts, versions=versions(_PACKAGES))
 
 
+# ops whose TFLite-Micro kernels (or ai-edge-quantizer's int16x8 policy) have no int16 form, measured here
+INT16_REFUSED = {"GATHER": "tflite-micro's GATHER has no int16 kernel (\"Type 'INT16' is not supported by gather\")"}
+
+
+def float_graph_for_pricing(model: Any, route: str) -> tuple[Any, Any, dict[int, str]]:
+    """(prepared model, float TFLite ModelT, op names) of the graph the converter will quantize (cached on disk)."""
+    import tempfile
+
+    from .prepare import prepare
+
+    prep = prepare(model, route, measure=False)
+    with tempfile.TemporaryDirectory(prefix="edgetqs-price-") as tmp:
+        fbuf = signature_tflite(prep.model, Path(tmp))
+    fb = schema()
+    ops, _ = names(fb)
+    return prep, fb.ModelT.InitFromPackedBuf(fbuf, 0), ops
+
+
+def full_integer_pricing(rt: Any, model: Any, activations: str, exact: bool, auto: bool) -> Any:
+    """Exact pricing from the float graph (tools installed), else the analytic estimate with a note; with ``auto``
+    int16 activations narrow to int8 when the graph has an op without int16 kernels."""
+    from ..errors import OptionalDependencyError
+    from .litert import op_name
+    from .pricing import analytic_pricing, tflite_pricing
+
+    if not exact:
+        return analytic_pricing(model, rt.name, activations, rt.storage)
+    try:
+        _require_light()
+    except OptionalDependencyError as exc:
+        p = analytic_pricing(model, rt.name, activations, rt.storage)
+        p.notes.append(f"bytes estimated from the ONNX graph: {exc}")
+        return p
+    quiet_tensorflow()
+    graph = float_graph_for_pricing(model, rt.name)
+    notes = []
+    if activations == "int16":
+        _, fm, ops = graph
+        refused = sorted({n for op in fm.subgraphs[0].operators if (n := op_name(fm, op, ops)) in INT16_REFUSED})
+        if refused and auto:
+            notes.append(f"int8 activations: {INT16_REFUSED[refused[0]]}")
+            activations = "int8"
+        elif refused:
+            raise ConvertError(f"int16 activations: {INT16_REFUSED[refused[0]]}; plan with --activations int8")
+    p = tflite_pricing(model, rt.name, activations, rt.storage, graph)
+    p.notes.extend(notes)
+    return p
+
+
 class TflmRuntime(RuntimeInfo):
     """TFLite-Micro: a full-integer TFLite model for microcontrollers, with its tensor arena measured."""
+
+    def pricing(self, model: Any, activations: str, exact: bool = False, auto: bool = False) -> Any:
+        return full_integer_pricing(self, model, activations, exact, auto)
 
     def convert(self, job: ConvertJob) -> Converted:
         return convert_tflm(job)

@@ -85,12 +85,18 @@ def test_infeasible_budget_stops_before_conversion(project: Path) -> None:
 
 def test_failing_conversion_leaves_the_old_bundle_alone(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("EDGETQS_CACHE_DIR", str(tmp_path / "cache"))
-    mpath = models.fused_mlp(tmp_path / "fused.onnx")  # onnxruntime runs it; onnx2tf cannot convert it
+    import onnx
+
+    mpath = models.fused_mlp(tmp_path / "fused.onnx")
+    # onnxruntime runs com.microsoft.Gelu; the TFLite route has no rewrite for it (FusedMatMul is legalised now)
+    m = onnx.load(str(mpath))
+    m.graph.node[1].op_type, m.graph.node[1].domain = "Gelu", "com.microsoft"
+    onnx.save(m, str(mpath))
     np.save(tmp_path / "r.npy", np.random.default_rng(0).standard_normal((60, 8)).astype(np.float32))
     kw = dict(contexts=tmp_path / "r.npy", device="local", output=tmp_path / "dist", log=lambda m: None)
     ok = build(mpath, "raspberrypi", **kw)
     before = {p.name: p.read_bytes() for p in ok.bundle.iterdir()}
-    with pytest.raises(edgetqs.errors.EdgetqsError, match="FusedMatMul"):
+    with pytest.raises(edgetqs.errors.EdgetqsError, match="Gelu.*no rewrite"):
         build(mpath, "raspberrypi", fmt="tflite", **kw)
     assert {p.name: p.read_bytes() for p in ok.bundle.iterdir()} == before
     entries = sorted(p.name for p in (tmp_path / "dist").iterdir())

@@ -64,17 +64,30 @@ def test_nchw_conv_model_runs_through_nhwc_transposes() -> None:
     assert r.all_match and r.artifact_vs_simulated < 1e-3
 
 
-def test_an_op_onnx2tf_cannot_convert_is_named(tmp_path: Path) -> None:
-    m = load_model(models.fused_mlp(tmp_path / "f.onnx"))
+def test_fused_op_is_legalised_and_an_op_without_a_rewrite_is_named(tmp_path: Path) -> None:
+    import onnx
+
+    path = models.fused_mlp(tmp_path / "f.onnx")
+    m = load_model(path)
     spec = infer_spec(m)
     rec = tmp_path / "r.npy"
     np.save(rec, np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32))
     ctx = select_contexts(read_record(rec, spec), m, spec, 2)
     s = run_sweep(m, spec, ctx, ProbeSettings(horizon=3))  # onnxruntime runs the fused op: TQS works on it
     plan = make_plan(s, m, PI, PlanOptions(runtime="tflite", ratio=1.0))
+    # onnx2tf has no converter for com.microsoft.FusedMatMul: legalised into MatMul (and Mul), recorded
+    r = convert(m, plan, "tflite", tmp_path / "ok", ctx, spec, horizon=3)
+    assert {w["rule"] for w in r.facts["prepared"]["rewrites"]} == {"fusedmatmul_matmul"} and r.all_match
+    # com.microsoft.Gelu has no rewrite: named with why, nothing left behind
+    proto = onnx.load(str(path))
+    proto.graph.node[1].op_type, proto.graph.node[1].domain = "Gelu", "com.microsoft"
+    onnx.save(proto, str(tmp_path / "g.onnx"))
+    g = load_model(tmp_path / "g.onnx")
+    sg = run_sweep(g, spec, ctx, ProbeSettings(horizon=3))
+    plan_g = make_plan(sg, g, PI, PlanOptions(runtime="tflite", ratio=1.0))
     out = tmp_path / "out"
-    with pytest.raises(ConvertError, match=r"FusedMatMul"):
-        convert(m, plan, "tflite", out, ctx, spec, horizon=3)
+    with pytest.raises(ConvertError, match=r"Gelu.*no rewrite"):
+        convert(g, plan_g, "tflite", out, ctx, spec, horizon=3)
     assert not out.exists() and not list(tmp_path.glob(".edgetqs-convert-*"))
 
 

@@ -1,0 +1,228 @@
+"""Integer activations for ONNX Runtime: static QDQ on top of the plan's weight-only QDQ graph.
+
+Weight-only artifacts dequantize their weights on every call: smaller, not faster. With ``--activations
+int8`` each Conv, Gemm and MatMul whose weight the plan stores as int8 gets its input and output
+activations quantized (uint8, asymmetric, min/max calibrated on the float model's own closed-loop
+rollouts, as the TFLite-Micro route does) and its bias stored as int32 at scale ``x_scale * w_scale``:
+the DequantizeLinear -> op -> QuantizeLinear groups that onnxruntime's QDQ transformer fuses into
+QLinearConv / QLinearMatMul / QGemm at graph optimisation (level basic and above). `fused_kernels` reads
+the optimised graph onnxruntime itself writes, so a test can prove the integer kernels run.
+
+The weights keep the plan's integers and scales (written by `edgetqs.runtimes.ort.qdq_model`), so the
+read-back of every weight is unchanged; a bias of a quantized op is stored int32 (4 bytes per element
+plus its per-channel scales), priced by `int8_extra_bytes`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import ConvertError
+
+KERNEL_OPS = ("Conv", "Gemm", "MatMul")
+FUSED = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "ConvInteger", "MatMulInteger")
+
+
+def _q_params(lo: float, hi: float) -> tuple[np.float32, np.uint8]:
+    """uint8 asymmetric scale and zero point covering [lo, hi] and 0 (zero must be exact)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    zp = int(np.clip(round(-lo / scale), 0, 255))
+    return np.float32(scale), np.uint8(zp)
+
+
+def calibrate(float_proto: Any, names: list[str], rows: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+    """min/max of the named tensors of the float model over the given input rows."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(float_proto)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ins = {i.name for i in s.get_inputs()}
+    lo = {n: np.inf for n in names}
+    hi = {n: -np.inf for n in names}
+    for r in rows:
+        outs = s.run(names, {k: v for k, v in r.items() if k in ins})
+        for n, v in zip(names, outs):
+            if v.size:
+                lo[n], hi[n] = min(lo[n], float(np.min(v))), max(hi[n], float(np.max(v)))
+    return {n: (lo[n], hi[n]) for n in names if np.isfinite(lo[n])}
+
+
+def static_qdq(data: bytes, float_proto: Any, rows: list[dict[str, np.ndarray]]) -> tuple[bytes, dict[str, Any]]:
+    """Add activation QDQ (and int32 biases) around every kernel op whose weight is an int8 DequantizeLinear.
+
+    Args:
+        data: the weight-only QDQ model (`qdq_model`'s bytes).
+        float_proto: the float graph it was made from (same tensor names), calibrated on ``rows``.
+        rows: batch-1 (or batch-B) inputs of the float model.
+
+    Returns:
+        (the model's bytes, facts: quantized nodes, int32 biases, activation tensors quantized).
+
+    Raises:
+        ConvertError: no kernel op has an int8 weight (nothing would run in integer).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load_from_string(data)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    targets = []
+    for n in g.node:
+        if n.op_type not in KERNEL_OPS or len(n.input) < 2:
+            continue
+        if n.op_type == "Gemm" and any(a.name == "transA" and a.i for a in n.attribute):
+            continue
+        dq = producer.get(n.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        if inits[dq.input[0]].data_type != TensorProto.INT8 or any(a.name == "block_size" and a.i for a in dq.attribute):
+            continue
+        targets.append((n, dq))
+    if not targets:
+        raise ConvertError(
+            "int8 activations: no Conv, Gemm or MatMul has an int8 weight in the plan; plan int8 weights or use --activations float"
+        )
+    acts = sorted({n.input[0] for n, _ in targets} | {n.output[0] for n, _ in targets})
+    ranges = calibrate(float_proto, acts, rows)
+    qname: dict[str, str] = {}  # activation -> its dequantized copy
+
+    new_inits, new_nodes = [], []
+
+    def qdq(name: str) -> str:
+        if name in qname:
+            return qname[name]
+        lo, hi = ranges.get(name, (0.0, 1.0))
+        s, z = _q_params(lo, hi)
+        new_inits.extend(
+            [
+                numpy_helper.from_array(np.array(s, np.float32), name + "__act_scale"),
+                numpy_helper.from_array(np.array(z, np.uint8), name + "__act_zp"),
+            ]
+        )
+        new_nodes.append(
+            helper.make_node("QuantizeLinear", [name, name + "__act_scale", name + "__act_zp"], [name + "__act_q"], name=name + "__act_q")
+        )
+        new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear", [name + "__act_q", name + "__act_scale", name + "__act_zp"], [name + "__act_dq"], name=name + "__act_dq"
+            )
+        )
+        qname[name] = name + "__act_dq"
+        return qname[name]
+
+    biases = []
+    for n, dq in targets:
+        x = n.input[0]
+        x_scale = float(_q_params(*ranges.get(x, (0.0, 1.0)))[0])
+        n.input[0] = qdq(x)
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] in inits and inits[n.input[2]].data_type == TensorProto.FLOAT:
+            b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
+            w_scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64).reshape(-1)
+            if w_scale.size not in (1, b.size):
+                continue
+            scale = (
+                (x_scale * w_scale).astype(np.float32) * np.ones(b.size, np.float32)
+                if w_scale.size == 1
+                else (x_scale * w_scale).astype(np.float32)
+            )
+            q = np.clip(np.round(b / scale), -(2**31), 2**31 - 1).astype(np.int32)
+            bn = n.input[2]
+            new_inits.extend([numpy_helper.from_array(q, bn + "__int32"), numpy_helper.from_array(scale, bn + "__int32_scale")])
+            # the DequantizeLinear's output keeps the bias's name: the read-back finds it (int32) under the planned name
+            new_nodes.append(
+                helper.make_node("DequantizeLinear", [bn + "__int32", bn + "__int32_scale"], [bn], axis=0, name=bn + "__int32_dq")
+            )
+            biases.append(bn)
+    # outputs: Q -> DQ after each kernel op; consumers read the dequantized copy (a graph output keeps the
+    # op's float output, which the QuantizeLinear also reads)
+    for o in sorted({n.output[0] for n, _ in targets}):
+        dq_name = qdq(o)
+        for node in g.node:
+            for j, i in enumerate(node.input):
+                if i == o:
+                    node.input[j] = dq_name
+    g.node.extend(new_nodes)
+    g.initializer.extend(new_inits)
+    for b in biases:  # the float bias is replaced by its int32 form
+        g.initializer.remove(next(i for i in g.initializer if i.name == b))
+    _toposort(g)
+    facts = {
+        "activations": "int8",
+        "quantized_nodes": [n.name or n.output[0] for n, _ in targets],
+        "int32_biases": biases,
+        "activation_tensors": len(qname),
+    }
+    return m.SerializeToString(), facts
+
+
+def int8_extra_bytes(model: Any) -> int:
+    """What `static_qdq` adds at most: per activation tensor a float scale and a uint8 zero point, per bias element
+    of a Conv/Gemm a float scale (the int32 value replaces the float one, same size)."""
+    weights = {w.name for w in model.weights}
+    acts: set[str] = set()
+    extra = 0
+    for n in model.proto.graph.node:
+        if n.op_type in KERNEL_OPS and len(n.input) > 1 and n.input[1] in weights:
+            acts.update((n.input[0], n.output[0]))
+            if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] in weights:
+                extra += 4 * int(model.weight_array(n.input[2]).size)
+    return extra + 5 * len(acts)
+
+
+def _toposort(g: Any) -> None:
+    avail = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
+    pending = list(g.node)
+    order = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in avail for i in n.input):
+                order.append(n)
+                avail.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ConvertError("int8 activations: the graph has a cycle after inserting QDQ (a bug: report it)")
+        pending = rest
+    del g.node[:]
+    g.node.extend(order)
+
+
+def fused_kernels(data: bytes, level: str = "extended") -> dict[str, int]:
+    """Op counts of the graph onnxruntime optimises and runs (its own ``optimized_model_filepath``)."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgetqs-ortopt-") as tmp:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[level]
+        out = Path(tmp) / "opt.onnx"
+        opts.optimized_model_filepath = str(out)
+        ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        m = onnx.load(str(out))
+    counts: dict[str, int] = {}
+    for n in m.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
