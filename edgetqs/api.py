@@ -67,8 +67,11 @@ def inputs(
     spinup_scale: float = 1.0,
     seed: int = 0,
     rollout: RolloutConfig | dict[str, Any] | None = None,
+    pick: str | None = None,
 ) -> Inputs:
-    """The model, its rollout and the contexts, resolved from these arguments and the project file."""
+    """The model, its rollout and the contexts, resolved from these arguments and the project file.
+
+    ``pick``: ``even`` (contexts evenly spaced over the record or stack of windows) or ``random`` (seeded by ``seed``)."""
     from .core.inputs import resolve
 
     return resolve(
@@ -82,6 +85,7 @@ def inputs(
         spinup_scale=spinup_scale,
         seed=seed,
         rollout=rollout,
+        pick=pick,
     )
 
 
@@ -97,6 +101,7 @@ def score(
     spinup_scale: float = 1.0,
     rollout: RolloutConfig | dict[str, Any] | None = None,
     settings: ScoreConfig | dict[str, Any] | None = None,
+    pick: str | None = None,
     strategy: str = "auto",
     cache: bool = True,
     force: bool = False,
@@ -110,6 +115,7 @@ def score(
     Args:
         model: an .onnx path, a loaded `Model`, or a torch module (with ``example_input``); default: the project's.
         contexts: a contexts file (default: the project's; none: data-free spin-up from noise).
+        pick: how the K contexts are spread over the record: ``even`` or ``random`` (seeded by the probe seed).
         settings / **options: probe settings (``probe``, ``horizon``, ``granularity``, ``ladder``, ``workers``...,
             the keys of ``[score]`` in edgetqs.toml); they beat the project file.
         cache: reuse (and fill) the score cache that `build` uses for the same model, contexts and settings.
@@ -118,7 +124,7 @@ def score(
     Raises:
         EdgetqsError: bad input (named), a diverging float rollout, ...
     """
-    from .sensitivity.cache import score_cached
+    from .sensitivity.cache import reuse_line, score_cached
     from .sensitivity.scores import ProbeSettings
     from .sensitivity.sweep import run_sweep
 
@@ -136,7 +142,11 @@ def score(
         spinup_scale=spinup_scale,
         seed=probe.seed,
         rollout=rollout,
+        pick=pick,
     )
+    if log:
+        for n in inp.notes:
+            log(n)
     workers = cfg.workers or 1
     if cache:
         scores, cached, path = score_cached(
@@ -152,7 +162,7 @@ def score(
             log=log,
         )
         if cached and log:
-            log(f"reused cached scores {path} (same model, contexts and probe settings; --force scores again)")
+            log(reuse_line(path, scores))
         return scores
     return run_sweep(inp.model, inp.spec, inp.contexts, probe, workers=workers, progress=progress, notes=inp.notes, strategy=strategy)
 

@@ -36,9 +36,17 @@ def _runtimes() -> str:
 
 # options shared by several commands
 Project = Annotated[Path | None, typer.Option(help="Project file (default: ./edgetqs.toml when present).")]
-Contexts = Annotated[Path | None, typer.Option("--contexts", "-c", help="Contexts: .npy/.npz/.csv/.nc record (time first) or windows.")]
+Contexts = Annotated[
+    Path | None,
+    typer.Option(
+        "--contexts", "-c", help="Contexts: .npy/.npz/.csv/.nc record (time first), or a stack of windows [N, L, C] ([N, L]: univariate)."
+    ),
+]
 K = Annotated[int | None, typer.Option("-k", help="Number of contexts (default: the project's, else 8).")]
-Span = Annotated[str | None, typer.Option(help="Fraction of the record to draw contexts from, e.g. 0:0.5.")]
+Span = Annotated[str | None, typer.Option(help="Fraction of the record (or stack of windows) to draw contexts from, e.g. 0:0.5.")]
+Pick = Annotated[
+    str | None, typer.Option(help="How contexts are spread over the record: even (evenly spaced, default) or random (seeded by --seed).")
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
 
 
@@ -79,13 +87,21 @@ def score(
     variables: Annotated[str | None, typer.Option(help="Comma-separated variables to read (CSV columns, NetCDF variables).")] = None,
     k: K = None,
     span: Span = None,
+    pick: Pick = None,
     spinup: Annotated[bool, typer.Option(help="Data-free: spin the model up from noise and take states from its own trajectory.")] = False,
     spinup_scale: Annotated[float, typer.Option(help="Standard deviation of the spin-up noise.")] = 1.0,
-    mode: Annotated[str | None, typer.Option(help="Rollout mode: state or window (inferred when unambiguous).")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="Rollout mode: state or window (inferred when unambiguous; window covers [B, L, C] -> [B, H, C] or [B, C], [B, L] -> [B, H])."
+        ),
+    ] = None,
     state: Annotated[list[str] | None, typer.Option(help="INPUT=OUTPUT pair fed back each step (repeatable).")] = None,
     increment: Annotated[bool | None, typer.Option("--increment/--no-increment", help="The model predicts the change.")] = None,
     static: Annotated[list[str] | None, typer.Option(help="Input held fixed along the rollout (repeatable).")] = None,
-    output_slice: Annotated[str | None, typer.Option(help="Index applied to outputs before feeding back, e.g. '...,1'.")] = None,
+    output_slice: Annotated[
+        str | None, typer.Option(help="Index applied to outputs before feeding back, e.g. '...,1' (a quantile), ':,None' (a new axis).")
+    ] = None,
     channel_axis: Annotated[int | None, typer.Option(help="Axis of the variables (with batch) for normalisation.")] = None,
     probe: Annotated[str | None, typer.Option(help="gauss (default) or quant.")] = None,
     granularity: Annotated[str | None, typer.Option(help="tensor (default) or block (tensors sharing a name prefix).")] = None,
@@ -154,14 +170,12 @@ def score(
                 spinup_scale=spinup_scale,
                 rollout=rollout,
                 settings=settings,
+                pick=pick,
                 strategy=strategy,
                 force=force,
                 progress=bar,
                 log=note,
             )
-        for n in scores.notes:
-            if "spin-up" in n:
-                note(n)
         scores.save(output)
         if not quiet:
             from .bundle.tables import scores_table
@@ -378,6 +392,8 @@ def build(
     refine_rollouts: Annotated[int, typer.Option(help="Rollout budget of the re-scoring search.")] = 400,
     k: K = None,
     contexts: Contexts = None,
+    span: Span = None,
+    pick: Pick = None,
     project: Project = None,
 ) -> None:
     """Score, plan, convert, check and report in one command: a validated bundle in dist/<model>-<target>/.
@@ -405,6 +421,8 @@ def build(
                 refine_rollouts=refine_rollouts,
                 k=k,
                 contexts=contexts,
+                span=span,
+                pick=pick,
                 log=say,
                 progress=bar,
             )

@@ -30,6 +30,7 @@ from .errors import EdgetqsError
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 DEBUG = {"on": bool(os.environ.get("EDGETQS_DEBUG"))}
+LAST: dict[str, EdgetqsError | None] = {"error": None}  # the error the last command ended with (for embedding and tests)
 
 
 class Exit(Exception):
@@ -98,15 +99,27 @@ def describe_foreign(exc: BaseException) -> str | None:
     return None
 
 
+def _offered() -> set[str] | None:
+    """The options of the command running now (a hint names only options it has), or None outside one."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    return {o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts)}
+
+
 @contextmanager
 def boundary() -> Iterator[None]:
     """Turn every failure into one line and an exit status (see the module docstring)."""
+    LAST["error"] = None
     try:
         yield
     except Exit:
         raise
     except EdgetqsError as exc:
-        error_line(str(exc))
+        LAST["error"] = exc
+        error_line(exc.render(_offered()))
         raise Exit(2) from None
     except KeyboardInterrupt:
         err.print(Text("interrupted", style="red"))

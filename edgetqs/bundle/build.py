@@ -110,6 +110,8 @@ def build(
     refine_rollouts: int = 400,
     k: int | None = None,
     contexts: str | Path | None = None,
+    span: str | None = None,
+    pick: str | None = None,
     overwrite: bool = True,
     score: ScoreConfig | dict[str, Any] | None = None,
     log: Log | None = None,
@@ -126,6 +128,7 @@ def build(
         force: rescore even when cached scores exist.
         refine: re-score the plan in context on the scoring contexts (`edgetqs.allocation.rescore`).
         refine_rollouts: the re-scoring's rollout budget.
+        span, pick: where the contexts are drawn from and how (as `edgetqs.core.inputs.resolve`).
         score: probe settings that beat the project's ``[score]`` table.
 
     Raises:
@@ -135,7 +138,7 @@ def build(
     from ..allocation.plan import PlanOptions, parse_size
     from ..allocation.planner import plan_stage
     from ..allocation.targets import find_target
-    from ..sensitivity.cache import score_cached
+    from ..sensitivity.cache import reuse_line, score_cached
     from ..sensitivity.scores import ProbeSettings
 
     st = _Stages(log or (lambda m: None), [], device)
@@ -147,19 +150,22 @@ def build(
         raise BadInputError("give --budget or --ratio, not both")
     opts = PlanOptions(runtime=runtime, budget_bytes=parse_size(str(budget)) if budget is not None else None, ratio=ratio)
     opts.check()  # bad budgets fail before the sweep
-    inp = resolve(model, proj, contexts=contexts, k=k)
+    # the same settings and contexts as `edgetqs score` (project file, then options), so both find one cache entry
+    settings = ProbeSettings.from_config(merged(proj.score if proj else ScoreConfig(), score))
+    inp = resolve(model, proj, contexts=contexts, k=k, span=span, pick=pick, seed=settings.seed)
     m = inp.model
     st.notes += inp.notes
-    settings = ProbeSettings.from_config(merged(proj.score if proj and model is None else ScoreConfig(), score))
     name, out = f"{m.name}-{tg.name}", Path(output)
     if (out / name).exists() and not overwrite:
         raise BadInputError(f"{out / name} exists; pass --overwrite to replace it")
 
     t = time.perf_counter()
     st.say(f"[1/5] score: {len(m.weights)} weights, {inp.contexts.k} contexts")
+    for n in inp.notes:
+        st.say(f"      {n}")
     scores, cached, cpath = score_cached(m, inp.spec, inp.contexts, settings, force=force, progress=progress, notes=inp.notes, log=st.say)
     st.time("score", t)
-    st.say(f"      {'reused cached scores' if cached else 'swept'} ({len(scores.groups)} groups, T={scores.horizon}) {cpath}")
+    st.say("      " + (reuse_line(cpath, scores) if cached else f"swept ({len(scores.groups)} groups, T={scores.horizon}) {cpath}"))
 
     t = time.perf_counter()  # an infeasible budget stops here, before any conversion
     from ..allocation.rescore import RescoreSettings

@@ -15,7 +15,7 @@ from ..errors import BadInputError
 from .contexts import Contexts, read_record, select_contexts, spinup_contexts
 from .model import Model, load_model
 from .project import Project, RolloutConfig, merged
-from .rollout import RolloutSpec, SpecHints, infer_spec
+from .rollout import RolloutSpec, SpecHints, describe_spec, infer_spec
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ def resolve(
     spinup_scale: float = 1.0,
     seed: int = 0,
     rollout: RolloutConfig | dict[str, Any] | None = None,
+    pick: str | None = None,
 ) -> Inputs:
     """Load the model, work out the rollout and cut the contexts.
 
@@ -95,6 +96,8 @@ def resolve(
         project: the project file, if any.
         contexts: a contexts file (default: the project's; none at all: spin up from noise).
         rollout: declared rollout settings; they beat the project's ``[rollout]``.
+        pick: how contexts are spread over the record: ``even`` (default: the project's, else even) or
+            ``random`` (seeded by ``seed``).
 
     Raises:
         BadInputError: no model given and no project file; plus whatever loading raises.
@@ -117,6 +120,9 @@ def resolve(
     vars_ = list(variables) if variables else (list(proj.variables) if proj and proj.variables else None)
     cpath = Path(contexts) if contexts is not None else (proj.contexts if proj and not spinup else None)
     notes: list[str] = []
+    if spec.mode == "window" and spec.window_form != "steps":
+        notes.append(f"rollout: {describe_spec(m, spec)}")
+    how = pick or (proj.pick if proj and proj.pick else "even")
     if cpath is None:
         if spec.static:
             raise BadInputError(f"static inputs {list(spec.static)} need values from a contexts .npz; spin-up cannot invent them")
@@ -124,7 +130,8 @@ def resolve(
         notes.append(f"contexts: data-free spin-up from noise (seed {seed}, scale {spinup_scale}); no contexts file was given")
     else:
         rec = read_record(cpath, spec, vars_)
-        ctx = select_contexts(rec, m, spec, kk, parse_span(span))
+        ctx = select_contexts(rec, m, spec, kk, parse_span(span), how, seed)
         if vars_ and not ctx.variables:
             ctx = dataclasses.replace(ctx, variables=tuple(vars_))
+        notes.append(ctx.note)
     return Inputs(m, spec, ctx, tuple(notes))

@@ -62,6 +62,7 @@ class ProjectFile(Config):
     contexts: str | None = None
     variables: tuple[str, ...] = ()
     k: int | None = None
+    pick: Literal["even", "random"] | None = None  # how contexts are spread over the record (random: seeded by [score] seed)
     rollout: RolloutConfig = RolloutConfig()
     score: ScoreConfig = ScoreConfig()
 
@@ -92,6 +93,10 @@ class Project:
     @property
     def k(self) -> int | None:
         return self.file.k
+
+    @property
+    def pick(self) -> str | None:
+        return self.file.pick
 
     @property
     def rollout(self) -> RolloutConfig:

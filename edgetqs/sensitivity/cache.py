@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +86,18 @@ def verify(scores: Scores, model: Model, spec: RolloutSpec, contexts: Contexts, 
     if settings.horizon is not None and scores.horizon != settings.horizon:
         return "its horizon differs"
     return None
+
+
+def reuse_line(path: Path, scores: Scores) -> str:
+    """What `score`, `build` and `plan` print when they reuse a cache entry."""
+    try:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+    except OSError:
+        when = "earlier"
+    return (
+        f"reusing scores from {path} ({len(scores.groups)} groups, T={scores.horizon}, scored {when}; "
+        "same model, contexts and probe settings: --force scores again)"
+    )
 
 
 def score_cached(

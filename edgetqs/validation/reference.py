@@ -8,6 +8,7 @@ over the contexts' data (the one normalisation of `edgetqs.core.metrics`, and AC
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ..core.contexts import Contexts, ContextsInfo
 from ..core.inputs import Inputs
 from ..core.model import Model
 from ..core.results import Frozen, describe_validation_error
-from ..core.rollout import RolloutSpec, float_reference
+from ..core.rollout import RolloutSpec, float_reference, steps_per_call
 from ..errors import BadInputError, DivergedRolloutError, EdgetqsError
 
 REFERENCE_VERSION = 2
@@ -185,8 +186,9 @@ def contexts_with_truth(inputs: Inputs, horizon: int, span: tuple[float, float] 
     spec, model = inputs.spec, inputs.model
     n = ctx.record.arrays[spec.pairs[0][0]].shape[0]
     if spec.mode == "window":
-        out = {o.name: o for o in model.outputs}[spec.pairs[0][1]]
-        h = out.shape[1] if out.shape and len(out.shape) > 1 and isinstance(out.shape[1], int) else 1
+        h = steps_per_call(model, spec)
+        if h is None:  # a symbolic H: one call says
+            h = float_reference(model, spec, dataclasses.replace(ctx, arrays=[a[:1] for a in ctx.arrays]), 1).steps[0].shape[2]
         need = ctx.arrays[0].shape[1] + horizon * h
     else:
         need = horizon + 1
@@ -195,7 +197,7 @@ def contexts_with_truth(inputs: Inputs, horizon: int, span: tuple[float, float] 
     if hi - span[0] <= 0.05:
         return ctx
     try:
-        return select_contexts(ctx.record, model, spec, ctx.k, span=(span[0], hi))
+        return select_contexts(ctx.record, model, spec, ctx.k, (span[0], hi), ctx.pick, ctx.seed)
     except EdgetqsError:
         return ctx
 
