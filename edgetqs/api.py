@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .core.project import Project, RolloutConfig, ScoreConfig, merged, open_project
-from .errors import BadInputError
+from .errors import BadInputError, Hint
 
 if TYPE_CHECKING:  # pragma: no cover
     from .allocation.plan import Plan
@@ -191,6 +191,7 @@ def plan(
     contexts: Any = None,
     k: int | None = None,
     span: str | None = None,
+    pick: str | None = None,
     lowest: str | int | None = None,
     pins: list[str] | tuple[str, ...] = (),
     budget: str | int | None = None,
@@ -245,7 +246,7 @@ def plan(
         raise BadInputError(describe_validation_error(exc, "plan options")) from None
     spec = ctx = None
     if evaluate or refine or opts.rounding != "rtn":
-        inp = inputs(m, contexts, project=proj, k=k, span=span, rollout=rollout_config(s.spec))
+        inp = inputs(m, contexts, project=proj, k=k, span=span, pick=pick, rollout=rollout_config(s.spec), seed=s.settings.seed)
         spec, ctx = inp.spec, inp.contexts
     from .allocation.rescore import RescoreSettings
 
@@ -278,14 +279,18 @@ def convert(
     overwrite: bool = False,
     activations: str = "auto",
     project: Any = None,
+    span: str | None = None,
+    pick: str | None = None,
 ) -> ConvertResult:
-    """Write and verify the artifact (a `ConvertResult`); ``plan`` is a `Plan` or a plan.json path."""
+    """Write and verify the artifact (a `ConvertResult`); ``plan`` is a `Plan` or a plan.json path.
+
+    ``contexts``, ``k``, ``span`` and ``pick`` choose the host check's contexts (a GPTQ plan needs the ones it was made with)."""
     from .allocation.plan import Plan
     from .runtimes.convert import convert as run
 
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
     _check_horizon(horizon)
-    inp = inputs(model, contexts, project=project, k=k)
+    inp = inputs(model, contexts, project=project, k=k, span=span, pick=pick)
     return run(inp.model, p, fmt, Path(out_dir), inp.contexts, inp.spec, horizon=horizon, overwrite=overwrite, activations=activations)
 
 
@@ -305,6 +310,7 @@ def check(
     contexts: Any = None,
     k: int | None = None,
     span: str | None = None,
+    pick: str | None = None,
     horizon: int | None = None,
     target: Any = None,
     tolerance: float | None = None,
@@ -368,10 +374,11 @@ def check(
         ref = reference if isinstance(reference, Reference) else Reference.load(Path(reference))
         if horizon and horizon != ref.horizon:
             raise BadInputError(
-                f"--horizon {horizon}, but the reference holds {ref.horizon} steps; drop --horizon or rebuild the reference"
+                f"--horizon {horizon}, but the reference holds {ref.horizon} steps",
+                hint=Hint("reference-horizon", drop=("--horizon",), say="drop --horizon or rebuild the reference"),
             )
     else:
-        inp = inputs(model, contexts, project=project, k=k, span=span)
+        inp = inputs(model, contexts, project=project, k=k, span=span, pick=pick)
         if info.get("model_sha256") and info["model_sha256"] != inp.model.sha256:
             raise BadInputError(
                 f"{a.name} was converted from model sha256 {str(info['model_sha256'])[:12]}..., "

@@ -220,6 +220,7 @@ def plan(
     contexts: Contexts = None,
     k: K = None,
     span: Span = None,
+    pick: Pick = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write plan.json (a previous one is replaced).")] = Path(
         "plan.json"
     ),
@@ -250,6 +251,7 @@ def plan(
             contexts=contexts,
             k=k,
             span=span,
+            pick=pick,
             lowest=lowest,
             pins=tuple(pin or ()),
             budget=budget,
@@ -292,6 +294,8 @@ def convert(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the artifact and convert.json.")] = Path("artifacts"),
     contexts: Contexts = None,
     k: K = None,
+    span: Span = None,
+    pick: Pick = None,
     horizon: Annotated[int | None, typer.Option("--horizon", "-T", help="Steps of the host check (default: the plan's).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an artifact of the same name.")] = False,
     activations: Annotated[str, typer.Option(help="Full-integer runtimes: int16 | int8 | auto (the target's preference).")] = "auto",
@@ -312,6 +316,8 @@ def convert(
             overwrite=overwrite,
             activations=activations,
             project=project,
+            span=span,
+            pick=pick,
         )
         from .bundle.tables import convert_table
 
@@ -330,6 +336,7 @@ def check(
     span: Annotated[
         str | None, typer.Option(help="Fraction of the record to draw contexts from, e.g. 0.5:1 (held out from scoring).")
     ] = None,
+    pick: Pick = None,
     horizon: Annotated[
         int | None, typer.Option("--horizon", "-T", help="Steps (default: the target's validation horizon, else 20).")
     ] = None,
@@ -355,6 +362,7 @@ def check(
             contexts=contexts,
             k=k,
             span=span,
+            pick=pick,
             horizon=horizon,
             target=target,
             tolerance=tolerance,
@@ -524,10 +532,11 @@ def examples() -> None:
 
 def main() -> None:  # console-script entry point
     """Run the app; usage errors (a bad option value) become the same one ``error:`` line as every other failure."""
-    from .console import error_line
+    from .console import error_line, native_stderr_aside
 
     try:
-        rc = app(standalone_mode=False)
+        with native_stderr_aside():
+            rc = app(standalone_mode=False)
     except Exit as exc:
         rc = exc.code
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ exit status 2. Anything else is a bug: one line that names a log file holding th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -137,6 +138,42 @@ def boundary() -> Iterator[None]:
         where = f"the traceback is in {log}" if log else "the traceback could not be saved"
         error_line(f"unexpected {type(exc).__name__}: {str(exc)[:300]}; {where} (rerun with --debug to print it; please report it)")
         raise Exit(2) from None
+
+
+@contextmanager
+def native_stderr_aside() -> Iterator[None]:
+    """Keep what native libraries write straight to file descriptor 2 (TensorFlow's and absl's start-up
+    lines, "Created TensorFlow Lite XNNPACK delegate", CUDA probes) off the terminal: for the command, fd 2
+    points at a temporary file and Python's ``sys.stderr`` (our lines, warnings) at a copy of the real
+    stderr. The set-aside text is dropped, or printed at the end with ``--debug``. Child processes inherit
+    the temporary file (the converters' own output is captured by their callers)."""
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded, closed): nothing to set aside
+        yield
+        return
+    sink = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after fd 2 is restored
+    ours = os.fdopen(real, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8", errors="backslashreplace")
+    before = sys.stderr
+    sys.stderr = ours
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            ours.flush()
+        os.dup2(real, 2)
+        sys.stderr = before
+        if DEBUG["on"]:
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            if text.strip():
+                err.print(Text("native stderr set aside during the command:\n" + text.rstrip()))
+        ours.close()
+        sink.close()
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,9 @@ class Hint:
         say: how the advice reads; ``{args}`` is replaced by the options, quoted for a shell.
         project: the same advice as ``edgetqs.toml`` keys (dotted ``table.key``, value), for a command
             that lacks the options (or for the Python API).
+        otherwise: what to say to a command that lacks the options when no project key says the same.
+        command: the command the options belong to when it is not the one that failed (``plan`` for a
+            convert that needs another plan); the advice then says to rerun that command.
     """
 
     key: str
@@ -37,6 +40,8 @@ class Hint:
     drop: tuple[str, ...] = ()
     say: str = "rerun with {args}"
     project: tuple[tuple[str, Any], ...] = ()
+    otherwise: str = ""
+    command: str | None = None
 
     def flags(self) -> list[str]:
         """Every option the hint adds, replaces or drops."""
@@ -60,16 +65,22 @@ class Hint:
 
     def text(self, offered: Collection[str] | None = None) -> str:
         """The advice for a command offering the options ``offered`` (None: any command)."""
-        if offered is not None and self.project and any(f not in offered for f in self.flags()):
-            return f"set {self.toml()} in edgetqs.toml"
+        if self.command is not None:
+            return self.say.replace("{args}", f"`edgetqs {self.command} ... {self.shell()}`")
+        if offered is not None and any(f not in offered for f in self.flags()):
+            if self.project:
+                return f"set {self.toml()} in edgetqs.toml"
+            if self.otherwise:
+                return self.otherwise
         cli = self.say.replace("{args}", self.shell())
         if offered is None and self.project:
             cli += f" (or set {self.toml()} in edgetqs.toml)"
         return cli
 
-    def follow(self, argv: list[str]) -> list[str]:
-        """``argv`` with this hint followed: replaced and dropped options removed, the new ones appended."""
-        gone = set(self.flags())
+    def follow(self, argv: list[str], aliases: Mapping[str, Collection[str]] | None = None) -> list[str]:
+        """``argv`` with this hint followed: replaced and dropped options removed (with their other spellings,
+        ``aliases``: option -> every name of it), the new ones appended."""
+        gone = {a for f in self.flags() for a in (aliases or {}).get(f, (f,))} | set(self.flags())
         out: list[str] = []
         i = 0
         while i < len(argv):

@@ -26,7 +26,7 @@ from ..core.files import write_json
 from ..core.inputs import resolve
 from ..core.project import ScoreConfig, merged, open_project
 from ..core.results import edgetqs_version
-from ..errors import BadInputError
+from ..errors import BadInputError, Hint
 from ..runtimes import RUNTIMES
 from .manifest import Manifest, file_entries
 
@@ -157,7 +157,7 @@ def build(
     st.notes += inp.notes
     name, out = f"{m.name}-{tg.name}", Path(output)
     if (out / name).exists() and not overwrite:
-        raise BadInputError(f"{out / name} exists; pass --overwrite to replace it")
+        raise BadInputError(f"{out / name} exists; pass overwrite=True to replace it")
 
     t = time.perf_counter()
     st.say(f"[1/5] score: {len(m.weights)} weights, {inp.contexts.k} contexts")
@@ -205,7 +205,10 @@ def _format(tg: Any, fmt: str | None) -> tuple[str, str]:
     runtime = fmt if fmt in tg.runtimes else next((r for r in rt.accepts if r in tg.runtimes), None)
     if runtime is None:
         usable = [r.name for r in RUNTIMES if any(a in tg.runtimes for a in r.accepts)]
-        raise BadInputError(f"target '{tg.name}' runs {', '.join(tg.runtimes)}, not {fmt}; pick --format from {', '.join(usable)}")
+        raise BadInputError(
+            f"target '{tg.name}' runs {', '.join(tg.runtimes)}, not {fmt}",
+            hint=Hint("build-format", ("--format", usable[0]), say=f"use {{args}} (the target takes {', '.join(usable)})"),
+        )
     return fmt, runtime
 
 

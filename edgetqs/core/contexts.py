@@ -210,8 +210,15 @@ def _read_netcdf(p: Path, variables: list[str] | None) -> tuple[np.ndarray, tupl
         for v in cands:
             da = ds[v]
             if da.dims != first.dims:
+                alike = [c for c in cands if ds[c].dims == first.dims]
                 raise BadInputError(
-                    f"variable '{v}' in '{p}' has dims {da.dims}, unlike '{cands[0]}' {first.dims}; choose variables with --variables"
+                    f"variable '{v}' in '{p}' has dims {da.dims}, unlike '{cands[0]}' {first.dims}",
+                    hint=Hint(
+                        "contexts-variables",
+                        ("--variables", ",".join(alike)),
+                        say="choose variables that share their dims with {args}",
+                        project=(("variables", alike),),
+                    ),
                 )
             stack.append(da.transpose(tdim, ...).values.astype(np.float32))
     arr = np.stack(stack, axis=1)  # [N, C, *spatial]
@@ -413,7 +420,13 @@ def spinup_contexts(
     res = roll.run(init, total)
     if res.first_nonfinite is not None:
         raise ContextsError(
-            f"spin-up from noise left the finite numbers at step {res.first_nonfinite}; give real --contexts or a smaller --spinup-scale"
+            f"spin-up from noise left the finite numbers at step {res.first_nonfinite}",
+            hint=Hint(
+                "spinup-scale",
+                ("--spinup-scale", f"{scale / 10:g}"),
+                say="give real --contexts, or use {args}",
+                otherwise="give real --contexts",
+            ),
         )
     arrays = []
     picks = [burn_in + i * spacing - 1 for i in range(1, k + 1)]

@@ -19,19 +19,42 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OptionalDependencyError
+from ..errors import Hint, OptionalDependencyError
 from .base import ConvertError
 
 # the weight input of the ops ai-edge-quantizer quantizes
 WEIGHT_OPS = {"FULLY_CONNECTED": 1, "CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "BATCH_MATMUL": 1, "EMBEDDING_LOOKUP": 1, "CONV_3D": 1}
 
 
+def onnx_route(target: Any) -> str | None:
+    """The ONNX Runtime format the target also runs (advice never names a format the target refuses), or None;
+    any when there is no target."""
+    runs = None if target is None else tuple(target.runtimes)
+    return next((f for f in ("ort", "ort-mobile") if runs is None or f in runs), None)
+
+
+def route_hint(target: Any, key: str) -> Hint | None:
+    """Advice to take the ONNX Runtime route instead, when the target runs it."""
+    fmt = onnx_route(target)
+    if fmt is None:
+        return None
+    return Hint(key, ("--format", fmt), say="use {args} for this model (`edgetqs convert`: replan with --runtime " + fmt + " first)")
+
+
+def no_route(target: Any) -> str:
+    """What to say when the target runs no ONNX Runtime format."""
+    return f"; target '{target.name}' runs only {', '.join(target.runtimes)}, so this model cannot be deployed there as it is"
+
+
 def refuse_other_rounding(job: Any) -> None:
     """ai-edge-quantizer rounds TFLite weights itself, so only round-to-nearest plans are realised exactly here."""
     if job.plan.rounding != "rtn":
+        hint = Hint("tflite-rounding", ("--rounding", "rtn"), say="replan with {args} for tflite/tflm", command="plan")
+        fmt = onnx_route(job.target)
         raise ConvertError(
             f"the plan uses {job.plan.rounding} rounding, whose integers the ort and ort-mobile formats store exactly; the TFLite routes "
-            "round weights themselves (ai-edge-quantizer): replan with --rounding rtn for tflite/tflm, or convert to ort"
+            "round weights themselves (ai-edge-quantizer)" + (f"; or convert to {fmt}" if fmt else ""),
+            hint=hint,
         )
 
 
@@ -95,11 +118,12 @@ def batch1_bytes(model: Any) -> bytes:
     return m.SerializeToString()
 
 
-def float_tflite(model: Any, work: Path) -> Path:
+def float_tflite(model: Any, work: Path, target: Any = None) -> Path:
     """ONNX -> float32 TFLite with onnx2tf in a child process, batch fixed to 1.
 
     First with the input layout kept (``-kat``); onnx2tf fails that way on some graphs (GRU, conv
     after a reshape), so then again with its default NCHW -> NHWC layout (`LiteRTSession` transposes).
+    A failure names the op and advises the ONNX Runtime route only when ``target`` runs it.
     """
     src = work / "float_input.onnx"
     logs = []
@@ -119,18 +143,25 @@ def float_tflite(model: Any, work: Path) -> Path:
     if missing:
         op = missing[-1]
         nodes = [n.name or n.output[0] for n in model.proto.graph.node if n.op_type == op]
+        hint = route_hint(target, "tflite-route-op")
         raise ConvertError(
             f"onnx2tf (the ONNX -> TFLite route) has no converter for the op {op} (ONNX node{'s' if len(nodes) > 1 else ''} "
-            f"{', '.join(repr(x) for x in nodes[:3])}); use --format ort or ort-mobile for this model"
+            f"{', '.join(repr(x) for x in nodes[:3])})" + ("" if hint or target is None else no_route(target)),
+            hint=hint,
         )
     failed = re.findall(r"onnx_op_name:\s*(\S+)", logs[-1]) or re.findall(r"onnx_op_name:\s*(\S+)", logs[0])
     ops_by_name = {n.name: n.op_type for n in model.proto.graph.node}
-    where = f"ONNX node '{failed[-1]}' ({ops_by_name.get(failed[-1], 'unknown op')})" if failed else "the model"
+    # onnx2tf drops the exporters' leading '/' from node names; an op it names that is not in our graph is one
+    # its own simplifier made
+    op = (ops_by_name.get(failed[-1]) or ops_by_name.get("/" + failed[-1])) if failed else None
+    where = (f"ONNX node '{failed[-1]}' ({op or 'a node of its simplified graph'})") if failed else "the model"
     last = [ln.strip() for ln in logs[-1].splitlines() if ln.strip().startswith(("ValueError", "TypeError", "NotImplementedError"))]
+    hint = route_hint(target, "tflite-route-node")
     raise ConvertError(
         f"onnx2tf (the ONNX -> TFLite route) cannot convert {where}, with or without keeping the input layout"
         + (f": {last[-1][:300]}" if last else "")
-        + "; use --format ort or ort-mobile for this model"
+        + ("" if hint or target is None else no_route(target)),
+        hint=hint,
     )
 
 

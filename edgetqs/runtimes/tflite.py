@@ -156,7 +156,7 @@ class TfliteRuntime(RuntimeInfo):
         model, plan, work = job.model, job.plan, job.work
         fb = schema()
         ops, _ = names(fb)
-        float_path = float_tflite(model, work)
+        float_path = float_tflite(model, work, job.target)
         fbuf = float_path.read_bytes()
         fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
         matched = _match(model, plan, fm, fm.subgraphs[0], ops)

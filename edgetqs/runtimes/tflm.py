@@ -86,9 +86,9 @@ def require() -> None:
     )
 
 
-def signature_tflite(model: Any, work: Path) -> bytes:
+def signature_tflite(model: Any, work: Path, target: Any = None) -> bytes:
     """Float TFLite with a ``serving_default`` signature, from the SavedModel onnx2tf writes."""
-    float_tflite(model, work)
+    float_tflite(model, work, target)
     out = work / "float_signature.tflite"
     r = subprocess.run(
         [sys.executable, "-c", _SAVED_TO_TFLITE, str(work / "onnx2tf"), str(out)], capture_output=True, text=True, timeout=600
@@ -312,7 +312,7 @@ def convert_tflm(job: ConvertJob) -> Converted:
     )
     fb = schema()
     ops, _ = names(fb)
-    fbuf = signature_tflite(model, work)
+    fbuf = signature_tflite(model, work, target)
     fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
     sg = fm.subgraphs[0]
     sig_in, _ = _signature(fm)

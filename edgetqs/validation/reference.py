@@ -22,7 +22,7 @@ from ..core.inputs import Inputs
 from ..core.model import Model
 from ..core.results import Frozen, describe_validation_error
 from ..core.rollout import RolloutSpec, float_reference, steps_per_call
-from ..errors import BadInputError, DivergedRolloutError, EdgetqsError
+from ..errors import BadInputError, DivergedRolloutError, EdgetqsError, Hint
 
 REFERENCE_VERSION = 2
 
@@ -145,9 +145,15 @@ def make_reference(model: Model, spec: RolloutSpec, contexts: Contexts, horizon:
     """
     ref = float_reference(model, spec, contexts, horizon)
     if ref.first_nonfinite is not None:
+        t = max(ref.first_nonfinite - 1, 1)
         raise DivergedRolloutError(
-            f"the float model itself leaves the finite numbers at step {ref.first_nonfinite} of {horizon}; "
-            f"use --horizon {max(ref.first_nonfinite - 1, 1)}"
+            f"the float model itself leaves the finite numbers at step {ref.first_nonfinite} of {horizon}",
+            hint=Hint(
+                "check-horizon",
+                ("--horizon", str(t)),
+                say="use {args}, or check the contexts' units",
+                otherwise=f"the target's validation horizon is {horizon} steps: give a target file whose [validation] horizon is {t} or less, or check the contexts' units",
+            ),
         )
     float_traj = {o: s.astype(np.float32) for (_, o), s in zip(spec.pairs, ref.steps)}
     first = next(i for i in model.inputs if i.name == spec.pairs[0][0])
