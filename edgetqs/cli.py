@@ -48,6 +48,10 @@ Pick = Annotated[
     str | None, typer.Option(help="How contexts are spread over the record: even (evenly spaced, default) or random (seeded by --seed).")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
+Fill = Annotated[
+    str | None,
+    typer.Option(help="Fill NaN/Inf in the contexts: ffill, interpolate or mean (default: `fill` in edgetqs.toml, else refuse them)."),
+]
 
 
 def _config(cls: Any, **values: Any) -> Any:
@@ -89,7 +93,7 @@ def score(
     span: Span = None,
     pick: Pick = None,
     spinup: Annotated[bool, typer.Option(help="Data-free: spin the model up from noise and take states from its own trajectory.")] = False,
-    spinup_scale: Annotated[float, typer.Option(help="Standard deviation of the spin-up noise.")] = 1.0,
+    spinup_scale: Annotated[float | None, typer.Option(help="Standard deviation of the spin-up noise (default 1).")] = None,
     mode: Annotated[
         str | None,
         typer.Option(
@@ -120,6 +124,7 @@ def score(
     ),
     plot: Annotated[Path | None, typer.Option(help="Also write a PNG of the scores and gamma curves.")] = None,
     top: Annotated[int, typer.Option(help="Rows of the ranked table to print (0: all).")] = 20,
+    fill: Fill = None,
     project: Project = None,
     quiet: Quiet = False,
 ) -> None:
@@ -133,6 +138,8 @@ def score(
         preflight(output, kind="scores")
         if plot:
             preflight(plot, kind="figure")
+        if top < 0:
+            raise BadInputError(f"--top {top}; expected 0 (all rows) or a positive number of rows")
         rollout = _config(
             RolloutConfig,
             mode=mode,
@@ -173,6 +180,7 @@ def score(
                 pick=pick,
                 strategy=strategy,
                 force=force,
+                fill=fill,
                 progress=bar,
                 log=note,
             )
@@ -221,6 +229,7 @@ def plan(
     k: K = None,
     span: Span = None,
     pick: Pick = None,
+    fill: Fill = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write plan.json (a previous one is replaced).")] = Path(
         "plan.json"
     ),
@@ -261,6 +270,7 @@ def plan(
             allocator=allocator,
             keep_fp32_share=keep_fp32,
             rounding=rounding,
+            fill=fill,
             log=note,
         )
         result.save(output)
@@ -299,6 +309,7 @@ def convert(
     horizon: Annotated[int | None, typer.Option("--horizon", "-T", help="Steps of the host check (default: the plan's).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an artifact of the same name.")] = False,
     activations: Annotated[str, typer.Option(help="Full-integer runtimes: int16 | int8 | auto (the target's preference).")] = "auto",
+    fill: Fill = None,
     project: Project = None,
 ) -> None:
     """Write the plan as an artifact a runtime loads, read it back, and roll it out on the host."""
@@ -318,6 +329,8 @@ def convert(
             project=project,
             span=span,
             pick=pick,
+            fill=fill,
+            log=note,
         )
         from .bundle.tables import convert_table
 
@@ -346,6 +359,7 @@ def check(
     tolerance: Annotated[float | None, typer.Option(help="Normalised-RMSE tolerance vs float (default: the target's, else 0.1).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="Artifact format (default: from convert.json / the extension).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for check.json, check.png, reference.npz.")] = None,
+    fill: Fill = None,
     project: Project = None,
 ) -> None:
     """Roll the artifact out on a device (host, emulated ARM, ssh) and compare it with the float trajectory.
@@ -369,6 +383,7 @@ def check(
             fmt=fmt,
             project=project,
             output=output,
+            fill=fill,
             log=say,
         )
         from .bundle.tables import check_table
@@ -402,6 +417,7 @@ def build(
     contexts: Contexts = None,
     span: Span = None,
     pick: Pick = None,
+    fill: Fill = None,
     project: Project = None,
 ) -> None:
     """Score, plan, convert, check and report in one command: a validated bundle in dist/<model>-<target>/.
@@ -431,6 +447,7 @@ def build(
                 contexts=contexts,
                 span=span,
                 pick=pick,
+                fill=fill,
                 log=say,
                 progress=bar,
             )
@@ -530,10 +547,29 @@ def examples() -> None:
         out.print(t)
 
 
+def _empty_argument(args: list[str]) -> str | None:
+    """No option or argument of edgetqs takes an empty value: ``-o ""`` would mean the current folder, ``--ladder ""``
+    no ladder. Say which one is empty (None: none is)."""
+    for i, a in enumerate(args):
+        if a.startswith("--") and a.endswith("=") and len(a) > 3:
+            name, value = a[:-1], ""
+        elif a.strip():
+            continue
+        else:
+            name = args[i - 1] if i > 0 and args[i - 1].startswith("-") else f"argument {i + 1}"
+            value = a
+        return f"{name} is given an empty value {value!r}; give a value, or leave it out for the default (see `edgetqs --help`)"
+    return None
+
+
 def main() -> None:  # console-script entry point
     """Run the app; usage errors (a bad option value) become the same one ``error:`` line as every other failure."""
     from .console import error_line, native_stderr_aside
 
+    empty = _empty_argument(sys.argv[1:])
+    if empty:
+        error_line(empty)
+        sys.exit(2)
     try:
         with native_stderr_aside():
             rc = app(standalone_mode=False)
