@@ -167,7 +167,8 @@ def native_stderr_aside() -> Iterator[None]:
     lines, "Created TensorFlow Lite XNNPACK delegate", CUDA probes) off the terminal: for the command, fd 2
     points at a temporary file and Python's ``sys.stderr`` (our lines, warnings) at a copy of the real
     stderr. The set-aside text is dropped, or printed at the end with ``--debug``. Child processes inherit
-    the temporary file (the converters' own output is captured by their callers)."""
+    the temporary file (the converters' own output is captured by their callers). A ``sys.stderr`` that is not
+    fd 2 (redirected in-process, as tests and embedding programs do) is left where it points."""
     import tempfile
 
     try:
@@ -176,24 +177,32 @@ def native_stderr_aside() -> Iterator[None]:
     except (OSError, ValueError):  # no usable fd 2 (embedded, closed): nothing to set aside
         yield
         return
+    try:
+        on_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.StringIO and friends
+        on_fd2 = False
     sink = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after fd 2 is restored
-    ours = os.fdopen(real, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8", errors="backslashreplace")
+    enc = getattr(sys.stderr, "encoding", None) or "utf-8"
+    ours = os.fdopen(os.dup(real), "w", buffering=1, encoding=enc, errors="backslashreplace") if on_fd2 else None
     before = sys.stderr
-    sys.stderr = ours
+    if ours is not None:
+        sys.stderr = ours
     os.dup2(sink.fileno(), 2)
     try:
         yield
     finally:
         with contextlib.suppress(Exception):
-            ours.flush()
+            sys.stderr.flush()
         os.dup2(real, 2)
+        os.close(real)
         sys.stderr = before
+        if ours is not None:
+            ours.close()
         if DEBUG["on"]:
             sink.seek(0)
             text = sink.read().decode(errors="replace")
             if text.strip():
                 err.print(Text("native stderr set aside during the command:\n" + text.rstrip()))
-        ours.close()
         sink.close()
 
 

@@ -221,9 +221,15 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
         if method is None:
             why = describe_nonfinite(a, what, first_axis="context" if premade else "time step", variables=var_names, var_axis=ax)
             if why:
+                how = "ffill" if not premade else "mean"  # premade contexts have no time axis to fill along
                 raise ContextsError(
-                    f"{why}; a rollout cannot start from them: fix the data, or fill them with --fill "
-                    f"{'|'.join(FILLS)} (`fill = ...` in edgetqs.toml)"
+                    f"{why}; a rollout cannot start from them",
+                    hint=Hint(
+                        "contexts-fill",
+                        ("--fill", how),
+                        say=f"fix the data, or fill them, e.g. {{args}} (--fill {'|'.join(FILLS)})",
+                        project=(("fill", how),),
+                    ),
                 )
             continue
         kax = channel_axis(spec.mode, spec.channel_axis, a.ndim) if a.ndim > 1 else 0
