@@ -11,6 +11,7 @@ from pathlib import Path
 
 import models
 import numpy as np
+import pytest
 
 EXE = [sys.executable, "-m", "edgetqs.cli"]
 
@@ -45,3 +46,22 @@ def test_score_then_build_reuse_one_cache_entry(tmp_path: Path) -> None:
     # --force scores afresh
     d = run(tmp_path, "build", "--target", "x86-64", "-d", "local", "--ratio", "0.5", "--force")
     assert d.returncode in (0, 1) and "reusing scores from" not in d.stderr, d.stderr
+
+
+def test_fresh_scores_of_weights_far_from_rms_one_are_reused_and_planned(tmp_path: Path) -> None:
+    """The cache's gain-vs-gamma band allows for gamma's relative separation (eps / weight_rms): scores of an
+    x10 map (weight rms 5) were refused as tampered by `plan` and never reused (found on issue 18's models)."""
+    from edgetqs.core.inputs import resolve
+    from edgetqs.sensitivity.cache import verify
+    from edgetqs.sensitivity.scores import ProbeSettings
+    from edgetqs.sensitivity.sweep import run_sweep
+
+    models.exploding(tmp_path / "x10.onnx", factor=10.0)
+    np.save(tmp_path / "rec.npy", (0.5 * np.random.default_rng(0).standard_normal((40, 4))).astype(np.float32))
+    inp = resolve(tmp_path / "x10.onnx", None, contexts=tmp_path / "rec.npy", k=3)
+    settings = ProbeSettings(horizon=4)
+    s = run_sweep(inp.model, inp.spec, inp.contexts, settings)
+    assert s.groups[0].weight_rms == pytest.approx(5.0)
+    assert verify(s, inp.model, inp.spec, inp.contexts, settings) is None
+    tampered = s.model_copy(update={"groups": (s.groups[0].model_copy(update={"gain": s.groups[0].gain * 1e6}),)})
+    assert verify(tampered, inp.model, inp.spec, inp.contexts, settings) == "group 'w.weight' has a gain that does not fit its gamma"

@@ -95,8 +95,11 @@ def verify_groups(scores: Scores, model: Model) -> str | None:
             return f"group '{g.name}' has a gamma that is not the end of its curve"
         if g.gain is not None and g.gain > 0 and g.gamma is not None:
             # gamma = mean ln(e_T/eps)/T and gain = mean e_T/eps come from the same rollouts: ln(gain)/T >= gamma
-            # (Jensen), and the gap is the spread of e_T over contexts; a gain scaled by hand leaves that band
-            gap = math.log(g.gain) / scores.horizon - g.gamma
+            # (Jensen), and the gap is the spread of e_T over contexts; a gain scaled by hand leaves that band.
+            # With a relative eps, gamma's separation is eps / weight_rms: gamma = mean ln(e_T/eps)/T + ln(weight_rms)/T
+            # (a group whose weights are far from rms 1, a LayerNorm scale, an x10 map, sits off the plain band)
+            shift = math.log(g.weight_rms) / scores.horizon if scores.settings.eps == "relative" and g.weight_rms > 0 else 0.0
+            gap = math.log(g.gain) / scores.horizon - (g.gamma - shift)
             if gap < -1e-9 * (1 + abs(g.gamma)) or gap > math.log(1e3) / scores.horizon:
                 return f"group '{g.name}' has a gain that does not fit its gamma"
     return None
