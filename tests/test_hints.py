@@ -125,14 +125,17 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models.window_mlp(d / "win.onnx", length=6, horizon=2, channels=3)
     np.save(d / "rec3.npy", rng.standard_normal((80, 3)).astype(np.float32))
     np.save(d / "stack.npy", rng.standard_normal((5, 6, 3)).astype(np.float32))  # 5 windows [N, L, C]
-    models.window_mlp(d / "quant.onnx", length=6, horizon=6, channels=3, quantiles=3)  # [B, 6, 3] -> [B, 6, 3, 3]
+    models.window_mlp(d / "quant.onnx", length=6, horizon=2, channels=3, quantiles=3)  # [B, 6, 3] -> [B, 2, 3, 3]
     models.static_conv(d / "conv.onnx", channels=2, size=6)
     np.savez(d / "conv.npz", record=rng.standard_normal((20, 2, 6, 6)).astype(np.float32), mask=np.ones((1, 6, 6), np.float32))
     cube(d / "cube.onnx")
     gap = rng.standard_normal((120, 8)).astype(np.float32)
-    gap[:, 3] = np.nan  # a variable missing at every step
+    gap[10:14, 3] = np.nan  # a gap in time
     gap[5, 1] = np.inf
     np.save(d / "gap.npy", gap)
+    land = rng.standard_normal((20, 2, 6, 6)).astype(np.float32)
+    land[:, 0, 0, 0] = np.nan  # a point missing at every step (a land mask): only the variable's mean fills it
+    np.savez(d / "land.npz", record=land, mask=np.ones((1, 6, 6), np.float32))
     assert cli(["score", str(d / "state.onnx"), "-c", str(d / "rec.npy"), "-k", "4", "-T", "5", "-o", str(d / "s.json"), "-q"]).code == 0
     assert (
         cli(["plan", str(d / "s.json"), "-t", "raspberrypi", "--model", str(d / "state.onnx"), "-o", str(d / "plan.json"), "-q"]).code == 0
@@ -161,7 +164,8 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     "contexts-k-record": lambda d: [*_score(d, "win.onnx", "-c", str(d / "rec3.npy")), "-k", "80"],
     # NaN/Inf refused -> fill them (ffill), then the variable missing at every step -> fill by the mean
     "contexts-fill": lambda d: _score(d, "state.onnx", "-c", str(d / "gap.npy")),
-    "fill-mean": lambda d: _score(d, "state.onnx", "-c", str(d / "gap.npy"), "--fill", "ffill"),
+    "fill-mean": lambda d: _score(d, "conv.onnx", "-c", str(d / "land.npz"), "--static", "mask", "--fill", "ffill"),
+    "contexts-fill#mean": lambda d: _score(d, "conv.onnx", "-c", str(d / "land.npz"), "--static", "mask"),
     # the float model's own rollout overflows -> a shorter horizon
     "score-horizon": lambda d: [*_score(d, "boom.onnx", "-c", str(d / "rec4.npy")), "-T", "200"],
     # a spin-up from noise that blows up -> smaller noise
@@ -369,3 +373,29 @@ def test_tflite_route_advice_names_only_a_format_the_target_runs() -> None:
             assert hint.args[1] in tg.runtimes, (name, hint)
     assert route_hint(find_target("stm32h743"), "tflite-route-op") is None
     assert route_hint(None, "tflite-route-op") is not None  # no target: any format
+
+
+def test_no_fill_is_advised_when_none_fills_them(tmp_path: Path) -> None:
+    """A variable with no finite value at all: no fill can invent it, so none is advised (advice that ends in
+    the next refusal is no advice)."""
+    models.state_mlp(tmp_path / "m.onnx")
+    rec = np.random.default_rng(0).standard_normal((60, 8)).astype(np.float32)
+    rec[:, 3] = np.nan
+    np.save(tmp_path / "r.npy", rec)
+    for fill in (None, "ffill", "mean"):
+        argv = [
+            "score",
+            str(tmp_path / "m.onnx"),
+            "-c",
+            str(tmp_path / "r.npy"),
+            "-k",
+            "3",
+            "-T",
+            "4",
+            "-q",
+            "-o",
+            str(tmp_path / "s.json"),
+        ]
+        r = cli(argv + (["--fill", fill] if fill else []))
+        assert r.code == 2 and r.error is not None and r.error.hint is None, (fill, r.output)
+        assert "fix the" in str(r.error), str(r.error)

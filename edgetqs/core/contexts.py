@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import BadInputError, ContextsError, Hint
 from .files import input_file
 from .metrics import channel_axis, channel_mean, channel_spread
-from .missing import FILLS, check_fill, describe_nonfinite, fill_nonfinite
+from .missing import FILLS, check_fill, describe_nonfinite, fill_nonfinite, workable_fill
 from .model import Model
 from .results import Frozen
 from .rollout import Rollout, RolloutSpec, sample_shape
@@ -221,10 +221,14 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
         if method is None:
             why = describe_nonfinite(a, what, first_axis="context" if premade else "time step", variables=var_names, var_axis=ax)
             if why:
-                how = "ffill" if not premade else "mean"  # premade contexts have no time axis to fill along
+                # advise the fill that fills all of them (premade contexts have no time axis: mean), or none
+                how = workable_fill(a, ax if ax is not None else a.ndim - 1, has_time=not premade)
                 raise ContextsError(
-                    f"{why}; a rollout cannot start from them",
-                    hint=Hint(
+                    f"{why}; a rollout cannot start from them"
+                    + ("" if how else ", and some variable has no finite value at all: fix the data"),
+                    hint=None
+                    if how is None
+                    else Hint(
                         "contexts-fill",
                         ("--fill", how),
                         say=f"fix the data, or fill them, e.g. {{args}} (--fill {'|'.join(FILLS)})",
