@@ -100,6 +100,7 @@ def test_ort_route_score_plan_convert_check_build_raspberrypi(tmp_path: Path, na
     code, out, err = cli("score", model, *common, "-T", "6", "-o", tmp_path / "s.json", "-q")
     assert code == 0, err or out
     rollout = next((ln for ln in out.splitlines() if "rollout:" in ln), "state mode")  # detected, no flags given
+    drawn = next((ln for ln in out.splitlines() if "contexts:" in ln), "")
     assert (f"window mode ({form})" if form != "state" else "state mode") in rollout, out
     if form != "state":  # the stack of windows is read as windows, spread over the stack
         assert "read as" in out and "windows" in out and "evenly spaced" in out, out
@@ -122,7 +123,7 @@ def test_ort_route_score_plan_convert_check_build_raspberrypi(tmp_path: Path, na
     assert code in (0, 1), err or out
     assert "reusing scores from" in out or "swept" in out
     bundle = next((tmp_path / "dist").iterdir())
-    print("\nBUILD |", _summary(name, "raspberrypi", bundle), "|", rollout.removeprefix("note: "))
+    print("\nBUILD |", _summary(name, "raspberrypi", bundle), "|", rollout.removeprefix("note: "), "|", drawn.removeprefix("note: "))
 
 
 @pytest.mark.tflite
@@ -141,8 +142,6 @@ def test_tflite_route_convert_and_check(tmp_path: Path, name: str) -> None:
         "tflite",
         "--model",
         model,
-        "--ratio",
-        "0.3",
         "-o",
         tmp_path / "p.json",
         "-q",
@@ -154,6 +153,7 @@ def test_tflite_route_convert_and_check(tmp_path: Path, name: str) -> None:
     art = next((tmp_path / "art").glob("*.tflite"))
     code, out, err = cli("check", art, "--model", model, *common, "-t", "raspberrypi", "-o", tmp_path / "chk")
     assert code in (0, 1), err or out
+    print(f"TFLITE | {name} | check exit {code} | {json.loads((tmp_path / 'chk' / 'check.json').read_text())['verdict']}")
 
 
 @pytest.mark.mcu
