@@ -399,3 +399,18 @@ def test_no_fill_is_advised_when_none_fills_them(tmp_path: Path) -> None:
         r = cli(argv + (["--fill", fill] if fill else []))
         assert r.code == 2 and r.error is not None and r.error.hint is None, (fill, r.output)
         assert "fix the" in str(r.error), str(r.error)
+
+
+def test_onnx2tf_failures_name_our_node_and_its_op(tmp_path: Path) -> None:
+    """onnx2tf reports '/rnn/GRU' as 'wa/rnn/GRU' and '/Add' as 'wa/Add' (issue 18 read '(unknown op)'):
+    the refusal names our node and its op."""
+    import realmodels
+
+    from edgetqs.core.model import load_model
+    from edgetqs.runtimes.litert import our_node
+
+    m = load_model(realmodels.gru_onestep(tmp_path / "g.onnx", L=6, C=2, hidden=4))
+    assert our_node(m, "wa/rnn/GRU") == ("/rnn/GRU", "GRU")
+    assert our_node(m, "rnn/GRU") == ("/rnn/GRU", "GRU")
+    assert our_node(m, "wa/Add") == ("/Add", "Add")
+    assert our_node(m, "tf.math.add_2") is None and our_node(m, "xrnn/GRU") is None

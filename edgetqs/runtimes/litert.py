@@ -46,6 +46,18 @@ def no_route(target: Any) -> str:
     return f"; target '{target.name}' runs only {', '.join(target.runtimes)}, so this model cannot be deployed there as it is"
 
 
+def our_node(model: Any, reported: str) -> tuple[str, str] | None:
+    """(name, op type) of the node of our graph that onnx2tf reports as ``reported``, or None. onnx2tf drops
+    the exporters' leading '/' and may prefix a scope ('/rnn/GRU' is reported as 'wa/rnn/GRU'): the longest
+    of our names that ends the reported one at a '/' boundary."""
+    best: tuple[str, str] | None = None
+    for n in model.proto.graph.node:
+        name = n.name.lstrip("/")
+        if name and (reported == name or reported.endswith("/" + name)) and (best is None or len(name) > len(best[0].lstrip("/"))):
+            best = (n.name, n.op_type)
+    return best
+
+
 def refuse_other_rounding(job: Any) -> None:
     """ai-edge-quantizer rounds TFLite weights itself, so only round-to-nearest plans are realised exactly here."""
     if job.plan.rounding != "rtn":
@@ -150,11 +162,12 @@ def float_tflite(model: Any, work: Path, target: Any = None) -> Path:
             hint=hint,
         )
     failed = re.findall(r"onnx_op_name:\s*(\S+)", logs[-1]) or re.findall(r"onnx_op_name:\s*(\S+)", logs[0])
-    ops_by_name = {n.name: n.op_type for n in model.proto.graph.node}
-    # onnx2tf drops the exporters' leading '/' from node names; an op it names that is not in our graph is one
-    # its own simplifier made
-    op = (ops_by_name.get(failed[-1]) or ops_by_name.get("/" + failed[-1])) if failed else None
-    where = (f"ONNX node '{failed[-1]}' ({op or 'a node of its simplified graph'})") if failed else "the model"
+    found = our_node(model, failed[-1]) if failed else None
+    where = (
+        (f"ONNX node '{found[0]}' ({found[1]})" if found else f"ONNX node '{failed[-1]}' (a node of its simplified graph)")
+        if failed
+        else "the model"
+    )
     last = [ln.strip() for ln in logs[-1].splitlines() if ln.strip().startswith(("ValueError", "TypeError", "NotImplementedError"))]
     hint = route_hint(target, "tflite-route-node")
     raise ConvertError(
