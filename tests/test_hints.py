@@ -354,6 +354,7 @@ def test_netcdf_variables_hint(tmp_path: Path) -> None:
     ds.to_netcdf(tmp_path / "f.nc")
     argv = ["score", str(tmp_path / "m.onnx"), "-c", str(tmp_path / "f.nc"), "-k", "3", "-T", "4", "-q", "-o", str(tmp_path / "s.json")]
     followed, text = follow(argv, "contexts-variables")
+    print(f"\nHINT | contexts-variables | `score` | {text}")
     assert "--variables t2m,psl" in text
     assert gets_past(followed, "contexts-variables").code == 0
 
