@@ -52,7 +52,7 @@ class Hint:
         import shlex
 
         added = " ".join(a if _FLAG.match(a) else shlex.quote(a) for a in self.args)
-        dropped = " ".join(f"without {d}" for d in self.drop)
+        dropped = f"without {', '.join(self.drop)}" if self.drop else ""
         return " ".join(x for x in (added, dropped) if x)
 
     def toml(self) -> str:

@@ -415,3 +415,60 @@ def test_onnx2tf_failures_name_our_node_and_its_op(tmp_path: Path) -> None:
     assert our_node(m, "rnn/GRU") == ("/rnn/GRU", "GRU")
     assert our_node(m, "wa/Add") == ("/Add", "Add")
     assert our_node(m, "tf.math.add_2") is None and our_node(m, "xrnn/GRU") is None
+
+
+@pytest.mark.slow
+@pytest.mark.tflite
+def test_tflite_rounding_hint_is_followed_on_the_plan(w: Path) -> None:
+    """A GPTQ plan converted to TFLite: the advice is for `plan` (replan with --rounding rtn); followed there,
+    the conversion goes through."""
+    plan = ["plan", str(w / "s.json"), "-t", "raspberrypi", "--model", str(w / "state.onnx"), "--runtime", "tflite", "--rounding", "gptq"]
+    plan += ["-c", str(w / "rec.npy"), "-k", "4", "-o", str(w / "tg.json"), "-q"]
+    assert cli(plan).code == 0
+    conv = [
+        "convert",
+        str(w / "state.onnx"),
+        "-p",
+        str(w / "tg.json"),
+        "-f",
+        "tflite",
+        "-o",
+        str(w / "tfl"),
+        "-c",
+        str(w / "rec.npy"),
+        "-k",
+        "4",
+    ]
+    r = cli(conv)
+    assert r.code == 2 and r.error is not None and r.error.hint is not None and r.error.hint.key == "tflite-rounding", r.output
+    hint = r.error.hint
+    assert hint.command == "plan" and all(f in options_of("plan") for f in hint.flags())
+    assert "edgetqs plan ... --rounding rtn without --contexts, -k" in " ".join(r.output.split())
+    assert cli(hint.follow(plan, options_of("plan"))).code == 0
+    print(
+        f"\nHINT | tflite-rounding | `convert` -> `plan` | {r.error.render(set(options_of('convert')))} | exit {gets_past(conv, 'tflite-rounding').code}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.tflite
+def test_tflite_route_hint_is_followed_on_a_target_that_runs_ort(tmp_path: Path) -> None:
+    """A model onnx2tf cannot convert (a GRU before the recurrent legalisation reaches the TFLite route), built
+    for raspberrypi as tflite: the advice is --format ort, which raspberrypi runs; followed, the build completes."""
+    import realmodels
+
+    model = realmodels.gru_onestep(tmp_path / "gru.onnx", L=8, C=3, hidden=8)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "w.npy", rng.standard_normal((12, 8, 3)).astype(np.float32))
+    argv = ["build", str(model), "-t", "raspberrypi", "--format", "tflite", "-c", str(tmp_path / "w.npy"), "-k", "3", "-d", "local"]
+    argv += ["-o", str(tmp_path / "dist")]
+    r = cli(argv)
+    if r.code != 2:
+        pytest.skip("onnx2tf converts this GRU now (recurrent legalisation wired): no refusal to follow")
+    assert r.error is not None and r.error.hint is not None and r.error.hint.key.startswith("tflite-route-"), r.output
+    assert "(GRU)" in str(r.error)
+    followed = r.error.hint.follow(argv, options_of("build"))
+    assert "--format" in followed and followed[followed.index("--format") + 1] == "ort"
+    print(
+        f"\nHINT | {r.error.hint.key} | `build` | {r.error.render(set(options_of('build')))} | exit {gets_past(followed, r.error.hint.key).code}"
+    )

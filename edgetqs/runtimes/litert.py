@@ -61,7 +61,14 @@ def our_node(model: Any, reported: str) -> tuple[str, str] | None:
 def refuse_other_rounding(job: Any) -> None:
     """ai-edge-quantizer rounds TFLite weights itself, so only round-to-nearest plans are realised exactly here."""
     if job.plan.rounding != "rtn":
-        hint = Hint("tflite-rounding", ("--rounding", "rtn"), say="replan with {args} for tflite/tflm", command="plan")
+        # a round-to-nearest plan reads no contexts: `plan` refuses them, so the advice drops them too
+        hint = Hint(
+            "tflite-rounding",
+            ("--rounding", "rtn"),
+            drop=("--contexts", "-k", "--span", "--pick", "--fill"),
+            say="replan with {args} for tflite/tflm",
+            command="plan",
+        )
         fmt = onnx_route(job.target)
         raise ConvertError(
             f"the plan uses {job.plan.rounding} rounding, whose integers the ort and ort-mobile formats store exactly; the TFLite routes "
