@@ -116,9 +116,16 @@ def score(
     bits: Annotated[int | None, typer.Option(help="Bit-width of the quant probe (default 4).")] = None,
     ladder: Annotated[str | None, typer.Option(help="Also measure the quant probe at these bit-widths, e.g. 2,3,4,5,6,8.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for probes and spin-up (default 0).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Parallel worker processes (default 1).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Parallel workers (default: a process per core from 5 M parameters, else 1; with --backend: every core)."),
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Where the sweep runs: serial | processes | ray (pip install 'edgetqs[ray]'). Same scores on each.")
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (--backend ray; default: start a local one).")] = None,
     strategy: Annotated[str, typer.Option(help="feed (one session, weights as inputs), rebuild (session per group) or auto.")] = "auto",
-    force: Annotated[bool, typer.Option(help="Score again even when the score cache holds these scores.")] = False,
+    force: Annotated[bool, typer.Option(help="Score again even when the score cache holds these scores (or a checkpoint).")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write scores.json (a previous one is replaced).")] = Path(
         "scores.json"
     ),
@@ -161,6 +168,8 @@ def score(
             bits=bits,
             workers=workers,
             ladder=parse_ladder(ladder) if ladder is not None else None,
+            backend=backend,
+            address=address,
         )
         vars_ = [v.strip() for v in variables.split(",") if v.strip()] if variables is not None else None
         if variables is not None and not vars_:
@@ -183,6 +192,7 @@ def score(
                 fill=fill,
                 progress=bar,
                 log=note,
+                default_workers=0,  # a process per core for a large model, unless --workers or --backend says otherwise
             )
         scores.save(output)
         if not quiet:

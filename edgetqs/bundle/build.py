@@ -158,8 +158,15 @@ def build(
         raise BadInputError("give --budget or --ratio, not both")
     opts = PlanOptions(runtime=runtime, budget_bytes=parse_size(str(budget)) if budget is not None else None, ratio=ratio)
     opts.check()  # bad budgets fail before the sweep
+    from ..allocation.rescore import search_settings
+
+    search = search_settings(refine_rollouts)
     # the same settings and contexts as `edgetqs score` (project file, then options), so both find one cache entry
-    settings = ProbeSettings.from_config(merged(proj.score if proj else ScoreConfig(), score))
+    cfg = merged(proj.score if proj else ScoreConfig(), score)
+    from ..sensitivity.backends import check_backend
+
+    check_backend(cfg.backend, cfg.workers, cfg.address)
+    settings = ProbeSettings.from_config(cfg)
     inp = resolve(model, proj, contexts=contexts, k=k, span=span, pick=pick, seed=settings.seed, fill=fill)
     m = inp.model
     st.notes += inp.notes
@@ -182,14 +189,23 @@ def build(
     for n in inp.notes:  # the rollout, the contexts drawn, values filled
         st.say(f"      {n}")
     scores, cached, cpath = score_cached(
-        m, inp.spec, inp.contexts, settings, force=force, progress=progress, notes=inp.notes, log=lambda msg: st.say(f"      note: {msg}")
+        m,
+        inp.spec,
+        inp.contexts,
+        settings,
+        force=force,
+        progress=progress,
+        notes=inp.notes,
+        log=st.say,
+        workers=cfg.workers,  # [score] workers, backend and address say where the sweep runs (checkpointed: a rerun resumes)
+        backend=cfg.backend,
+        address=cfg.address,
     )
     st.time("score", t)
     st.say("      " + (reuse_line(cpath, scores) if cached else f"swept ({len(scores.groups)} groups, T={scores.horizon}) {cpath}"))
     pause_point("build_scored")
 
     t = time.perf_counter()  # an infeasible budget stops here, before any conversion
-    from ..allocation.rescore import RescoreSettings
 
     plan = plan_stage(
         scores,
@@ -200,7 +216,7 @@ def build(
         contexts=inp.contexts,
         refine=refine,
         pareto_n=8,
-        rescore=RescoreSettings(rollout_budget=refine_rollouts),
+        rescore=search,
         log=st.say,
     )
     if refine:
