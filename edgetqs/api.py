@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .core.project import Project, RolloutConfig, ScoreConfig, merged, open_project
-from .errors import BadInputError
+from .errors import BadInputError, Hint
 
 if TYPE_CHECKING:  # pragma: no cover
     from .allocation.plan import Plan
@@ -67,11 +67,13 @@ def inputs(
     spinup_scale: float | None = None,
     seed: int = 0,
     rollout: RolloutConfig | dict[str, Any] | None = None,
+    pick: str | None = None,
     fill: str | None = None,
     log: Log | None = None,
 ) -> Inputs:
     """The model, its rollout and the contexts, resolved from these arguments and the project file.
 
+    ``pick``: ``even`` (contexts evenly spaced over the record or stack of windows) or ``random`` (seeded by ``seed``).
     ``fill`` (``ffill``, ``interpolate``, ``mean``; default: the project's) fills NaN/Inf in the contexts,
     which are refused otherwise (`edgetqs.core.missing`)."""
     from .core.inputs import resolve
@@ -87,6 +89,7 @@ def inputs(
         spinup_scale=spinup_scale,
         seed=seed,
         rollout=rollout,
+        pick=pick,
         fill=fill,
         log=log,
     )
@@ -104,6 +107,7 @@ def score(
     spinup_scale: float | None = None,
     rollout: RolloutConfig | dict[str, Any] | None = None,
     settings: ScoreConfig | dict[str, Any] | None = None,
+    pick: str | None = None,
     strategy: str = "auto",
     fill: str | None = None,
     cache: bool = True,
@@ -119,6 +123,7 @@ def score(
     Args:
         model: an .onnx path, a loaded `Model`, or a torch module (with ``example_input``); default: the project's.
         contexts: a contexts file (default: the project's; none: data-free spin-up from noise).
+        pick: how the K contexts are spread over the record: ``even`` or ``random`` (seeded by the probe seed).
         settings / **options: probe settings (``probe``, ``horizon``, ``granularity``, ``ladder``, ``workers``...,
             the keys of ``[score]`` in edgetqs.toml); they beat the project file. ``backend`` (``serial``,
             ``processes``, ``ray``) and ``address`` (a Ray cluster) say where the sweep runs; all give the same scores.
@@ -132,7 +137,7 @@ def score(
     Raises:
         EdgetqsError: bad input (named), a diverging float rollout, ...
     """
-    from .sensitivity.cache import score_cached
+    from .sensitivity.cache import reuse_line, score_cached
     from .sensitivity.scores import ProbeSettings
     from .sensitivity.sweep import STRATEGIES, run_sweep
 
@@ -155,9 +160,12 @@ def score(
         spinup_scale=spinup_scale,
         seed=probe.seed,
         rollout=rollout,
+        pick=pick,
         fill=fill,
-        log=log,
     )
+    if log:
+        for n in inp.notes:  # the rollout, the contexts drawn, values filled
+            log(n)
     workers = cfg.workers if cfg.workers is not None or cfg.backend is not None else default_workers
     if cache:
         scores, cached, path = score_cached(
@@ -175,7 +183,7 @@ def score(
             address=cfg.address,
         )
         if cached and log:
-            log(f"reused cached scores {path} (same model, contexts and probe settings; --force scores again)")
+            log(reuse_line(path, scores))
         return scores
     return run_sweep(
         inp.model,
@@ -216,6 +224,7 @@ def plan(
     contexts: Any = None,
     k: int | None = None,
     span: str | None = None,
+    pick: str | None = None,
     lowest: str | int | None = None,
     pins: list[str] | tuple[str, ...] = (),
     budget: str | int | None = None,
@@ -283,14 +292,16 @@ def plan(
     spec = ctx = None
     needs_contexts = evaluate or refine or opts.rounding != "rtn"
     if not needs_contexts:
-        unused = [n for n, v in (("contexts", contexts), ("k", k), ("span", span), ("fill", fill)) if v is not None]
+        unused = [n for n, v in (("contexts", contexts), ("k", k), ("span", span), ("pick", pick), ("fill", fill)) if v is not None]
         if unused:
             raise BadInputError(
                 f"{', '.join(unused)} given, but a plan reads contexts only with --evaluate, --refine or --rounding gptq; "
                 "add one of those or drop them"
             )
     if needs_contexts:
-        inp = inputs(m, contexts, project=proj, k=k, span=span, rollout=rollout_config(s.spec), fill=fill, log=log)
+        inp = inputs(
+            m, contexts, project=proj, k=k, span=span, pick=pick, rollout=rollout_config(s.spec), seed=s.settings.seed, fill=fill, log=log
+        )
         spec, ctx = inp.spec, inp.contexts
     from .allocation.rescore import search_settings
 
@@ -321,11 +332,15 @@ def convert(
     overwrite: bool = False,
     activations: str = "auto",
     project: Any = None,
+    span: str | None = None,
+    pick: str | None = None,
     fill: str | None = None,
     log: Log | None = None,
 ) -> ConvertResult:
     """Write and verify the artifact (a `ConvertResult`); ``plan`` is a `Plan` or a plan.json path.
-    ``fill`` fills NaN/Inf in the contexts of the host check (refused otherwise)."""
+
+    ``contexts``, ``k``, ``span`` and ``pick`` choose the host check's contexts (a GPTQ plan needs the ones it was made with);
+    ``fill`` fills NaN/Inf in them (refused otherwise)."""
     from .allocation.plan import Plan
     from .core.files import new_folders
     from .runtimes import RUNTIMES
@@ -340,7 +355,7 @@ def convert(
         )
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
     _check_horizon(horizon)
-    inp = inputs(model, contexts, project=project, k=k, fill=fill, log=log)
+    inp = inputs(model, contexts, project=project, k=k, span=span, pick=pick, fill=fill, log=log)
     from .core.files import Policy, preflight
     from .runtimes.convert import artifact_name
 
@@ -366,6 +381,7 @@ def check(
     contexts: Any = None,
     k: int | None = None,
     span: str | None = None,
+    pick: str | None = None,
     horizon: int | None = None,
     target: Any = None,
     tolerance: float | None = None,
@@ -448,10 +464,11 @@ def check(
         ref = reference if isinstance(reference, Reference) else Reference.load(Path(reference))
         if horizon and horizon != ref.horizon:
             raise BadInputError(
-                f"--horizon {horizon}, but the reference holds {ref.horizon} steps; drop --horizon or rebuild the reference"
+                f"--horizon {horizon}, but the reference holds {ref.horizon} steps",
+                hint=Hint("reference-horizon", drop=("--horizon",), say="drop --horizon or rebuild the reference"),
             )
     else:
-        inp = inputs(model, contexts, project=project, k=k, span=span, fill=fill, log=log)
+        inp = inputs(model, contexts, project=project, k=k, span=span, pick=pick, fill=fill, log=log)
         if info.get("model_sha256") and info["model_sha256"] != inp.model.sha256:
             raise BadInputError(
                 f"{a.name} was converted from model sha256 {str(info['model_sha256'])[:12]}..., "

@@ -36,9 +36,17 @@ def _runtimes() -> str:
 
 # options shared by several commands
 Project = Annotated[Path | None, typer.Option(help="Project file (default: ./edgetqs.toml when present).")]
-Contexts = Annotated[Path | None, typer.Option("--contexts", "-c", help="Contexts: .npy/.npz/.csv/.nc record (time first) or windows.")]
+Contexts = Annotated[
+    Path | None,
+    typer.Option(
+        "--contexts", "-c", help="Contexts: .npy/.npz/.csv/.nc record (time first), or a stack of windows [N, L, C] ([N, L]: univariate)."
+    ),
+]
 K = Annotated[int | None, typer.Option("-k", help="Number of contexts (default: the project's, else 8).")]
-Span = Annotated[str | None, typer.Option(help="Fraction of the record to draw contexts from, e.g. 0:0.5.")]
+Span = Annotated[str | None, typer.Option(help="Fraction of the record (or stack of windows) to draw contexts from, e.g. 0:0.5.")]
+Pick = Annotated[
+    str | None, typer.Option(help="How contexts are spread over the record: even (evenly spaced, default) or random (seeded by --seed).")
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
 Fill = Annotated[
     str | None,
@@ -83,13 +91,21 @@ def score(
     variables: Annotated[str | None, typer.Option(help="Comma-separated variables to read (CSV columns, NetCDF variables).")] = None,
     k: K = None,
     span: Span = None,
+    pick: Pick = None,
     spinup: Annotated[bool, typer.Option(help="Data-free: spin the model up from noise and take states from its own trajectory.")] = False,
     spinup_scale: Annotated[float | None, typer.Option(help="Standard deviation of the spin-up noise (default 1).")] = None,
-    mode: Annotated[str | None, typer.Option(help="Rollout mode: state or window (inferred when unambiguous).")] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            help="Rollout mode: state or window (inferred when unambiguous; window covers [B, L, C] -> [B, H, C] or [B, C], [B, L] -> [B, H])."
+        ),
+    ] = None,
     state: Annotated[list[str] | None, typer.Option(help="INPUT=OUTPUT pair fed back each step (repeatable).")] = None,
     increment: Annotated[bool | None, typer.Option("--increment/--no-increment", help="The model predicts the change.")] = None,
     static: Annotated[list[str] | None, typer.Option(help="Input held fixed along the rollout (repeatable).")] = None,
-    output_slice: Annotated[str | None, typer.Option(help="Index applied to outputs before feeding back, e.g. '...,1'.")] = None,
+    output_slice: Annotated[
+        str | None, typer.Option(help="Index applied to outputs before feeding back, e.g. '...,1' (a quantile), ':,None' (a new axis).")
+    ] = None,
     channel_axis: Annotated[int | None, typer.Option(help="Axis of the variables (with batch) for normalisation.")] = None,
     probe: Annotated[str | None, typer.Option(help="gauss (default) or quant.")] = None,
     granularity: Annotated[str | None, typer.Option(help="tensor (default) or block (tensors sharing a name prefix).")] = None,
@@ -170,6 +186,7 @@ def score(
                 spinup_scale=spinup_scale,
                 rollout=rollout,
                 settings=settings,
+                pick=pick,
                 strategy=strategy,
                 force=force,
                 fill=fill,
@@ -177,9 +194,6 @@ def score(
                 log=note,
                 default_workers=0,  # a process per core for a large model, unless --workers or --backend says otherwise
             )
-        for n in scores.notes:
-            if "spin-up" in n:
-                note(n)
         scores.save(output)
         if not quiet:
             from .bundle.tables import scores_table
@@ -224,6 +238,7 @@ def plan(
     contexts: Contexts = None,
     k: K = None,
     span: Span = None,
+    pick: Pick = None,
     fill: Fill = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write plan.json (a previous one is replaced).")] = Path(
         "plan.json"
@@ -255,6 +270,7 @@ def plan(
             contexts=contexts,
             k=k,
             span=span,
+            pick=pick,
             lowest=lowest,
             pins=tuple(pin or ()),
             budget=budget,
@@ -298,6 +314,8 @@ def convert(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the artifact and convert.json.")] = Path("artifacts"),
     contexts: Contexts = None,
     k: K = None,
+    span: Span = None,
+    pick: Pick = None,
     horizon: Annotated[int | None, typer.Option("--horizon", "-T", help="Steps of the host check (default: the plan's).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an artifact of the same name.")] = False,
     activations: Annotated[
@@ -321,6 +339,8 @@ def convert(
             overwrite=overwrite,
             activations=activations,
             project=project,
+            span=span,
+            pick=pick,
             fill=fill,
             log=note,
         )
@@ -341,6 +361,7 @@ def check(
     span: Annotated[
         str | None, typer.Option(help="Fraction of the record to draw contexts from, e.g. 0.5:1 (held out from scoring).")
     ] = None,
+    pick: Pick = None,
     horizon: Annotated[
         int | None, typer.Option("--horizon", "-T", help="Steps (default: the target's validation horizon, else 20).")
     ] = None,
@@ -367,6 +388,7 @@ def check(
             contexts=contexts,
             k=k,
             span=span,
+            pick=pick,
             horizon=horizon,
             target=target,
             tolerance=tolerance,
@@ -405,6 +427,8 @@ def build(
     refine_rollouts: Annotated[int, typer.Option(help="Rollout budget of the re-scoring search.")] = 400,
     k: K = None,
     contexts: Contexts = None,
+    span: Span = None,
+    pick: Pick = None,
     fill: Fill = None,
     project: Project = None,
 ) -> None:
@@ -433,6 +457,8 @@ def build(
                 refine_rollouts=refine_rollouts,
                 k=k,
                 contexts=contexts,
+                span=span,
+                pick=pick,
                 fill=fill,
                 log=say,
                 progress=bar,
@@ -550,14 +576,15 @@ def _empty_argument(args: list[str]) -> str | None:
 
 def main() -> None:  # console-script entry point
     """Run the app; usage errors (a bad option value) become the same one ``error:`` line as every other failure."""
-    from .console import error_line
+    from .console import error_line, native_stderr_aside
 
     empty = _empty_argument(sys.argv[1:])
     if empty:
         error_line(empty)
         sys.exit(2)
     try:
-        rc = app(standalone_mode=False)
+        with native_stderr_aside():
+            rc = app(standalone_mode=False)
     except Exit as exc:
         rc = exc.code
     except KeyboardInterrupt:

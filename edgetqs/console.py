@@ -12,6 +12,7 @@ exit status 2. Anything else is a bug: one line that names a log file holding th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ from .errors import EdgetqsError
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 DEBUG = {"on": bool(os.environ.get("EDGETQS_DEBUG"))}
+LAST: dict[str, EdgetqsError | None] = {"error": None}  # the error the last command ended with (for embedding and tests)
 
 
 class Exit(Exception):
@@ -119,15 +121,27 @@ def describe_foreign(exc: BaseException) -> str | None:
     return None
 
 
+def _offered() -> set[str] | None:
+    """The options of the command running now (a hint names only options it has), or None outside one."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return None
+    return {o for p in ctx.command.params for o in (*p.opts, *p.secondary_opts)}
+
+
 @contextmanager
 def boundary() -> Iterator[None]:
     """Turn every failure into one line and an exit status (see the module docstring)."""
+    LAST["error"] = None
     try:
         yield
     except Exit:
         raise
     except EdgetqsError as exc:
-        error_line(str(exc))
+        LAST["error"] = exc
+        error_line(exc.render(_offered()))
         raise Exit(2) from None
     except KeyboardInterrupt:
         err.print(Text("interrupted", style="red"))
@@ -145,6 +159,51 @@ def boundary() -> Iterator[None]:
         where = f"the traceback is in {log}" if log else "the traceback could not be saved"
         error_line(f"unexpected {type(exc).__name__}: {str(exc)[:300]}; {where} (rerun with --debug to print it; please report it)")
         raise Exit(2) from None
+
+
+@contextmanager
+def native_stderr_aside() -> Iterator[None]:
+    """Keep what native libraries write straight to file descriptor 2 (TensorFlow's and absl's start-up
+    lines, "Created TensorFlow Lite XNNPACK delegate", CUDA probes) off the terminal: for the command, fd 2
+    points at a temporary file and Python's ``sys.stderr`` (our lines, warnings) at a copy of the real
+    stderr. The set-aside text is dropped, or printed at the end with ``--debug``. Child processes inherit
+    the temporary file (the converters' own output is captured by their callers). A ``sys.stderr`` that is not
+    fd 2 (redirected in-process, as tests and embedding programs do) is left where it points."""
+    import tempfile
+
+    try:
+        sys.stderr.flush()
+        real = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded, closed): nothing to set aside
+        yield
+        return
+    try:
+        on_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.StringIO and friends
+        on_fd2 = False
+    sink = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below, after fd 2 is restored
+    enc = getattr(sys.stderr, "encoding", None) or "utf-8"
+    ours = os.fdopen(os.dup(real), "w", buffering=1, encoding=enc, errors="backslashreplace") if on_fd2 else None
+    before = sys.stderr
+    if ours is not None:
+        sys.stderr = ours
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(real, 2)
+        os.close(real)
+        sys.stderr = before
+        if ours is not None:
+            ours.close()
+        if DEBUG["on"]:
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            if text.strip():
+                err.print(Text("native stderr set aside during the command:\n" + text.rstrip()))
+        sink.close()
 
 
 @contextmanager

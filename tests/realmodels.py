@@ -87,21 +87,45 @@ class _Recurrent:  # built lazily: torch.nn is only imported when a builder runs
         return OneStep()
 
 
-def gru_onestep(path: Path, L: int = 48, C: int = 5, hidden: int = 32, seed: int = 0) -> Path:
+def _fit(module: Any, record: np.ndarray | None, L: int, epochs: int, seed: int) -> Any:
+    """Train a one-step model on a record [N, C] (next step from the last L), seeded; untouched without one."""
+    if record is None:
+        return module
+    torch = _torch()
+    x = torch.as_tensor(np.lib.stride_tricks.sliding_window_view(record[:-1], L, axis=0).transpose(0, 2, 1).copy())
+    y = torch.as_tensor(record[L:])
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    module.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(128):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(module(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+    return module.eval()
+
+
+def gru_onestep(
+    path: Path, L: int = 48, C: int = 5, hidden: int = 32, seed: int = 0, train_on: np.ndarray | None = None, epochs: int = 3
+) -> Path:
     """x[B, L, C] -> y[B, C]: torch GRU (batch_first) + linear head, legacy export, opset 17, dynamic batch.
 
     The graph: Transpose -> GRU (W/R/B initializers, linear_before_reset=1, initial state = zeros built
-    from Shape/Gather/Concat/ConstantOfShape of x) -> Squeeze/Transpose/Gather of the last step -> Gemm."""
+    from Shape/Gather/Concat/ConstantOfShape of x) -> Squeeze/Transpose/Gather of the last step -> Gemm.
+    ``train_on``: a record [N, C] to train it on first (``epochs`` passes, seeded), as a user's model is."""
     _torch().manual_seed(seed)
-    return _legacy(_Recurrent.make("GRU", C, hidden), _torch().randn(2, L, C), path)
+    return _legacy(_fit(_Recurrent.make("GRU", C, hidden), train_on, L, epochs, seed), _torch().randn(2, L, C), path)
 
 
-def lstm_onestep(path: Path, L: int = 48, C: int = 5, hidden: int = 32, seed: int = 0) -> Path:
+def lstm_onestep(
+    path: Path, L: int = 48, C: int = 5, hidden: int = 32, seed: int = 0, train_on: np.ndarray | None = None, epochs: int = 3
+) -> Path:
     """x[B, L, C] -> y[B, C]: torch LSTM (batch_first) + linear head, legacy export, opset 17, dynamic batch.
 
     Same graph shape as `gru_onestep`, with an ONNX LSTM (zero initial h and c from ConstantOfShape)."""
     _torch().manual_seed(seed)
-    return _legacy(_Recurrent.make("LSTM", C, hidden), _torch().randn(2, L, C), path)
+    return _legacy(_fit(_Recurrent.make("LSTM", C, hidden), train_on, L, epochs, seed), _torch().randn(2, L, C), path)
 
 
 def _attention_block(d: int, heads: int, mlp: int) -> Any:

@@ -386,7 +386,7 @@ def classify(case: Case, r: Result, before: dict[str, str], after: dict[str, str
 
 def _benign(line: str) -> bool:
     """What may accompany the one error line on stderr: the error itself, notes and progress said before it."""
-    return line.startswith(("error:", "note:", "      ", "[", "reused cached", "checking ", "wrote ", "plot:")) or "shadows" in line
+    return line.startswith(("error:", "note:", "      ", "[", "reusing scores from", "checking ", "wrote ", "plot:")) or "shadows" in line
 
 
 def run_case(ws: Workspace, case: Case, timeout: float = TIME_LIMIT_S, runner: Callable[..., Result] = run_cli) -> Outcome:
@@ -861,6 +861,7 @@ ARTIFACT = InFile("artifact", "art/m.ort.onnx", ("rec.csv", "user.txt", "scores.
 K = IntRange(1, ROWS)
 SPAN = Predicate(_span_ok, ("1:0", "0:2", "nan:1", "-1:0.5", "0:0", "::", "0.5", "a:b", "0:0.01", "inf:1", "0:nan"))
 FILL = Choice(("ffill", "interpolate", "mean"))
+PICK = Choice(("even", "random"))
 HORIZON = IntRange(1, 10_000)
 SIZE = Predicate(_size_ok, ("0", "-5", "1e30", "nanKB", "infMB", "10 XB", "1.5.2KB", "0.1", "9" * 30, "0KB", "-1MiB"))
 
@@ -893,6 +894,7 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("score", "variables"): Spec(Predicate(_variables_ok, (",", "nosuch", "v0,v0", "v0", ",".join(VARIABLES) + ",v8", "v0,,v1"))),
     ("score", "k"): Spec(K),
     ("score", "span"): Spec(SPAN),
+    ("score", "pick"): Spec(PICK),
     ("score", "spinup"): Spec(Flag()),
     ("score", "spinup_scale"): Spec(
         FloatRange(0.0, 1e6, lo_open=True), ["score", "m.onnx", "--spinup", "-k", "3", "-T", "4", "-q", "-o", "out/s.json"]
@@ -947,6 +949,7 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("plan", "contexts"): Spec(CONTEXTS, BASES["plan"] + ["--evaluate"]),
     ("plan", "k"): Spec(K, BASES["plan"] + ["--evaluate", "-c", "rec.csv"]),
     ("plan", "span"): Spec(SPAN, BASES["plan"] + ["--evaluate", "-c", "rec.csv", "-k", "3"]),
+    ("plan", "pick"): Spec(PICK, BASES["plan"] + ["--evaluate", "-c", "rec.csv", "-k", "3"]),
     ("plan", "fill"): Spec(FILL, BASES["plan"] + ["--evaluate", "-c", "rec.csv", "-k", "3"]),
     ("plan", "output"): Spec(OutFile()),
     ("plan", "plot"): Spec(OutFile(), BASES["plan"] + ["--pareto", "3"]),
@@ -959,6 +962,8 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("convert", "output"): Spec(OutDir()),
     ("convert", "contexts"): Spec(CONTEXTS),
     ("convert", "k"): Spec(K),
+    ("convert", "span"): Spec(SPAN),
+    ("convert", "pick"): Spec(PICK),
     ("convert", "horizon"): Spec(HORIZON),
     ("convert", "overwrite"): Spec(Flag()),
     ("convert", "activations"): Spec(Choice(("auto",))),
@@ -972,6 +977,7 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("check", "contexts"): Spec(CONTEXTS),
     ("check", "k"): Spec(K),
     ("check", "span"): Spec(SPAN),
+    ("check", "pick"): Spec(PICK),
     ("check", "horizon"): Spec(HORIZON),
     ("check", "target"): Spec(Name(TARGETS)),
     ("check", "tolerance"): Spec(FloatRange(0.0, 100.0, lo_open=True)),
@@ -992,6 +998,8 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("build", "refine_rollouts"): Spec(IntRange(1, 1_000_000)),
     ("build", "k"): Spec(K),
     ("build", "contexts"): Spec(CONTEXTS),
+    ("build", "span"): Spec(SPAN),
+    ("build", "pick"): Spec(PICK),
     ("build", "fill"): Spec(FILL),
     ("build", "project"): Spec(PROJECT),
     # init
@@ -1105,6 +1113,7 @@ def _key_specs() -> dict[str, dict[str, KeySpec]]:
             "variables": KeySpec(Predicate(_variables_ok), "list[str]"),
             "k": KeySpec(K, "int"),
             "fill": KeySpec(FILL, "str"),
+            "pick": KeySpec(PICK, "str"),
             "rollout.mode": KeySpec(Choice(("state",)), "str"),
             "rollout.state": KeySpec(Predicate(lambda t: t == "x=y"), "list[str]"),
             "rollout.increment": KeySpec(None, "bool"),

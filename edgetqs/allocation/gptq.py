@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.model import layout_of
 from ..core.quantize import Layout, Precision, QuantizedTensor, effective, fake_quant, quantize_int
 from ..errors import BadInputError, BadModelError
 
@@ -343,16 +344,14 @@ def _attr(node: Any, key: str, default: Any) -> Any:
 
 def _consumer_rule(op: str, j: int, ndim: int, node: Any) -> tuple[str | None, int | None, Layout | None]:
     """(reason it has no Hessian, or None; which node input multiplies it; the weight's [out, in] layout)."""
+    # the [out, in] layout comes from the one table every stage uses (`edgetqs.core.model.layout_of`)
+    attrs = {k: _attr(node, k, 0) for k in ("transA", "transB")}
     if op == "MatMul" and j in (0, 1):
         if ndim != 2:
             return f"MatMul weight of rank {ndim}: a batched weight needs one Hessian per batch entry (not built)", None, None
-        return None, 1 - j, Layout(1, 0) if j == 1 else Layout(0, 1)
-    if op == "Gemm" and j == 1:
-        return None, 0, Layout(0, 1) if _attr(node, "transB", 0) else Layout(1, 0)
-    if op == "Gemm" and j == 0:
-        return None, 1, Layout(1, 0) if _attr(node, "transA", 0) else Layout(0, 1)
-    if op == "Conv" and j == 1:
-        return None, 0, Layout(0, 1)
+        return None, 1 - j, layout_of(op, j, ndim, attrs)
+    if (op == "Gemm" and j in (0, 1)) or (op == "Conv" and j == 1):
+        return None, (1 - j if op == "Gemm" else 0), layout_of(op, j, ndim, attrs)
     if op in ("Gemm", "Conv") and j == 2:
         return f"the bias of {op}: it is added, not multiplied, so it has no Hessian", None, None
     return f"consumed by {op} (input {j}); GPTQ needs the weight of a MatMul, Gemm or Conv", None, None

@@ -64,7 +64,14 @@ def plan_stage(
     if opts.rounding != "rtn" and contexts is not None:
         plan = plan.model_copy(
             update={
-                "calibration": {"source": contexts.source, "k": contexts.k, "contexts_sha256": contexts.sha256(), "horizon": scores.horizon}
+                "calibration": {
+                    "source": contexts.source,
+                    "k": contexts.k,
+                    "contexts_sha256": contexts.sha256(),
+                    "horizon": scores.horizon,
+                    "span": list(contexts.span),
+                    "pick": contexts.pick,
+                }
             }
         )
     ref = None

@@ -30,7 +30,7 @@ from ..core.files import pause_point, write_json
 from ..core.inputs import resolve
 from ..core.project import ScoreConfig, merged, open_project
 from ..core.results import edgetqs_version
-from ..errors import BadInputError
+from ..errors import BadInputError, Hint
 from ..runtimes import RUNTIMES
 from .manifest import Manifest, file_entries
 from .publish import validate_name
@@ -116,6 +116,8 @@ def build(
     refine_rollouts: int = 400,
     k: int | None = None,
     contexts: str | Path | None = None,
+    span: str | None = None,
+    pick: str | None = None,
     overwrite: bool = True,
     score: ScoreConfig | dict[str, Any] | None = None,
     fill: str | None = None,
@@ -133,6 +135,7 @@ def build(
         force: rescore even when cached scores exist.
         refine: re-score the plan in context on the scoring contexts (`edgetqs.allocation.rescore`).
         refine_rollouts: the re-scoring's rollout budget.
+        span, pick: where the contexts are drawn from and how (as `edgetqs.core.inputs.resolve`).
         score: probe settings that beat the project's ``[score]`` table.
         fill: fill NaN/Inf in the contexts (``ffill``, ``interpolate``, ``mean``; default: the project's) instead of refusing them.
 
@@ -143,7 +146,7 @@ def build(
     from ..allocation.plan import PlanOptions, parse_size
     from ..allocation.planner import plan_stage
     from ..allocation.targets import find_target
-    from ..sensitivity.cache import score_cached
+    from ..sensitivity.cache import reuse_line, score_cached
     from ..sensitivity.scores import ProbeSettings
 
     st = _Stages(log or (lambda m: None), [], device)
@@ -158,14 +161,15 @@ def build(
     from ..allocation.rescore import search_settings
 
     search = search_settings(refine_rollouts)
-    inp = resolve(model, proj, contexts=contexts, k=k, fill=fill, log=st.say)
-    m = inp.model
-    st.notes += inp.notes
-    cfg = merged(proj.score if proj and model is None else ScoreConfig(), score)
+    # the same settings and contexts as `edgetqs score` (project file, then options), so both find one cache entry
+    cfg = merged(proj.score if proj else ScoreConfig(), score)
     from ..sensitivity.backends import check_backend
 
     check_backend(cfg.backend, cfg.workers, cfg.address)
     settings = ProbeSettings.from_config(cfg)
+    inp = resolve(model, proj, contexts=contexts, k=k, span=span, pick=pick, seed=settings.seed, fill=fill)
+    m = inp.model
+    st.notes += inp.notes
     name, out = f"{m.name}-{tg.name}", Path(output)
     try:
         validate_name(name)
@@ -175,13 +179,15 @@ def build(
             "rename the model file or set `name` in edgetqs.toml"
         ) from None
     if (out / name).exists() and not overwrite:
-        raise BadInputError(f"{out / name} exists; pass --overwrite to replace it")
+        raise BadInputError(f"{out / name} exists; pass overwrite=True to replace it")
     if out.exists() and not out.is_dir():
         raise BadInputError(f"output '{out}' is not a folder; give a folder for the bundles")
     st.picked = pick_device(tg, device, fmt, st.say)  # a bad --device fails here, before any work
 
     t = time.perf_counter()
     st.say(f"[1/5] score: {len(m.weights)} weights, {inp.contexts.k} contexts")
+    for n in inp.notes:  # the rollout, the contexts drawn, values filled
+        st.say(f"      {n}")
     scores, cached, cpath = score_cached(
         m,
         inp.spec,
@@ -196,7 +202,7 @@ def build(
         address=cfg.address,
     )
     st.time("score", t)
-    st.say(f"      {'reused cached scores' if cached else 'swept'} ({len(scores.groups)} groups, T={scores.horizon}) {cpath}")
+    st.say("      " + (reuse_line(cpath, scores) if cached else f"swept ({len(scores.groups)} groups, T={scores.horizon}) {cpath}"))
     pause_point("build_scored")
 
     t = time.perf_counter()  # an infeasible budget stops here, before any conversion
@@ -237,7 +243,10 @@ def _format(tg: Any, fmt: str | None) -> tuple[str, str]:
     runtime = fmt if fmt in tg.runtimes else next((r for r in rt.accepts if r in tg.runtimes), None)
     if runtime is None:
         usable = [r.name for r in RUNTIMES if any(a in tg.runtimes for a in r.accepts)]
-        raise BadInputError(f"target '{tg.name}' runs {', '.join(tg.runtimes)}, not {fmt}; pick --format from {', '.join(usable)}")
+        raise BadInputError(
+            f"target '{tg.name}' runs {', '.join(tg.runtimes)}, not {fmt}",
+            hint=Hint("build-format", ("--format", usable[0]), say=f"use {{args}} (the target takes {', '.join(usable)})"),
+        )
     return fmt, runtime
 
 

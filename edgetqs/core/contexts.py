@@ -12,16 +12,17 @@ import hashlib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from ..errors import BadInputError, ContextsError
+from ..errors import BadInputError, ContextsError, Hint
 from .files import input_file
 from .metrics import channel_axis, channel_mean, channel_spread
-from .missing import FILLS, check_fill, describe_nonfinite, fill_nonfinite
+from .missing import FILLS, check_fill, describe_nonfinite, fill_nonfinite, workable_fill
 from .model import Model
 from .results import Frozen
-from .rollout import Rollout, RolloutSpec
+from .rollout import Rollout, RolloutSpec, sample_shape
 
 TIME_NAMES = ("time", "timestep", "t", "date", "datetime", "valid_time", "step")
 
@@ -35,17 +36,30 @@ class Record:
     statics: dict[str, np.ndarray]
     source: str
     premade: bool = False  # arrays already are contexts [K, *sample], not a record
+    file_shapes: dict[str, tuple[int, ...]] | None = None  # each array's shape in the file (before a univariate axis was added)
     filled: int = 0  # non-finite values filled on request (`edgetqs.core.missing`)
 
 
 class ContextsInfo(Frozen):
-    """Where the contexts of a result came from (stored in scores.json, plan.json, convert.json, check.json)."""
+    """Where the contexts of a result came from (stored in scores.json, plan.json, convert.json, check.json).
+
+    Attributes:
+        start_indices: per context, the record row it starts at (-1: a stack of windows or spun up).
+        shape: one context as the rollout holds it (a window model's: [L, C], a univariate one's [L, 1]).
+        windows: per context, its row in a stack of windows (empty: drawn from a record).
+        pick: how the rows were chosen: ``even`` (evenly spaced) or ``random`` (seeded by ``seed``).
+        span: the fraction of the record (or stack) they were drawn from.
+    """
 
     source: str
     k: int
     start_indices: tuple[int, ...]
     variables: tuple[str, ...]
     shape: tuple[int, ...]
+    windows: tuple[int, ...] = ()
+    pick: Literal["even", "random"] = "even"
+    seed: int | None = None
+    span: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,10 @@ class Contexts:
     spreads: tuple[np.ndarray, ...] = ()
     means: tuple[np.ndarray, ...] = ()
     span: tuple[float, float] = (0.0, 1.0)  # the fraction of the record they were drawn from
+    windows: tuple[int, ...] = ()  # row of each context in a stack of windows
+    pick: str = "even"
+    seed: int = 0
+    note: str = ""  # how they were read and chosen, for the command's output
 
     @property
     def k(self) -> int:
@@ -78,6 +96,10 @@ class Contexts:
             start_indices=tuple(self.indices),
             variables=tuple(self.variables),
             shape=tuple(int(d) for d in self.arrays[0].shape[1:]),
+            windows=tuple(self.windows),
+            pick="random" if self.pick == "random" else "even",
+            seed=self.seed if self.pick == "random" else None,
+            span=self.span,
         )
 
     def describe(self) -> dict:
@@ -177,6 +199,10 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
             raise BadInputError(
                 f"contexts array '{k}' in '{p}' is empty (shape {list(a.shape)}); expected a record with at least one time step"
             )
+    file_shapes = {k: tuple(int(d) for d in a.shape) for k, a in arrays.items()}
+    if spec.mode == "window" and spec.window_form.startswith("univariate") and suffix in (".npy", ".npz"):
+        # one variable: a record [N] is [N, 1], a stack of windows [N, L] is [N, L, 1] as the rollout holds them
+        arrays = {k: a[:, None] if a.ndim == 1 else (a[..., None] if a.ndim == 2 and a.shape[1] != 1 else a) for k, a in arrays.items()}
     record = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
     statics = {k: np.asarray(v) for k, v in statics.items()}
     names_given = tuple(variables) if variables and not var_names else ()
@@ -195,9 +221,19 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
         if method is None:
             why = describe_nonfinite(a, what, first_axis="context" if premade else "time step", variables=var_names, var_axis=ax)
             if why:
+                # advise the fill that fills all of them (premade contexts have no time axis: mean), or none
+                how = workable_fill(a, ax if ax is not None else a.ndim - 1, has_time=not premade)
                 raise ContextsError(
-                    f"{why}; a rollout cannot start from them: fix the data, or fill them with --fill "
-                    f"{'|'.join(FILLS)} (`fill = ...` in edgetqs.toml)"
+                    f"{why}; a rollout cannot start from them"
+                    + ("" if how else ", and some variable has no finite value at all: fix the data"),
+                    hint=None
+                    if how is None
+                    else Hint(
+                        "contexts-fill",
+                        ("--fill", how),
+                        say=f"fix the data, or fill them, e.g. {{args}} (--fill {'|'.join(FILLS)})",
+                        project=(("fill", how),),
+                    ),
                 )
             continue
         kax = channel_axis(spec.mode, spec.channel_axis, a.ndim) if a.ndim > 1 else 0
@@ -208,7 +244,7 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
         why = describe_nonfinite(np.asarray(a), f"static input '{k}' in '{p}'", first_axis="element")
         if why:
             raise ContextsError(f"{why}; static inputs are used as they are (no fill): fix the file")
-    return Record(record, var_names, statics, str(p), premade, filled)
+    return Record(record, var_names, statics, str(p), premade, file_shapes=file_shapes, filled=filled)
 
 
 def _check_vars(wanted: list[str], have: list[str], p: Path) -> None:
@@ -233,8 +269,15 @@ def _read_netcdf(p: Path, variables: list[str] | None) -> tuple[np.ndarray, tupl
         for v in cands:
             da = ds[v]
             if da.dims != first.dims:
+                alike = [c for c in cands if ds[c].dims == first.dims]
                 raise BadInputError(
-                    f"variable '{v}' in '{p}' has dims {da.dims}, unlike '{cands[0]}' {first.dims}; choose variables with --variables"
+                    f"variable '{v}' in '{p}' has dims {da.dims}, unlike '{cands[0]}' {first.dims}",
+                    hint=Hint(
+                        "contexts-variables",
+                        ("--variables", ",".join(alike)),
+                        say="choose variables that share their dims with {args}",
+                        project=(("variables", alike),),
+                    ),
                 )
             stack.append(da.transpose(tdim, ...).values.astype(np.float32))
     arr = np.stack(stack, axis=1)  # [N, C, *spatial]; masked points are NaN: `read_record` refuses or fills them
@@ -243,57 +286,121 @@ def _read_netcdf(p: Path, variables: list[str] | None) -> tuple[np.ndarray, tupl
 
 def more_contexts(contexts: Contexts, model: Model, spec: RolloutSpec, k: int) -> Contexts:
     """Up to ``k`` contexts from the same record and span (a search that measures plans needs more contexts
-    than a sweep to not overfit); the given ones when there is no record or no room for more."""
-    if contexts.record is None or contexts.record.premade or contexts.k >= k or any(i < 0 for i in contexts.indices):
+    than a sweep to not overfit), or from the same stack of windows; the given ones when there is no record
+    or no room for more."""
+    if contexts.record is None or contexts.k >= k or (any(i < 0 for i in contexts.indices) and not contexts.windows):
         return contexts
     for n in (k, (k + contexts.k) // 2):
         try:
-            return select_contexts(contexts.record, model, spec, n, contexts.span)
+            return select_contexts(contexts.record, model, spec, n, contexts.span, contexts.pick, contexts.seed)
         except ContextsError:
             continue
     return contexts
 
 
-def _sample_shape(model: Model, name: str) -> tuple[int | None, ...]:
+def _sample_shape(model: Model, spec: RolloutSpec, name: str) -> tuple[int | None, ...]:
     info = next(i for i in model.inputs if i.name == name)
-    return info.shape[1:]
+    return sample_shape(spec, info.shape)
 
 
-def select_contexts(record: Record, model: Model, spec: RolloutSpec, k: int, span: tuple[float, float] = (0.0, 1.0)) -> Contexts:
-    """Cut K initial states spread evenly over the record (or a fraction ``span`` of it).
+Pick = Literal["even", "random"]
+PICKS: tuple[str, ...] = ("even", "random")
+
+
+def _is_stack(record: Record, spec: RolloutSpec, data: np.ndarray, want: tuple[int | None, ...]) -> bool:
+    """Whether ``data`` is a stack of contexts [K, *sample] rather than a record along time. A window model
+    decides by rank: its record is [N, C] (time first), its windows are [N, L, C]."""
+    if record.premade:
+        return True
+    return spec.mode == "window" and data.ndim == len(want) + 1 and _fits(data.shape[1:], want)
+
+
+def _spread_rows(lo: int, last: int, k: int, pick: str, seed: int) -> np.ndarray:
+    """K distinct rows in lo..last: evenly spaced, or drawn at random (seeded), in order."""
+    if pick == "random":
+        rng = np.random.default_rng([seed, 11])
+        return np.sort(rng.choice(np.arange(lo, last + 1), size=k, replace=False))
+    starts = np.unique(np.round(np.linspace(lo, last, k)).astype(int))
+    return starts if len(starts) == k else np.arange(lo, lo + k)
+
+
+def _rows_text(rows: tuple[int, ...]) -> str:
+    shown = ", ".join(str(r) for r in rows[:12])
+    return shown + (f", ... ({len(rows)} in all)" if len(rows) > 12 else "")
+
+
+def select_contexts(
+    record: Record,
+    model: Model,
+    spec: RolloutSpec,
+    k: int,
+    span: tuple[float, float] = (0.0, 1.0),
+    pick: str = "even",
+    seed: int = 0,
+) -> Contexts:
+    """Cut K initial states spread over the record (or a fraction ``span`` of it).
+
+    A window model's contexts file may also be a stack of windows [N, L, C] (a univariate model's: [N, L]),
+    told from a record [N, C] by the model's window; the K windows are then spread over the stack the
+    same way. Which rows were used is kept (`ContextsInfo`: ``start_indices`` in a record, ``windows``
+    in a stack).
 
     Args:
         record: what `read_record` returned.
         k: number of contexts.
-        span: fraction of the record to draw from, e.g. (0, 0.5) and (0.5, 1) for two disjoint sets.
+        span: fraction of the record (or stack) to draw from, e.g. (0, 0.5) and (0.5, 1) for two disjoint sets.
+        pick: ``even`` (evenly spaced, the default) or ``random`` (drawn without replacement, seeded).
+        seed: seeds ``random``.
 
     Raises:
         ContextsError: shape mismatch with the model's inputs, or K larger than the record allows.
     """
     if k <= 0:
         raise ContextsError(f"number of contexts K={k}; expected at least 1")
+    if pick not in PICKS:
+        raise ContextsError(f"context pick '{pick}'; expected one of {', '.join(PICKS)}")
     arrays: list[np.ndarray] = []
     indices: tuple[int, ...] = ()
+    windows: tuple[int, ...] = ()
+    how = "evenly spaced" if pick == "even" else f"at random (seed {seed})"
+    within = "" if span == (0.0, 1.0) else f" within span {span[0]:g}:{span[1]:g}"
+    note = ""
     for name, _ in spec.pairs:
         data = record.arrays[name]
-        want = _sample_shape(model, name)
-        if record.premade:
+        want = _sample_shape(model, spec, name)
+        n = data.shape[0]
+        lo, hi = int(np.floor(span[0] * n)), int(np.floor(span[1] * n))
+        if _is_stack(record, spec, data, want):
             if not _fits(data.shape[1:], want):
                 raise ContextsError(
                     f"contexts in '{record.source}' have shape {list(data.shape)}; model input '{name}' needs [K, {_fmt(want)}]"
                 )
-            if k > data.shape[0]:
+            if k > hi - lo:
+                part = f"rows {lo}..{hi - 1} of " if (lo, hi) != (0, n) else ""
                 raise ContextsError(
-                    f"K={k} contexts asked for but '{record.source}' holds {data.shape[0]}; use -k {data.shape[0]} or fewer"
+                    f"K={k} contexts asked for but {part}'{record.source}' holds {hi - lo}",
+                    hint=Hint("contexts-k-stack", ("-k", str(max(hi - lo, 1))), say="use {args} or fewer"),
                 )
-            arrays.append(data[:k])
-            indices = tuple([-1] * k)
+            rows = _spread_rows(lo, hi - 1, k, pick, seed)
+            arrays.append(data[rows])
+            indices, windows = tuple([-1] * k), tuple(int(r) for r in rows)
+            if not record.premade:
+                uni = spec.window_form.startswith("univariate")
+                shape = list((record.file_shapes or {}).get(name, data.shape))
+                kind = f"the model's window [{_fmt(want[:1] if uni else want)}]" + (
+                    f" (a time-first record would be [N{'' if uni else ', ' + _fmt(want[1:])}])" if spec.mode == "window" else ""
+                )
+                note = f"contexts: '{record.source}' {shape} read as {n} windows of {kind}; "
+            else:
+                note = f"contexts: '{record.source}' holds {n} premade contexts; "
+            note += f"{k} of them {how}{within}: rows {_rows_text(windows)}"
             continue
         if spec.mode == "window":
             length = want[0]
             if data.ndim != 2 or not _fits(data.shape[1:], want[1:]) or length is None:
                 raise ContextsError(
-                    f"record in '{record.source}' has shape {list(data.shape)}; window input '{name}' [B, {_fmt(want)}] needs a record [N, {_fmt(want[1:])}] (time first)"
+                    f"record in '{record.source}' has shape {list(data.shape)}; window input '{name}' [B, {_fmt(want)}] needs a record "
+                    f"[N, {_fmt(want[1:])}] (time first) or a stack of windows [N, {_fmt(want)}]"
                 )
         else:
             length = 1
@@ -301,27 +408,25 @@ def select_contexts(record: Record, model: Model, spec: RolloutSpec, k: int, spa
                 raise ContextsError(
                     f"record in '{record.source}' has shape {list(data.shape)}; state input '{name}' [B, {_fmt(want)}] needs a record [N, {_fmt(want)}] (time first)"
                 )
-        n = data.shape[0]
-        lo = int(np.floor(span[0] * n))
-        hi = int(np.floor(span[1] * n))
         last = hi - length  # last valid start
         room = last - lo + 1
         if room < k:
             raise ContextsError(
                 f"K={k} contexts do not fit: '{record.source}' rows {lo}..{hi - 1} ({hi - lo} time steps) give at most "
-                f"{max(room, 0)} distinct windows of length {length}; use -k {max(room, 1)} or a longer record"
+                f"{max(room, 0)} distinct windows of length {length}",
+                hint=Hint("contexts-k-record", ("-k", str(max(room, 1))), say="use {args} or a longer record"),
             )
-        starts = np.unique(np.round(np.linspace(lo, last, k)).astype(int))
-        if len(starts) < k:
-            starts = np.arange(lo, lo + k)
+        starts = _spread_rows(lo, last, k, pick, seed)
         indices = tuple(int(s) for s in starts)
         if spec.mode == "window":
             arrays.append(np.stack([data[s : s + length] for s in starts]))
         else:
             arrays.append(data[starts])
+        unit = f"windows of {length} steps" if spec.mode == "window" else "states"
+        note = f"contexts: {k} {unit} {how} over '{record.source}' ({n} time steps{within}): starting at rows {_rows_text(indices)}"
     statics = dict(record.statics)
     spreads, means = _stats([record.arrays[name] for name, _ in spec.pairs], spec)
-    return Contexts(arrays, statics, record.variables, record.source, indices, record, spreads, means, span)
+    return Contexts(arrays, statics, record.variables, record.source, indices, record, spreads, means, span, windows, pick, seed, note)
 
 
 def _fits(have: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
@@ -350,7 +455,7 @@ def spinup_contexts(
     rng = np.random.default_rng(seed)
     init = []
     for name, _ in spec.pairs:
-        shape = _sample_shape(model, name)
+        shape = _sample_shape(model, spec, name)
         if any(d is None for d in shape):
             raise ContextsError(f"input '{name}' has symbolic dims [{_fmt(shape)}]; spin-up needs fixed sizes: give --contexts")
         init.append((scale * rng.standard_normal((1, *(int(d or 1) for d in shape)))).astype(np.float32))
@@ -359,7 +464,13 @@ def spinup_contexts(
     res = roll.run(init, total)
     if res.first_nonfinite is not None:
         raise ContextsError(
-            f"spin-up from noise left the finite numbers at step {res.first_nonfinite}; give real --contexts or a smaller --spinup-scale"
+            f"spin-up from noise left the finite numbers at step {res.first_nonfinite}",
+            hint=Hint(
+                "spinup-scale",
+                ("--spinup-scale", f"{scale / 10:g}"),
+                say="give real --contexts, or use {args}",
+                otherwise="give real --contexts",
+            ),
         )
     arrays = []
     picks = [burn_in + i * spacing - 1 for i in range(1, k + 1)]

@@ -83,7 +83,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from ..errors import EdgetqsError
+from ..errors import EdgetqsError, Hint
 
 PRODUCER = "edgetqs"
 """Value of the ``producer`` key that marks a JSON result (``{"producer": "edgetqs", "kind": ...}``)."""
@@ -530,8 +530,13 @@ def _check_target(path: Path, policy: Policy, kind: str | None) -> bool:
     if policy is Policy.REFUSE_EXISTING:
         what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "a file"
         raise TargetExistsError(
-            f"'{path}' exists ({what}); edgetqs does not overwrite it here: move it away, "
-            f"choose another output name, or pass --overwrite where the command offers it"
+            f"'{path}' exists ({what}); edgetqs does not overwrite it here",
+            hint=Hint(
+                "overwrite",
+                ("--overwrite",),
+                say="move it away, choose another output name, or pass {args} to replace it",
+                otherwise="move it away or choose another output name",
+            ),
         )
     if stat.S_ISLNK(st.st_mode):
         raise TargetExistsError(

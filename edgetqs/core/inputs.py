@@ -18,7 +18,7 @@ from .contexts import Contexts, read_record, select_contexts, spinup_contexts
 from .missing import check_fill
 from .model import Model, load_model
 from .project import Project, RolloutConfig, merged
-from .rollout import RolloutSpec, SpecHints, infer_spec
+from .rollout import RolloutSpec, SpecHints, describe_spec, infer_spec
 
 MAX_CONTEXTS = 100_000  # K: every context is one batch row of every rollout
 MAX_SPINUP_SCALE = 1e6
@@ -93,6 +93,7 @@ def resolve(
     spinup_scale: float | None = None,
     seed: int = 0,
     rollout: RolloutConfig | dict[str, Any] | None = None,
+    pick: str | None = None,
     fill: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Inputs:
@@ -104,6 +105,8 @@ def resolve(
         contexts: a contexts file (default: the project's; none at all: spin up from noise).
         spinup_scale: standard deviation of the spin-up noise (default 1); only with a spin-up.
         rollout: declared rollout settings; they beat the project's ``[rollout]``.
+        pick: how contexts are spread over the record: ``even`` (default: the project's, else even) or
+            ``random`` (seeded by ``seed``).
         fill: how to fill NaN/Inf in the contexts (`edgetqs.core.missing`; default: the project's
             ``fill``, else refuse them).
         log: told when values were filled (the note is also kept in ``notes``).
@@ -135,6 +138,9 @@ def resolve(
         check_variables(vars_)
     cpath = Path(contexts) if contexts is not None else (proj.contexts if proj and not spinup else None)
     notes: list[str] = []
+    if spec.mode == "window" and spec.window_form != "steps":
+        notes.append(f"rollout: {describe_spec(m, spec)}")
+    how = pick or (proj.pick if proj and proj.pick else "even")
     if cpath is None:
         if spec.static:
             raise BadInputError(f"static inputs {list(spec.static)} need values from a contexts .npz; spin-up cannot invent them")
@@ -147,9 +153,10 @@ def resolve(
         if spinup_scale is not None:
             raise BadInputError(f"--spinup-scale {spinup_scale} is for a spin-up from noise, but contexts '{cpath}' are given; drop one")
         rec = read_record(cpath, spec, vars_, fill=method)
-        ctx = select_contexts(rec, m, spec, kk, fraction)
+        ctx = select_contexts(rec, m, spec, kk, fraction, how, seed)
         if vars_ and not ctx.variables:
             ctx = dataclasses.replace(ctx, variables=tuple(vars_))
+        notes.append(ctx.note)
         if rec.filled:
             notes.append(f"contexts: {rec.filled:,} NaN/Inf value(s) in '{cpath}' filled ({method})")
             if log:

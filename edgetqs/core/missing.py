@@ -23,10 +23,27 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from ..errors import ContextsError
+from ..errors import ContextsError, Hint
 
 Fill = Literal["ffill", "interpolate", "mean"]
 FILLS: tuple[str, ...] = get_args(Fill)
+# the fill that needs no time axis and no finite neighbour in time: the variable's mean
+FILL_MEAN = Hint("fill-mean", ("--fill", "mean"), say="use {args} (the variable's mean) or fix the file", project=(("fill", "mean"),))
+
+
+def workable_fill(a: np.ndarray, var_axis: int, has_time: bool = True) -> Fill | None:
+    """The fill that can fill every non-finite value of ``a`` (advice must not lead to another refusal):
+    ``ffill`` when every point has a finite value at some time step, ``mean`` when some point is missing at
+    every step (or there is no time axis) but its variable has finite values, None when a variable has none."""
+    ok = np.isfinite(a)
+    ax = var_axis if 0 <= var_axis < a.ndim else a.ndim - 1
+    if a.ndim > 1 and not np.moveaxis(ok, ax, 0).reshape(a.shape[ax], -1).any(axis=1).all():
+        return None  # a variable with no finite value at all: no fill invents it
+    if a.ndim <= 1 and not ok.any():
+        return None
+    if not has_time or not ok.reshape(a.shape[0], -1).any(axis=0).all():
+        return "mean"
+    return "ffill"
 
 
 def check_fill(fill: str | None) -> Fill | None:
@@ -94,7 +111,7 @@ def fill_nonfinite(
     if n == 0:
         return a, 0
     if method != "mean" and not has_time:
-        raise ContextsError(f"{what} are premade contexts [K, ...] with no time axis to {method} along; use --fill mean or fix the file")
+        raise ContextsError(f"{what} are premade contexts [K, ...] with no time axis to {method} along", hint=FILL_MEAN)
     out = np.array(a, dtype=np.float64, copy=True)
     if method == "mean":
         moved = np.moveaxis(out, var_axis, 0)  # a view: writes land in ``out``
@@ -114,7 +131,8 @@ def fill_nonfinite(
             point = tuple(int(i) for i in np.unravel_index(first_col, out.shape[1:]))
             raise ContextsError(
                 f"{what}: {int(empty.sum()):,} point(s) are missing at every time step (the first at index {list(point)}), "
-                f"so --fill {method} has nothing to fill them from; use --fill mean (the variable's mean) or fix the file"
+                f"so --fill {method} has nothing to fill them from" + ("" if workable_fill(a, var_axis) else "; fix the file"),
+                hint=FILL_MEAN if workable_fill(a, var_axis) else None,
             )
         steps = np.arange(flat.shape[0])
         for col in np.flatnonzero((~ok).any(axis=0)):

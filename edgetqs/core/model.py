@@ -28,6 +28,42 @@ FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx.TensorProt
 # read straight into the weight arrays; such a model is loaded, hashed and swept without ever being one message
 PROTOBUF_LIMIT = 2**31 - 1
 
+# Where a weight's output channels lie, and along which axis it is summed (the reduction axis that blocks
+# run along), by the op that consumes it and the input slot it feeds. One table for scoring (the quant
+# probe), planning (scales in packed bytes), GPTQ and every converter (per-channel scales along it).
+# Each entry: (ndim, attributes) -> (out axis, reduction axis or None).
+_RECURRENT = {
+    # W[dirs, gates*hidden, input], R[dirs, gates*hidden, hidden]: one row per gate and hidden unit;
+    # B[dirs, 2*gates*hidden] (and LSTM's peepholes P[dirs, 3*hidden]): one element per row
+    1: lambda nd, a: (1, 2),
+    2: lambda nd, a: (1, 2),
+    3: lambda nd, a: (1, None),
+}
+CHANNEL_AXES: dict[tuple[str, int], Any] = {
+    ("Conv", 1): lambda nd, a: (0, 1),  # W[M, C/group, k...]
+    ("ConvTranspose", 1): lambda nd, a: (1, 0),  # W[C, M/group, k...]
+    ("Gemm", 1): lambda nd, a: (0, 1) if a.get("transB", 0) else (1, 0),  # B[N, K] with transB, else [K, N]
+    ("Gemm", 0): lambda nd, a: (1, 0) if a.get("transA", 0) else (0, 1),  # A[K, M] with transA, else [M, K]
+    ("MatMul", 1): lambda nd, a: (nd - 1, nd - 2),  # B[..., K, N]
+    ("MatMul", 0): lambda nd, a: (nd - 2, nd - 1),  # A[..., M, K]
+    ("Gather", 0): lambda nd, a: (int(a.get("axis", 0)) % nd, 1 - int(a.get("axis", 0)) % nd if nd == 2 else None),  # embedding rows
+    **{(op, slot): rule for op in ("GRU", "LSTM", "RNN") for slot, rule in _RECURRENT.items()},
+    ("LSTM", 7): lambda nd, a: (1, None),  # peepholes P[dirs, 3*hidden]
+}
+LAYOUT_ATTRS = ("transA", "transB", "axis")
+
+
+def layout_of(op: str, slot: int, ndim: int, attrs: dict[str, Any] | None = None) -> Layout:
+    """Output-channel and reduction axes of a weight of rank ``ndim`` fed to input ``slot`` of an ``op``
+    node (`CHANNEL_AXES`); a tensor of rank < 2, or one consumed by any other op, scales along axis 0."""
+    from .quantize import Layout
+
+    rule = CHANNEL_AXES.get((op, slot))
+    if ndim < 2 or rule is None:
+        return Layout(0, None)
+    out_axis, in_axis = rule(ndim, attrs or {})
+    return Layout(out_axis, in_axis)
+
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -112,7 +148,7 @@ class Model:
         for node in graph.node:
             for j, name in enumerate(node.input):
                 if name in self._arrays and name not in self._consumer:
-                    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.name in ("transA", "transB")}
+                    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.name in LAYOUT_ATTRS}
                     self._consumer[name] = (node.op_type, j, attrs)
 
     def weight_array(self, name: str) -> np.ndarray:
@@ -120,7 +156,7 @@ class Model:
         return self._arrays[name]
 
     def consumer(self, name: str) -> tuple[str, int, dict]:
-        """(op type, input index, transA/transB) of the first node that consumes a weight."""
+        """(op type, input index, the attributes that decide its layout) of the first node that consumes a weight."""
         return self._consumer.get(name, ("default", 0, {}))
 
     def op_type(self, name: str) -> str:
@@ -134,28 +170,9 @@ class Model:
         return f"{op}.bias" if op in ("Conv", "Gemm", "ConvTranspose") and idx == 2 else op
 
     def layout(self, name: str) -> Layout:
-        """Output-channel and reduction axes of a weight, from the op that consumes it."""
-        from .quantize import Layout
-
+        """Output-channel and reduction axes of a weight, from the op that consumes it (`layout_of`)."""
         op, idx, attrs = self._consumer.get(name, ("", 0, {}))
-        nd = self._arrays[name].ndim
-        if nd < 2:
-            return Layout(0, None)
-        if op == "Conv" and idx == 1:
-            return Layout(0, 1)
-        if op == "ConvTranspose" and idx == 1:
-            return Layout(1, 0)
-        if op == "Gemm" and idx == 1:
-            return Layout(0, 1) if attrs.get("transB", 0) else Layout(1, 0)
-        if op == "Gemm" and idx == 0:
-            return Layout(1, 0) if attrs.get("transA", 0) else Layout(0, 1)
-        if op == "MatMul" and idx == 1:
-            return Layout(nd - 1, nd - 2)
-        if op == "MatMul" and idx == 0:
-            return Layout(nd - 2, nd - 1)
-        if op == "Gather" and idx == 0:
-            return Layout(0, 1)
-        return Layout(0, None)
+        return layout_of(op, idx, self._arrays[name].ndim, attrs)
 
     @property
     def fixed_bytes(self) -> int:

@@ -82,6 +82,7 @@ class ProjectFile(Config):
     contexts: str | None = None
     variables: tuple[str, ...] = ()
     k: int | None = None
+    pick: Literal["even", "random"] | None = None  # how contexts are spread over the record (random: seeded by [score] seed)
     fill: Literal["ffill", "interpolate", "mean"] | None = None  # NaN/Inf in the contexts (`edgetqs.core.missing`)
     rollout: RolloutConfig = RolloutConfig()
     score: ScoreConfig = ScoreConfig()
@@ -145,6 +146,10 @@ class Project:
     @property
     def k(self) -> int | None:
         return self.file.k
+
+    @property
+    def pick(self) -> str | None:
+        return self.file.pick
 
     @property
     def fill(self) -> str | None:

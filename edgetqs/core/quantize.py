@@ -123,7 +123,9 @@ def effective(p: Precision, shape: tuple[int, ...], layout: Layout) -> Precision
         return p
     if len(shape) <= 1 and p.granularity != "tensor":
         return Precision("int", p.bits, "tensor")
-    if p.granularity == "channel" and shape[layout.out_axis] == 1:  # one channel: the same as one scale
+    if p.granularity == "channel" and shape[layout.out_axis] in (1, int(np.prod(shape))):
+        # one channel is one scale; one element per channel (a recurrent bias [1, 6H] by gate row) would
+        # store a scale per weight: both are per tensor
         return Precision("int", p.bits, "tensor")
     if p.granularity == "block" and layout.in_axis is None:
         return Precision("int", p.bits, "channel")

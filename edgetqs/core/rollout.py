@@ -13,13 +13,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import RolloutSpecError
+from ..errors import Hint, RolloutSpecError
 from ..ondevice.step import Feedback, closed_loop, first_nonfinite
 from ..ondevice.step import parse_slice as _parse_slice
 from .model import Model, TensorInfo
 from .results import Frozen
 
 Mode = Literal["state", "window"]
+WindowForm = Literal["steps", "one-step", "univariate", "univariate-one-step"]
 
 
 class RolloutSpec(Frozen):
@@ -34,6 +35,8 @@ class RolloutSpec(Frozen):
         output_slice: a numpy-style index applied to each fed-back output first, e.g. ``...,1``
             to take the median of three quantiles on the last axis.
         channel_axis: axis (with batch) of the variables, for per-channel normalisation.
+        window_form: window mode: the model's shapes (`window_form`); the rollout holds every window as
+            [B, L, C] and every prediction as [B, H, C] whatever the form.
     """
 
     mode: Mode
@@ -42,6 +45,7 @@ class RolloutSpec(Frozen):
     static: tuple[str, ...] = ()
     output_slice: str | None = None
     channel_axis: int | None = None
+    window_form: WindowForm = "steps"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -51,7 +55,7 @@ class RolloutSpec(Frozen):
         return [p[0] for p in self.pairs]
 
     def feedback(self) -> Feedback:
-        return Feedback(self.mode == "window", self.increment, self.output_slice)
+        return Feedback(self.mode == "window", self.increment, self.output_slice, self.window_form)
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,68 @@ def _sliced_shape(info: TensorInfo, index: tuple | None) -> tuple[int | None, ..
     return tuple(None if (d == 7 and 7 not in [x for x in info.shape if x]) else d for d in out)
 
 
+def window_form(ishape: tuple[int | None, ...], oshape: tuple[int | None, ...]) -> WindowForm | None:
+    """Which window model maps input ``ishape`` to output ``oshape`` (batch first), or None.
+
+    ``steps`` [B, L, C] -> [B, H, C]; ``one-step`` [B, L, C] -> [B, C] (H = 1, as PyTorch and Keras export
+    a one-step forecaster); ``univariate`` [B, L] -> [B, H]; ``univariate-one-step`` [B, L] -> [B]. The
+    number of steps is not checked here (`infer_spec` does).
+    """
+    ri, ro = len(ishape), len(oshape)
+    if ri == 3 and ro == 3 and _compatible((ishape[0], ishape[2]), (oshape[0], oshape[2])):
+        return "steps"
+    if ri == 3 and ro == 2 and _compatible((ishape[0], ishape[2]), oshape):
+        return "one-step"
+    if ri == 2 and ro == 2 and _compatible(ishape[:1], oshape[:1]):
+        return "univariate"
+    if ri == 2 and ro == 1 and _compatible(ishape[:1], oshape[:1]):
+        return "univariate-one-step"
+    return None
+
+
+def window_steps(form: WindowForm, oshape: tuple[int | None, ...]) -> int | None:
+    """H, the steps one call predicts, from the (sliced) output shape (None: symbolic)."""
+    return oshape[1] if form in ("steps", "univariate") else 1
+
+
+def steps_per_call(model: Model, spec: RolloutSpec) -> int | None:
+    """Window mode: H, the steps one model call appends (None: a symbolic dimension); state mode: 1."""
+    if spec.mode != "window":
+        return 1
+    out = next(o for o in model.outputs if o.name == spec.pairs[0][1])
+    return window_steps(spec.window_form, _sliced_shape(out, parse_slice(spec.output_slice) if spec.output_slice else None))
+
+
+def sample_shape(spec: RolloutSpec, shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+    """A state input's per-context shape as the loop holds it, from the model's input shape (batch first):
+    a univariate window [B, L] is held as [L, 1]."""
+    sample = tuple(shape[1:])
+    return (*sample, 1) if spec.mode == "window" and spec.window_form.startswith("univariate") else sample
+
+
+def _slice_hint(info: TensorInfo, ishape: tuple[int | None, ...]) -> Hint | None:
+    """An output slice that makes ``info`` feed back into an input shaped ``ishape`` (a quantile axis: its middle)."""
+    q = info.shape[-1] if info.shape else None
+    if q is None or q < 2 or len(info.shape) < 2:
+        return None
+    mid = q // 2
+    for text in (f"...,{mid}:{mid + 1}", f"...,{mid}"):
+        out = _sliced_shape(info, parse_slice(text))
+        if _compatible(ishape, out) or window_form(ishape, out) is not None:
+            return Hint(
+                "rollout-output-slice",
+                ("--output-slice", text),
+                say=f"choose which of the {q} values on the output's last axis feeds back, e.g. {{args}} (the middle one)",
+                project=(("rollout.output_slice", text),),
+            )
+    return None
+
+
 def infer_spec(model: Model, hints: SpecHints | None = None) -> RolloutSpec:
     """Work out the rollout from the graph's inputs and outputs, honouring what was declared.
+
+    One input and one output of the same shape: ``state``. One input and one output shaped as a window
+    model (`window_form`: [B, L, C] -> [B, H, C] or [B, C], [B, L] -> [B, H] with H < L, or [B]): ``window``.
 
     Raises:
         RolloutSpecError: naming the inputs and outputs with their shapes when it is ambiguous.
@@ -129,41 +193,79 @@ def infer_spec(model: Model, hints: SpecHints | None = None) -> RolloutSpec:
         if len(free_in) == 1 and len(free_out) == 1:
             pairs = [(free_in[0], free_out[0])]
         else:
-            for n in free_in:
-                matches = [o for o in free_out if _compatible(ins[n].shape, _sliced_shape(outs[o], index))]
-                if len(matches) == 1:
-                    pairs.append((n, matches[0]))
-                else:
-                    pairs = []
-                    break
-            unpaired = [n for n in free_in if n not in {p[0] for p in pairs}]
-            if not pairs or unpaired:
+            matches = {n: [o for o in free_out if _compatible(ins[n].shape, _sliced_shape(outs[o], index))] for n in free_in}
+            pairs = [(n, m[0]) for n, m in matches.items() if len(m) == 1]
+            if len(pairs) != len(free_in):
+                lone = [n for n, m in matches.items() if not m]
+                unique = len({m[0] for m in matches.values() if len(m) == 1}) == len(pairs)
+                hint = None
+                if pairs and unique and all(len(m) <= 1 for m in matches.values()):  # the unmatched inputs are fixed ones
+                    hint = Hint(
+                        "rollout-static",
+                        tuple(x for n in lone for x in ("--static", n)),
+                        say="declare the inputs that no output feeds, {args}, or pair them with --state INPUT=OUTPUT",
+                        project=(("rollout.static", lone),),
+                    )
                 raise RolloutSpecError(
-                    "cannot infer which outputs feed back into which inputs (" + listing + "); "
-                    "declare them with --state INPUT=OUTPUT and --static NAME, or [rollout] state/static in edgetqs.toml"
+                    "cannot infer which outputs feed back into which inputs ("
+                    + listing
+                    + ")"
+                    + (
+                        ""
+                        if hint
+                        else "; declare them with --state INPUT=OUTPUT and --static NAME, or [rollout] state/static in edgetqs.toml"
+                    ),
+                    hint=hint,
                 )
     mode = hints.mode
     a, b = pairs[0]
     ishape, oshape = ins[a].shape, _sliced_shape(outs[b], index)
+    same = all(_compatible(ins[x].shape, _sliced_shape(outs[y], index)) for x, y in pairs)
+    form = window_form(ishape, oshape) if len(pairs) == 1 else None
     if mode is None:
-        if all(_compatible(ins[x].shape, _sliced_shape(outs[y], index)) for x, y in pairs):
+        if same:
             mode = "state"
-        elif len(pairs) == 1 and len(ishape) == 3 and len(oshape) == 3 and _compatible((ishape[0], ishape[2]), (oshape[0], oshape[2])):
+        elif form is not None:
             mode = "window"
         else:
+            hint = _slice_hint(outs[b], ishape) if index is None else None
             raise RolloutSpecError(
                 f"input {ins[a].describe()} and output {outs[b].describe()} neither have the same shape (state mode) "
-                f"nor are [B, L, C] -> [B, H, C] (window mode) ({listing}); declare --mode and --output-slice"
+                f"nor are a window model [B, L, C] -> [B, H, C] or [B, C], [B, L] -> [B, H] ({listing})"
+                + ("" if hint else "; export the model in one of these forms, or slice the output with --output-slice"),
+                hint=hint,
             )
     if mode == "window":
-        if len(pairs) != 1 or len(ishape) != 3 or len(oshape) != 3:
-            raise RolloutSpecError(f"window mode needs one input [B, L, C] and one output [B, H, C] ({listing})")
-        if ishape[1] is not None and oshape[1] is not None and oshape[1] > ishape[1]:
+        if form is None:
+            hint = Hint(
+                "rollout-mode",
+                ("--mode", "state"),
+                say="use {args}: the output has the input's shape",
+                project=(("rollout.mode", "state"),),
+            )
+            raise RolloutSpecError(
+                f"window mode needs one input [B, L, C] and one output [B, H, C] or [B, C] (or [B, L] -> [B, H]); "
+                f"got input {ins[a].describe()} and output {outs[b].describe()} ({listing})",
+                hint=hint if same else _slice_hint(outs[b], ishape),
+            )
+        h, length = window_steps(form, oshape), ishape[1]
+        if length is not None and h is not None and h > length:
             raise RolloutSpecError(f"window mode: output {outs[b].describe()} predicts more steps than input {ins[a].describe()} holds")
     else:
+        form = "steps"
         for x, y in pairs:
             if not _compatible(ins[x].shape, _sliced_shape(outs[y], index)):
-                raise RolloutSpecError(f"state mode: output {outs[y].describe()} does not have the shape of input {ins[x].describe()}")
+                hint = None
+                if len(pairs) == 1 and window_form(ins[x].shape, _sliced_shape(outs[y], index)) is not None:
+                    hint = Hint(
+                        "rollout-mode",
+                        ("--mode", "window"),
+                        say="use {args}: the shapes are a window model's",
+                        project=(("rollout.mode", "window"),),
+                    )
+                raise RolloutSpecError(
+                    f"state mode: output {outs[y].describe()} does not have the shape of input {ins[x].describe()}", hint=hint
+                )
     channel_axis = hints.channel_axis
     rank = len(ishape)
     if channel_axis is not None and not (1 <= channel_axis < rank or -rank < channel_axis <= -1):
@@ -179,7 +281,26 @@ def infer_spec(model: Model, hints: SpecHints | None = None) -> RolloutSpec:
         static=tuple(hints.static),
         output_slice=hints.output_slice,
         channel_axis=channel_axis,
+        window_form=form,
     )
+
+
+def describe_spec(model: Model, spec: RolloutSpec) -> str:
+    """One line that says how the model rolls out, e.g. ``window mode (one-step): x[?, 48, 5] -> y[?, 5] ...``."""
+    ins = {i.name: i for i in model.inputs}
+    outs = {o.name: o for o in model.outputs}
+    a, b = spec.pairs[0]
+    if spec.mode == "state":
+        return "state mode: " + ", ".join(f"{outs[y].describe()} replaces {ins[x].describe()}" for x, y in spec.pairs)
+    oshape = _sliced_shape(outs[b], parse_slice(spec.output_slice) if spec.output_slice else None)
+    h = window_steps(spec.window_form, oshape)
+    what = {
+        "steps": "appends H = {h} predicted steps and drops the oldest",
+        "one-step": "a one-step window model: appends its prediction (H = 1) and drops the oldest step",
+        "univariate": "a univariate window model: appends H = {h} predicted values and drops the oldest",
+        "univariate-one-step": "a univariate one-step window model: appends its prediction and drops the oldest",
+    }[spec.window_form].format(h="?" if h is None else h)
+    return f"window mode ({spec.window_form}): {ins[a].describe()} -> {outs[b].describe()}, {what}"
 
 
 @dataclass
@@ -292,4 +413,18 @@ def closed_loop_inputs(model: Model, spec: RolloutSpec, contexts: Any, horizon: 
     return rec.rows
 
 
-__all__ = ["Rollout", "RolloutResult", "RolloutSpec", "SpecHints", "closed_loop_inputs", "float_reference", "infer_spec", "parse_slice"]
+__all__ = [
+    "Rollout",
+    "RolloutResult",
+    "RolloutSpec",
+    "SpecHints",
+    "closed_loop_inputs",
+    "describe_spec",
+    "float_reference",
+    "infer_spec",
+    "parse_slice",
+    "sample_shape",
+    "steps_per_call",
+    "window_form",
+    "window_steps",
+]

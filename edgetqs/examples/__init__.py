@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BadInputError
+from ..errors import BadInputError, Hint
 
 HERE = Path(__file__).parent
 FILES = ("model.onnx", "contexts.npz", "edgetqs.toml", "card.md")
@@ -55,7 +55,10 @@ def init_project(directory: str | Path, name: str, overwrite: bool = False) -> l
         raise BadInputError(f"'{dst}' exists and is not a folder; give a folder for the project")
     clash = [dst / f for f in FILES if (dst / f).exists() or (dst / f).is_symlink()]
     if clash and not overwrite:
-        raise BadInputError(f"{', '.join(str(c) for c in clash)} already exist; pass --overwrite to replace them or choose another folder")
+        raise BadInputError(
+            f"{', '.join(str(c) for c in clash)} already exist",
+            hint=Hint("overwrite", ("--overwrite",), say="pass {args} to replace them, or choose another folder"),
+        )
     policy = "replace" if overwrite else "refuse_existing"
     for f in FILES:
         preflight(dst / f, policy=policy)

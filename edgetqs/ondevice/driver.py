@@ -102,7 +102,7 @@ def main(job_dir: str) -> None:
     statics = {k[len("static__") :]: data[k] for k in data.files if k.startswith("static__")}
     forcings = {k[len("forcing__") :]: data[k] for k in data.files if k.startswith("forcing__")}
     ctx = [data["ctx__" + i] for i, _ in pairs]
-    feedback = step.Feedback(job["mode"] == "window", bool(job.get("increment")), job.get("output_slice"))
+    feedback = step.Feedback(job["mode"] == "window", bool(job.get("increment")), job.get("output_slice"), job.get("window_form", "steps"))
     dtypes = {d["name"]: np.dtype(d.get("dtype", "float32")) for d in job["inputs"]}
     times: list[float] = []
     with np.errstate(all="ignore"):

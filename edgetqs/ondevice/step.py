@@ -3,7 +3,9 @@
 One model call maps the fed-back inputs to outputs; `Feedback` turns an output into the next input
 (``state`` mode: it replaces the input; ``window`` mode: the H predicted steps are appended and the
 oldest H dropped), optionally after an output slice (the median of several quantiles) and as an
-increment (next = input + output). `closed_loop` runs K contexts for T steps in chunks of the batch
+increment (next = input + output). Window models come in the shapes frameworks export: the loop keeps
+the window as [B, L, C] and `Feedback` maps it to and from the model's own form (``one-step``
+[B, L, C] -> [B, C], ``univariate`` [B, L] -> [B, H], ``univariate-one-step`` [B, L] -> [B]). `closed_loop` runs K contexts for T steps in chunks of the batch
 the model takes, padding the last chunk, with static inputs held fixed and forcing inputs fed per step.
 
 This file is copied beside the driver onto a device, so it must import nothing but numpy.
@@ -21,24 +23,31 @@ import numpy as np
 Run = Callable[[list[str], dict[str, np.ndarray]], Sequence[Any]]
 
 
+WINDOW_FORMS = ("steps", "one-step", "univariate", "univariate-one-step")
+
+
 def parse_slice(text: str) -> tuple[Any, ...]:
-    """Parse a numpy-style index such as ``...,1`` or ``:, :, 0:3`` without eval.
+    """Parse a numpy-style index such as ``...,1``, ``:, :, 0:3`` or ``:,None`` (a new axis) without eval.
 
     Raises:
-        ValueError: a part that is not ``...``, an integer or ``start:stop[:step]``.
+        ValueError: a part that is not ``...``, ``None``, an integer or ``start:stop[:step]``.
     """
     parts: list[Any] = []
     for raw in text.strip().strip("[]").split(","):
         s = raw.strip()
         if s == "...":
             parts.append(Ellipsis)
+        elif s in ("None", "newaxis", "np.newaxis"):
+            parts.append(None)
         elif re.fullmatch(r"-?\d+", s):
             parts.append(int(s))
         elif re.fullmatch(r"(-?\d+)?:(-?\d+)?(:(-?\d+)?)?", s):
             nums = [int(x) if x not in ("", None) else None for x in s.split(":")]
             parts.append(slice(*nums))
         else:
-            raise ValueError(f"output slice '{text}' has a part '{s}' that is not '...', an integer or start:stop; write e.g. '...,1'")
+            raise ValueError(
+                f"output slice '{text}' has a part '{s}' that is not '...', None, an integer or start:stop; write e.g. '...,1'"
+            )
     return tuple(parts)
 
 
@@ -49,18 +58,33 @@ class Feedback:
         window: window mode (input [B, L, C], output [B, H, C]) rather than state mode.
         increment: the model predicts the change (window: added to the last input step).
         output_slice: numpy-style index applied to the output first, e.g. ``...,1``.
+        form: window mode: the model's shapes (`WINDOW_FORMS`); the loop always holds [B, L, C] windows
+            and produces [B, H, C] steps.
     """
 
-    def __init__(self, window: bool, increment: bool, output_slice: str | None = None) -> None:
+    def __init__(self, window: bool, increment: bool, output_slice: str | None = None, form: str = "steps") -> None:
+        if form not in WINDOW_FORMS:
+            raise ValueError(f"window form '{form}'; expected one of {', '.join(WINDOW_FORMS)}")
         self.window = window
         self.increment = increment
         self.index = parse_slice(output_slice) if output_slice else None
+        self.form = form if window else "steps"
+
+    def to_model(self, x: np.ndarray) -> np.ndarray:
+        """The model's input from the loop's window (a univariate model takes [B, L], not [B, L, 1])."""
+        return np.ascontiguousarray(x[..., 0]) if self.form.startswith("univariate") else x
 
     def produced(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """What this step predicts, in the input's dtype (window: the H new steps)."""
+        """What this step predicts, in the input's dtype (window: the H new steps, [B, H, C])."""
         y = np.asarray(y)
         if self.index is not None:
             y = y[self.index]
+        if self.form == "one-step":  # [B, C]: one step
+            y = y[:, None, ...]
+        elif self.form == "univariate":  # [B, H]: one variable
+            y = y[..., None]
+        elif self.form == "univariate-one-step":  # [B]
+            y = y.reshape(-1, 1, 1)
         if self.increment:
             y = (x[:, -1:, ...] + y) if self.window else (x + y)
         return y.astype(x.dtype, copy=False)
@@ -126,7 +150,7 @@ def closed_loop(
         traj: list[list[np.ndarray]] = [[] for _ in pairs]
         for t in range(horizon):
             for (name, _), x in zip(pairs, state):
-                feeds[name] = x
+                feeds[name] = feedback.to_model(x)
             for f, v in forced.items():
                 feeds[f] = np.ascontiguousarray(v[:, t])
             s0 = time.perf_counter()

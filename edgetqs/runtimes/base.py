@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.quantize import ONNX_STORAGE, Storage
-from ..errors import EdgetqsError
+from ..errors import EdgetqsError, Hint
 from ..registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,9 +71,15 @@ class ConvertJob:
 
         cal = self.plan.calibration
         if cal is not None and cal.get("contexts_sha256") != self.contexts.sha256():
+            args = ["--contexts", str(cal.get("source")), "-k", str(cal.get("k"))]
+            span = cal.get("span") or [0.0, 1.0]
+            if list(span) != [0.0, 1.0]:
+                args += ["--span", f"{span[0]:g}:{span[1]:g}"]
+            if cal.get("pick", "even") != "even":
+                args += ["--pick", str(cal["pick"])]
             raise ConvertError(
-                f"the plan's {self.plan.rounding} integers were computed on other contexts ({cal.get('source')}, k={cal.get('k')}); "
-                "convert with the contexts the plan was made with (the same --contexts, -k and --span)"
+                f"the plan's {self.plan.rounding} integers were computed on other contexts ({cal.get('source')}, k={cal.get('k')})",
+                hint=Hint("convert-contexts", tuple(args), say="convert with the contexts the plan was made with: {args}"),
             )
         return plan_integers(self.model, self.plan, self.contexts, self.spec, self.plan.horizon)
 

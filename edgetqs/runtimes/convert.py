@@ -25,6 +25,7 @@ from ..core.metrics import nrmse_by_lead
 from ..core.model import Model
 from ..core.results import Frozen, ResultFile, edgetqs_version, finite_or_none
 from ..core.rollout import Rollout, RolloutSpec, float_reference
+from ..errors import Hint
 from .base import RUNTIMES, ConvertError, ConvertJob
 
 
@@ -107,7 +108,9 @@ def _move_into(out: Path, files: list[Path], overwrite: bool) -> None:
             try:
                 os.link(f, dest)
             except FileExistsError:
-                raise TargetExistsError(f"{dest} already exists; pass --overwrite to replace it") from None
+                raise TargetExistsError(
+                    f"{dest} already exists", hint=Hint("overwrite", ("--overwrite",), say="pass {args} to replace it")
+                ) from None
             f.unlink()
 
 
@@ -164,12 +167,13 @@ def convert(
         )
     if plan.runtime not in rt.accepts:
         raise ConvertError(
-            f"plan.json was made for runtime '{plan.runtime}', which cannot be written as {fmt}; replan with --runtime {rt.accepts[0]}"
+            f"plan.json was made for runtime '{plan.runtime}', which cannot be written as {fmt}",
+            hint=Hint("convert-format", ("--format", plan.runtime), say=f"convert with {{args}}, or replan with --runtime {rt.accepts[0]}"),
         )
     out = Path(out_dir)
     name = artifact_name(model, fmt)
     if (out / name).exists() and not overwrite:
-        raise ConvertError(f"{out / name} already exists; pass --overwrite to replace it")
+        raise ConvertError(f"{out / name} already exists", hint=Hint("overwrite", ("--overwrite",), say="pass {args} to replace it"))
     if target is None:
         from ..allocation.targets import find_target
 

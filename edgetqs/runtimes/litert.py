@@ -21,19 +21,73 @@ from typing import Any
 import numpy as np
 
 from ..core.quantize import Precision
-from ..errors import OptionalDependencyError
+from ..errors import Hint, OptionalDependencyError
 from .base import ConvertError
 
 # the weight input of the ops ai-edge-quantizer quantizes
 WEIGHT_OPS = {"FULLY_CONNECTED": 1, "CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "BATCH_MATMUL": 1, "EMBEDDING_LOOKUP": 1, "CONV_3D": 1}
 
 
+def onnx_route(target: Any) -> str | None:
+    """The ONNX Runtime format the target also runs (advice never names a format the target refuses), or None;
+    any when there is no target."""
+    runs = None if target is None else tuple(target.runtimes)
+    return next((f for f in ("ort", "ort-mobile") if runs is None or f in runs), None)
+
+
+# when no ONNX Runtime route is offered: valid for any target (a target that runs only tflm refuses --format ort)
+_ADVICE = (
+    "replace the op in the model before exporting (an equivalent of MatMul/Add/Mul/Tanh/Sigmoid converts), "
+    "or plan for a target that runs ONNX Runtime (its runtimes include ort)"
+)
+
+
+def no_route_advice(target: Any) -> str:
+    """What to say after a TFLite route failure when the target offers no ONNX Runtime format to fall back to."""
+    return (no_route(target) if target is not None else "") + f"; {_ADVICE}"
+
+
+def route_hint(target: Any, key: str) -> Hint | None:
+    """Advice to take the ONNX Runtime route instead, when the target runs it."""
+    fmt = onnx_route(target)
+    if fmt is None:
+        return None
+    return Hint(key, ("--format", fmt), say="use {args} for this model (`edgetqs convert`: replan with --runtime " + fmt + " first)")
+
+
+def no_route(target: Any) -> str:
+    """What to say when the target runs no ONNX Runtime format."""
+    return f"; target '{target.name}' runs only {', '.join(target.runtimes)}, so this model cannot be deployed there as it is"
+
+
+def our_node(model: Any, reported: str) -> tuple[str, str] | None:
+    """(name, op type) of the node of our graph that onnx2tf reports as ``reported``, or None. onnx2tf drops
+    the exporters' leading '/' and may prefix a scope ('/rnn/GRU' is reported as 'wa/rnn/GRU'): the longest
+    of our names that ends the reported one at a '/' boundary."""
+    best: tuple[str, str] | None = None
+    for n in model.proto.graph.node:
+        name = n.name.lstrip("/")
+        if name and (reported == name or reported.endswith("/" + name)) and (best is None or len(name) > len(best[0].lstrip("/"))):
+            best = (n.name, n.op_type)
+    return best
+
+
 def refuse_other_rounding(job: Any) -> None:
     """ai-edge-quantizer rounds TFLite weights itself, so only round-to-nearest plans are realised exactly here."""
     if job.plan.rounding != "rtn":
+        # a round-to-nearest plan reads no contexts: `plan` refuses them, so the advice drops them too
+        hint = Hint(
+            "tflite-rounding",
+            ("--rounding", "rtn"),
+            drop=("--contexts", "-k", "--span", "--pick", "--fill"),
+            say="replan with {args} for tflite/tflm",
+            command="plan",
+        )
+        fmt = onnx_route(job.target)
         raise ConvertError(
             f"the plan uses {job.plan.rounding} rounding, whose integers the ort and ort-mobile formats store exactly; the TFLite routes "
-            "round weights themselves (ai-edge-quantizer): replan with --rounding rtn for tflite/tflm, or convert to ort"
+            "round weights themselves (ai-edge-quantizer)" + (f"; or convert to {fmt}" if fmt else ""),
+            hint=hint,
         )
 
 
@@ -97,11 +151,12 @@ def batch1_bytes(model: Any) -> bytes:
     return m.SerializeToString()
 
 
-def float_tflite(model: Any, work: Path) -> Path:
+def float_tflite(model: Any, work: Path, target: Any = None) -> Path:
     """ONNX -> float32 TFLite with onnx2tf in a child process, batch fixed to 1.
 
     First with the input layout kept (``-kat``); onnx2tf fails that way on some graphs (GRU, conv
     after a reshape), so then again with its default NCHW -> NHWC layout (`LiteRTSession` transposes).
+    A failure names the op and advises the ONNX Runtime route only when ``target`` runs it.
     """
     src = work / "float_input.onnx"
     logs = []
@@ -121,26 +176,27 @@ def float_tflite(model: Any, work: Path) -> Path:
     if missing:
         op = missing[-1]
         nodes = [n.name or n.output[0] for n in model.proto.graph.node if n.op_type == op]
+        hint = route_hint(target, "tflite-route-op")
         raise ConvertError(
             f"onnx2tf (the ONNX -> TFLite route) has no converter for the op {op} (ONNX node{'s' if len(nodes) > 1 else ''} "
-            f"{', '.join(repr(x) for x in nodes[:3])}) and edgetqs has no rewrite for it; {_ADVICE}"
+            f"{', '.join(repr(x) for x in nodes[:3])}) and edgetqs has no rewrite for it" + ("" if hint else no_route_advice(target)),
+            hint=hint,
         )
     failed = re.findall(r"onnx_op_name:\s*(\S+)", logs[-1]) or re.findall(r"onnx_op_name:\s*(\S+)", logs[0])
-    ops_by_name = {n.name: n.op_type for n in model.proto.graph.node}
-    where = f"ONNX node '{failed[-1]}' ({ops_by_name.get(failed[-1], 'unknown op')})" if failed else "the model"
+    found = our_node(model, failed[-1]) if failed else None
+    where = (
+        (f"ONNX node '{found[0]}' ({found[1]})" if found else f"ONNX node '{failed[-1]}' (a node of its simplified graph)")
+        if failed
+        else "the model"
+    )
     last = [ln.strip() for ln in logs[-1].splitlines() if ln.strip().startswith(("ValueError", "TypeError", "NotImplementedError"))]
+    hint = route_hint(target, "tflite-route-node")
     raise ConvertError(
         f"onnx2tf (the ONNX -> TFLite route) cannot convert {where}, with or without keeping the input layout"
         + (f": {last[-1][:300]}" if last else "")
-        + f"; {_ADVICE}"
+        + ("" if hint else no_route_advice(target)),
+        hint=hint,
     )
-
-
-# valid for any target (a target that runs only tflm refuses --format ort): issue 18
-_ADVICE = (
-    "replace the op in the model before exporting (an equivalent of MatMul/Add/Mul/Tanh/Sigmoid converts), "
-    "or plan for a target that runs ONNX Runtime (its runtimes include ort)"
-)
 
 
 @dataclass(frozen=True)

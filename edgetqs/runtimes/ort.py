@@ -57,12 +57,23 @@ def qdq_model(
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < OPSET:  # int4 and blocked DequantizeLinear need opset 21
+    names = {w.name for w in model.weights}
+    stored = [effective(t.precision, model.weight_array(t.name).shape, model.layout(t.name)) for t in plan.tensors if t.name in names]
+    needs = any(p.kind == "int" and not p.stays_float and (p.bits == 4 or p.granularity == "block") for p in stored)
+    needs_qdq = any(p.kind == "int" and not p.stays_float for p in stored)
+    if opset < (OPSET if needs else 13 if needs_qdq else 0):
+        # int4 and blocked DequantizeLinear need opset 21, per-axis int8 opset 13; a plan that needs neither keeps
+        # the model's opset (raising it adds shape annotations: 5 % of a small model's file)
+        want = OPSET if needs else 13
         try:
-            proto = version_converter.convert_version(proto, OPSET)
+            raised = version_converter.convert_version(proto, want)
         except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors naming the op
-            raise ConvertError(f"cannot raise the model from opset {opset} to {OPSET} for int4/blocked weights: {exc}") from None
-    proto.ir_version = max(proto.ir_version, 10)
+            raise ConvertError(f"cannot raise the model from opset {opset} to {want} for its quantized weights: {exc}") from None
+        del raised.graph.value_info[:]  # the converter's shape inference results: not part of the model
+        raised.graph.value_info.extend(proto.graph.value_info)
+        proto = raised
+    if needs:
+        proto.ir_version = max(proto.ir_version, 10)  # int4 initializers
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
     missing = [t.name for t in plan.tensors if t.name not in inits]

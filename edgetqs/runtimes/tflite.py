@@ -138,7 +138,7 @@ class TfliteRuntime(RuntimeInfo):
         fb = schema()
         ops, _ = names(fb)
         prep = job.prepared("tflite")
-        float_path = float_tflite(prep.model, work)
+        float_path = float_tflite(prep.model, work, job.target)
         fbuf = float_path.read_bytes()
         fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
         matched = _match(prep, plan, fm, fm.subgraphs[0], ops)

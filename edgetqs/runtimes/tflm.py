@@ -112,7 +112,7 @@ def _require_light() -> None:
             raise OptionalDependencyError(pkg, "mcu", "pricing a plan for TFLite-Micro exactly")
 
 
-def signature_tflite(model: Any, work: Path) -> bytes:
+def signature_tflite(model: Any, work: Path, target: Any = None) -> bytes:
     """Float TFLite with a ``serving_default`` signature, from the SavedModel onnx2tf writes.
 
     Cached by the graph's bytes and the converters' versions (the planner prices from this graph and
@@ -122,7 +122,7 @@ def signature_tflite(model: Any, work: Path) -> bytes:
     cached = _cache_file(model)
     if cached.is_file():
         return cached.read_bytes()
-    data = _signature_tflite(model, work)
+    data = _signature_tflite(model, work, target)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
@@ -130,8 +130,8 @@ def signature_tflite(model: Any, work: Path) -> bytes:
     return data
 
 
-def _signature_tflite(model: Any, work: Path) -> bytes:
-    float_tflite(model, work)
+def _signature_tflite(model: Any, work: Path, target: Any = None) -> bytes:
+    float_tflite(model, work, target)
     out = work / "float_signature.tflite"
     r = subprocess.run(
         [sys.executable, "-c", _SAVED_TO_TFLITE, str(work / "onnx2tf"), str(out)], capture_output=True, text=True, timeout=600
@@ -373,7 +373,7 @@ def float_graph(job: ConvertJob, route: str) -> FloatGraph:
     model = prep.model
     fb = schema()
     ops, _ = names(fb)
-    fbuf = signature_tflite(model, job.work)
+    fbuf = signature_tflite(model, job.work, job.target)
     fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
     sg = fm.subgraphs[0]
     sig_in, _ = _signature(fm)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,6 +110,18 @@ def verify_groups(scores: Scores, model: Model) -> str | None:
             if gap < -1e-9 * (1 + abs(g.gamma)) or gap > math.log(1e3) / scores.horizon:
                 return f"group '{g.name}' has a gain that does not fit its gamma"
     return None
+
+
+def reuse_line(path: Path, scores: Scores) -> str:
+    """What `score`, `build` and `plan` print when they reuse a cache entry."""
+    try:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+    except OSError:
+        when = "earlier"
+    return (
+        f"reusing scores from {path} ({len(scores.groups)} groups, T={scores.horizon}, scored {when}; "
+        "same model, contexts and probe settings: --force scores again)"
+    )
 
 
 def score_cached(

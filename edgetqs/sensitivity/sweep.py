@@ -28,7 +28,7 @@ from ..core.metrics import divergence, inverse_spread
 from ..core.model import Model
 from ..core.results import edgetqs_version
 from ..core.rollout import Rollout, RolloutSpec
-from ..errors import BadInputError, DivergedRolloutError
+from ..errors import BadInputError, DivergedRolloutError, Hint
 from .backends import Sweep, SweepBackend, local_default, make_backend
 from .checkpoint import Checkpoint
 from .groups import make_groups
@@ -206,9 +206,15 @@ def _baseline(
     ref = run_shares(roll, arrays, probe_t, shares)
     t_first = time.perf_counter() - tb
     if ref.first_nonfinite is not None:
+        t = max(ref.first_nonfinite - 1, 1)
         raise DivergedRolloutError(
-            f"the float model's own rollout becomes non-finite at step {ref.first_nonfinite} of {probe_t}; "
-            f"use --horizon {max(ref.first_nonfinite - 1, 1)} or fewer, or check the contexts' units"
+            f"the float model's own rollout becomes non-finite at step {ref.first_nonfinite} of {probe_t}",
+            hint=Hint(
+                "score-horizon",
+                ("--horizon", str(t)),
+                say="use {args} or fewer, or check the contexts' units",
+                project=(("score.horizon", t),),
+            ),
         )
     inv = inverse_spreads(spec, contexts, ref.steps)
     state_roll = roll

@@ -137,6 +137,7 @@ def job_folder(ref: Reference, artifact: Path, fmt: str, work: Path, facts: dict
         "pairs": [list(p) for p in spec.pairs],
         "increment": spec.increment,
         "output_slice": spec.output_slice,
+        "window_form": spec.window_form,
         "threads": 1,
         "batch": ref.meta.batch or 1,
         **io,

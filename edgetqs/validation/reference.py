@@ -8,6 +8,7 @@ over the contexts' data (the one normalisation of `edgetqs.core.metrics`, and AC
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,8 @@ from ..core.contexts import Contexts, ContextsInfo
 from ..core.inputs import Inputs
 from ..core.model import Model
 from ..core.results import Frozen, describe_validation_error
-from ..core.rollout import RolloutSpec, float_reference
-from ..errors import BadInputError, DivergedRolloutError, EdgetqsError
+from ..core.rollout import RolloutSpec, float_reference, steps_per_call
+from ..errors import BadInputError, DivergedRolloutError, EdgetqsError, Hint
 
 REFERENCE_VERSION = 2
 
@@ -162,9 +163,15 @@ def make_reference(model: Model, spec: RolloutSpec, contexts: Contexts, horizon:
     """
     ref = float_reference(model, spec, contexts, horizon)
     if ref.first_nonfinite is not None:
+        t = max(ref.first_nonfinite - 1, 1)
         raise DivergedRolloutError(
-            f"the float model itself leaves the finite numbers at step {ref.first_nonfinite} of {horizon}; "
-            f"use --horizon {max(ref.first_nonfinite - 1, 1)}"
+            f"the float model itself leaves the finite numbers at step {ref.first_nonfinite} of {horizon}",
+            hint=Hint(
+                "check-horizon",
+                ("--horizon", str(t)),
+                say="use {args}, or check the contexts' units",
+                otherwise=f"the target's validation horizon is {horizon} steps: give a target file whose [validation] horizon is {t} or less, or check the contexts' units",
+            ),
         )
     float_traj = {o: s.astype(np.float32) for (_, o), s in zip(spec.pairs, ref.steps)}
     first = next(i for i in model.inputs if i.name == spec.pairs[0][0])
@@ -203,8 +210,9 @@ def contexts_with_truth(inputs: Inputs, horizon: int, span: tuple[float, float] 
     spec, model = inputs.spec, inputs.model
     n = ctx.record.arrays[spec.pairs[0][0]].shape[0]
     if spec.mode == "window":
-        out = {o.name: o for o in model.outputs}[spec.pairs[0][1]]
-        h = out.shape[1] if out.shape and len(out.shape) > 1 and isinstance(out.shape[1], int) else 1
+        h = steps_per_call(model, spec)
+        if h is None:  # a symbolic H: one call says
+            h = float_reference(model, spec, dataclasses.replace(ctx, arrays=[a[:1] for a in ctx.arrays]), 1).steps[0].shape[2]
         need = ctx.arrays[0].shape[1] + horizon * h
     else:
         need = horizon + 1
@@ -213,7 +221,7 @@ def contexts_with_truth(inputs: Inputs, horizon: int, span: tuple[float, float] 
     if hi - span[0] <= 0.05:
         return ctx
     try:
-        return select_contexts(ctx.record, model, spec, ctx.k, span=(span[0], hi))
+        return select_contexts(ctx.record, model, spec, ctx.k, (span[0], hi), ctx.pick, ctx.seed)
     except EdgetqsError:
         return ctx
 

@@ -134,7 +134,11 @@ def test_links_planted_at_every_output_and_temporary_name_are_never_followed(ws:
     the final names are refused, the temporary names are never opened, and the linked file stays as it was."""
     victim = ws.root / "user.txt"
     before = victim.read_bytes()
-    cache_entry = sorted((ws.root / ".cache" / "scores").glob("*.json"))[0]
+    # the entry `score -k 3 -T 4` reuses (the workspace holds several; their names are hashes of the key)
+    r = robust.run_cli(["score", "m.onnx", "-c", "rec.csv", "-k", "3", "-T", "4", "-q", "-o", "o/s.json"], ws.root)
+    assert "reusing scores from " in r.stderr, r.stderr
+    cache_entry = Path(r.stderr.split("reusing scores from ", 1)[1].split()[0])
+    ws.restore()
     plants = {
         "score": (["score", "m.onnx", "-c", "rec.csv", "-k", "3", "-T", "4", "-q", "-o", "o/s.json", "--plot", "o/s.png"],
                   ["o/s.json.tmp", "o/.s.json.tmp", "o/s.png.tmp", f".cache/scores/{cache_entry.name}.tmp"], ["o/s.json", "o/s.png"]),

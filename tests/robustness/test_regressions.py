@@ -227,8 +227,8 @@ def test_2_the_real_blizzard_fields_are_refused_then_filled_with_mean(ws: robust
 def _cache_entry(ws: robust.Workspace, argv: list[str]) -> Path:
     """The cache entry ``argv`` reuses (the workspace scored with these options when it was made)."""
     r = ok(ws, *argv)
-    assert "reused cached scores " in r.stderr, r.stderr
-    return Path(r.stderr.split("reused cached scores ", 1)[1].split()[0])
+    assert "reusing scores from " in r.stderr, r.stderr
+    return Path(r.stderr.split("reusing scores from ", 1)[1].split()[0])
 
 
 TAMPER = {
@@ -275,7 +275,7 @@ def test_3_a_tampered_cache_entry_is_rescored_with_a_note(ws: robust.Workspace, 
         (g["name"], g["gamma"], g["gain"], g["n_params"]) for g in fresh["groups"]
     ]
     again = ok(ws, *argv[:-2], "-o", "out/s2.json")  # the recomputed entry replaced the tampered one
-    assert "reused cached scores" in again.stderr
+    assert "reusing scores from" in again.stderr
     ws.restore()
 
 
