@@ -67,8 +67,11 @@ def inputs(
     spinup_scale: float = 1.0,
     seed: int = 0,
     rollout: RolloutConfig | dict[str, Any] | None = None,
+    include: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] | None = None,
 ) -> Inputs:
-    """The model, its rollout and the contexts, resolved from these arguments and the project file."""
+    """The model, its rollout and the contexts, resolved from these arguments and the project file.
+    ``include`` / ``exclude``: weight rules (`edgetqs.core.weights`); None: the project's."""
     from .core.inputs import resolve
 
     return resolve(
@@ -82,6 +85,8 @@ def inputs(
         spinup_scale=spinup_scale,
         seed=seed,
         rollout=rollout,
+        include=include,
+        exclude=exclude,
     )
 
 
@@ -110,8 +115,8 @@ def score(
     Args:
         model: an .onnx path, a loaded `Model`, or a torch module (with ``example_input``); default: the project's.
         contexts: a contexts file (default: the project's; none: data-free spin-up from noise).
-        settings / **options: probe settings (``probe``, ``horizon``, ``granularity``, ``ladder``, ``workers``...,
-            the keys of ``[score]`` in edgetqs.toml); they beat the project file.
+        settings / **options: probe settings (``probe``, ``horizon``, ``granularity``, ``ladder``, ``workers``,
+            ``include`` / ``exclude`` weight rules..., the keys of ``[score]`` in edgetqs.toml); they beat the project file.
         cache: reuse (and fill) the score cache that `build` uses for the same model, contexts and settings.
         force: rescore even when the cache holds these scores.
 
@@ -136,6 +141,8 @@ def score(
         spinup_scale=spinup_scale,
         seed=probe.seed,
         rollout=rollout,
+        include=probe.include,
+        exclude=probe.exclude,
     )
     workers = cfg.workers or 1
     if cache:
@@ -184,6 +191,8 @@ def plan(
     lowest: str | int | None = None,
     pins: list[str] | tuple[str, ...] = (),
     budget: str | int | None = None,
+    include: list[str] | tuple[str, ...] = (),
+    exclude: list[str] | tuple[str, ...] = (),
     log: Log | None = None,
     **options: Any,
 ) -> Plan:
@@ -200,6 +209,8 @@ def plan(
         lowest: lowest allowed tier (``int4`` or 4).
         pins: ``NAME=PRECISION`` or ``re:REGEX=PRECISION`` rules.
         budget: ``600KB``, ``1.5MiB`` or bytes.
+        include, exclude: weight rules added to those the scores were made with: ``exclude`` keeps more tensors
+            exact (constants); ``include`` can only name tensors the scores hold (else: rescore with it).
         **options: other `edgetqs.allocation.plan.PlanOptions` fields (runtime, ratio, objective, allocator,
             keep_fp32_share, rounding).
     """
@@ -215,13 +226,15 @@ def plan(
 
     s = scores if isinstance(scores, Scores) else Scores.load(scores)
     proj = open_project(project)
+    inc = tuple(dict.fromkeys((*s.settings.include, *include)))
+    exc = tuple(dict.fromkeys((*s.settings.exclude, *exclude)))
     if isinstance(model, Model):
-        m = model
+        m = model.select(inc, exc)
     else:
         mpath = model or (proj.model if proj else None) or (Path(s.model_path) if s.model_path else None)
         if mpath is None:
             raise BadInputError("no model: pass --model (the ONNX file that was scored)")
-        m = load_model(mpath)
+        m = load_model(mpath, include=inc, exclude=exc)
     tg = _target(target, log)
     lowest_bits = None if lowest is None else (int(lowest) if isinstance(lowest, int) else parse_precision(str(lowest)).bits)
     try:
@@ -229,6 +242,8 @@ def plan(
             budget_bytes=parse_size(str(budget)) if budget is not None else None,
             lowest_bits=lowest_bits,
             pins=tuple(parse_pin(p) for p in pins),
+            include=inc,
+            exclude=exc,
             **options,
         )
     except ValidationError as exc:
@@ -275,7 +290,7 @@ def convert(
 
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
     _check_horizon(horizon)
-    inp = inputs(model, contexts, project=project, k=k)
+    inp = inputs(model, contexts, project=project, k=k, include=p.options.include, exclude=p.options.exclude)
     return run(inp.model, p, fmt, Path(out_dir), inp.contexts, inp.spec, horizon=horizon, overwrite=overwrite, activations=activations)
 
 

@@ -40,6 +40,13 @@ Contexts = Annotated[Path | None, typer.Option("--contexts", "-c", help="Context
 K = Annotated[int | None, typer.Option("-k", help="Number of contexts (default: the project's, else 8).")]
 Span = Annotated[str | None, typer.Option(help="Fraction of the record to draw contexts from, e.g. 0:0.5.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
+Include = Annotated[
+    list[str] | None,
+    typer.Option(help="Make a tensor the constant rules leave out (a mask, a range, zeros) a weight: NAME or re:REGEX (repeatable)."),
+]
+Exclude = Annotated[
+    list[str] | None, typer.Option(help="Keep a tensor out of the weights (never scored, stored exactly): NAME or re:REGEX (repeatable).")
+]
 
 
 def _config(cls: Any, **values: Any) -> Any:
@@ -96,6 +103,8 @@ def score(
     bits: Annotated[int | None, typer.Option(help="Bit-width of the quant probe (default 4).")] = None,
     ladder: Annotated[str | None, typer.Option(help="Also measure the quant probe at these bit-widths, e.g. 2,3,4,5,6,8.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for probes and spin-up (default 0).")] = None,
+    include: Include = None,
+    exclude: Exclude = None,
     workers: Annotated[int | None, typer.Option(help="Parallel worker processes (default 1).")] = None,
     strategy: Annotated[str, typer.Option(help="feed (one session, weights as inputs), rebuild (session per group) or auto.")] = "auto",
     force: Annotated[bool, typer.Option(help="Score again even when the score cache holds these scores.")] = False,
@@ -138,6 +147,8 @@ def score(
             bits=bits,
             workers=workers,
             ladder=parse_ladder(ladder) if ladder is not None else None,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
         )
         vars_ = [v.strip() for v in variables.split(",") if v.strip()] if variables is not None else None
         if variables is not None and not vars_:
@@ -164,9 +175,11 @@ def score(
                 note(n)
         scores.save(output)
         if not quiet:
-            from .bundle.tables import scores_table
+            from .bundle.tables import constants_table, scores_table
 
             out.print(scores_table(scores, top))
+            if scores.excluded:
+                out.print(constants_table(scores.excluded))
         if plot:
             from .bundle.plots import plot_scores
 
@@ -194,6 +207,13 @@ def plan(
     keep_fp32: Annotated[float, typer.Option(help="Share of parameters kept in fp32, most sensitive groups first.")] = 0.0,
     lowest: Annotated[str | None, typer.Option(help="Lowest allowed tier, e.g. int4 or int8 (bits below are not used).")] = None,
     pin: Annotated[list[str] | None, typer.Option(help="NAME=PRECISION or re:REGEX=PRECISION (repeatable); exact beats regex.")] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(help="Plan a tensor the constant rules leave out; it must be scored (score with the same --include)."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Also keep these tensors exact (constants), beside the scores' own: NAME or re:REGEX.")
+    ] = None,
     pareto_n: Annotated[int | None, typer.Option("--pareto", help="Also plan at N budgets from the smallest feasible to fp32.")] = None,
     evaluate: Annotated[bool, typer.Option(help="Measure the rollout error of the plan(s) by simulated quantization.")] = False,
     refine: Annotated[
@@ -239,6 +259,8 @@ def plan(
             lowest=lowest,
             pins=tuple(pin or ()),
             budget=budget,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
             runtime=runtime,
             ratio=ratio,
             objective=objective,
@@ -378,16 +400,23 @@ def build(
     refine_rollouts: Annotated[int, typer.Option(help="Rollout budget of the re-scoring search.")] = 400,
     k: K = None,
     contexts: Contexts = None,
+    groups: Annotated[
+        str | None, typer.Option("--groups", help="Weight groups: tensor (default) or block (one per module: fewer rollouts).")
+    ] = None,
+    include: Include = None,
+    exclude: Exclude = None,
     project: Project = None,
 ) -> None:
     """Score, plan, convert, check and report in one command: a validated bundle in dist/<model>-<target>/.
 
     Exit status: 0 when the check passes, 1 when it fails (the bundle is still written), 2 on error."""
     from .console import Text, progress
+    from .core.project import ScoreConfig
 
     with boundary():
         if output.exists() and not output.is_dir():
             raise BadInputError(f"--output '{output}' is not a folder; give a folder for the bundles")
+        score_cfg = _config(ScoreConfig, granularity=groups, include=tuple(include or ()), exclude=tuple(exclude or ()))
         if budget is not None and not budget.strip():
             raise BadInputError("--budget is empty; give a size such as 600KB, or leave it out for the target's budget")
         with progress("      scoring") as bar:
@@ -405,6 +434,7 @@ def build(
                 refine_rollouts=refine_rollouts,
                 k=k,
                 contexts=contexts,
+                score=score_cfg,
                 log=say,
                 progress=bar,
             )

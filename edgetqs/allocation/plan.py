@@ -29,6 +29,7 @@ from ..core.contexts import ContextsInfo
 from ..core.model import Model
 from ..core.quantize import FP32, Precision, effective, packed_bytes, residual_rms
 from ..core.results import Frozen, ResultFile, edgetqs_version
+from ..core.weights import ExcludedTensor, excluded_tensors
 from ..errors import BadInputError
 from ..sensitivity.scores import GroupScore, Scores
 from .knapsack import InfeasibleBudgetError, Item, solve_exact, solve_greedy
@@ -124,6 +125,8 @@ class PlanOptions(Frozen):
     lowest_bits: int | None = None
     pins: tuple[Pin, ...] = ()
     rounding: str = "rtn"  # rtn (round-to-nearest) or gptq: how the converters round each integer tensor
+    include: tuple[str, ...] = ()  # weight rules the model was read with (`edgetqs.core.weights`): the
+    exclude: tuple[str, ...] = ()  # converters read it the same way
 
     @field_validator("pins", mode="before")
     @classmethod
@@ -182,6 +185,12 @@ class TensorPlan(Frozen):
     residual: float
     error_share: float
     rule: str
+    label: str = ""  # readable name (the exporter's module scope); '' when it is the name
+
+    @property
+    def display(self) -> str:
+        """The readable name with the raw one beside it when they differ."""
+        return f"{self.label} [{self.name}]" if self.label else self.name
 
 
 class Plan(ResultFile):
@@ -217,6 +226,7 @@ class Plan(ResultFile):
     refinement: dict[str, Any] | None = None  # the search that chose this plan, when --refine ran
     pareto: tuple[ParetoPoint, ...] = ()  # plans at other budgets from the same scores, when --pareto ran
     calibration: dict[str, Any] | None = None  # contexts the rounding's integers come from (GPTQ): source, k, contexts_sha256
+    excluded: tuple[ExcludedTensor, ...] = ()  # float initializers that are not weights: stored exactly (in fixed_bytes)
 
     @property
     def rounding(self) -> str:
@@ -257,7 +267,10 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions,
     group_of = {t: g for g in scores.groups for t in g.tensors}
     missing = [w.name for w in model.weights if w.name not in group_of]
     if missing:
-        raise BadInputError(f"weights {missing[:5]} are not in the scores (scored with different settings?); rescore the model")
+        raise BadInputError(
+            f"weights {missing[:5]} are not in the scores (scored with different settings, or included after scoring?); "
+            "rescore the model with the same --include/--exclude"
+        )
     paper = paper_weights(scores) if opts.objective == "paper" else {}
     items = []
     for w in model.weights:
@@ -508,6 +521,7 @@ def plan_from_choice(
                 residual=float(it.residual[c]),
                 error_share=share,
                 rule=it.rule,
+                label=model.label(it.name) if model.label(it.name) != it.name else "",
             )
         )
     weight_bytes = fixed + sum(t.bytes for t in tensors)
@@ -532,6 +546,7 @@ def plan_from_choice(
         options=opts,
         solve_seconds=seconds,
         horizon=scores.horizon,
+        excluded=excluded_tensors(model),
     )
 
 

@@ -145,12 +145,18 @@ def build(
     fmt, runtime = _format(tg, fmt)
     if budget is not None and ratio is not None:
         raise BadInputError("give --budget or --ratio, not both")
-    opts = PlanOptions(runtime=runtime, budget_bytes=parse_size(str(budget)) if budget is not None else None, ratio=ratio)
+    settings = ProbeSettings.from_config(merged(proj.score if proj and model is None else ScoreConfig(), score))
+    opts = PlanOptions(
+        runtime=runtime,
+        budget_bytes=parse_size(str(budget)) if budget is not None else None,
+        ratio=ratio,
+        include=settings.include,
+        exclude=settings.exclude,
+    )
     opts.check()  # bad budgets fail before the sweep
-    inp = resolve(model, proj, contexts=contexts, k=k)
+    inp = resolve(model, proj, contexts=contexts, k=k, include=settings.include, exclude=settings.exclude)
     m = inp.model
     st.notes += inp.notes
-    settings = ProbeSettings.from_config(merged(proj.score if proj and model is None else ScoreConfig(), score))
     name, out = f"{m.name}-{tg.name}", Path(output)
     if (out / name).exists() and not overwrite:
         raise BadInputError(f"{out / name} exists; pass --overwrite to replace it")

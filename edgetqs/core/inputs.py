@@ -87,6 +87,8 @@ def resolve(
     spinup_scale: float = 1.0,
     seed: int = 0,
     rollout: RolloutConfig | dict[str, Any] | None = None,
+    include: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] | None = None,
 ) -> Inputs:
     """Load the model, work out the rollout and cut the contexts.
 
@@ -95,18 +97,22 @@ def resolve(
         project: the project file, if any.
         contexts: a contexts file (default: the project's; none at all: spin up from noise).
         rollout: declared rollout settings; they beat the project's ``[rollout]``.
+        include, exclude: weight rules (`edgetqs.core.weights`); None: the project's ``[score]`` ones (a loaded
+            `Model` keeps its own).
 
     Raises:
         BadInputError: no model given and no project file; plus whatever loading raises.
     """
     proj = project
-    if isinstance(model, Model):
-        m = model
+    inc = tuple(include if include is not None else (proj.score.include or ()) if proj else ())
+    exc = tuple(exclude if exclude is not None else (proj.score.exclude or ()) if proj else ())
+    if isinstance(model, Model):  # a loaded model keeps its rules unless others are given
+        m = model if include is None and exclude is None else model.select(inc, exc)
     else:
         path = Path(model) if model is not None else (proj.model if proj else None)
         if path is None:
             raise BadInputError("no model given: pass MODEL (an .onnx file) or run in a folder with an edgetqs.toml (see `edgetqs init`)")
-        m = load_model(path)
+        m = load_model(path, include=inc, exclude=exc)
         if proj and proj.name and model is None:
             m.name = proj.name
     cfg = merged(proj.rollout if proj else RolloutConfig(), rollout)

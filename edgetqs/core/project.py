@@ -52,6 +52,8 @@ class ScoreConfig(Config):
     workers: int | None = None
     ladder: tuple[int, ...] | None = None
     eps: Literal["relative", "absolute"] | None = None
+    include: tuple[str, ...] | None = None  # weight rules: exact names or re:REGEX (`edgetqs.core.weights`)
+    exclude: tuple[str, ...] | None = None
 
 
 class ProjectFile(Config):

@@ -101,6 +101,12 @@ class Runtime(Protocol):
         """Runtime-specific fields of the on-device job (runner, arena, I/O order...)."""
         ...
 
+    def constant_states(self, artifact: Path, constants: dict[str, Any]) -> dict[str, str]:
+        """How the artifact stores each of the model's constants (name -> value): ``exact``, ``changed``,
+        ``missing``, ``folded`` (not found as such: folded into another constant by a converter, still
+        float) or ``integer`` (a full-integer graph, where every constant is quantized)."""
+        ...
+
 
 @dataclass(frozen=True)
 class RuntimeInfo:
@@ -117,6 +123,17 @@ class RuntimeInfo:
     emulated: bool = True
     full_integer: bool = False
     also_reads: tuple[str, ...] = ()  # other suffixes recognised as this format (``.onnx`` for ``ort``)
+
+    def constant_states(self, artifact: Path, constants: dict[str, Any]) -> dict[str, str]:
+        """ONNX and ORT-format artifacts keep every initializer by name: compare the stored bytes."""
+        from . import readback
+
+        stored = readback.float_initializers(artifact, set(constants))
+        out = {}
+        for name, want in constants.items():
+            got = stored.get(name)
+            out[name] = "missing" if got is None else "exact" if readback.same_values(got, want) else "changed"
+        return out
 
 
 def _load() -> None:

@@ -202,6 +202,21 @@ class TfliteRuntime(RuntimeInfo):
     def job(self, artifact: Path, io: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
         return {"runner": self.runner}
 
+    def constant_states(self, artifact: Path, constants: dict[str, Any]) -> dict[str, str]:
+        """onnx2tf renames constants: each is looked for by content among the file's float32 buffers (the
+        quantizer's recipe names only planned weights, so a constant onnx2tf kept is still float32)."""
+        fb = schema()
+        m = fb.ModelT.InitFromPackedBuf(artifact.read_bytes(), 0)
+        from . import litert
+
+        pool = [np.sort(vals) for _, vals in litert.constants(m, m.subgraphs[0])]
+        out = {}
+        for name, want in constants.items():
+            key = np.sort(np.asarray(want, np.float32).ravel())
+            hit = any(v.size == key.size and np.array_equal(v, key) for v in pool)
+            out[name] = "exact" if hit else "folded"
+        return out
+
 
 RUNTIME = TfliteRuntime(
     name="tflite",

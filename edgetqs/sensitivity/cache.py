@@ -20,7 +20,7 @@ from ..core.contexts import Contexts
 from ..core.model import Model
 from ..core.rollout import RolloutSpec
 from ..errors import EdgetqsError
-from .groups import make_groups
+from .groups import group_label, make_groups
 from .scores import ProbeSettings, Scores
 from .sweep import Progress, run_sweep
 
@@ -60,6 +60,10 @@ def verify(scores: Scores, model: Model, spec: RolloutSpec, contexts: Contexts, 
     got = [(g.name, tuple(g.tensors)) for g in scores.groups]
     if got != want:
         return "its groups are not this model's weight groups"
+    if [g.label for g in scores.groups] != [group_label(model, n, t) for n, t in want]:
+        return "its groups lack this edgetqs's readable names"
+    if [e.name for e in scores.excluded] != [c.name for c in model.constants]:
+        return "its constants (initializers that are not weights) differ"
     sizes = {w.name: w.size for w in model.weights}
     for g in scores.groups:
         if g.n_params != sum(sizes[t] for t in g.tensors):
@@ -78,8 +82,10 @@ def verify(scores: Scores, model: Model, spec: RolloutSpec, contexts: Contexts, 
             return f"group '{g.name}' has a gamma that is not the end of its curve"
         if g.gain is not None and g.gain > 0 and g.gamma is not None:
             # gamma = mean ln(e_T/eps)/T and gain = mean e_T/eps come from the same rollouts: ln(gain)/T >= gamma
-            # (Jensen), and the gap is the spread of e_T over contexts; a gain scaled by hand leaves that band
-            gap = math.log(g.gain) / scores.horizon - g.gamma
+            # (Jensen), and the gap is the spread of e_T over contexts; a gain scaled by hand leaves that band.
+            # With relative eps gamma's separation is eps / rms(W): gamma is ln(rms W)/T higher than that bound
+            rel = math.log(g.weight_rms) / scores.horizon if scores.settings.eps == "relative" and g.weight_rms > 0 else 0.0
+            gap = math.log(g.gain) / scores.horizon - g.gamma + rel
             if gap < -1e-9 * (1 + abs(g.gamma)) or gap > math.log(1e3) / scores.horizon:
                 return f"group '{g.name}' has a gain that does not fit its gamma"
     if settings.horizon is not None and scores.horizon != settings.horizon:

@@ -28,8 +28,9 @@ from ..core.metrics import divergence, inverse_spread
 from ..core.model import Model
 from ..core.results import edgetqs_version
 from ..core.rollout import Rollout, RolloutSpec
+from ..core.weights import excluded_tensors
 from ..errors import BadInputError, DivergedRolloutError
-from .groups import make_groups
+from .groups import group_label, make_groups
 from .probes import PROBES, probe_delta, rms
 from .scores import DEAD_GAMMA, GroupScore, ProbeSettings, Scores, StateExponent
 
@@ -185,7 +186,13 @@ def _worker_init(
     import onnx
 
     global _WORKER
-    model = Model(onnx.load_from_string(model_bytes), Path(path) if path else None, min_weight_size=min_size)
+    model = Model(
+        onnx.load_from_string(model_bytes),
+        Path(path) if path else None,
+        min_weight_size=min_size,
+        include=settings.include,
+        exclude=settings.exclude,
+    )
     _WORKER = GroupScorer(model, spec, contexts, statics, reference, inv_spread, horizon, settings, strategy, threads=1)
 
 
@@ -370,12 +377,13 @@ def run_sweep(
         contexts=contexts.info(),
         contexts_sha256=contexts.sha256(),
         state_exponent=base.state,
-        groups=tuple(results[name] for name, _ in groups),
+        groups=tuple(results[name].model_copy(update={"label": group_label(model, name, t)}) for name, t in groups),
         wall_seconds=time.perf_counter() - t0,
         forward_calls=base.calls + calls,
         workers=workers,
         strategy=base.strategy,
         notes=tuple(base.notes),
+        excluded=excluded_tensors(model),
     )
 
 
