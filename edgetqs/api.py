@@ -64,14 +64,19 @@ def inputs(
     span: str | None = None,
     variables: list[str] | None = None,
     spinup: bool = False,
-    spinup_scale: float = 1.0,
+    spinup_scale: float | None = None,
     seed: int = 0,
     rollout: RolloutConfig | dict[str, Any] | None = None,
     include: tuple[str, ...] | None = None,
     exclude: tuple[str, ...] | None = None,
+    fill: str | None = None,
+    log: Log | None = None,
 ) -> Inputs:
     """The model, its rollout and the contexts, resolved from these arguments and the project file.
-    ``include`` / ``exclude``: weight rules (`edgetqs.core.weights`); None: the project's."""
+
+    ``fill`` (``ffill``, ``interpolate``, ``mean``; default: the project's) fills NaN/Inf in the contexts,
+    which are refused otherwise (`edgetqs.core.missing`). ``include`` / ``exclude``: weight rules
+    (`edgetqs.core.weights`); None: the project's."""
     from .core.inputs import resolve
 
     return resolve(
@@ -87,6 +92,8 @@ def inputs(
         rollout=rollout,
         include=include,
         exclude=exclude,
+        fill=fill,
+        log=log,
     )
 
 
@@ -99,10 +106,11 @@ def score(
     span: str | None = None,
     variables: list[str] | None = None,
     spinup: bool = False,
-    spinup_scale: float = 1.0,
+    spinup_scale: float | None = None,
     rollout: RolloutConfig | dict[str, Any] | None = None,
     settings: ScoreConfig | dict[str, Any] | None = None,
     strategy: str = "auto",
+    fill: str | None = None,
     cache: bool = True,
     force: bool = False,
     example_input: Any = None,
@@ -119,14 +127,17 @@ def score(
             ``include`` / ``exclude`` weight rules..., the keys of ``[score]`` in edgetqs.toml); they beat the project file.
         cache: reuse (and fill) the score cache that `build` uses for the same model, contexts and settings.
         force: rescore even when the cache holds these scores.
+        fill: fill NaN/Inf in the contexts (``ffill``, ``interpolate``, ``mean``) instead of refusing them.
 
     Raises:
         EdgetqsError: bad input (named), a diverging float rollout, ...
     """
     from .sensitivity.cache import score_cached
     from .sensitivity.scores import ProbeSettings
-    from .sensitivity.sweep import run_sweep
+    from .sensitivity.sweep import STRATEGIES, run_sweep
 
+    if strategy not in STRATEGIES:  # checked here too: a cache hit never reaches the sweep
+        raise BadInputError(f"strategy '{strategy}'; expected one of {', '.join(STRATEGIES)}")
     proj = open_project(project)
     cfg = merged(merged(proj.score if proj else ScoreConfig(), settings), _score_config(options))
     probe = ProbeSettings.from_config(cfg)
@@ -143,8 +154,10 @@ def score(
         rollout=rollout,
         include=probe.include,
         exclude=probe.exclude,
+        fill=fill,
+        log=log,
     )
-    workers = cfg.workers or 1
+    workers = 1 if cfg.workers is None else cfg.workers
     if cache:
         scores, cached, path = score_cached(
             inp.model,
@@ -193,6 +206,7 @@ def plan(
     budget: str | int | None = None,
     include: list[str] | tuple[str, ...] = (),
     exclude: list[str] | tuple[str, ...] = (),
+    fill: str | None = None,
     log: Log | None = None,
     **options: Any,
 ) -> Plan:
@@ -211,6 +225,8 @@ def plan(
         budget: ``600KB``, ``1.5MiB`` or bytes.
         include, exclude: weight rules added to those the scores were made with: ``exclude`` keeps more tensors
             exact (constants); ``include`` can only name tensors the scores hold (else: rescore with it).
+        contexts, k, span, fill: the contexts for ``evaluate``, ``refine`` and ``rounding="gptq"`` (refused otherwise:
+            they would not be used).
         **options: other `edgetqs.allocation.plan.PlanOptions` fields (runtime, ratio, objective, allocator,
             keep_fp32_share, rounding).
     """
@@ -224,6 +240,8 @@ def plan(
     from .core.results import describe_validation_error
     from .sensitivity.scores import Scores
 
+    if pareto is not None and not 2 <= pareto <= 1000:  # before any work (the front is planned last)
+        raise BadInputError(f"--pareto {pareto}; expected 2 to 1000 budgets")
     s = scores if isinstance(scores, Scores) else Scores.load(scores)
     proj = open_project(project)
     inc = tuple(dict.fromkeys((*s.settings.include, *include)))
@@ -235,6 +253,13 @@ def plan(
         if mpath is None:
             raise BadInputError("no model: pass --model (the ONNX file that was scored)")
         m = load_model(mpath, include=inc, exclude=exc)
+    if s.model_sha256 == m.sha256:  # another model is refused by the planner, with advice
+        from .sensitivity.cache import verify_groups
+
+        why = verify_groups(s, m.select(s.settings.include, s.settings.exclude))  # the model as it was scored
+        if why is not None:
+            where = f"'{scores}'" if not isinstance(scores, Scores) else "the scores"
+            raise BadInputError(f"{where} cannot be used to plan '{m.path}': {why}; score the model again with `edgetqs score`")
     tg = _target(target, log)
     lowest_bits = None if lowest is None else (int(lowest) if isinstance(lowest, int) else parse_precision(str(lowest)).bits)
     try:
@@ -249,8 +274,16 @@ def plan(
     except ValidationError as exc:
         raise BadInputError(describe_validation_error(exc, "plan options")) from None
     spec = ctx = None
-    if evaluate or refine or opts.rounding != "rtn":
-        inp = inputs(m, contexts, project=proj, k=k, span=span, rollout=rollout_config(s.spec))
+    needs_contexts = evaluate or refine or opts.rounding != "rtn"
+    if not needs_contexts:
+        unused = [n for n, v in (("contexts", contexts), ("k", k), ("span", span), ("fill", fill)) if v is not None]
+        if unused:
+            raise BadInputError(
+                f"{', '.join(unused)} given, but a plan reads contexts only with --evaluate, --refine or --rounding gptq; "
+                "add one of those or drop them"
+            )
+    if needs_contexts:
+        inp = inputs(m, contexts, project=proj, k=k, span=span, rollout=rollout_config(s.spec), fill=fill, log=log)
         spec, ctx = inp.spec, inp.contexts
     from .allocation.rescore import RescoreSettings
 
@@ -283,15 +316,33 @@ def convert(
     overwrite: bool = False,
     activations: str = "auto",
     project: Any = None,
+    fill: str | None = None,
+    log: Log | None = None,
 ) -> ConvertResult:
-    """Write and verify the artifact (a `ConvertResult`); ``plan`` is a `Plan` or a plan.json path."""
+    """Write and verify the artifact (a `ConvertResult`); ``plan`` is a `Plan` or a plan.json path.
+    ``fill`` fills NaN/Inf in the contexts of the host check (refused otherwise)."""
     from .allocation.plan import Plan
+    from .core.files import new_folders
+    from .runtimes import RUNTIMES
     from .runtimes.convert import convert as run
 
+    rt = RUNTIMES.get(fmt)
+    if activations not in ("auto", "int16", "int8"):
+        raise BadInputError(f"activations '{activations}'; expected auto, int16 or int8")
+    if activations != "auto" and not rt.full_integer:
+        raise BadInputError(
+            f"--activations {activations}: {fmt} keeps float activations; only full-integer formats take an activation type"
+        )
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
     _check_horizon(horizon)
-    inp = inputs(model, contexts, project=project, k=k, include=p.options.include, exclude=p.options.exclude)
-    return run(inp.model, p, fmt, Path(out_dir), inp.contexts, inp.spec, horizon=horizon, overwrite=overwrite, activations=activations)
+    inp = inputs(model, contexts, project=project, k=k, fill=fill, log=log, include=p.options.include, exclude=p.options.exclude)
+    from .core.files import Policy, preflight
+    from .runtimes.convert import artifact_name
+
+    for name in (artifact_name(inp.model, fmt), "convert.json"):  # known before the conversion, not after it
+        preflight(Path(out_dir) / name, policy=Policy.REPLACE if overwrite else Policy.REFUSE_EXISTING)
+    with new_folders(out_dir):
+        return run(inp.model, p, fmt, Path(out_dir), inp.contexts, inp.spec, horizon=horizon, overwrite=overwrite, activations=activations)
 
 
 def _check_horizon(horizon: int | None) -> None:
@@ -317,6 +368,7 @@ def check(
     project: Any = None,
     output: Any = None,
     write: bool = True,
+    fill: str | None = None,
     log: Log | None = None,
 ) -> CheckResult:
     """Roll ``artifact`` out on ``device`` and compare with the float trajectory (a `CheckResult`).
@@ -359,8 +411,10 @@ def check(
         except BadInputError:
             if target:
                 raise
-    if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
-        raise BadInputError(f"tolerance {tolerance}; expected a positive, finite normalised RMSE")
+    from .allocation.targets import MAX_TOLERANCE
+
+    if tolerance is not None and not (math.isfinite(tolerance) and 0 < tolerance <= MAX_TOLERANCE):
+        raise BadInputError(f"tolerance {tolerance}; expected a positive normalised RMSE up to {MAX_TOLERANCE:g}")
     _check_horizon(horizon)
     tol = tolerance if tolerance is not None else (tg.validation_tolerance if tg else DEFAULT_TOLERANCE)
     steps = horizon or (tg.validation_horizon if tg else DEFAULT_CHECK_HORIZON)
@@ -368,15 +422,31 @@ def check(
     if in_bundle and reference is None and (a.parent / "reference.npz").exists():
         reference = a.parent / "reference.npz"  # a bundle carries its reference: no float model needed
     outdir = Path(output) if output is not None else (Path.cwd() / f"check-{a.parent.name}-{dev.name}" if in_bundle else a.parent)
+    if write:  # the outputs can be written: known before the rollout, not after it
+        from .core.files import preflight
+
+        if outdir.exists() and not outdir.is_dir():
+            raise BadInputError(f"output '{outdir}' is not a folder; give a folder for check.json, check.png and reference.npz")
+        preflight(outdir / "check.json", kind="check")
+        preflight(outdir / "check.png", kind="figure")
+        if reference is None:
+            preflight(outdir / "reference.npz", kind="reference")
     made_reference = False
     if reference is not None:
+        unused = [n for n, v in (("model", model), ("contexts", contexts), ("k", k), ("span", span), ("fill", fill)) if v is not None]
+        if unused:
+            where = "the bundle's reference.npz" if in_bundle and a.parent / "reference.npz" == Path(str(reference)) else "the reference"
+            raise BadInputError(
+                f"{', '.join(unused)} given, but {where} already holds the contexts and the float trajectory; "
+                "drop them, or check against the float model instead of a reference"
+            )
         ref = reference if isinstance(reference, Reference) else Reference.load(Path(reference))
         if horizon and horizon != ref.horizon:
             raise BadInputError(
                 f"--horizon {horizon}, but the reference holds {ref.horizon} steps; drop --horizon or rebuild the reference"
             )
     else:
-        inp = inputs(model, contexts, project=project, k=k, span=span)
+        inp = inputs(model, contexts, project=project, k=k, span=span, fill=fill, log=log)
         if info.get("model_sha256") and info["model_sha256"] != inp.model.sha256:
             raise BadInputError(
                 f"{a.name} was converted from model sha256 {str(info['model_sha256'])[:12]}..., "
@@ -390,12 +460,14 @@ def check(
     result, _ = run(a, ref, dev, tol, target=tname, fmt=fmt, facts=facts, validated=True)
     if write:
         from .bundle.plots import plot_check
+        from .core.files import new_folders
 
-        outdir.mkdir(parents=True, exist_ok=True)
-        if made_reference:
-            ref.save(outdir / "reference.npz")
-        result.save(outdir / "check.json")
-        plot_check(result, outdir / "check.png")
+        with new_folders(outdir):
+            outdir.mkdir(parents=True, exist_ok=True)
+            if made_reference:
+                ref.save(outdir / "reference.npz")
+            result.save(outdir / "check.json")
+            plot_check(result, outdir / "check.png")
     return result
 
 

@@ -47,6 +47,10 @@ Include = Annotated[
 Exclude = Annotated[
     list[str] | None, typer.Option(help="Keep a tensor out of the weights (never scored, stored exactly): NAME or re:REGEX (repeatable).")
 ]
+Fill = Annotated[
+    str | None,
+    typer.Option(help="Fill NaN/Inf in the contexts: ffill, interpolate or mean (default: `fill` in edgetqs.toml, else refuse them)."),
+]
 
 
 def _config(cls: Any, **values: Any) -> Any:
@@ -87,7 +91,7 @@ def score(
     k: K = None,
     span: Span = None,
     spinup: Annotated[bool, typer.Option(help="Data-free: spin the model up from noise and take states from its own trajectory.")] = False,
-    spinup_scale: Annotated[float, typer.Option(help="Standard deviation of the spin-up noise.")] = 1.0,
+    spinup_scale: Annotated[float | None, typer.Option(help="Standard deviation of the spin-up noise (default 1).")] = None,
     mode: Annotated[str | None, typer.Option(help="Rollout mode: state or window (inferred when unambiguous).")] = None,
     state: Annotated[list[str] | None, typer.Option(help="INPUT=OUTPUT pair fed back each step (repeatable).")] = None,
     increment: Annotated[bool | None, typer.Option("--increment/--no-increment", help="The model predicts the change.")] = None,
@@ -113,6 +117,7 @@ def score(
     ),
     plot: Annotated[Path | None, typer.Option(help="Also write a PNG of the scores and gamma curves.")] = None,
     top: Annotated[int, typer.Option(help="Rows of the ranked table to print (0: all).")] = 20,
+    fill: Fill = None,
     project: Project = None,
     quiet: Quiet = False,
 ) -> None:
@@ -126,6 +131,8 @@ def score(
         preflight(output, kind="scores")
         if plot:
             preflight(plot, kind="figure")
+        if top < 0:
+            raise BadInputError(f"--top {top}; expected 0 (all rows) or a positive number of rows")
         rollout = _config(
             RolloutConfig,
             mode=mode,
@@ -167,6 +174,7 @@ def score(
                 settings=settings,
                 strategy=strategy,
                 force=force,
+                fill=fill,
                 progress=bar,
                 log=note,
             )
@@ -226,6 +234,7 @@ def plan(
     contexts: Contexts = None,
     k: K = None,
     span: Span = None,
+    fill: Fill = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write plan.json (a previous one is replaced).")] = Path(
         "plan.json"
     ),
@@ -267,6 +276,7 @@ def plan(
             allocator=allocator,
             keep_fp32_share=keep_fp32,
             rounding=rounding,
+            fill=fill,
             log=note,
         )
         result.save(output)
@@ -303,6 +313,7 @@ def convert(
     horizon: Annotated[int | None, typer.Option("--horizon", "-T", help="Steps of the host check (default: the plan's).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an artifact of the same name.")] = False,
     activations: Annotated[str, typer.Option(help="Full-integer runtimes: int16 | int8 | auto (the target's preference).")] = "auto",
+    fill: Fill = None,
     project: Project = None,
 ) -> None:
     """Write the plan as an artifact a runtime loads, read it back, and roll it out on the host."""
@@ -320,6 +331,8 @@ def convert(
             overwrite=overwrite,
             activations=activations,
             project=project,
+            fill=fill,
+            log=note,
         )
         from .bundle.tables import convert_table
 
@@ -347,6 +360,7 @@ def check(
     tolerance: Annotated[float | None, typer.Option(help="Normalised-RMSE tolerance vs float (default: the target's, else 0.1).")] = None,
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="Artifact format (default: from convert.json / the extension).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for check.json, check.png, reference.npz.")] = None,
+    fill: Fill = None,
     project: Project = None,
 ) -> None:
     """Roll the artifact out on a device (host, emulated ARM, ssh) and compare it with the float trajectory.
@@ -369,6 +383,7 @@ def check(
             fmt=fmt,
             project=project,
             output=output,
+            fill=fill,
             log=say,
         )
         from .bundle.tables import check_table
@@ -405,6 +420,7 @@ def build(
     ] = None,
     include: Include = None,
     exclude: Exclude = None,
+    fill: Fill = None,
     project: Project = None,
 ) -> None:
     """Score, plan, convert, check and report in one command: a validated bundle in dist/<model>-<target>/.
@@ -435,6 +451,7 @@ def build(
                 k=k,
                 contexts=contexts,
                 score=score_cfg,
+                fill=fill,
                 log=say,
                 progress=bar,
             )
@@ -534,10 +551,29 @@ def examples() -> None:
         out.print(t)
 
 
+def _empty_argument(args: list[str]) -> str | None:
+    """No option or argument of edgetqs takes an empty value: ``-o ""`` would mean the current folder, ``--ladder ""``
+    no ladder. Say which one is empty (None: none is)."""
+    for i, a in enumerate(args):
+        if a.startswith("--") and a.endswith("=") and len(a) > 3:
+            name, value = a[:-1], ""
+        elif a.strip():
+            continue
+        else:
+            name = args[i - 1] if i > 0 and args[i - 1].startswith("-") else f"argument {i + 1}"
+            value = a
+        return f"{name} is given an empty value {value!r}; give a value, or leave it out for the default (see `edgetqs --help`)"
+    return None
+
+
 def main() -> None:  # console-script entry point
     """Run the app; usage errors (a bad option value) become the same one ``error:`` line as every other failure."""
     from .console import error_line
 
+    empty = _empty_argument(sys.argv[1:])
+    if empty:
+        error_line(empty)
+        sys.exit(2)
     try:
         rc = app(standalone_mode=False)
     except Exit as exc:

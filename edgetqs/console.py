@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import traceback
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,16 +41,36 @@ class Exit(Exception):
         self.code = code
 
 
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """``text`` with every control, format or line-separator character written as its escape (``\\x1b``, ``\\u202e``):
+    a file name with an escape sequence cannot drive the terminal, and one with a line separator cannot make an
+    error two lines."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if (ch == "\n" and keep_newlines) or ch == " " or unicodedata.category(ch) not in _UNPRINTABLE:
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+_UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
 def note(message: str) -> None:
-    err.print(Text.assemble(("note: ", "yellow"), message))
+    err.print(Text.assemble(("note: ", "yellow"), printable(str(message), keep_newlines=True)))
 
 
 def say(message: str) -> None:
-    err.print(Text(message))
+    err.print(Text(printable(str(message), keep_newlines=True)))
 
 
 def error_line(message: str) -> None:
-    first = " ".join(str(message).split("\n")).strip() or "(no message)"
+    first = printable(" ".join(str(message).split("\n")).strip()) or "(no message)"
+    if len(first) > 2000:  # a value of thousands of characters quoted in the message: keep the line readable
+        first = f"{first[:1000]} ...({len(first) - 1500:,} characters)... {first[-500:]}"
     err.print(Text.assemble(("error: ", "bold red"), first))
 
 
@@ -59,13 +80,13 @@ def _log_dir() -> Path:
 
 
 def _write_log(exc: BaseException) -> Path | None:
+    from .core.files import write_text
+
     try:
-        d = _log_dir()
-        d.mkdir(parents=True, exist_ok=True)
-        p = d / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        p.write_text(f"edgetqs {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc)))
-        return p
-    except OSError:
+        p = _log_dir() / f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        text = f"edgetqs {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc))
+        return write_text(p, text, policy="refuse_existing")  # never through a link planted at the name
+    except (OSError, EdgetqsError):
         return None
 
 

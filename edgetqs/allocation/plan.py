@@ -68,7 +68,7 @@ def parse_size(text: str) -> int:
     unit = (m.group(2) or "").lower() if m else ""
     if not m or unit not in _UNITS:
         raise BadInputError(f"size '{text}'; expected bytes with an optional suffix, e.g. 150000, 600KB, 1.5MiB")
-    n = int(float(m.group(1)) * _UNITS[unit])
+    n = int(min(float(m.group(1)) * _UNITS[unit], 2.0 * MAX_BUDGET_BYTES))  # 400 digits are inf as a float
     if not 0 < n <= MAX_BUDGET_BYTES:
         raise BadInputError(f"size '{text}'; expected a positive size up to 1 PiB")
     return n

@@ -29,12 +29,13 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..core import catalogue
-from ..core.project import Config
+from ..core.project import Config, toml_dates
 from ..core.quantize import Precision
 from ..core.results import describe_validation_error
 from ..errors import BadInputError, EdgetqsError
 
 MAX_VALIDATION_HORIZON = 10_000
+MAX_TOLERANCE = 100.0  # normalised RMSE: an error 100 times a variable's spread checks nothing
 
 
 class TargetFileError(EdgetqsError):
@@ -57,8 +58,8 @@ class Validation(Config):
     @field_validator("tolerance")
     @classmethod
     def _tolerance(cls, v: float) -> float:
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError("expected a positive, finite normalised RMSE")
+        if not (math.isfinite(v) and 0 < v <= MAX_TOLERANCE):
+            raise ValueError(f"expected a positive normalised RMSE up to {MAX_TOLERANCE:g}")
         return v
 
 
@@ -87,8 +88,10 @@ class TargetFile(Config):
     @field_validator("weight_budget_bytes", "ram_budget_bytes")
     @classmethod
     def _positive(cls, v: int) -> int:
-        if v <= 0:
-            raise ValueError("expected a positive number of bytes")
+        from .plan import MAX_BUDGET_BYTES  # the one cap of every budget (plan.py imports this module)
+
+        if not 0 < v <= MAX_BUDGET_BYTES:
+            raise ValueError("expected a positive number of bytes up to 1 PiB (2**50)")
         return v
 
     @model_validator(mode="after")
@@ -167,15 +170,23 @@ def load_target(path: str | Path) -> Target:
     Raises:
         TargetFileError: unreadable TOML, unknown or missing key, wrong type, unknown runtime or precision.
     """
-    p = Path(path)
+    from ..core.files import input_file
+
+    try:
+        p = input_file(path, "target file")
+    except EdgetqsError as exc:
+        raise TargetFileError(str(exc)) from None
     try:
         data = tomllib.loads(p.read_text())
     except OSError as exc:
         raise TargetFileError(f"cannot read target file '{p}': {exc.strerror}") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise TargetFileError(f"{p}: not valid TOML ({exc})") from None
+    date = toml_dates(data)
+    if date:
+        raise TargetFileError(f"{p}: '{date}' is a TOML date or time; expected a string, number or list (quote it)")
     try:
-        t = Target.model_validate_json(json.dumps(data, default=str))
+        t = Target.model_validate_json(json.dumps(data))
     except ValidationError as exc:
         raise TargetFileError(describe_validation_error(exc, str(p))) from None
     t._path = str(p)

@@ -7,6 +7,10 @@ Scores depend only on (model, contexts, probe settings), so they come from the s
 (`edgetqs.sensitivity.cache`): a second build of the same project for another target or budget runs
 no sweep. The bundle is assembled in a private folder and published only when everything succeeded
 (`edgetqs.bundle.publish`), so no half bundle ever carries the final name.
+
+Test pause points (``EDGETQS_TEST_PAUSE_AT``, see `edgetqs.core.files.pause_point`): ``build_scored``,
+``build_planned`` (no file written yet), then inside the work folder ``build_converted``, ``build_checked``
+and ``build_reported`` (manifest written, not yet published); publish adds its own (`edgetqs.bundle.publish`).
 """
 
 from __future__ import annotations
@@ -22,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.files import write_json
+from ..core.files import pause_point, write_json
 from ..core.inputs import resolve
 from ..core.project import ScoreConfig, merged, open_project
 from ..core.results import edgetqs_version
 from ..errors import BadInputError
 from ..runtimes import RUNTIMES
 from .manifest import Manifest, file_entries
+from .publish import validate_name
 
 Log = Callable[[str], None]
 
@@ -90,6 +95,7 @@ class _Stages:
     notes: list[str]
     device: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    picked: tuple[Any, str | None] | None = None  # (device, why it is not the one asked for), chosen before any work
 
     def time(self, stage: str, t0: float) -> None:
         self.seconds[stage] = time.perf_counter() - t0
@@ -112,6 +118,7 @@ def build(
     contexts: str | Path | None = None,
     overwrite: bool = True,
     score: ScoreConfig | dict[str, Any] | None = None,
+    fill: str | None = None,
     log: Log | None = None,
     progress: Any = None,
 ) -> BuildResult:
@@ -127,6 +134,7 @@ def build(
         refine: re-score the plan in context on the scoring contexts (`edgetqs.allocation.rescore`).
         refine_rollouts: the re-scoring's rollout budget.
         score: probe settings that beat the project's ``[score]`` table.
+        fill: fill NaN/Inf in the contexts (``ffill``, ``interpolate``, ``mean``; default: the project's) instead of refusing them.
 
     Raises:
         InfeasibleBudgetError: before any conversion, with the smallest feasible size.
@@ -154,18 +162,31 @@ def build(
         exclude=settings.exclude,
     )
     opts.check()  # bad budgets fail before the sweep
-    inp = resolve(model, proj, contexts=contexts, k=k, include=settings.include, exclude=settings.exclude)
+    inp = resolve(model, proj, contexts=contexts, k=k, fill=fill, log=st.say, include=settings.include, exclude=settings.exclude)
     m = inp.model
     st.notes += inp.notes
     name, out = f"{m.name}-{tg.name}", Path(output)
+    try:
+        validate_name(name)
+    except ValueError:
+        raise BadInputError(
+            f"the bundle would be named {name!r} (model name '{m.name}', target '{tg.name}'), which is not a plain folder name; "
+            "rename the model file or set `name` in edgetqs.toml"
+        ) from None
     if (out / name).exists() and not overwrite:
         raise BadInputError(f"{out / name} exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"output '{out}' is not a folder; give a folder for the bundles")
+    st.picked = pick_device(tg, device, fmt, st.say)  # a bad --device fails here, before any work
 
     t = time.perf_counter()
     st.say(f"[1/5] score: {len(m.weights)} weights, {inp.contexts.k} contexts")
-    scores, cached, cpath = score_cached(m, inp.spec, inp.contexts, settings, force=force, progress=progress, notes=inp.notes, log=st.say)
+    scores, cached, cpath = score_cached(
+        m, inp.spec, inp.contexts, settings, force=force, progress=progress, notes=inp.notes, log=lambda msg: st.say(f"      note: {msg}")
+    )
     st.time("score", t)
     st.say(f"      {'reused cached scores' if cached else 'swept'} ({len(scores.groups)} groups, T={scores.horizon}) {cpath}")
+    pause_point("build_scored")
 
     t = time.perf_counter()  # an infeasible budget stops here, before any conversion
     from ..allocation.rescore import RescoreSettings
@@ -190,6 +211,7 @@ def build(
         f"[2/5] plan for {tg.name}/{runtime}: {plan.weight_bytes:,} of {plan.budget_bytes:,} weight bytes (fp32 {plan.fp32_bytes:,}), "
         f"predicted error {pe}"
     )
+    pause_point("build_planned")
     chk, dev, manifest = _assemble(st, inp, tg, fmt, runtime, scores, cached, plan, out, name)
     total = time.perf_counter() - t_all
     st.say(f"[5/5] bundle {out / name} ({'PASS' if chk.passed else 'FAIL'}) in {total:.1f} s")
@@ -227,7 +249,9 @@ def _assemble(
         scores.save(work / "scores.json", policy="refuse_existing")
         plan.save(work / "plan.json", policy="refuse_existing")
         conv = _convert(st, inp, tg, fmt, plan, work)
+        pause_point("build_converted")
         chk, dev = _check(st, inp, tg, fmt, conv, work)
+        pause_point("build_checked")
         t = time.perf_counter()
         from .report import write_report
 
@@ -240,6 +264,7 @@ def _assemble(
         st.time("report", t)
         manifest = _manifest(st, inp.model, tg, fmt, runtime, plan, conv, chk, dev, cached, work)
         write_json(work / "manifest.json", manifest.to_json_dict(), policy="refuse_existing")
+        pause_point("build_reported")
         publish(work, out, name)
     except BaseException:
         if work is not None:
@@ -273,7 +298,7 @@ def _check(st: _Stages, inp: Any, tg: Any, fmt: str, conv: Any, work: Path) -> t
     from ..validation.reference import contexts_with_truth, make_reference
 
     t = time.perf_counter()
-    dev, why = pick_device(tg, st.device, fmt, st.say)
+    dev, why = st.picked or pick_device(tg, st.device, fmt, st.say)
     if why:
         st.notes.append(why)
         st.say(f"      note: {why}")

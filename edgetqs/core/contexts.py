@@ -9,13 +9,16 @@ of them are taken evenly spread over the record, so the choice is deterministic.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BadInputError, ContextsError
-from .metrics import channel_mean, channel_spread
+from .files import input_file
+from .metrics import channel_axis, channel_mean, channel_spread
+from .missing import FILLS, check_fill, describe_nonfinite, fill_nonfinite
 from .model import Model
 from .results import Frozen
 from .rollout import Rollout, RolloutSpec
@@ -32,6 +35,7 @@ class Record:
     statics: dict[str, np.ndarray]
     source: str
     premade: bool = False  # arrays already are contexts [K, *sample], not a record
+    filled: int = 0  # non-finite values filled on request (`edgetqs.core.missing`)
 
 
 class ContextsInfo(Frozen):
@@ -80,9 +84,11 @@ class Contexts:
         return self.info().model_dump(mode="json")
 
     def sha256(self) -> str:
-        """Hash of the arrays a rollout starts from (contexts and static inputs): part of the score cache key."""
+        """Hash of what a score depends on besides the model: the arrays a rollout starts from (contexts and
+        static inputs) and the spreads that normalise its errors (they come from the whole record, so two records
+        sharing the selected rows, or a record before and after a fill, score differently): the score cache key."""
         h = hashlib.sha256()
-        for a in self.arrays:
+        for a in (*self.arrays, *(np.asarray(s, np.float64) for s in self.spreads)):
             h.update(str(a.shape).encode() + str(a.dtype).encode())
             h.update(np.ascontiguousarray(a).tobytes())
         for k in sorted(self.statics):
@@ -99,15 +105,25 @@ def _stats(data: list[np.ndarray], spec: RolloutSpec) -> tuple[tuple[np.ndarray,
     )
 
 
-def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None = None) -> Record:
+def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None = None, fill: str | None = None) -> Record:
     """Read a contexts file into a `Record` keyed by the spec's state inputs.
 
+    Every reader ends in the same checks: numbers only, at least one time step, variable names that
+    match the variables' axis, and no NaN or Inf unless ``fill`` says how to fill them
+    (`edgetqs.core.missing`).
+
+    Args:
+        path: a ``.npy``, ``.npz``, ``.csv`` or NetCDF file (time first).
+        spec: the rollout (which inputs the arrays are for, where the variables' axis is).
+        variables: variables to read (CSV columns, NetCDF variables) or the names of the variables' axis.
+        fill: ``ffill``, ``interpolate`` or ``mean`` to fill non-finite values; None refuses them.
+
     Raises:
-        BadInputError: missing or unreadable file, unknown variables, unsupported format.
+        BadInputError: missing or unreadable file, unknown variables, unsupported format, empty arrays.
+        ContextsError: non-finite values (count and first location) without ``fill``, or ones it cannot fill.
     """
-    p = Path(path)
-    if not p.exists():
-        raise BadInputError(f"contexts file '{p}' does not exist; give a .npy, .npz, .csv or .nc file")
+    method = check_fill(fill)
+    p = input_file(path, "contexts file", "give a .npy, .npz, .csv or .nc file")
     suffix = p.suffix.lower()
     names = spec.state_inputs
     statics: dict[str, np.ndarray] = {}
@@ -120,7 +136,7 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
             with np.load(p, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
             if "variables" in data:
-                var_names = tuple(str(v) for v in data.pop("variables"))
+                var_names = tuple(str(v) for v in np.atleast_1d(data.pop("variables")))
             statics = {k: data.pop(k) for k in list(data) if k in spec.static}
             if "contexts" in data:
                 arrays, premade = {names[0]: data["contexts"]}, True
@@ -141,7 +157,7 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
             df = pd.read_csv(p)
             df = df[[c for c in df.columns if str(c).lower() not in TIME_NAMES]].select_dtypes("number")
             if variables:
-                _check_vars(variables, list(df.columns), p)
+                _check_vars(variables, [str(c) for c in df.columns], p)
                 df = df[variables]
             if df.shape[1] == 0:
                 raise BadInputError(f"'{p}' has no numeric columns; expected one column per variable, one row per time step")
@@ -152,14 +168,47 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
             arrays = {names[0]: grid}
         else:
             raise BadInputError(f"contexts file '{p}' has suffix '{suffix}'; expected .npy, .npz, .csv or .nc")
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"cannot read contexts file '{p}': {exc}") from None
-    if variables and not var_names:
-        var_names = tuple(variables)
-    for k, a in arrays.items():
-        if not np.issubdtype(a.dtype, np.number):
-            raise BadInputError(f"contexts array for '{k}' in '{p}' has dtype {a.dtype}; expected numbers")
-    return Record({k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}, var_names, statics, str(p), premade)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise BadInputError(f"cannot read contexts file '{p}' ({type(exc).__name__}): {str(exc)[:300]}") from None
+    for k, a in [*arrays.items(), *statics.items()]:
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise BadInputError(f"contexts array '{k}' in '{p}' has dtype {a.dtype}; expected real numbers")
+        if k in arrays and (a.ndim == 0 or a.shape[0] == 0 or a.size == 0):
+            raise BadInputError(
+                f"contexts array '{k}' in '{p}' is empty (shape {list(a.shape)}); expected a record with at least one time step"
+            )
+    record = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    statics = {k: np.asarray(v) for k, v in statics.items()}
+    names_given = tuple(variables) if variables and not var_names else ()
+    var_names = var_names or names_given
+    first = record[names[0]]
+    ax = channel_axis(spec.mode, spec.channel_axis, first.ndim) if first.ndim > 1 else None
+    if var_names and ax is not None and 0 < ax < first.ndim and first.shape[ax] != len(var_names):
+        src = "--variables" if names_given else f"the variable names in '{p}'"
+        raise BadInputError(
+            f"{src} give {len(var_names)} names {list(var_names)[:8]}, but the contexts have {first.shape[ax]} variables "
+            f"(axis {ax} of shape {list(first.shape)}); give one name per variable"
+        )
+    filled = 0
+    for k, a in record.items():
+        what = f"contexts '{p}'" + (f" ('{k}')" if len(record) > 1 else "")
+        if method is None:
+            why = describe_nonfinite(a, what, first_axis="context" if premade else "time step", variables=var_names, var_axis=ax)
+            if why:
+                raise ContextsError(
+                    f"{why}; a rollout cannot start from them: fix the data, or fill them with --fill "
+                    f"{'|'.join(FILLS)} (`fill = ...` in edgetqs.toml)"
+                )
+            continue
+        kax = channel_axis(spec.mode, spec.channel_axis, a.ndim) if a.ndim > 1 else 0
+        kax = kax if 0 <= kax < a.ndim else a.ndim - 1  # a record of the wrong shape is refused by `select_contexts`
+        record[k], n = fill_nonfinite(a, method, what, var_axis=kax, variables=var_names, has_time=not premade)
+        filled += n
+    for k, a in statics.items():
+        why = describe_nonfinite(np.asarray(a), f"static input '{k}' in '{p}'", first_axis="element")
+        if why:
+            raise ContextsError(f"{why}; static inputs are used as they are (no fill): fix the file")
+    return Record(record, var_names, statics, str(p), premade, filled)
 
 
 def _check_vars(wanted: list[str], have: list[str], p: Path) -> None:
@@ -188,23 +237,8 @@ def _read_netcdf(p: Path, variables: list[str] | None) -> tuple[np.ndarray, tupl
                     f"variable '{v}' in '{p}' has dims {da.dims}, unlike '{cands[0]}' {first.dims}; choose variables with --variables"
                 )
             stack.append(da.transpose(tdim, ...).values.astype(np.float32))
-    arr = np.stack(stack, axis=1)  # [N, C, *spatial]
-    if arr.ndim == 2:
-        arr = arr  # [N, C] for station series
-    arr = _fill_missing(arr, p)
+    arr = np.stack(stack, axis=1)  # [N, C, *spatial]; masked points are NaN: `read_record` refuses or fills them
     return arr, tuple(str(v) for v in cands)
-
-
-def _fill_missing(arr: np.ndarray, p: Path) -> np.ndarray:
-    """Masked points (NaN) take their channel's mean: a rollout cannot start from NaN."""
-    if not np.isnan(arr).any():
-        return arr
-    out = arr.copy()
-    for c in range(arr.shape[1]):
-        sl = out[:, c]
-        mean = np.nanmean(sl) if np.isfinite(sl).any() else 0.0
-        sl[np.isnan(sl)] = mean
-    return out
 
 
 def more_contexts(contexts: Contexts, model: Model, spec: RolloutSpec, k: int) -> Contexts:

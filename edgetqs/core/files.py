@@ -46,7 +46,14 @@ Work folders
     `make_work_dir` makes a private (0o700) folder whose name embeds the owner's pid, the process
     start time (from ``/proc``) and host/boot tags; `clean_stale` removes those whose owner is dead
     (no such pid, a zombie, or a pid reused by a process with another start time, or a previous
-    boot) and leaves live ones and other hosts' ones alone.
+    boot) and leaves live ones and other hosts' ones alone. Inside such a folder (fresh, 0o700, owned by this
+    process) code may write plainly (converters, the check's job folder): nobody else can plant a link there.
+    What leaves it reaches its final name through this module (`atomic_write`, `edgetqs.bundle.publish`).
+
+Inputs
+    `input_file` checks a file a user gave before anything reads it: missing, a folder, a fifo or a device
+    (``/dev/zero`` never ends) is one clear error, not a hang. `new_folders` removes the output folders a
+    failed command created, so a refused input leaves nothing behind.
 
 Test hook: with ``EDGETQS_TEST_PAUSE_AT=<point>[,<point>...]`` the code prints
 ``EDGETQS_PAUSED <point> pid=<pid> t=<unix time>`` to stderr and sleeps ``EDGETQS_TEST_PAUSE_S``
@@ -110,6 +117,64 @@ DEFAULT_NAMES: dict[str, str] = {
 """The usual file name of each result kind (used in advice: ``-o DIR`` -> ``DIR/scores.json``)."""
 
 _MAX_SNIFF_BYTES = 256 << 20  # a "previous result" bigger than this is not read to recognise it
+
+
+# ---------------------------------------------------------------------------------------- inputs
+
+
+def input_file(path: str | os.PathLike[str], what: str, advice: str = "") -> Path:
+    """Check that ``path`` names a regular file (links followed) before anything reads it.
+
+    A folder, a fifo (reading it blocks until someone writes), a character device such as ``/dev/zero``
+    (reading it never ends) or a socket is refused up front, so no reader hangs or fills the memory.
+
+    Args:
+        path: the file a user gave.
+        what: names it in the message (``model file``, ``project file``...).
+        advice: what to give instead (appended after a semicolon).
+
+    Returns:
+        The path.
+
+    Raises:
+        BadInputError: missing, or not a regular file.
+    """
+    from ..errors import BadInputError
+
+    p = Path(path)
+    tail = f"; {advice}" if advice else ""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise BadInputError(f"{what} '{p}' does not exist{tail}") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {what} '{p}': {exc.strerror or exc}{tail}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = _FILE_TYPES.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise BadInputError(f"{what} '{p}' is {kind}, not a regular file{tail}")
+    return p
+
+
+@contextmanager
+def new_folders(path: str | os.PathLike[str]) -> Iterator[None]:
+    """On an error inside the block, remove the folders on the way to ``path`` (itself included) that did not
+    exist before and are still empty, so a command that fails leaves no empty output folder behind."""
+    p = Path(path).absolute()
+    missing = []
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        yield
+    except BaseException:
+        for d in missing:  # deepest first
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                continue  # never made: the work stopped before it
+            except OSError:
+                break  # not empty (or not ours to remove): it and its parents stay
+        raise
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -495,6 +560,22 @@ def preflight(path: str | os.PathLike[str], *, policy: Policy | str = Policy.REP
     if parent.exists() and not parent.is_dir():
         raise UnsafeTargetError(f"'{parent}' is not a folder, so '{p}' cannot be written; choose another output name")
     _check_target(p, Policy(policy), kind)
+    if not p.name or p.name in (".", ".."):
+        raise UnsafeTargetError(f"'{p}' names a folder, not a file; give a file name")
+    # a file can be created where it will go (or in the nearest folder that exists): permissions, a read-only
+    # or special file system fail now rather than after the work, and nothing is left behind
+    where = parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise UnsafeTargetError(f"'{where}' is not a folder, so '{p}' cannot be written; choose another output name")
+    try:
+        probe, fd = _create_temp(where, _temp_prefix(p.name))
+    except OSError as exc:
+        raise _disk_error(exc, where / p.name, None) from None
+    os.close(fd)
+    with suppress(OSError):
+        os.unlink(probe)
 
 
 _DISK_ERRNOS = {
@@ -639,7 +720,7 @@ def atomic_write(
     done = False
     try:
         f: IO[Any] = os.fdopen(fd, mode, encoding=encoding) if mode == "w" else os.fdopen(fd, mode)
-        with f:
+        try:
             try:
                 yield f
             except OSError as exc:
@@ -649,8 +730,15 @@ def atomic_write(
             try:
                 f.flush()
                 os.fsync(f.fileno())
+                f.close()
             except OSError as exc:
                 raise _disk_error(exc, path, had_old) from None
+        finally:
+            if not f.closed:
+                # on the way out of an error: closing flushes what is still buffered, which fails again on a
+                # full disk; that second error would hide the first, and the temporary file is removed anyway
+                with suppress(OSError):
+                    f.close()
         pause_point("file_before_replace")
         try:
             _commit(tmp, path, policy, kind)

@@ -7,15 +7,21 @@ beats inference.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
 from .contexts import Contexts, read_record, select_contexts, spinup_contexts
+from .missing import check_fill
 from .model import Model, load_model
 from .project import Project, RolloutConfig, merged
 from .rollout import RolloutSpec, SpecHints, infer_spec
+
+MAX_CONTEXTS = 100_000  # K: every context is one batch row of every rollout
+MAX_SPINUP_SCALE = 1e6
 
 
 @dataclass(frozen=True)
@@ -27,8 +33,8 @@ class Inputs:
 
 
 def parse_span(text: str | None) -> tuple[float, float]:
-    """'0:0.5' -> (0.0, 0.5): the fraction of the record contexts are drawn from."""
-    if not text:
+    """'0:0.5' -> (0.0, 0.5): the fraction of the record contexts are drawn from (None: all of it)."""
+    if text is None:
         return (0.0, 1.0)
     parts = str(text).split(":")
     try:
@@ -84,11 +90,13 @@ def resolve(
     k: int | None = None,
     span: str | None = None,
     spinup: bool = False,
-    spinup_scale: float = 1.0,
+    spinup_scale: float | None = None,
     seed: int = 0,
     rollout: RolloutConfig | dict[str, Any] | None = None,
     include: tuple[str, ...] | None = None,
     exclude: tuple[str, ...] | None = None,
+    fill: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Inputs:
     """Load the model, work out the rollout and cut the contexts.
 
@@ -96,13 +104,21 @@ def resolve(
         model: an .onnx path or a loaded `Model` (default: the project's model).
         project: the project file, if any.
         contexts: a contexts file (default: the project's; none at all: spin up from noise).
+        spinup_scale: standard deviation of the spin-up noise (default 1); only with a spin-up.
         rollout: declared rollout settings; they beat the project's ``[rollout]``.
         include, exclude: weight rules (`edgetqs.core.weights`); None: the project's ``[score]`` ones (a loaded
             `Model` keeps its own).
+        fill: how to fill NaN/Inf in the contexts (`edgetqs.core.missing`; default: the project's
+            ``fill``, else refuse them).
+        log: told when values were filled (the note is also kept in ``notes``).
 
     Raises:
-        BadInputError: no model given and no project file; plus whatever loading raises.
+        BadInputError: no model given and no project file, bad counts or scales; plus whatever loading raises.
     """
+    if spinup_scale is not None and not (math.isfinite(spinup_scale) and 0 < spinup_scale <= MAX_SPINUP_SCALE):
+        raise BadInputError(f"spin-up scale {spinup_scale}; expected a positive, finite standard deviation up to {MAX_SPINUP_SCALE:g}")
+    method = check_fill(fill if fill is not None else (project.fill if project else None))
+    fraction = parse_span(span)
     proj = project
     inc = tuple(include if include is not None else (proj.score.include or ()) if proj else ())
     exc = tuple(exclude if exclude is not None else (proj.score.exclude or ()) if proj else ())
@@ -117,20 +133,44 @@ def resolve(
             m.name = proj.name
     cfg = merged(proj.rollout if proj else RolloutConfig(), rollout)
     spec = infer_spec(m, spec_hints(cfg))
-    kk = k if k is not None else (proj.k if proj and proj.k else 8)
-    if kk <= 0:
-        raise BadInputError(f"number of contexts k={kk}; expected at least 1")
+    kk = k if k is not None else (proj.k if proj and proj.k is not None else 8)
+    if not 1 <= kk <= MAX_CONTEXTS:
+        raise BadInputError(f"number of contexts k={kk}; expected 1 to {MAX_CONTEXTS:,}")
     vars_ = list(variables) if variables else (list(proj.variables) if proj and proj.variables else None)
+    if vars_ is not None:
+        check_variables(vars_)
     cpath = Path(contexts) if contexts is not None else (proj.contexts if proj and not spinup else None)
     notes: list[str] = []
     if cpath is None:
         if spec.static:
             raise BadInputError(f"static inputs {list(spec.static)} need values from a contexts .npz; spin-up cannot invent them")
-        ctx = spinup_contexts(m, spec, kk, seed=seed, scale=spinup_scale, statics={})
-        notes.append(f"contexts: data-free spin-up from noise (seed {seed}, scale {spinup_scale}); no contexts file was given")
+        if vars_:
+            raise BadInputError(f"variables {vars_} name the columns of a contexts file, but none is given (spin-up from noise)")
+        scale = 1.0 if spinup_scale is None else spinup_scale
+        ctx = spinup_contexts(m, spec, kk, seed=seed, scale=scale, statics={})
+        notes.append(f"contexts: data-free spin-up from noise (seed {seed}, scale {scale}); no contexts file was given")
     else:
-        rec = read_record(cpath, spec, vars_)
-        ctx = select_contexts(rec, m, spec, kk, parse_span(span))
+        if spinup_scale is not None:
+            raise BadInputError(f"--spinup-scale {spinup_scale} is for a spin-up from noise, but contexts '{cpath}' are given; drop one")
+        rec = read_record(cpath, spec, vars_, fill=method)
+        ctx = select_contexts(rec, m, spec, kk, fraction)
         if vars_ and not ctx.variables:
             ctx = dataclasses.replace(ctx, variables=tuple(vars_))
+        if rec.filled:
+            notes.append(f"contexts: {rec.filled:,} NaN/Inf value(s) in '{cpath}' filled ({method})")
+            if log:
+                log(notes[-1])
     return Inputs(m, spec, ctx, tuple(notes))
+
+
+def check_variables(names: list[str] | tuple[str, ...]) -> None:
+    """Variable names: non-empty, no duplicates.
+
+    Raises:
+        BadInputError: an empty name or a name given twice.
+    """
+    if not names or any(not str(v).strip() for v in names):
+        raise BadInputError(f"variables {list(names)}; expected non-empty names, e.g. t2m,psl")
+    dup = sorted({v for v in names if list(names).count(v) > 1})
+    if dup:
+        raise BadInputError(f"variables {dup} are given more than once; name each variable once")

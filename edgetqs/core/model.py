@@ -8,6 +8,7 @@ needed, so frozen exports with fused operators work the same way.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -312,11 +313,9 @@ def load_model(path: str | Path, min_weight_size: int = 1, include: tuple[str, .
     """
     import onnx
 
-    p = Path(path)
-    if not p.exists():
-        raise BadInputError(f"model file '{p}' does not exist; give the path of an .onnx file")
-    if p.is_dir():
-        raise BadInputError(f"model path '{p}' is a directory; give the path of an .onnx file")
+    from .files import input_file
+
+    p = input_file(path, "model file", "give the path of an .onnx file")
     try:
         proto = onnx.load(str(p), load_external_data=True)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types on garbage
@@ -363,12 +362,21 @@ def export_torch(module: Any, example_input: Any, path: str | Path, dynamic_batc
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=4096)
         dynamic_shapes = tuple({0: batch} for _ in args)
+    import shutil
+
+    from .files import Policy, make_work_dir, preflight
+
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.onnx")
+    preflight(out, policy=Policy.REPLACE)  # a folder, device or fifo there is refused before the export
     onnx_program = torch.onnx.export(module, args, dynamo=True, dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
     if onnx_program is None:  # the dynamo exporter always returns a program; the legacy one would write a file
         raise BadModelError("torch.onnx.export returned no ONNX program; export the model to .onnx yourself and pass the file")
-    onnx_program.save(str(tmp))
-    tmp.replace(out)
+    work = make_work_dir(out.parent, f".{out.name}.export-")  # private: the exporter writes there, then one rename
+    try:
+        onnx_program.save(str(work / out.name))
+        for f in sorted(work.iterdir(), key=lambda f: f.name == out.name):  # external data first, the model last
+            preflight(out.parent / f.name, policy=Policy.REPLACE)
+            os.replace(f, out.parent / f.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return out

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from ..errors import ProjectFileError
+from ..errors import EdgetqsError, ProjectFileError
 from .results import describe_validation_error
 
 PROJECT_FILE = "edgetqs.toml"
+MAX_WORKERS = 1024
+MAX_SEED = 2**63 - 1  # seeds are stored in scores.json: JSON readers hold integers up to int64
 
 
 class Config(BaseModel):
@@ -55,6 +57,20 @@ class ScoreConfig(Config):
     include: tuple[str, ...] | None = None  # weight rules: exact names or re:REGEX (`edgetqs.core.weights`)
     exclude: tuple[str, ...] | None = None
 
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | None) -> int | None:
+        if v is not None and not 1 <= v <= MAX_WORKERS:
+            raise ValueError(f"expected 1 to {MAX_WORKERS} worker processes")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int | None) -> int | None:
+        if v is not None and not 0 <= v <= MAX_SEED:
+            raise ValueError(f"expected a seed from 0 to {MAX_SEED} (2**63 - 1)")
+        return v
+
 
 class ProjectFile(Config):
     """The whole of ``edgetqs.toml``; paths are relative to the file."""
@@ -64,8 +80,41 @@ class ProjectFile(Config):
     contexts: str | None = None
     variables: tuple[str, ...] = ()
     k: int | None = None
+    fill: Literal["ffill", "interpolate", "mean"] | None = None  # NaN/Inf in the contexts (`edgetqs.core.missing`)
     rollout: RolloutConfig = RolloutConfig()
     score: ScoreConfig = ScoreConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        from .catalogue import NAME_RE
+
+        if v is not None and (not NAME_RE.match(v) or v in (".", "..")):
+            raise ValueError("expected letters, digits, '.', '_' or '-' only (it becomes part of the bundle's folder name)")
+        return v
+
+    @field_validator("model", "contexts")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "\0" in v):
+            raise ValueError("expected the path of a file, relative to edgetqs.toml")
+        return v
+
+    @field_validator("variables")
+    @classmethod
+    def _variables(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not x.strip() for x in v) or len(set(v)) != len(v):
+            raise ValueError("expected distinct, non-empty variable names")
+        return v
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, v: int | None) -> int | None:
+        from .inputs import MAX_CONTEXTS
+
+        if v is not None and not 1 <= v <= MAX_CONTEXTS:
+            raise ValueError(f"expected 1 to {MAX_CONTEXTS:,} contexts")
+        return v
 
 
 @dataclass(frozen=True)
@@ -96,6 +145,10 @@ class Project:
         return self.file.k
 
     @property
+    def fill(self) -> str | None:
+        return self.file.fill
+
+    @property
     def rollout(self) -> RolloutConfig:
         return self.file.rollout
 
@@ -104,19 +157,44 @@ class Project:
         return self.file.score
 
 
+def toml_dates(data: Any, prefix: str = "") -> str | None:
+    """The dotted key of the first TOML date or time in ``data`` (None: there is none).
+
+    No edgetqs setting is a date: one would otherwise reach the schema as its text and pass for a string."""
+    import datetime as dt
+
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for k, v in items:
+        key = f"{prefix}.{k}" if prefix and isinstance(k, str) else (f"{prefix}[{k}]" if prefix else str(k))
+        if isinstance(v, (dt.date, dt.time)):
+            return key
+        found = toml_dates(v, key)
+        if found:
+            return found
+    return None
+
+
 def load_project(path: str | Path) -> Project:
     """Read and validate a project file.
 
     Raises:
         ProjectFileError: unreadable TOML, an unknown table or key, or a value of the wrong type.
     """
-    p = Path(path)
+    from .files import input_file
+
+    try:
+        p = input_file(path, "project file")
+    except EdgetqsError as exc:
+        raise ProjectFileError(str(exc)) from None
     try:
         data = tomllib.loads(p.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ProjectFileError(f"cannot read project file '{p}': {exc}") from None
+    date = toml_dates(data)
+    if date:
+        raise ProjectFileError(f"{p}: '{date}' is a TOML date or time; expected a string, number or list (quote it)")
     try:
-        return Project(p, ProjectFile.model_validate_json(json.dumps(data, default=str)))
+        return Project(p, ProjectFile.model_validate_json(json.dumps(data)))
     except ValidationError as exc:
         raise ProjectFileError(describe_validation_error(exc, str(p))) from None
 

@@ -121,11 +121,12 @@ class ResultFile(Frozen):
         Raises:
             BadInputError: missing, unreadable, not JSON, or not this kind of result.
         """
+        from .files import input_file
+
         p = Path(path)
         if not p.exists():
             raise BadInputError(f"{cls.KIND} file '{p}' does not exist; run `{cls.COMMAND}` first")
-        if not p.is_file():
-            raise BadInputError(f"'{p}' is not a file; give the path of a {cls.KIND}")
+        input_file(p, f"{cls.KIND} file", f"give the path of a {cls.KIND}")
         try:
             data = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -78,6 +78,9 @@ def parse_slice(text: str) -> tuple[Any, ...]:
         raise RolloutSpecError(str(exc)) from None
 
 
+_BATCH_PROBE = 7919  # a batch size no real axis has: a slice that changes it touches the batch axis
+
+
 def _compatible(a: tuple[int | None, ...], b: tuple[int | None, ...]) -> bool:
     return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
@@ -88,8 +91,16 @@ def _sliced_shape(info: TensorInfo, index: tuple | None) -> tuple[int | None, ..
     probe = np.empty([d if d is not None else 7 for d in info.shape], dtype=np.int8)
     try:
         out = probe[index].shape
-    except IndexError as exc:
+        # the batch axis must pass whole (each context feeds its own row back): probe it with an odd size
+        batch = np.empty([_BATCH_PROBE, *probe.shape[1:]], dtype=np.int8)[index].shape if probe.ndim else ()
+    except (IndexError, ValueError) as exc:
         raise RolloutSpecError(f"output slice does not fit output {info.describe()}: {exc}") from None
+    if not batch or batch[0] != _BATCH_PROBE:
+        raise RolloutSpecError(
+            f"output slice must keep the batch axis 0 of output {info.describe()} whole; index the other axes, e.g. '...,1'"
+        )
+    if 0 in out:
+        raise RolloutSpecError(f"output slice selects nothing of output {info.describe()} (shape {list(out)}); check the ranges")
     # map back the symbolic dims we substituted with 7 where the slice kept them
     return tuple(None if (d == 7 and 7 not in [x for x in info.shape if x]) else d for d in out)
 
@@ -154,8 +165,12 @@ def infer_spec(model: Model, hints: SpecHints | None = None) -> RolloutSpec:
             if not _compatible(ins[x].shape, _sliced_shape(outs[y], index)):
                 raise RolloutSpecError(f"state mode: output {outs[y].describe()} does not have the shape of input {ins[x].describe()}")
     channel_axis = hints.channel_axis
+    rank = len(ishape)
+    if channel_axis is not None and not (1 <= channel_axis < rank or -rank < channel_axis <= -1):
+        raise RolloutSpecError(
+            f"channel axis {channel_axis}; input {ins[a].describe()} has axes 1..{rank - 1} (or -{rank - 1}..-1) besides the batch axis 0"
+        )
     if channel_axis is None:
-        rank = len(ishape)
         channel_axis = -1 if (mode == "window" or rank == 3) else (1 if rank >= 2 else 0)
     return RolloutSpec(
         mode=mode,

@@ -99,7 +99,8 @@ def _move_into(out: Path, files: list[Path], overwrite: bool) -> None:
     for f in files:
         dest = out / f.name
         if dest.is_symlink() or (dest.exists() and not dest.is_file()):
-            raise UnsafeTargetError(f"'{dest}' is not a regular file; edgetqs will not replace it: move it away or choose another --output")
+            what = "a symbolic link" if dest.is_symlink() else "not a regular file"
+            raise UnsafeTargetError(f"'{dest}' is {what}; edgetqs will not replace it: move it away or choose another --output")
         if overwrite:
             os.replace(f, dest)
         else:
@@ -175,6 +176,18 @@ def convert(
         raise ConvertError(
             f"plan.json keeps {sorted(e.name for e in plan.excluded)[:5]} exact as constants, but the model read here has "
             f"{sorted(c.name for c in model.constants)[:5]}: convert with the plan's --include/--exclude rules (or replan)"
+        )
+    planned = {t.name for t in plan.tensors}
+    weights = {w.name for w in model.weights}
+    if planned != weights or not 1 <= plan.horizon <= 10_000 or plan.budget_bytes <= 0:
+        missing, extra = sorted(weights - planned), sorted(planned - weights)
+        raise ConvertError(
+            f"plan.json does not describe '{model.path}': "
+            + (f"no precision for {missing[:3]}; " if missing else "")
+            + (f"tensors {extra[:3]} the model does not have; " if extra else "")
+            + (f"horizon {plan.horizon}; " if not 1 <= plan.horizon <= 10_000 else "")
+            + (f"budget {plan.budget_bytes} bytes; " if plan.budget_bytes <= 0 else "")
+            + "make it again with `edgetqs plan`"
         )
     if plan.runtime not in rt.accepts:
         raise ConvertError(

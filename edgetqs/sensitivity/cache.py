@@ -21,7 +21,7 @@ from ..core.model import Model
 from ..core.rollout import RolloutSpec
 from ..errors import EdgetqsError
 from .groups import group_label, make_groups
-from .scores import ProbeSettings, Scores
+from .scores import MAX_HORIZON_CAP, ProbeSettings, Scores
 from .sweep import Progress, run_sweep
 
 
@@ -56,12 +56,28 @@ def verify(scores: Scores, model: Model, spec: RolloutSpec, contexts: Contexts, 
         return "its probe settings differ"
     if scores.rollout != spec:
         return "its rollout differs"
-    want = make_groups(model, settings.granularity, settings.block_depth)
+    why = verify_groups(scores, model)
+    if why is not None:
+        return why
+    if [g.label for g in scores.groups] != [group_label(model, g.name, tuple(g.tensors)) for g in scores.groups]:
+        return "its groups lack this edgetqs's readable names"
+    if settings.horizon is not None and scores.horizon != settings.horizon:
+        return "its horizon differs"
+    return None
+
+
+def verify_groups(scores: Scores, model: Model) -> str | None:
+    """Why ``scores`` cannot be the scores of ``model``'s weight groups (None: they can): the groups must be
+    exactly the model's at the scores' granularity, with the right parameter counts, and every number
+    finite and in range. `plan` checks a scores.json with this; the cache checks every entry it reuses."""
+    if scores.model_sha256 != model.sha256:
+        return "it was scored for another model"
+    if not 1 <= scores.horizon <= MAX_HORIZON_CAP:
+        return f"its horizon {scores.horizon} is out of range"
+    want = make_groups(model, scores.settings.granularity, scores.settings.block_depth)
     got = [(g.name, tuple(g.tensors)) for g in scores.groups]
     if got != want:
         return "its groups are not this model's weight groups"
-    if [g.label for g in scores.groups] != [group_label(model, n, t) for n, t in want]:
-        return "its groups lack this edgetqs's readable names"
     if [e.name for e in scores.excluded] != [c.name for c in model.constants]:
         return "its constants (initializers that are not weights) differ"
     sizes = {w.name: w.size for w in model.weights}
@@ -88,8 +104,6 @@ def verify(scores: Scores, model: Model, spec: RolloutSpec, contexts: Contexts, 
             gap = math.log(g.gain) / scores.horizon - g.gamma + rel
             if gap < -1e-9 * (1 + abs(g.gamma)) or gap > math.log(1e3) / scores.horizon:
                 return f"group '{g.name}' has a gain that does not fit its gamma"
-    if settings.horizon is not None and scores.horizon != settings.horizon:
-        return "its horizon differs"
     return None
 
 
@@ -117,11 +131,11 @@ def score_cached(
         if why is None:
             return cached, True, path
         if log:
-            log(f"note: the cached scores {path.name} were not reused ({why[:200]}); scoring again")
+            log(f"the cached scores {path.name} were not reused ({why[:200]}); scoring again")
     scores = run_sweep(model, spec, contexts, settings, workers=workers, progress=progress, notes=tuple(notes), strategy=strategy)
     try:
         scores.save(path, policy="replace")
     except (OSError, EdgetqsError) as exc:  # a read-only or full cache folder costs the reuse, not the result
         if log:
-            log(f"note: could not write the score cache {path} ({exc})")
+            log(f"could not write the score cache {path} ({exc})")
     return scores, False, path

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -427,15 +428,42 @@ def _score_groups(
         base.strategy,
     )
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=init_args) as pool:
-        futures = [pool.submit(_worker_run, b) for b in batches]
-        for f in as_completed(futures):
-            scored, n = f.result()
-            calls += n
-            for g in scored:
-                results[g.name] = g
-            if progress:
-                progress(len(results), len(groups))
+        with _sigint_ignored():  # workers start during submit and inherit this: Ctrl-C is the parent's, which ends them
+            futures = [pool.submit(_worker_run, b) for b in batches]
+        try:
+            for f in as_completed(futures):
+                scored, n = f.result()
+                calls += n
+                for g in scored:
+                    results[g.name] = g
+                if progress:
+                    progress(len(results), len(groups))
+        except BaseException:
+            _stop_workers(pool)
+            raise
     return results, calls
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    prev = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, prev if prev is not None else signal.SIG_DFL)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Ctrl-C or an error while workers run: end them now; leaving the pool would wait for every batch."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _with_ladder(

@@ -171,12 +171,13 @@ def check(
     fmt = artifact_format(artifact, fmt)
     if not validated:  # the CLI parses the artifact first, before it builds a reference
         validate_artifact(artifact, fmt)
-    from ..core.files import clean_stale, make_work_dir
+    from ..core.files import clean_stale, make_work_dir, pause_point
 
     clean_stale(tempfile.gettempdir(), "edgetqs-check-")  # job folders of killed checks
     work = make_work_dir(tempfile.gettempdir(), "edgetqs-check-")
     try:
         job_folder(reference, artifact, fmt, work, facts or {})
+        pause_point("check_job_ready")  # test hook: a kill -9 here leaves the job folder for the next check to clean
         device.run_job(work, RUNTIMES.get(fmt).device_packages)
         try:
             info = json.loads((work / "result.json").read_text())

@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -38,7 +39,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import PrivateAttr, ValidationError, field_validator
 
 from ..core import catalogue
-from ..core.project import Config
+from ..core.project import Config, toml_dates
 from ..core.results import describe_validation_error
 from ..errors import BadInputError, EdgetqsError
 from ..registry import Registry
@@ -46,6 +47,9 @@ from ..registry import Registry
 DEFAULT_SYSROOT = "~/.cache/edgetqs/arm64-sysroot"
 GUEST_PYTHON = "usr/bin/python3.11"
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
+_CPU_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_HOST_RE = re.compile(r"[A-Za-z0-9_\[][A-Za-z0-9._:%\[\]-]*")  # names, IPv4, IPv6 (also [bracketed] and %zone)
+_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
 
 class DeviceFileError(EdgetqsError):
@@ -161,6 +165,20 @@ class QemuDevice(Device):
     cpu: str
     sysroot: str = DEFAULT_SYSROOT
 
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, v: str) -> str:
+        if not _CPU_RE.fullmatch(v):
+            raise ValueError("expected a qemu CPU model such as cortex-a72 (letters, digits, '.', '_', '+', '-')")
+        return v
+
+    @field_validator("sysroot")
+    @classmethod
+    def _sysroot(cls, v: str) -> str:
+        if not v.strip() or "\0" in v:
+            raise ValueError("expected the path of the aarch64 sysroot folder")
+        return v
+
     @property
     def emulated(self) -> bool:
         return True
@@ -199,12 +217,26 @@ class SshDevice(Device):
     python: str = "python3"
     connect_timeout_s: float = 10.0
 
-    @field_validator("host", "user")
+    @field_validator("host")
     @classmethod
-    def _not_an_option(cls, v: str) -> str:
-        # ssh would read a leading '-' as an option (user = "-oProxyCommand=..." runs a command)
-        if not v or v.startswith("-") or any(c.isspace() for c in v) or "@" in v:
-            raise ValueError("expected a plain name (no leading '-', no spaces, no '@')")
+    def _host(cls, v: str) -> str:
+        # ssh would read a leading '-' as an option (host = "-oProxyCommand=..." runs a command)
+        if not _HOST_RE.fullmatch(v):
+            raise ValueError("expected a host name or address (letters, digits, '.', '-', ':'; not starting with '-')")
+        return v
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        if not _USER_RE.fullmatch(v):
+            raise ValueError("expected a user name (letters, digits, '.', '_', '-'; not starting with '-')")
+        return v
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str) -> str:
+        if not v.strip() or any(c in v for c in "\0\n\r"):
+            raise ValueError("expected the path or name of the Python on the device, e.g. python3")
         return v
 
     @field_validator("key", "known_hosts")
@@ -342,18 +374,26 @@ def load_device(path: str | Path) -> Device:
     Raises:
         DeviceFileError: unreadable TOML, unknown or missing key, wrong type, unknown kind.
     """
-    p = Path(path)
+    from ..core.files import input_file
+
+    try:
+        p = input_file(path, "device file")
+    except EdgetqsError as exc:
+        raise DeviceFileError(str(exc)) from None
     try:
         data = tomllib.loads(p.read_text())
     except OSError as exc:
         raise DeviceFileError(f"cannot read device file '{p}': {exc.strerror}") from None
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise DeviceFileError(f"{p}: not valid TOML ({exc})") from None
+    date = toml_dates(data)
+    if date:
+        raise DeviceFileError(f"{p}: '{date}' is a TOML date or time; expected a string, number or list (quote it)")
     kind = data.get("kind")
     if not isinstance(kind, str) or kind not in DEVICE_KINDS:
         raise DeviceFileError(f"{p}: 'kind' = {kind!r}; expected one of {list(DEVICE_KINDS.names())}")
     try:
-        dev = DEVICE_KINDS.get(kind).model_validate_json(json.dumps(data, default=str))
+        dev = DEVICE_KINDS.get(kind).model_validate_json(json.dumps(data))
     except ValidationError as exc:
         raise DeviceFileError(describe_validation_error(exc, f"{p} ({kind} device)")) from None
     dev._path = str(p)

@@ -78,6 +78,9 @@ class Reference:
     @classmethod
     def load(cls, path: Path) -> Reference:
         """Raises BadInputError for anything that is not a reference.npz of this version."""
+        from ..core.files import input_file
+
+        input_file(path, "reference file", "give a reference.npz written by `edgetqs check` or `edgetqs build`")
         try:
             with np.load(path, allow_pickle=False) as d:
                 raw = json.loads(str(d["meta"]))
@@ -105,9 +108,24 @@ class Reference:
         missing = [i for i, _ in meta.spec.pairs if i not in ref.contexts] + [o for _, o in meta.spec.pairs if o not in ref.float_traj]
         if missing:
             raise BadInputError(f"'{path}' lacks the arrays for {missing}; rebuild it with `edgetqs check`")
-        for name, a in list(ref.contexts.items()) + list(ref.float_traj.items()):
-            if not np.isfinite(a).all():
-                raise BadInputError(f"'{path}': array '{name}' holds NaN or Inf; rebuild it with `edgetqs check`")
+        for name, a in list(ref.contexts.items()) + list(ref.float_traj.items()) + list(ref.statics.items()):
+            if a.dtype.kind not in "fiu" or not np.isfinite(a).all():
+                raise BadInputError(f"'{path}': array '{name}' holds NaN, Inf or no numbers; rebuild it with `edgetqs check`")
+        for name, a in (ref.truth or {}).items():
+            if a.dtype.kind != "f" or np.isinf(a).any():  # NaN is where the record ended; Inf is never data
+                raise BadInputError(f"'{path}': truth array '{name}' holds Inf or no numbers; rebuild it with `edgetqs check`")
+        k = {a.shape[0] if a.ndim else -1 for a in ref.contexts.values()}
+        for _, o in meta.spec.pairs:
+            f = ref.float_traj[o]
+            if f.ndim < 2 or f.shape[0] != meta.horizon or f.shape[1] not in k or (ref.truth and ref.truth.get(o, f).shape != f.shape):
+                raise BadInputError(
+                    f"'{path}': array '{o}' has shape {list(f.shape)}, not [horizon {meta.horizon}, K, ...] like its contexts; "
+                    "rebuild it with `edgetqs check`"
+                )
+        if len(k) != 1 or meta.horizon < 1:
+            raise BadInputError(
+                f"'{path}': its contexts do not agree on K, or its horizon is {meta.horizon}; rebuild it with `edgetqs check`"
+            )
         return ref
 
 

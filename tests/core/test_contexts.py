@@ -63,9 +63,15 @@ def test_netcdf_variables_along_time(tmp_path: Path) -> None:
     )
     p = tmp_path / "f.nc"
     ds.to_netcdf(p)
-    rec = read_record(p, spec)
-    assert rec.variables == ("t2m", "z500") and rec.arrays["x"].shape == (30, 2, 6, 6)
-    assert np.isfinite(rec.arrays["x"]).all()  # masked points filled
+    # a masked point is refused, named, unless the user asks for a fill (it is missing at every step: only mean fills it)
+    with pytest.raises(ContextsError, match=r"30 NaN value\(s\), the first at time step 0, variable 't2m' \(index \[0, 0, 0, 0\]\)"):
+        read_record(p, spec)
+    with pytest.raises(ContextsError, match="missing at every time step.*--fill mean"):
+        read_record(p, spec, fill="ffill")
+    rec = read_record(p, spec, fill="mean")
+    assert rec.variables == ("t2m", "z500") and rec.arrays["x"].shape == (30, 2, 6, 6) and rec.filled == 30
+    assert np.isfinite(rec.arrays["x"]).all()
+    assert np.allclose(rec.arrays["x"][:, 0, 0, 0], np.nanmean(t))
 
 
 def test_npz_with_statics_and_variable_names(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ def test_overridable_model_gives_the_same_output_and_accepts_overrides(state_mod
         (lambda p: p / "missing.onnx", BadInputError, "does not exist"),
         (lambda p: (p / "junk.onnx").write_bytes(b"\x00garbage\xff" * 10) and p / "junk.onnx", BadModelError, "not a readable ONNX"),
         (lambda p: models.no_weights(p / "nw.onnx"), BadModelError, "no float weight"),
-        (lambda p: p, BadInputError, "is a directory"),
+        (lambda p: p, BadInputError, "is a folder, not a regular file"),
     ],
 )
 def test_bad_model_files_raise_clear_errors(tmp_path: Path, make, error, words) -> None:
