@@ -884,6 +884,9 @@ class Spec:
     base: list[str] | None = None  # another valid command line for this option
 
 
+# --include / --exclude: an exact tensor name or re:REGEX; each must match a float initializer of the model
+RULE = Predicate(lambda t: False, ("re:", "re:([", "nosuch.tensor", "re:^zzz$", " "))
+
 # (command, parameter name) -> its domain; a positional argument is replaced, an option replaced or added
 OPTIONS: dict[tuple[str, str], Spec] = {
     ("*", "debug"): Spec(Flag()),
@@ -919,6 +922,8 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("score", "plot"): Spec(OutFile()),
     ("score", "top"): Spec(IntRange(0)),
     ("score", "fill"): Spec(FILL),
+    ("score", "include"): Spec(RULE),
+    ("score", "exclude"): Spec(RULE),
     ("score", "project"): Spec(PROJECT),
     ("score", "quiet"): Spec(Flag()),
     # plan
@@ -939,6 +944,8 @@ OPTIONS: dict[tuple[str, str], Spec] = {
         )
     ),
     ("plan", "pareto_n"): Spec(IntRange(2, 1000)),
+    ("plan", "include"): Spec(RULE),
+    ("plan", "exclude"): Spec(RULE),
     ("plan", "evaluate"): Spec(Flag()),
     ("plan", "refine"): Spec(Flag()),
     ("plan", "contexts"): Spec(CONTEXTS, BASES["plan"] + ["--evaluate"]),
@@ -987,6 +994,9 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("build", "force"): Spec(Flag()),
     ("build", "refine"): Spec(Flag()),
     ("build", "k"): Spec(K),
+    ("build", "groups"): Spec(Choice(("tensor", "block"))),
+    ("build", "include"): Spec(RULE),
+    ("build", "exclude"): Spec(RULE),
     ("build", "contexts"): Spec(CONTEXTS),
     ("build", "fill"): Spec(FILL),
     ("build", "project"): Spec(PROJECT),
@@ -1089,6 +1099,8 @@ def _key_specs() -> dict[str, dict[str, KeySpec]]:
         "score.bits": KeySpec(IntRange(2, 8), "int"),
         "score.workers": KeySpec(IntRange(1, 1024), "int"),
         "score.ladder": KeySpec(Predicate(_ladder_ok), "list[int]"),
+        "score.include": KeySpec(RULE, "list[str]"),
+        "score.exclude": KeySpec(RULE, "list[str]"),
     }
     return {
         "project": {
