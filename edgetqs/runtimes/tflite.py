@@ -26,6 +26,7 @@ from .litert import (
     WEIGHT_OPS,
     constants,
     float_tflite,
+    graph_batch,
     io_dicts,
     names,
     op_name,
@@ -183,7 +184,9 @@ class TfliteRuntime(RuntimeInfo):
         shutil.rmtree(work / "onnx2tf", ignore_errors=True)
         (work / "float_input.onnx").unlink(missing_ok=True)
         ins, outs = io_dicts(model)
-        notes = [f"float TFLite from onnx2tf at batch 1; {len(matched)} tensors quantized weight-only by ai-edge-quantizer"]
+        notes = [
+            f"float TFLite from onnx2tf at batch {graph_batch(job.model)}; {len(matched)} tensors quantized weight-only by ai-edge-quantizer"
+        ]
         return Converted(artifact, checks, total, LiteRunner(buf, ins, outs), notes=notes, versions=versions(_PACKAGES))
 
     def open(self, artifact: Path, model: Any, facts: dict[str, Any]) -> Any:

@@ -46,3 +46,31 @@ def test_fixed_batch_model_scores_converts_and_checks(tmp_path: Path, batch: int
         c = api.check(tmp_path / fmt / r.artifact, model=p, contexts=rec, k=5, horizon=6)
         # the device driver ran B contexts a call: 6 steps x ceil(5 / B) calls, the first excluded from the latency
         assert c.passed and c.batch == batch and c.latency_ms["n"] == 6 * -(-5 // batch) - 1, c.verdict
+
+
+@pytest.mark.slow
+@pytest.mark.tflite
+def test_fixed_batch_tflite_keeps_the_batch_and_checks(tmp_path: Path) -> None:
+    """onnx2tf gets the declared batch (a hard-coded reshape needs it); the runner feeds B rows an invoke."""
+    p = models.masked_window(tmp_path / "mw.onnx", batch=2)
+    rec = _record(tmp_path / "r.npy")
+    s = api.score(p, contexts=rec, k=5, horizon=4, cache=False)
+    plan = api.plan(s, target="raspberrypi", model=p, ratio=0.9, runtime="tflite")
+    r = api.convert(p, plan, "tflite", tmp_path / "t", contexts=rec, k=5)
+    assert r.all_match and "at batch 2" in r.notes[0]
+    c = api.check(tmp_path / "t" / r.artifact, model=p, contexts=rec, k=5, horizon=6)
+    assert c.passed and c.batch == 2, c.verdict
+
+
+@pytest.mark.slow
+@pytest.mark.mcu
+def test_fixed_batch_tflm_calibrates_and_runs_at_the_batch(tmp_path: Path) -> None:
+    """Full-integer calibration rows come at the model's batch (B rows a call), the TFLM graph keeps it."""
+    p = models.state_mlp(tmp_path / "sm.onnx", batch=2)
+    np.save(tmp_path / "r.npy", np.random.default_rng(0).standard_normal((80, 8)).astype(np.float32))
+    s = api.score(p, contexts=tmp_path / "r.npy", k=5, horizon=4, cache=False)
+    plan = api.plan(s, target="esp32s3", model=p, runtime="tflm")
+    r = api.convert(p, plan, "tflm", tmp_path / "m", contexts=tmp_path / "r.npy", k=5)
+    assert r.all_match
+    c = api.check(tmp_path / "m" / r.artifact, model=p, contexts=tmp_path / "r.npy", k=5, horizon=6)
+    assert c.passed and c.batch == 2, c.verdict
