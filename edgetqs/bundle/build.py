@@ -181,8 +181,28 @@ def build(
 
     t = time.perf_counter()
     st.say(f"[1/5] score: {len(m.weights)} weights, {inp.contexts.k} contexts")
+
+    def projection() -> None:  # before a sweep (not on a cache hit): what it will cost, and how to cut it
+        from ..allocation.rescore import RescoreSettings
+        from ..sensitivity.projection import ADVISE_ABOVE_S, fmt_seconds, project_sweep
+
+        rs = RescoreSettings()
+        search = max(1, round(max(inp.contexts.k, rs.contexts) * (1 - rs.guard_share)))  # the search's contexts, at most
+        pj = project_sweep(m, inp.spec, inp.contexts, settings, refine_rollouts if refine else 0, search)
+        st.say(f"      {pj.describe()}")
+        for a in pj.advice():
+            st.say(f"      over {fmt_seconds(ADVISE_ABOVE_S)}; to cut it: {a}")
+
     scores, cached, cpath = score_cached(
-        m, inp.spec, inp.contexts, settings, force=force, progress=progress, notes=inp.notes, log=lambda msg: st.say(f"      note: {msg}")
+        m,
+        inp.spec,
+        inp.contexts,
+        settings,
+        force=force,
+        progress=progress,
+        notes=inp.notes,
+        log=lambda msg: st.say(f"      note: {msg}"),
+        before_sweep=projection,
     )
     st.time("score", t)
     st.say(f"      {'reused cached scores' if cached else 'swept'} ({len(scores.groups)} groups, T={scores.horizon}) {cpath}")

@@ -119,8 +119,11 @@ def score_cached(
     workers: int = 1,
     strategy: str = "auto",
     log: Callable[[str], None] | None = None,
+    before_sweep: Callable[[], None] | None = None,
 ) -> tuple[Scores, bool, Path]:
-    """(Scores, whether they came from the cache, cache file). ``force`` recomputes and overwrites."""
+    """(Scores, whether they came from the cache, cache file). ``force`` recomputes and overwrites;
+    ``before_sweep`` is called when the sweep is about to run (not on a cache hit): `edgetqs.bundle.build`
+    prints its time projection there."""
     path = cache_path(model, spec, contexts, settings)
     if path.exists() and not force:
         try:
@@ -132,6 +135,8 @@ def score_cached(
             return cached, True, path
         if log:
             log(f"the cached scores {path.name} were not reused ({why[:200]}); scoring again")
+    if before_sweep is not None:
+        before_sweep()
     scores = run_sweep(model, spec, contexts, settings, workers=workers, progress=progress, notes=tuple(notes), strategy=strategy)
     try:
         scores.save(path, policy="replace")
