@@ -113,6 +113,7 @@ class Model:
             self._arrays[init.name] = arr
         self.include, self.exclude = tuple(include), tuple(exclude)
         self.weights, self.constants = self._classify()
+        self._labels = {c.name: c.label for c in self.constants} | {w.name: w.label or w.name for w in self.weights}
         for c in self.constants:
             del self._arrays[c.name]
         # the first node consuming each weight decides its layout (output channels, reduction axis)
@@ -180,10 +181,7 @@ class Model:
 
     def label(self, name: str) -> str:
         """The readable name of a weight or constant (the raw name when it has none)."""
-        for w in self.weights:
-            if w.name == name:
-                return w.label or name
-        return next((c.label for c in self.constants if c.name == name), name)
+        return self._labels.get(name, name)
 
     def constant_array(self, name: str) -> np.ndarray:
         """The stored value of any initializer (a constant's too)."""
