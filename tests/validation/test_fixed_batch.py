@@ -74,3 +74,16 @@ def test_fixed_batch_tflm_calibrates_and_runs_at_the_batch(tmp_path: Path) -> No
     assert r.all_match
     c = api.check(tmp_path / "m" / r.artifact, model=p, contexts=tmp_path / "r.npy", k=5, horizon=6)
     assert c.passed and c.batch == 2, c.verdict
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_fixed_batch_checks_on_emulated_aarch64(tmp_path: Path) -> None:
+    """The issue's report: `check` on qemu-pi4 failed "Got: 1 Expected: 2" for a batch-2 model."""
+    p = models.masked_window(tmp_path / "mw.onnx", batch=2)
+    rec = _record(tmp_path / "r.npy")
+    s = api.score(p, contexts=rec, k=5, horizon=4, cache=False)
+    plan = api.plan(s, target="raspberrypi", model=p, ratio=0.9)
+    r = api.convert(p, plan, "ort", tmp_path / "o", contexts=rec, k=5)
+    c = api.check(tmp_path / "o" / r.artifact, device="qemu-pi4", model=p, contexts=rec, k=5, horizon=6)
+    assert c.passed and c.batch == 2 and c.machine == "aarch64", c.verdict
