@@ -116,6 +116,7 @@ def score(
     example_input: Any = None,
     progress: Callable[[int, int], None] | None = None,
     log: Log | None = None,
+    default_workers: int | None = None,
     **options: Any,
 ) -> Scores:
     """Score a model's quantization sensitivity with TQS.
@@ -123,11 +124,15 @@ def score(
     Args:
         model: an .onnx path, a loaded `Model`, or a torch module (with ``example_input``); default: the project's.
         contexts: a contexts file (default: the project's; none: data-free spin-up from noise).
-        settings / **options: probe settings (``probe``, ``horizon``, ``granularity``, ``ladder``, ``workers``,
-            ``include`` / ``exclude`` weight rules..., the keys of ``[score]`` in edgetqs.toml); they beat the project file.
-        cache: reuse (and fill) the score cache that `build` uses for the same model, contexts and settings.
+        settings / **options: probe settings (``probe``, ``horizon``, ``granularity``, ``ladder``, ``workers``...,
+            the keys of ``[score]`` in edgetqs.toml); they beat the project file. ``backend`` (``serial``,
+            ``processes``, ``ray``) and ``address`` (a Ray cluster) say where the sweep runs; all give the same scores.
+        cache: reuse (and fill) the score cache that `build` uses for the same model, contexts and settings; a
+            sweep that is computed checkpoints its finished groups there, so the same call after a kill resumes it.
         force: rescore even when the cache holds these scores.
         fill: fill NaN/Inf in the contexts (``ffill``, ``interpolate``, ``mean``) instead of refusing them.
+        default_workers: ``workers`` when neither it nor ``backend`` is set anywhere (the command line passes 0:
+            a process per core for large models, see `edgetqs.sensitivity.sweep.run_sweep`).
 
     Raises:
         EdgetqsError: bad input (named), a diverging float rollout, ...
@@ -140,6 +145,9 @@ def score(
         raise BadInputError(f"strategy '{strategy}'; expected one of {', '.join(STRATEGIES)}")
     proj = open_project(project)
     cfg = merged(merged(proj.score if proj else ScoreConfig(), settings), _score_config(options))
+    from .sensitivity.backends import check_backend
+
+    check_backend(cfg.backend, cfg.workers, cfg.address)
     probe = ProbeSettings.from_config(cfg)
     inp = inputs(
         _model_arg(model, example_input),
@@ -157,7 +165,7 @@ def score(
         fill=fill,
         log=log,
     )
-    workers = 1 if cfg.workers is None else cfg.workers
+    workers = cfg.workers if cfg.workers is not None or cfg.backend is not None else default_workers
     if cache:
         scores, cached, path = score_cached(
             inp.model,
@@ -170,11 +178,25 @@ def score(
             workers=workers,
             strategy=strategy,
             log=log,
+            backend=cfg.backend,
+            address=cfg.address,
         )
         if cached and log:
             log(f"reused cached scores {path} (same model, contexts and probe settings; --force scores again)")
         return scores
-    return run_sweep(inp.model, inp.spec, inp.contexts, probe, workers=workers, progress=progress, notes=inp.notes, strategy=strategy)
+    return run_sweep(
+        inp.model,
+        inp.spec,
+        inp.contexts,
+        probe,
+        workers=workers,
+        progress=progress,
+        notes=inp.notes,
+        strategy=strategy,
+        backend=cfg.backend,
+        address=cfg.address,
+        log=log,
+    )
 
 
 def _score_config(options: dict[str, Any]) -> ScoreConfig:
@@ -285,10 +307,8 @@ def plan(
     if needs_contexts:
         inp = inputs(m, contexts, project=proj, k=k, span=span, rollout=rollout_config(s.spec), fill=fill, log=log)
         spec, ctx = inp.spec, inp.contexts
-    from .allocation.rescore import RescoreSettings
+    from .allocation.rescore import search_settings
 
-    if not 1 <= refine_rollouts <= 1_000_000:
-        raise BadInputError(f"refine rollouts {refine_rollouts}; expected 1 to 1,000,000")
     return plan_stage(
         s,
         m,
@@ -299,7 +319,7 @@ def plan(
         refine=refine,
         evaluate_plans=evaluate,
         pareto_n=pareto,
-        rescore=RescoreSettings(rollout_budget=refine_rollouts),
+        rescore=search_settings(refine_rollouts),
         log=log,
     )
 

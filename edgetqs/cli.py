@@ -109,9 +109,16 @@ def score(
     seed: Annotated[int | None, typer.Option(help="Seed for probes and spin-up (default 0).")] = None,
     include: Include = None,
     exclude: Exclude = None,
-    workers: Annotated[int | None, typer.Option(help="Parallel worker processes (default 1).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Parallel workers (default: a process per core from 5 M parameters, else 1; with --backend: every core)."),
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Where the sweep runs: serial | processes | ray (pip install 'edgetqs[ray]'). Same scores on each.")
+    ] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (--backend ray; default: start a local one).")] = None,
     strategy: Annotated[str, typer.Option(help="feed (one session, weights as inputs), rebuild (session per group) or auto.")] = "auto",
-    force: Annotated[bool, typer.Option(help="Score again even when the score cache holds these scores.")] = False,
+    force: Annotated[bool, typer.Option(help="Score again even when the score cache holds these scores (or a checkpoint).")] = False,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write scores.json (a previous one is replaced).")] = Path(
         "scores.json"
     ),
@@ -156,6 +163,8 @@ def score(
             ladder=parse_ladder(ladder) if ladder is not None else None,
             include=tuple(include or ()),
             exclude=tuple(exclude or ()),
+            backend=backend,
+            address=address,
         )
         vars_ = [v.strip() for v in variables.split(",") if v.strip()] if variables is not None else None
         if variables is not None and not vars_:
@@ -177,6 +186,7 @@ def score(
                 fill=fill,
                 progress=bar,
                 log=note,
+                default_workers=0,  # a process per core for a large model, unless --workers or --backend says otherwise
             )
         for n in scores.notes:
             if "spin-up" in n:

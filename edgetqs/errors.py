@@ -31,6 +31,10 @@ class ProjectFileError(EdgetqsError):
     """`edgetqs.toml` has an unknown key or a value of the wrong type."""
 
 
+class SweepWorkerError(EdgetqsError):
+    """The workers of a parallel sweep kept dying (or could not start), so its tasks could not be finished."""
+
+
 class OptionalDependencyError(EdgetqsError):
     """A feature needs a package from an extra that is not installed."""
 

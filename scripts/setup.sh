@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up edgetqs on a fresh machine: .venv with torch 2.13.0 installed FIRST (the local CPU wheel;
 # a plain resolver would pull the multi-GB CUDA build), then the package with its extras (examples,
-# dev, tflite: tensorflow's Linux wheel carries no CUDA libraries; mcu: tflite-micro), then the
+# dev, tflite: tensorflow's Linux wheel carries no CUDA libraries; mcu: tflite-micro; ray: the Ray sweep backend), then the
 # Debian packages and the emulated ARM runtime below. Idempotent: rerunning only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[examples,dev,tflite,mcu]"
+python -m pip install -q -e ".[examples,dev,tflite,mcu,ray]"
 # Debian packages (root only; each skipped when present):
 #   libncarg-data    the January 1996 blizzard fields the blizzard example is trained on (the trained
 #                    model ships with the package, so only scripts/train_examples.py reads them)

@@ -1,7 +1,7 @@
 """Shared fixtures and the test tiers.
 
 Tiers (markers): ``slow`` (seconds to minutes: conversions through TensorFlow, the emulator), ``tflite``
-(needs the `tflite` extra), ``mcu`` (needs the `mcu` extra), ``qemu`` (needs the emulated ARM runtime from
+(needs the `tflite` extra), ``mcu`` (needs the `mcu` extra), ``ray`` (needs the `ray` extra), ``qemu`` (needs the emulated ARM runtime from
 scripts/setup-arm-emulator.sh), ``ssh`` (needs an sshd binary to start on 127.0.0.1). A test whose extra or
 tool is missing is skipped with the reason, never failed. ``-m "not slow"`` runs the fast slice.
 """
@@ -35,6 +35,7 @@ _REQUIRES = {
     ),
     "mcu": lambda: f"needs the mcu extra ({', '.join(m)})" if (m := _missing("tflite_micro", "onnx2tf", "ai_edge_quantizer")) else None,
     "qemu": _qemu_ready,
+    "ray": lambda: f"needs the ray extra ({', '.join(m)})" if (m := _missing("ray")) else None,
     "ssh": lambda: (
         None if (shutil.which("sshd") or Path("/usr/sbin/sshd").exists()) and shutil.which("ssh") else "needs openssh-server and -client"
     ),

@@ -33,6 +33,32 @@ def test_score_writes_json_table_and_plot(state_model: Path, record: Path, tmp_p
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_score_on_worker_processes_matches_serial(state_model: Path, record: Path, tmp_path: Path) -> None:
+    outs = []
+    for extra in ([], ["--backend", "processes", "--workers", "2"]):
+        out = tmp_path / f"s{len(outs)}.json"
+        r = run(
+            "score",
+            str(state_model),
+            "-c",
+            str(record),
+            "-k",
+            "4",
+            "-T",
+            "5",
+            "-o",
+            str(out),
+            "--strategy",
+            "feed",
+            "-q",
+            "--force",
+            *extra,
+        )
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads(out.read_text()))
+    assert outs[0]["groups"] == outs[1]["groups"] and (outs[0]["workers"], outs[1]["workers"]) == (1, 2)
+
+
 def test_spinup_is_said_in_output_and_json(state_model: Path, tmp_path: Path) -> None:
     r = run("score", str(state_model), "--spinup", "-k", "3", "-T", "4", "-o", str(tmp_path / "s.json"), "-q")
     assert r.returncode == 0, r.stderr
@@ -57,6 +83,8 @@ def _bad_cases(tmp: Path, state_model: Path, record: Path) -> dict[str, tuple[li
         "k too large": (["score", str(state_model), "-c", str(tmp / "short.npy"), "-k", "8"], "K=8 contexts do not fit"),
         "bad probe": (["score", str(state_model), "-c", str(record), "--probe", "laplace"], "probe 'laplace'"),
         "no model at all": (["score"], "no model given"),
+        "bad backend": (["score", str(state_model), "-c", str(record), "--backend", "spark"], "unknown sweep backend 'spark'"),
+        "address without ray": (["score", str(state_model), "-c", str(record), "--address", "h:6379"], "is for the ray backend"),
     }
 
 
@@ -73,6 +101,8 @@ def _bad_cases(tmp: Path, state_model: Path, record: Path) -> dict[str, tuple[li
         "horizon text",
         "k too large",
         "bad probe",
+        "bad backend",
+        "address without ray",
         "no model at all",
     ],
 )
@@ -185,3 +215,17 @@ def test_targets_lists_budgets() -> None:
     for name in ("raspberrypi", "raspberrypi-zero2w", "x86-64", "stm32h743", "esp32s3", "nrf52840"):
         assert name in r.stdout
     assert "KiB" in r.stdout
+
+
+def test_backend_settings_are_checked_when_the_scores_come_from_the_cache(state_model: Path, record: Path, tmp_path: Path) -> None:
+    """A cached result skips the sweep, and the backend used to be checked only there: `--backend 'serial '` and
+    `--address` without Ray were accepted once the scores were cached (found by the generated bad-input suite)."""
+    base = ["score", str(state_model), "-c", str(record), "-k", "4", "-T", "5", "-q", "-o", str(tmp_path / "s.json")]
+    assert run(*base, cwd=tmp_path).returncode == 0
+    for extra, words in (
+        (["--backend", "serial "], "unknown sweep backend 'serial '"),
+        (["--address", "[/bold]x"], "is for the ray backend"),
+    ):
+        r = run(*base, *extra, cwd=tmp_path)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr

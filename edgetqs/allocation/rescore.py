@@ -54,6 +54,22 @@ class RescoreSettings(Frozen):
     guard_trials: int = 3  # improving candidates tried on the guard contexts, best first, before the search stops
 
 
+MAX_ROLLOUT_BUDGET = 1_000_000
+
+
+def search_settings(rollouts: int) -> RescoreSettings:
+    """The search's settings for a rollout budget from the user (``--refine-rollouts``), checked.
+
+    Raises:
+        BadInputError: a budget outside 1 to 1,000,000 rollouts.
+    """
+    from ..errors import BadInputError
+
+    if not 1 <= rollouts <= MAX_ROLLOUT_BUDGET:
+        raise BadInputError(f"--refine-rollouts {rollouts}; expected 1 to {MAX_ROLLOUT_BUDGET:,} rollouts")
+    return RescoreSettings(rollout_budget=rollouts)
+
+
 class Step(Frozen):
     round: int
     kind: str  # start | resolve | single | pair

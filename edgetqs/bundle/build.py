@@ -153,7 +153,8 @@ def build(
     fmt, runtime = _format(tg, fmt)
     if budget is not None and ratio is not None:
         raise BadInputError("give --budget or --ratio, not both")
-    settings = ProbeSettings.from_config(merged(proj.score if proj and model is None else ScoreConfig(), score))
+    cfg = merged(proj.score if proj and model is None else ScoreConfig(), score)
+    settings = ProbeSettings.from_config(cfg)
     opts = PlanOptions(
         runtime=runtime,
         budget_bytes=parse_size(str(budget)) if budget is not None else None,
@@ -162,9 +163,15 @@ def build(
         exclude=settings.exclude,
     )
     opts.check()  # bad budgets fail before the sweep
+    from ..allocation.rescore import search_settings
+
+    search = search_settings(refine_rollouts)
     inp = resolve(model, proj, contexts=contexts, k=k, fill=fill, log=st.say, include=settings.include, exclude=settings.exclude)
     m = inp.model
     st.notes += inp.notes
+    from ..sensitivity.backends import check_backend
+
+    check_backend(cfg.backend, cfg.workers, cfg.address)
     name, out = f"{m.name}-{tg.name}", Path(output)
     try:
         validate_name(name)
@@ -183,12 +190,10 @@ def build(
     st.say(f"[1/5] score: {len(m.weights)} weights, {inp.contexts.k} contexts")
 
     def projection() -> None:  # before a sweep (not on a cache hit): what it will cost, and how to cut it
-        from ..allocation.rescore import RescoreSettings
         from ..sensitivity.projection import ADVISE_ABOVE_S, fmt_seconds, project_sweep
 
-        rs = RescoreSettings()
-        search = max(1, round(max(inp.contexts.k, rs.contexts) * (1 - rs.guard_share)))  # the search's contexts, at most
-        pj = project_sweep(m, inp.spec, inp.contexts, settings, refine_rollouts if refine else 0, search)
+        n_search = max(1, round(max(inp.contexts.k, search.contexts) * (1 - search.guard_share)))  # the search's contexts, at most
+        pj = project_sweep(m, inp.spec, inp.contexts, settings, refine_rollouts if refine else 0, n_search)
         st.say(f"      {pj.describe()}")
         for a in pj.advice():
             st.say(f"      over {fmt_seconds(ADVISE_ABOVE_S)}; to cut it: {a}")
@@ -201,15 +206,17 @@ def build(
         force=force,
         progress=progress,
         notes=inp.notes,
-        log=lambda msg: st.say(f"      note: {msg}"),
+        log=st.say,
         before_sweep=projection,
+        workers=cfg.workers,  # [score] workers, backend and address say where the sweep runs (checkpointed: a rerun resumes)
+        backend=cfg.backend,
+        address=cfg.address,
     )
     st.time("score", t)
     st.say(f"      {'reused cached scores' if cached else 'swept'} ({len(scores.groups)} groups, T={scores.horizon}) {cpath}")
     pause_point("build_scored")
 
     t = time.perf_counter()  # an infeasible budget stops here, before any conversion
-    from ..allocation.rescore import RescoreSettings
 
     plan = plan_stage(
         scores,
@@ -220,7 +227,7 @@ def build(
         contexts=inp.contexts,
         refine=refine,
         pareto_n=8,
-        rescore=RescoreSettings(rollout_budget=refine_rollouts),
+        rescore=search,
         log=st.say,
     )
     if refine:

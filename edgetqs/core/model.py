@@ -7,9 +7,12 @@ needed, so frozen exports with fused operators work the same way.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +24,9 @@ if TYPE_CHECKING:  # pragma: no cover
 from ..errors import BadInputError, BadModelError
 
 FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx.TensorProto enum -> dtype
+# one protobuf message cannot exceed 2 GiB: larger models keep their weights in external data files, which are
+# read straight into the weight arrays; such a model is loaded, hashed and swept without ever being one message
+PROTOBUF_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -70,16 +76,24 @@ class Constant:
 
 
 class Model:
-    """An ONNX forecaster: its bytes, inputs/outputs and float weights.
+    """An ONNX forecaster: its graph, inputs/outputs and float weights.
+
+    The weights are held once, as numpy arrays (`weight_array`); the graph is kept without their data
+    (`skeleton`), so a model costs about 4 bytes per float32 parameter. `proto` and `bytes` (the whole
+    model as one message) are built on first use only, by the stages that need them.
 
     Args:
-        proto: the loaded ``onnx.ModelProto``.
-        path: where it came from (for messages and the sha256 in result files).
+        proto: the loaded ``onnx.ModelProto``; initializers may be stored in external data files next to ``path``.
+        path: where it came from (for messages, external data and the sha256 in result files).
         min_weight_size: initializers with fewer elements are not weights. Rank-0 float
             initializers are always constants of the graph (epsilons, scales of fused ops), never weights.
+        arrays: the weights' values, when they are already at hand (a sweep worker maps them from shared
+            memory); then exactly these initializers are the weights and ``proto`` may be a `skeleton`.
+        sha256: the model's hash, when already known (`load_model` hashes the files as it reads them).
         include, exclude: a user's rules (exact name or ``re:REGEX``, matched against the raw name and the
             readable path): ``include`` makes a tensor the rules call a constant a weight, ``exclude`` keeps
-            a tensor out of the weights whatever the rules say (`edgetqs.core.weights`).
+            a tensor out of the weights whatever the rules say (`edgetqs.core.weights`). Not applied with
+            ``arrays`` (the coordinator of a sweep already chose the weights).
 
     Raises:
         BadModelError: a weight holds NaN (or infinities where a MatMul/Gemm/Conv reads its weight); the
@@ -88,16 +102,21 @@ class Model:
     """
 
     def __init__(
-        self, proto: Any, path: Path | None = None, min_weight_size: int = 1, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()
+        self,
+        proto: Any,
+        path: Path | None = None,
+        min_weight_size: int = 1,
+        *,
+        arrays: Mapping[str, np.ndarray] | None = None,
+        sha256: str | None = None,
+        include: tuple[str, ...] = (),
+        exclude: tuple[str, ...] = (),
     ) -> None:
         import onnx
-        from onnx import numpy_helper
 
-        self.proto = proto
         self.path = path
         self.name = path.stem if path else "model"  # a project file may give a better one
-        self.bytes = proto.SerializeToString()
-        self.sha256 = hashlib.sha256(self.bytes).hexdigest()
+        self.sha256 = sha256 or _sha256(proto, path)
         self._min_size = min_weight_size
         graph = proto.graph
         init_names = {i.name for i in graph.initializer}
@@ -105,17 +124,27 @@ class Model:
         self.outputs = [_info(v) for v in graph.output]
         self._arrays: dict[str, np.ndarray] = {}
         for init in graph.initializer:
-            if init.data_type not in FLOAT_TYPES:
-                continue
-            arr = numpy_helper.to_array(init)
-            if arr.ndim == 0 or arr.size < min_weight_size:
-                continue
+            if arrays is not None:
+                if init.name not in arrays:
+                    continue
+                arr = arrays[init.name]
+            else:
+                if init.data_type not in FLOAT_TYPES:
+                    continue
+                arr = _read_tensor(init, path)
+                if arr.ndim == 0 or arr.size < min_weight_size:
+                    continue
             self._arrays[init.name] = arr
         self.include, self.exclude = tuple(include), tuple(exclude)
-        self.weights, self.constants = self._classify()
+        if arrays is None:
+            self.weights, self.constants = self._classify(graph)
+        else:  # a sweep worker: exactly the weights the coordinator chose
+            self.weights = [Weight(n, tuple(int(d) for d in a.shape), str(a.dtype)) for n, a in self._arrays.items()]
+            self.constants = []
         self._labels = {c.name: c.label for c in self.constants} | {w.name: w.label or w.name for w in self.weights}
-        for c in self.constants:
+        for c in self.constants:  # constants stay inline in the skeleton, stored as they are
             del self._arrays[c.name]
+        self.skeleton = _skeleton(proto, set(self._arrays), path)
         # the first node consuming each weight decides its layout (output channels, reduction axis)
         self._consumer: dict[str, tuple[str, int, dict]] = {}
         for node in graph.node:
@@ -124,12 +153,11 @@ class Model:
                     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.name in ("transA", "transB")}
                     self._consumer[name] = (node.op_type, j, attrs)
 
-    def _classify(self) -> tuple[list[Weight], list[Constant]]:
+    def _classify(self, graph: Any) -> tuple[list[Weight], list[Constant]]:
         """Weights and constants among the float initializers (`edgetqs.core.weights`), the user's rules applied."""
         from .weights import check_rules, constant_reason, readable, rule_matches, shape_only_values, uses_of
 
         inc, exc = check_rules(self.include, "--include"), check_rules(self.exclude, "--exclude")
-        graph = self.proto.graph
         uses = uses_of(graph, self._arrays)
         shape_only = shape_only_values(graph)
         weights: list[Weight] = []
@@ -175,7 +203,7 @@ class Model:
         """The same model with other ``--include`` / ``--exclude`` rules (self when they are the same)."""
         if tuple(include) == self.include and tuple(exclude) == self.exclude:
             return self
-        other = Model(self.proto, self.path, self._min_size, include=tuple(include), exclude=tuple(exclude))
+        other = Model(self.proto, self.path, self._min_size, sha256=self.sha256, include=tuple(include), exclude=tuple(exclude))
         other.name = self.name
         return other
 
@@ -187,7 +215,7 @@ class Model:
         """The stored value of any initializer (a constant's too)."""
         from onnx import numpy_helper
 
-        init = next((i for i in self.proto.graph.initializer if i.name == name), None)
+        init = next((i for i in self.skeleton.graph.initializer if i.name == name), None)
         if init is None:
             raise KeyError(name)
         return numpy_helper.to_array(init)
@@ -240,13 +268,35 @@ class Model:
         from onnx import numpy_helper
 
         names = set(self._arrays)
-        return sum(numpy_helper.to_array(i).nbytes for i in self.proto.graph.initializer if i.name not in names)
+        return sum(numpy_helper.to_array(i).nbytes for i in self.skeleton.graph.initializer if i.name not in names)
 
     @property
     def n_params(self) -> int:
         return sum(w.size for w in self.weights)
 
-    def overridable_bytes(self, names: list[str] | None = None) -> bytes:
+    @cached_property
+    def proto(self) -> Any:
+        """The whole model as one ``onnx.ModelProto``, weights inline (built on first use: converters edit it)."""
+        from onnx import numpy_helper
+
+        proto = type(self.skeleton)()
+        proto.CopyFrom(self.skeleton)
+        for init in proto.graph.initializer:
+            if init.name in self._arrays:
+                init.CopyFrom(numpy_helper.from_array(np.asarray(self._arrays[init.name]), init.name))
+        return proto
+
+    @cached_property
+    def bytes(self) -> bytes:
+        """The serialized model (built on first use; a model above 2 GiB has none: sessions share `weight_array` instead)."""
+        if self.skeleton.ByteSize() + sum(a.nbytes for a in self._arrays.values()) > PROTOBUF_LIMIT:
+            raise BadModelError(
+                f"'{self.path or self.name}' is larger than 2 GiB, the limit of one ONNX message; this step needs the "
+                "model as one file: keep its weights in external data and use a step that reads them from there"
+            )
+        return bytes(self.proto.SerializeToString())
+
+    def overridable_bytes(self, names: list[str] | None = None) -> builtins.bytes:
         """The model with the given initializers (default: all weights) declared as graph inputs.
 
         onnxruntime treats an initializer that is also a graph input as a default that a feed
@@ -269,7 +319,7 @@ class Model:
             proto.ir_version = 4
         return proto.SerializeToString()
 
-    def with_weights(self, new: dict[str, np.ndarray]) -> bytes:
+    def with_weights(self, new: dict[str, np.ndarray]) -> builtins.bytes:
         """The model bytes with some initializers replaced (baked in as constants).
 
         Patches the shared proto in place and restores it, so a large model is not copied per call.
@@ -290,6 +340,121 @@ class Model:
                 init.CopyFrom(old)
 
 
+def _external(init: Any) -> dict[str, str] | None:
+    """The external-data fields of an initializer (location, offset, length), or None when it is inline."""
+    from onnx import TensorProto
+
+    if init.data_location != TensorProto.EXTERNAL:
+        return None
+    return {e.key: e.value for e in init.external_data}
+
+
+def _read_tensor(init: Any, path: Path | None) -> np.ndarray:
+    """An initializer's value; external data is read straight from its file into the array (no protobuf copy)."""
+    from onnx import numpy_helper
+
+    ext = _external(init)
+    if ext is None:
+        return numpy_helper.to_array(init)
+    if path is None:
+        raise BadModelError(
+            f"initializer '{init.name}' keeps its data in '{ext.get('location')}', but the model has no folder to read it from"
+        )
+    dtype = np.dtype(FLOAT_TYPES[init.data_type]).newbyteorder("<")
+    shape = tuple(int(d) for d in init.dims)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    file = path.parent / ext["location"]
+    offset = int(ext.get("offset", 0))
+    try:
+        arr = np.fromfile(file, dtype=dtype, count=count, offset=offset)
+    except OSError as exc:
+        raise BadModelError(
+            f"cannot read the data of initializer '{init.name}' from '{file}' ({exc}); keep the data file beside the model"
+        ) from None
+    if arr.size != count:
+        raise BadModelError(f"'{file}' holds {arr.size} of the {count} values of initializer '{init.name}'; the data file is truncated")
+    return arr.astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+
+
+def _sha256(proto: Any, path: Path | None) -> str:
+    """sha256 of a model given as a message: its serialization, or its files when its weights are external."""
+    from onnx import TensorProto
+
+    if path is not None and any(i.data_location == TensorProto.EXTERNAL for i in proto.graph.initializer):
+        return _files_sha256(proto, path)
+    return hashlib.sha256(proto.SerializeToString()).hexdigest()
+
+
+def _files_sha256(proto: Any, path: Path) -> str:
+    """sha256 of the model's files, read in pieces: the .onnx file, then each external data file in order of first use.
+
+    For a model in one file this is what ``sha256sum model.onnx`` prints (and, for a file written by onnx or torch,
+    the sha256 of its serialization that earlier versions recorded), without ever holding a second copy of it."""
+    from onnx import TensorProto
+
+    h = hashlib.sha256()
+    locations = [(_external(i) or {}).get("location", "") for i in proto.graph.initializer if i.data_location == TensorProto.EXTERNAL]
+    for f in [path] + [path.parent / loc for loc in dict.fromkeys(locations)]:
+        try:
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 24):
+                    h.update(chunk)
+        except OSError as exc:
+            raise BadModelError(f"cannot read '{f}' ({exc}); keep the model's external data file(s) beside it") from None
+    return h.hexdigest()
+
+
+def _is_repeated(fd: Any) -> bool:
+    return bool(fd.is_repeated) if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+
+
+def _copy_fields(dst: Any, src: Any, skip: str) -> None:
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if _is_repeated(fd):
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
+
+
+def _skeleton(proto: Any, weights: set[str], path: Path | None) -> Any:
+    """A copy of the model whose weight initializers keep their name, type and shape but no data.
+
+    Built field by field so that the weights' bytes are never copied; other initializers (shapes, indices,
+    small constants) stay inline, read from external data if they were stored there."""
+    import onnx
+
+    out = onnx.ModelProto()
+    _copy_fields(out, proto, "graph")
+    _copy_fields(out.graph, proto.graph, "initializer")
+    for init in proto.graph.initializer:
+        t = out.graph.initializer.add()
+        if init.name in weights:
+            t.name, t.data_type = init.name, init.data_type
+            t.dims.extend(init.dims)
+        elif _external(init) is not None:
+            t.CopyFrom(onnx.numpy_helper.from_array(_read_external_any(init, path), init.name))
+        else:
+            t.CopyFrom(init)
+    return out
+
+
+def _read_external_any(init: Any, path: Path | None) -> np.ndarray:
+    """A non-weight initializer stored in external data (any type), via onnx's own reader."""
+    import onnx
+    from onnx import external_data_helper, numpy_helper
+
+    t = onnx.TensorProto()
+    t.CopyFrom(init)
+    external_data_helper.load_external_data_for_tensor(t, str(path.parent) if path else ".")
+    t.data_location = onnx.TensorProto.DEFAULT
+    del t.external_data[:]
+    return numpy_helper.to_array(t)
+
+
 def _info(v: Any) -> TensorInfo:
     t = v.type.tensor_type
     dims: list[int | None] = []
@@ -306,8 +471,8 @@ def load_model(path: str | Path, min_weight_size: int = 1, include: tuple[str, .
         include, exclude: the user's weight rules (see `Model`).
 
     Raises:
-        BadInputError: the file does not exist, or a rule matches nothing.
-        BadModelError: not an ONNX model, no float weights, or a weight holding NaN.
+        BadInputError: the file does not exist.
+        BadModelError: not an ONNX model, or no float weights.
     """
     import onnx
 
@@ -315,14 +480,15 @@ def load_model(path: str | Path, min_weight_size: int = 1, include: tuple[str, .
 
     p = input_file(path, "model file", "give the path of an .onnx file")
     try:
-        proto = onnx.load(str(p), load_external_data=True)
+        proto = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types on garbage
         raise BadModelError(
             f"'{p}' is not a readable ONNX model ({type(exc).__name__}); export it with torch.onnx.export or check the file"
         ) from None
     if len(proto.graph.node) == 0 or not proto.graph.output:
         raise BadModelError(f"'{p}' is not an ONNX model with a graph (no nodes or outputs); check the file")
-    model = Model(proto, p, min_weight_size=min_weight_size, include=tuple(include), exclude=tuple(exclude))
+    model = Model(proto, p, min_weight_size=min_weight_size, sha256=_files_sha256(proto, p), include=tuple(include), exclude=tuple(exclude))
+    del proto  # the weights now live in the model's arrays only
     if not model.weights:
         if model.constants:
             raise BadModelError(

@@ -41,7 +41,9 @@ class RolloutConfig(Config):
 
 
 class ScoreConfig(Config):
-    """``[score]``: probe settings (see `edgetqs.sensitivity.scores.ProbeSettings`) and workers."""
+    """``[score]``: probe settings (see `edgetqs.sensitivity.scores.ProbeSettings`), and where the sweep runs:
+    ``workers`` (0: a process per core for large models), ``backend`` (serial, processes, ray:
+    `edgetqs.sensitivity.backends`) and the Ray ``address``."""
 
     probe: str | None = None
     granularity: Literal["tensor", "block"] | None = None
@@ -56,12 +58,14 @@ class ScoreConfig(Config):
     eps: Literal["relative", "absolute"] | None = None
     include: tuple[str, ...] | None = None  # weight rules: exact names or re:REGEX (`edgetqs.core.weights`)
     exclude: tuple[str, ...] | None = None
+    backend: str | None = None
+    address: str | None = None
 
     @field_validator("workers")
     @classmethod
     def _workers(cls, v: int | None) -> int | None:
-        if v is not None and not 1 <= v <= MAX_WORKERS:
-            raise ValueError(f"expected 1 to {MAX_WORKERS} worker processes")
+        if v is not None and not 0 <= v <= MAX_WORKERS:
+            raise ValueError(f"expected 0 (a process per core) to {MAX_WORKERS} worker processes")
         return v
 
     @field_validator("seed")

@@ -199,7 +199,8 @@ class Rollout:
         spec: how outputs feed back.
         statics: value (without batch axis) of each static input.
         threads: intra-op threads of the session (1 inside parallel workers).
-        model_bytes: the graph to run; default: the model with every weight overridable per run.
+        model_bytes: the graph to run; default: the model with every weight overridable per run (a
+            `SharedSession` on the model's own arrays).
         ort_format: ``model_bytes`` is an ORT-format (``.ort``) model, not ONNX.
         session: any object with onnxruntime's ``run(output_names, feeds)`` (e.g. a LiteRT runner) to
             roll out instead of an onnxruntime session.
@@ -221,11 +222,14 @@ class Rollout:
         missing = [s for s in spec.static if s not in self.statics]
         if missing:
             raise RolloutSpecError(f"static input(s) {missing} need values: put arrays with those names in the contexts .npz")
-        if session is None:
+        if session is None and model_bytes is None:
+            from .session import SharedSession
+
+            session = SharedSession(model, feed=True, threads=threads)  # weights overridable per run, shared with the model
+        elif session is None and model_bytes is not None:
             from ..ondevice.runners import OrtRunner
 
-            graph = model.overridable_bytes() if model_bytes is None else model_bytes
-            session = OrtRunner(graph, ort_format=ort_format, threads=threads)
+            session = OrtRunner(model_bytes, ort_format=ort_format, threads=threads)
         self.session = session
         self.feedback = spec.feedback()
         first = next(i for i in model.inputs if i.name == spec.pairs[0][0])

@@ -46,6 +46,12 @@ def cache_path(model: Model, spec: RolloutSpec, contexts: Contexts, settings: Pr
     return cache_dir() / f"{score_key(model, spec, contexts, settings)[:32]}.json"
 
 
+def checkpoint_path(entry: Path) -> Path:
+    """Where the sweep of a cache entry keeps its finished tasks until it completes (same key; see
+    `edgetqs.sensitivity.checkpoint`): a killed sweep resumes from there."""
+    return entry.with_suffix(".partial")
+
+
 def verify(scores: Scores, model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings) -> str | None:
     """Why a cached entry cannot be reused for this key (None: it can)."""
     if scores.model_sha256 != model.sha256:
@@ -99,9 +105,11 @@ def verify_groups(scores: Scores, model: Model) -> str | None:
         if g.gain is not None and g.gain > 0 and g.gamma is not None:
             # gamma = mean ln(e_T/eps)/T and gain = mean e_T/eps come from the same rollouts: ln(gain)/T >= gamma
             # (Jensen), and the gap is the spread of e_T over contexts; a gain scaled by hand leaves that band.
-            # With relative eps gamma's separation is eps / rms(W): gamma is ln(rms W)/T higher than that bound
-            rel = math.log(g.weight_rms) / scores.horizon if scores.settings.eps == "relative" and g.weight_rms > 0 else 0.0
-            gap = math.log(g.gain) / scores.horizon - g.gamma + rel
+            # With a relative separation gamma's eps is eps / rms(W): gamma is ln(rms W)/T above the absolute one
+            gamma = g.gamma
+            if scores.settings.eps == "relative" and g.weight_rms > 0:
+                gamma -= math.log(g.weight_rms) / scores.horizon
+            gap = math.log(g.gain) / scores.horizon - gamma
             if gap < -1e-9 * (1 + abs(g.gamma)) or gap > math.log(1e3) / scores.horizon:
                 return f"group '{g.name}' has a gain that does not fit its gamma"
     return None
@@ -116,14 +124,18 @@ def score_cached(
     force: bool = False,
     progress: Progress | None = None,
     notes: tuple[str, ...] = (),
-    workers: int = 1,
+    workers: int | None = None,
     strategy: str = "auto",
     log: Callable[[str], None] | None = None,
+    backend: str | None = None,
+    address: str | None = None,
     before_sweep: Callable[[], None] | None = None,
 ) -> tuple[Scores, bool, Path]:
-    """(Scores, whether they came from the cache, cache file). ``force`` recomputes and overwrites;
-    ``before_sweep`` is called when the sweep is about to run (not on a cache hit): `edgetqs.bundle.build`
-    prints its time projection there."""
+    """(Scores, whether they came from the cache, cache file). ``force`` recomputes and overwrites.
+
+    A sweep that is computed checkpoints its finished tasks beside the entry (`checkpoint_path`), so running
+    the same command again after a kill resumes it; ``force`` starts over. ``before_sweep`` is called when a
+    sweep is about to run (not on a cache hit): `edgetqs.bundle.build` prints its time projection there."""
     path = cache_path(model, spec, contexts, settings)
     if path.exists() and not force:
         try:
@@ -134,10 +146,28 @@ def score_cached(
         if why is None:
             return cached, True, path
         if log:
-            log(f"the cached scores {path.name} were not reused ({why[:200]}); scoring again")
+            log(f"note: the cached scores {path.name} were not reused ({why[:200]}); scoring again")
+    ckpt = checkpoint_path(path)
+    if force:
+        ckpt.unlink(missing_ok=True)
+        for part in ckpt.parent.glob(ckpt.name + ".*"):  # a ladder's sub-sweeps
+            part.unlink(missing_ok=True)
     if before_sweep is not None:
         before_sweep()
-    scores = run_sweep(model, spec, contexts, settings, workers=workers, progress=progress, notes=tuple(notes), strategy=strategy)
+    scores = run_sweep(
+        model,
+        spec,
+        contexts,
+        settings,
+        workers=workers,
+        progress=progress,
+        notes=tuple(notes),
+        strategy=strategy,
+        backend=backend,
+        address=address,
+        checkpoint=ckpt,
+        log=log,
+    )
     try:
         scores.save(path, policy="replace")
     except (OSError, EdgetqsError) as exc:  # a read-only or full cache folder costs the reuse, not the result

@@ -14,11 +14,10 @@ perturbation; A_g is the output error one unit of weight error buys at T. The mo
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +30,17 @@ from ..core.results import edgetqs_version
 from ..core.rollout import Rollout, RolloutSpec
 from ..core.weights import excluded_tensors
 from ..errors import BadInputError, DivergedRolloutError
+from .backends import Sweep, SweepBackend, local_default, make_backend
+from .checkpoint import Checkpoint
 from .groups import group_label, make_groups
-from .probes import PROBES, probe_delta, rms
 from .scores import DEAD_GAMMA, GroupScore, ProbeSettings, Scores, StateExponent
+from .tasks import SWEEP_THREADS, Job, Task, TaskResult, context_shares, group_score, plan_tasks, run_shares
 
 TINY = float(np.finfo(np.float32).tiny)
 STRATEGIES = ("auto", "feed", "rebuild")
+# above this, ``auto`` does not time a rebuilt session: a feed session shares the model's arrays, a rebuilt one holds
+# its own optimised copy of every weight (2-3x the weights while it is built)
+AUTO_REBUILD_MAX_BYTES = 1 << 30
 Progress = Callable[[int, int], None]
 
 
@@ -91,120 +95,6 @@ def summarise(
     )
 
 
-class GroupScorer:
-    """State shared by every group of one sweep (built once per process).
-
-    ``feed``: one session whose weights are graph inputs, the group's perturbed tensors fed per
-    rollout. ``rebuild``: a fresh, fully optimised session per group with the perturbed tensors
-    baked in as constants (wins when the graph optimiser needs constant weights, e.g. NCHWc conv).
-    """
-
-    def __init__(
-        self,
-        model: Model,
-        spec: RolloutSpec,
-        contexts: list[np.ndarray],
-        statics: dict[str, np.ndarray],
-        reference: list[np.ndarray],
-        inv_spread: list[np.ndarray],
-        horizon: int,
-        settings: ProbeSettings,
-        strategy: str = "feed",
-        threads: int = 0,
-        roll: Rollout | None = None,
-    ) -> None:
-        self.model = model
-        self.spec = spec
-        self.statics = statics
-        self.strategy = strategy
-        self.threads = threads
-        self.roll = roll or Rollout(model, spec, statics, threads=threads, model_bytes=None if strategy == "feed" else model.bytes)
-        self.contexts = contexts
-        self.reference = reference
-        self.inv_spread = inv_spread
-        self.horizon = horizon
-        self.settings = settings
-        self.calls = 0
-
-    def score_group(self, name: str, tensors: tuple[str, ...]) -> GroupScore:
-        settings = self.settings
-
-        def delta_of(new: dict[str, np.ndarray]) -> np.ndarray:
-            return np.concatenate([(new[t].astype(np.float64) - self.model.weight_array(t)).ravel() for t in tensors])
-
-        new = probe_delta(self.model, tensors, settings)
-        delta = delta_of(new)
-        probe = PROBES.get(settings.probe)
-        if not delta.any() and probe.may_be_exact:
-            # round-to-nearest represents this group exactly (a one-element bias, say): quantizing it
-            # costs nothing at these bits, but the planner still needs its gain: measure with the fallback
-            settings = settings.model_copy(update={"probe": probe.fallback})
-            new = probe_delta(self.model, tensors, settings)
-            delta = delta_of(new)
-        eps = rms(delta)
-        n_params = int(delta.size)
-        w_rms = rms(np.concatenate([self.model.weight_array(t).astype(np.float64).ravel() for t in tensors]))
-        if self.strategy == "feed":
-            res = self.roll.run(self.contexts, self.horizon, overrides=new)
-        else:
-            roll = Rollout(self.model, self.spec, self.statics, threads=self.threads, model_bytes=self.model.with_weights(new))
-            res = roll.run(self.contexts, self.horizon)
-        self.calls += res.forward_calls
-        if res.first_nonfinite is not None:
-            return GroupScore(
-                name=name,
-                tensors=tensors,
-                n_params=n_params,
-                gamma=None,
-                gamma_curve=tuple([None] * self.horizon),
-                gain=None,
-                eps=eps,
-                dead=False,
-                diverged_step=res.first_nonfinite,
-                probe=settings.probe,
-                weight_rms=w_rms,
-            )
-        e = divergence(res.steps, self.reference, self.inv_spread)
-        return summarise(name, tensors, n_params, e, eps, settings.probe, w_rms, settings.eps == "relative")
-
-
-_WORKER: GroupScorer | None = None
-
-
-def _worker_init(
-    model_bytes: bytes,
-    path: str | None,
-    min_size: int,
-    spec: RolloutSpec,
-    contexts: list[np.ndarray],
-    statics: dict[str, np.ndarray],
-    reference: list[np.ndarray],
-    inv_spread: list[np.ndarray],
-    horizon: int,
-    settings: ProbeSettings,
-    strategy: str,
-) -> None:
-    import onnx
-
-    global _WORKER
-    model = Model(
-        onnx.load_from_string(model_bytes),
-        Path(path) if path else None,
-        min_weight_size=min_size,
-        include=settings.include,
-        exclude=settings.exclude,
-    )
-    _WORKER = GroupScorer(model, spec, contexts, statics, reference, inv_spread, horizon, settings, strategy, threads=1)
-
-
-def _worker_run(batch: list[tuple[str, tuple[str, ...]]]) -> tuple[list[GroupScore], int]:
-    if _WORKER is None:
-        raise RuntimeError("worker process was not initialised")
-    before = _WORKER.calls
-    out = [_WORKER.score_group(n, t) for n, t in batch]
-    return out, _WORKER.calls - before
-
-
 def inverse_spreads(spec: RolloutSpec, contexts: Contexts, steps: list[np.ndarray]) -> list[np.ndarray]:
     """Per pair, 1 / each variable's spread (the contexts' data), broadcastable to its trajectory [T, K, ...]."""
     return [inverse_spread(sp, spec.mode, spec.channel_axis, st.ndim) for sp, st in zip(contexts.spreads, steps)]
@@ -219,8 +109,11 @@ def state_exponent(
     spec: RolloutSpec,
     scale: float,
     seed: int,
+    shares: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[StateExponent, np.ndarray]:
-    """Perturb the initial state by ``scale`` variable spreads; returns the exponent and e_t [T, K]."""
+    """Perturb the initial state by ``scale`` variable spreads; returns the exponent and e_t [T, K].
+
+    ``shares``: roll the contexts out in these shares, as the reference was (see `edgetqs.sensitivity.tasks`)."""
     rng = np.random.default_rng([seed, 7])
     pert, sizes = [], []
     for c, i in zip(contexts.arrays, inv):
@@ -231,7 +124,7 @@ def state_exponent(
         pert.append((c + d).astype(c.dtype))
         sizes.append(((pert[-1] - c) / spread).reshape(c.shape[0], -1))
     e0 = np.sqrt(np.mean(np.square(np.concatenate(sizes, axis=1), dtype=np.float64), axis=1))  # [K]
-    res = roll.run(pert, horizon)
+    res = run_shares(roll, pert, horizon, shares or [(0, pert[0].shape[0])])
     e = divergence(res.steps, reference, inv)
     t = np.arange(1, horizon + 1)[:, None]
     with np.errstate(all="ignore"):
@@ -259,9 +152,12 @@ def choose_horizon(error_curve: np.ndarray, e0: float, max_horizon: int, growth:
 
 @dataclass
 class _Baseline:
-    """What every group of a sweep is compared with: the reference rollout on the strategy's session."""
+    """What every group of a sweep is compared with: the reference rollout on the strategy's session.
 
-    roll: Rollout
+    ``roll`` is that session when the groups run on it (``feed``); a rebuilt constant session (which holds its
+    own optimised copy of the weights) is not kept while the groups run."""
+
+    roll: Rollout | None
     ref_steps: list[np.ndarray]
     inv: list[np.ndarray]
     state: StateExponent
@@ -272,20 +168,43 @@ class _Baseline:
     notes: tuple[str, ...]
 
 
+def _session(model: Model, spec: RolloutSpec, statics: dict[str, np.ndarray], feed: bool) -> Rollout:
+    """A rollout on the model's own arrays: weights overridable per run (feed), or a fully optimised constant graph;
+    on the sweep's one thread, like every task's session."""
+    from ..core.session import SharedSession
+
+    return Rollout(model, spec, statics, session=SharedSession(model, feed=feed, threads=SWEEP_THREADS))
+
+
 def _baseline(
-    model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings, strategy: str, notes: tuple[str, ...]
+    model: Model,
+    spec: RolloutSpec,
+    contexts: Contexts,
+    settings: ProbeSettings,
+    strategy: str,
+    notes: tuple[str, ...],
+    shares: Sequence[tuple[int, int]],
 ) -> _Baseline:
     """The reference rollout, the model's own exponent, the horizon, and (``auto``) the cheaper strategy.
 
     The two whole-trajectory rollouts every sweep needs double as the timing of each strategy: the
     reference runs on a freshly built, fully optimised session (exactly a rebuild group's cost, build and
-    warm-up included); the state-perturbation rollout runs on the feed session."""
+    warm-up included); the state-perturbation rollout runs on the feed session. Both roll the contexts out
+    in the same shares as the tasks (``shares``), so a group with no effect diverges by exactly zero."""
     arrays, statics = contexts.arrays, contexts.statics
     probe_t = settings.horizon or settings.max_horizon  # the longest horizon that may be needed
+    weight_bytes = sum(model.weight_array(w.name).nbytes for w in model.weights)
+    if strategy == "auto" and weight_bytes > AUTO_REBUILD_MAX_BYTES:
+        strategy = "feed"
+        notes = notes + (
+            f"strategy auto -> feed without timing a rebuilt session: the weights ({weight_bytes / 2**30:.1f} GiB) are above "
+            f"{AUTO_REBUILD_MAX_BYTES / 2**30:g} GiB, where its own optimised copy of them would double the memory; "
+            "--strategy rebuild times nothing and rebuilds anyway",
+        )
     first = "feed" if strategy == "feed" else "rebuild"
     tb = time.perf_counter()
-    roll = Rollout(model, spec, statics, model_bytes=None if first == "feed" else model.bytes)
-    ref = roll.run(arrays, probe_t)
+    roll = _session(model, spec, statics, feed=first == "feed")
+    ref = run_shares(roll, arrays, probe_t, shares)
     t_first = time.perf_counter() - tb
     if ref.first_nonfinite is not None:
         raise DivergedRolloutError(
@@ -296,10 +215,10 @@ def _baseline(
     state_roll = roll
     extra_calls = 0
     if strategy == "auto":
-        state_roll = Rollout(model, spec, statics)
+        state_roll = _session(model, spec, statics, feed=True)
         state_roll.run([a[:1] for a in arrays], 2)  # warm-up: a feed group pays it once per sweep, not per group
     tf = time.perf_counter()
-    state, e_state = state_exponent(state_roll, contexts, ref.steps, inv, probe_t, spec, settings.state_scale, settings.seed)
+    state, e_state = state_exponent(state_roll, contexts, ref.steps, inv, probe_t, spec, settings.state_scale, settings.seed, shares)
     if strategy == "auto":
         t_feed = time.perf_counter() - tf
         strategy = "rebuild" if t_first < 0.9 * t_feed else "feed"
@@ -312,7 +231,7 @@ def _baseline(
             # with no effect then gives exactly zero divergence, not kernel round-off
             extra_calls = roll.forward_calls
             roll = state_roll
-            ref = roll.run(arrays, probe_t)
+            ref = run_shares(roll, arrays, probe_t, shares)
         else:
             extra_calls = state_roll.forward_calls
     if settings.horizon is None:
@@ -322,7 +241,10 @@ def _baseline(
         )
     else:
         horizon, rule = settings.horizon, "fixed"
-    return _Baseline(roll, [s[:horizon] for s in ref.steps], inv, state, horizon, rule, strategy, extra_calls + roll.forward_calls, notes)
+    calls = extra_calls + roll.forward_calls
+    return _Baseline(
+        roll if strategy == "feed" else None, [s[:horizon] for s in ref.steps], inv, state, horizon, rule, strategy, calls, notes
+    )
 
 
 def run_sweep(
@@ -330,10 +252,15 @@ def run_sweep(
     spec: RolloutSpec,
     contexts: Contexts,
     settings: ProbeSettings | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     progress: Progress | None = None,
     notes: tuple[str, ...] = (),
     strategy: str = "auto",
+    *,
+    backend: str | SweepBackend | None = None,
+    address: str | None = None,
+    checkpoint: Path | str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Scores:
     """Score every weight group of ``model`` with TQS.
 
@@ -342,30 +269,131 @@ def run_sweep(
         spec: its rollout.
         contexts: K initial states (`edgetqs.core.contexts`).
         settings: probe, granularity, horizon, seed.
-        workers: parallel processes for the groups (each runs a single-threaded session).
-        progress: called with (groups done, groups total).
+        workers: parallel workers (processes or Ray actors); every session of a sweep is single-threaded, so
+            that the scores are the same on every backend. Default 1 (serial); with a parallel backend, every core
+            of the machine or the Ray cluster. 0 with no backend named: a process per core for a model of 5 M
+            parameters or more, else serial (the command line's default; a script that asks for it must start
+            its work under ``if __name__ == "__main__":``, as worker processes import the script again).
+        progress: called with (tasks done, tasks total) as each task finishes; a task is one group rolled out
+            from a share of the contexts (all of them unless the sweep has few groups, see `edgetqs.sensitivity.tasks`).
         strategy: ``feed`` (one session, weights as inputs), ``rebuild`` (a session per group) or
             ``auto`` (the cheaper, timed on the reference and state rollouts; recorded in the result).
+        backend: a registered backend's name (`edgetqs.sensitivity.backends`: serial, processes, ray) or an
+            instance; default: see ``workers``. Every backend gives the same numbers.
+        address: the Ray cluster to join (``ray`` backend).
+        checkpoint: a file that keeps finished tasks while the sweep runs, so that a killed sweep resumes where it
+            stopped (`edgetqs.sensitivity.checkpoint`); removed when the sweep completes.
+        log: receives one-line notices (a resumed sweep).
 
     Returns:
         The `Scores`.
 
     Raises:
-        BadInputError: bad settings, workers or strategy.
+        BadInputError: bad settings, workers, strategy or backend.
+        OptionalDependencyError: the ray backend without Ray installed.
         DivergedRolloutError: the float reference rollout itself becomes non-finite.
+        SweepWorkerError: the workers of a parallel backend kept dying.
     """
     settings = settings or ProbeSettings()
     settings.check()
-    if not 1 <= workers <= 1024:
-        raise BadInputError(f"workers {workers}; expected 1 to 1024 processes")
     if strategy not in STRATEGIES:
         raise BadInputError(f"strategy '{strategy}'; expected one of {', '.join(STRATEGIES)}")
-    if settings.ladder:
-        return _with_ladder(model, spec, contexts, settings, workers, progress, notes, strategy)
+    if backend is None and address is None and workers == 0:
+        backend, workers = local_default(model.n_params)
+    be = backend if backend is not None and not isinstance(backend, str) else make_backend(backend, workers, address)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    with be:
+        if settings.ladder:
+            return _with_ladder(model, spec, contexts, settings, be, progress, notes, strategy, ckpt, log)
+        return _sweep(model, spec, contexts, settings, be, progress, notes, strategy, ckpt, log)
+
+
+def _digest(arrays: Sequence[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _sweep(
+    model: Model,
+    spec: RolloutSpec,
+    contexts: Contexts,
+    settings: ProbeSettings,
+    backend: SweepBackend,
+    progress: Progress | None,
+    notes: tuple[str, ...],
+    strategy: str,
+    checkpoint: Path | None,
+    log: Callable[[str], None] | None,
+) -> Scores:
+    import onnxruntime
+
     t0 = time.perf_counter()
-    base = _baseline(model, spec, contexts, settings, strategy, notes)
     groups = make_groups(model, settings.granularity, settings.block_depth)
-    results, calls = _score_groups(model, spec, contexts, settings, base, groups, workers, progress)
+    first = next(i for i in model.inputs if i.name == spec.pairs[0][0])
+    k = contexts.arrays[0].shape[0]
+    shares = context_shares(len(groups), k, model.n_params, first.shape[0] if first.shape else None)
+    tasks = plan_tasks(len(groups), shares)
+    if checkpoint is not None and strategy == "auto":
+        # a resumed sweep keeps the strategy it started with (auto's timing may choose otherwise this time)
+        strategy = Checkpoint.strategy_of(checkpoint) or strategy
+    base = _baseline(model, spec, contexts, settings, strategy, notes, shares)
+    job = Job(
+        skeleton=bytes(model.skeleton.SerializeToString()),
+        path=str(model.path) if model.path else None,
+        sha256=model.sha256,
+        spec=spec,
+        groups=tuple(groups),
+        contexts=tuple(contexts.arrays),
+        statics=dict(contexts.statics),
+        reference=tuple(base.ref_steps),
+        inv=tuple(base.inv),
+        horizon=base.horizon,
+        settings=settings,
+        strategy=base.strategy,
+    )
+    results: dict[int, TaskResult] = {}
+    ckpt = None
+    if checkpoint is not None:
+        header = {
+            "model": model.sha256,
+            "contexts": contexts.sha256(),
+            "settings": settings.model_dump(mode="json"),
+            "rollout": spec.model_dump(mode="json"),
+            "strategy": base.strategy,
+            "horizon": base.horizon,
+            "shares": [list(s) for s in shares],
+            "groups": [g[0] for g in groups],
+            "reference": _digest(base.ref_steps),
+            "onnxruntime": onnxruntime.__version__,
+            "edgetqs": edgetqs_version(),
+        }
+        ckpt, results, said = Checkpoint.open(checkpoint, header, tasks, base.horizon)
+        if said and log:
+            log(said)
+    if progress and results:
+        progress(len(results), len(tasks))
+
+    def done(r: TaskResult) -> None:
+        results[r.index] = r
+        if ckpt is not None:
+            ckpt.add(r)
+        if progress:
+            progress(len(results), len(tasks))
+
+    complete = False
+    try:
+        retried = backend.run(Sweep(job, model, base.roll), [t for t in tasks if t.index not in results], done)
+        scored = _group_scores(groups, tasks, results, base.horizon, settings.eps == "relative")
+        complete = True
+    finally:
+        if ckpt is not None:
+            ckpt.close(complete)
+    out_notes = tuple(base.notes)
+    if retried:
+        out_notes += (f"{backend.name} backend: {retried} task run(s) lost with a worker were run again",)
     return Scores(
         edgetqs_version=edgetqs_version(),
         model=model.name,
@@ -378,92 +406,24 @@ def run_sweep(
         contexts=contexts.info(),
         contexts_sha256=contexts.sha256(),
         state_exponent=base.state,
-        groups=tuple(results[name].model_copy(update={"label": group_label(model, name, t)}) for name, t in groups),
+        groups=tuple(g.model_copy(update={"label": group_label(model, g.name, tuple(g.tensors))}) for g in scored),
         wall_seconds=time.perf_counter() - t0,
-        forward_calls=base.calls + calls,
-        workers=workers,
+        forward_calls=base.calls + sum(r.calls for r in results.values()),
+        workers=backend.workers,
         strategy=base.strategy,
-        notes=tuple(base.notes),
+        notes=out_notes,
         excluded=excluded_tensors(model),
     )
 
 
-def _score_groups(
-    model: Model,
-    spec: RolloutSpec,
-    contexts: Contexts,
-    settings: ProbeSettings,
-    base: _Baseline,
-    groups: list[tuple[str, tuple[str, ...]]],
-    workers: int,
-    progress: Progress | None,
-) -> tuple[dict[str, GroupScore], int]:
-    """Every group's score, in this process or in ``workers`` processes; and the model calls they made."""
-    results: dict[str, GroupScore] = {}
-    if workers == 1:
-        scorer = GroupScorer(
-            model, spec, contexts.arrays, contexts.statics, base.ref_steps, base.inv, base.horizon, settings, base.strategy, roll=base.roll
-        )
-        for i, (name, tensors) in enumerate(groups):
-            results[name] = scorer.score_group(name, tensors)
-            if progress:
-                progress(i + 1, len(groups))
-        return results, scorer.calls
-    import multiprocessing as mp
-
-    calls = 0
-    n_batches = min(len(groups), workers * 4)
-    batches = [groups[i::n_batches] for i in range(n_batches)]
-    init_args = (
-        model.bytes,
-        str(model.path) if model.path else None,
-        _min_size(model),
-        spec,
-        contexts.arrays,
-        contexts.statics,
-        base.ref_steps,
-        base.inv,
-        base.horizon,
-        settings,
-        base.strategy,
-    )
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=init_args) as pool:
-        with _sigint_ignored():  # workers start during submit and inherit this: Ctrl-C is the parent's, which ends them
-            futures = [pool.submit(_worker_run, b) for b in batches]
-        try:
-            for f in as_completed(futures):
-                scored, n = f.result()
-                calls += n
-                for g in scored:
-                    results[g.name] = g
-                if progress:
-                    progress(len(results), len(groups))
-        except BaseException:
-            _stop_workers(pool)
-            raise
-    return results, calls
-
-
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    prev = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, prev if prev is not None else signal.SIG_DFL)
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Ctrl-C or an error while workers run: end them now; leaving the pool would wait for every batch."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        proc.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
+def _group_scores(
+    groups: Sequence[tuple[str, tuple[str, ...]]], tasks: Sequence[Task], results: dict[int, TaskResult], horizon: int, relative: bool
+) -> tuple[GroupScore, ...]:
+    """Each group's score from its tasks, in graph order."""
+    by_group: dict[int, list[TaskResult]] = {}
+    for t in tasks:  # tasks are in (group, share) order: each group's parts come in context order
+        by_group.setdefault(t.group, []).append(results[t.index])
+    return tuple(group_score(name, tensors, by_group[i], horizon, relative) for i, (name, tensors) in enumerate(groups))
 
 
 def _with_ladder(
@@ -471,10 +431,12 @@ def _with_ladder(
     spec: RolloutSpec,
     contexts: Contexts,
     settings: ProbeSettings,
-    workers: int,
+    backend: SweepBackend,
     progress: Progress | None,
     notes: tuple[str, ...],
     strategy: str,
+    checkpoint: Path | None,
+    log: Callable[[str], None] | None,
 ) -> Scores:
     """The sweep with the main probe, then the quant probe at each bit-width of the ladder.
 
@@ -489,19 +451,24 @@ def _with_ladder(
             return None
         return lambda d, t: progress(i * t + d, n * t)
 
-    main = run_sweep(model, spec, contexts, base, workers, sub(0), notes, strategy)
+    def part(suffix: str) -> Path | None:
+        return checkpoint.with_name(f"{checkpoint.name}.{suffix}") if checkpoint is not None else None
+
+    main = _sweep(model, spec, contexts, base, backend, sub(0), notes, strategy, part("main"), log)
     ladder: dict[str, dict[str, float | None]] = {g.name: {} for g in main.groups}
     calls, wall = main.forward_calls, main.wall_seconds
     for i, b in enumerate(sorted({int(x) for x in settings.ladder}), start=1):
-        q = run_sweep(
+        q = _sweep(
             model,
             spec,
             contexts,
             base.model_copy(update={"probe": "quant", "bits": b, "horizon": main.horizon}),
-            workers,
+            backend,
             sub(i),
             (),
             main.strategy,
+            part(f"{b}bits"),
+            log,
         )
         calls += q.forward_calls
         wall += q.wall_seconds
@@ -517,7 +484,3 @@ def _with_ladder(
             "notes": tuple(main.notes) + (f"quant-probe gains measured at {', '.join(map(str, sorted(set(settings.ladder))))} bits",),
         }
     )
-
-
-def _min_size(model: Model) -> int:
-    return min((w.size for w in model.weights), default=1)

@@ -216,7 +216,7 @@ def test_ctrl_c_stops_a_sweep_with_workers_at_once(ws: robust.Workspace) -> None
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgetqs.cli", *argv],
         cwd=ws.root,
-        env=env(ws),
+        env=env(ws, EDGETQS_TEST_PAUSE_AT="sweep_workers_started", EDGETQS_TEST_PAUSE_S="0"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -235,11 +235,10 @@ def test_ctrl_c_stops_a_sweep_with_workers_at_once(ws: robust.Workspace) -> None
                     continue
         return found
 
-    deadline = time.monotonic() + 600
-    while len(workers()) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_pause(proc, "sweep_workers_started")  # the workers are started (a Ctrl-C while they start is ignored)
     assert proc.poll() is None, proc.communicate()[1].decode()[-1500:]
     running = workers()
+    assert len(running) == 2, running
     time.sleep(1.0)  # let them start scoring
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)

@@ -621,7 +621,7 @@ def test_9_a_full_disk_is_one_line_and_keeps_what_was_there(ws: robust.Workspace
         (["check", "art/m.ort.onnx", "-r", "chk/reference.npz", "-c", "rec.csv"], "already holds the contexts"),
         (["convert", "m.onnx", "-p", "plan.json", "-f", "ort", "--activations", "int8", "-o", "out/a"], "full-integer"),
         (["score", "m.onnx", "-c", "rec.csv", "--strategy", "bogus"], "strategy 'bogus'"),
-        (["score", "m.onnx", "-c", "rec.csv", "--workers", "0"], "workers"),
+        (["score", "m.onnx", "-c", "rec.csv", "--workers", "1025"], "workers"),
         (["score", "m.onnx", "-c", "rec.csv", "--spinup-scale", "2"], "--spinup-scale"),
         (["score", "m.onnx", "-c", "rec.npy", "--variables", "v0,v1"], "2 names"),
         (["score", "m.onnx", "-c", "rec.csv", "--ladder", ""], "--ladder is given an empty value"),
@@ -629,7 +629,7 @@ def test_9_a_full_disk_is_one_line_and_keeps_what_was_there(ws: robust.Workspace
     ],
     ids=[
         "budget-empty", "budget-and-ratio", "pin-nosuch", "convert-T0", "check-T0", "tolerance-negative", "plan-unused-contexts",
-        "check-unused-contexts", "activations-ort", "strategy", "workers-0", "spinup-scale-unused", "variables-count", "ladder-empty", "span-empty",
+        "check-unused-contexts", "activations-ort", "strategy", "workers-1025", "spinup-scale-unused", "variables-count", "ladder-empty", "span-empty",
     ],
 )  # fmt: skip
 def test_10_bad_values_are_no_longer_silently_accepted(ws: robust.Workspace, argv: list[str], words: str) -> None:
