@@ -193,7 +193,14 @@ def build(
         from ..sensitivity.projection import ADVISE_ABOVE_S, fmt_seconds, project_sweep
 
         n_search = max(1, round(max(inp.contexts.k, search.contexts) * (1 - search.guard_share)))  # the search's contexts, at most
-        pj = project_sweep(m, inp.spec, inp.contexts, settings, refine_rollouts if refine else 0, n_search)
+        from ..sensitivity.backends import local_default
+
+        workers = cfg.workers or 1
+        if cfg.workers == 0 and cfg.backend is None and cfg.address is None:
+            workers = local_default(m.n_params)[1] or 1
+        elif cfg.workers == 0:
+            workers = os.cpu_count() or 1
+        pj = project_sweep(m, inp.spec, inp.contexts, settings, refine_rollouts if refine else 0, n_search, workers)
         st.say(f"      {pj.describe()}")
         for a in pj.advice():
             st.say(f"      over {fmt_seconds(ADVISE_ABOVE_S)}; to cut it: {a}")

@@ -43,6 +43,7 @@ class Projection:
     rebuild_call_seconds: float = math.inf  # one call on such a session
     refine_rollouts: int = 0
     refine_contexts: int = 0  # contexts of the re-scoring search (at most)
+    workers: int = 1  # processes the sweep's groups are shared out to (each session single-threaded)
 
     @property
     def calls_per_step(self) -> int:
@@ -56,7 +57,7 @@ class Projection:
 
     @property
     def sweep_seconds(self) -> float:
-        return (self.groups + BASELINE_ROLLOUTS) * self.rollout_seconds
+        return (BASELINE_ROLLOUTS + math.ceil(self.groups / max(1, self.workers))) * self.rollout_seconds
 
     @property
     def refine_seconds(self) -> float:
@@ -75,8 +76,9 @@ class Projection:
         t = f"T{'<=' if self.horizon_is_bound else '~' if self.horizon_auto else '='}{self.horizon}"
         per = f"{self.calls_per_step} call{'s' if self.calls_per_step > 1 else ''}/step" + (f" at batch {self.batch}" if self.batch else "")
         line = (
-            f"projected sweep: {self.groups} groups + {BASELINE_ROLLOUTS} baseline rollouts x {t} x {per} x {self.call_seconds * 1e3:.3g} ms "
-            f"= {fmt_seconds(self.sweep_seconds)}"
+            f"projected sweep: {self.groups} groups + {BASELINE_ROLLOUTS} baseline rollouts x {t} x {per} x {self.call_seconds * 1e3:.3g} ms"
+            + (f" / {self.workers} workers" if self.workers > 1 else "")
+            + f" = {fmt_seconds(self.sweep_seconds)}"
         )
         if self.refine_rollouts:
             line += f"; re-scoring search up to {self.refine_rollouts} rollouts = {fmt_seconds(self.refine_seconds)}"
@@ -88,7 +90,7 @@ class Projection:
             return []
         out = []
         if self.block_groups < self.groups:
-            sweep = (self.block_groups + BASELINE_ROLLOUTS) * self.rollout_seconds
+            sweep = (BASELINE_ROLLOUTS + math.ceil(self.block_groups / max(1, self.workers))) * self.rollout_seconds
             out.append(f"--groups block scores {self.block_groups} module groups instead of {self.groups}: sweep ~{fmt_seconds(sweep)}")
         if self.k >= 2 * (self.batch or 2):
             k2 = self.k // 2
@@ -110,7 +112,13 @@ def fmt_seconds(s: float) -> str:
 
 
 def project_sweep(
-    model: Model, spec: RolloutSpec, contexts: Contexts, settings: ProbeSettings, refine_rollouts: int = 0, refine_contexts: int = 0
+    model: Model,
+    spec: RolloutSpec,
+    contexts: Contexts,
+    settings: ProbeSettings,
+    refine_rollouts: int = 0,
+    refine_contexts: int = 0,
+    workers: int = 1,
 ) -> Projection:
     """Time a short rollout of ``contexts`` (weights fed as inputs, as the sweep runs them) and project the sweep.
 
@@ -121,19 +129,23 @@ def project_sweep(
     Args:
         refine_rollouts: the re-scoring search's rollout budget to add (0: none).
         refine_contexts: the contexts that search rolls out (at most; 0: the scoring contexts).
+        workers: the sweep's parallel processes (groups are shared out; sessions are single-threaded).
     """
     from types import SimpleNamespace
 
     from .sweep import choose_horizon, inverse_spreads, state_exponent
+    from .tasks import SWEEP_THREADS
 
-    roll = Rollout(model, spec, contexts.statics)
+    roll = Rollout(model, spec, contexts.statics, threads=SWEEP_THREADS)  # the sweep's sessions: one thread each
     roll.run([a[:1] for a in contexts.arrays], 1)  # warm-up: the first call pays the session's lazy set-up
     feed = {w.name: np.array(model.weight_array(w.name)) for w in model.weights}  # as a perturbed group feeds them
     t = time.perf_counter()
     res = roll.run(contexts.arrays, TIMED_STEPS, overrides=feed)
     call = (time.perf_counter() - t) / max(1, res.forward_calls)
     t = time.perf_counter()
-    fresh = Rollout(model, spec, contexts.statics, model_bytes=model.bytes)  # the rebuild strategy: a session per group
+    fresh = Rollout(
+        model, spec, contexts.statics, threads=SWEEP_THREADS, model_bytes=model.bytes
+    )  # the rebuild strategy: a session per group
     built = time.perf_counter() - t
     t = time.perf_counter()
     res = fresh.run(contexts.arrays, TIMED_STEPS)
@@ -161,6 +173,7 @@ def project_sweep(
         rebuild_call_seconds=rebuild_call,
         refine_rollouts=refine_rollouts,
         refine_contexts=refine_contexts,
+        workers=workers,
     )
 
 

@@ -39,6 +39,10 @@ def test_advice_only_above_the_limit_and_each_cut_is_smaller() -> None:
     base = Projection(groups=96, block_groups=12, horizon=20, horizon_is_bound=False, horizon_auto=False, k=8, batch=2, call_seconds=0.1)
     assert base.sweep_seconds == pytest.approx(99 * 20 * 4 * 0.1) and base.advice()[0].startswith("--groups block scores 12 module groups")
     assert "-k 4 (contexts) instead of 8: sweep ~6.6 min" in base.advice()[1]  # 99 x 20 x 2 calls x 0.1 s = 396 s
+    par = Projection(
+        groups=96, block_groups=12, horizon=20, horizon_is_bound=False, horizon_auto=False, k=8, batch=2, call_seconds=0.1, workers=4
+    )
+    assert par.sweep_seconds == pytest.approx((3 + 24) * 20 * 4 * 0.1) and "/ 4 workers" in par.describe()  # groups shared out
     quick = Projection(groups=4, block_groups=2, horizon=5, horizon_is_bound=False, horizon_auto=False, k=4, batch=None, call_seconds=1e-3)
     assert quick.advice() == []
 
@@ -49,7 +53,17 @@ def test_build_prints_the_projection_and_its_advice_works_when_followed(tmp_path
     p = models.deep_mlp(tmp_path / "d.onnx")
     np.save(tmp_path / "r.npy", np.random.default_rng(0).standard_normal((120, 8)).astype(np.float32))
     lines: list[str] = []
-    r = build(p, "raspberrypi", contexts=tmp_path / "r.npy", k=8, device="local", refine=False, output=tmp_path / "dist", log=lines.append)
+    r = build(
+        p,
+        "raspberrypi",
+        contexts=tmp_path / "r.npy",
+        k=8,
+        device="local",
+        refine=False,
+        output=tmp_path / "dist",
+        log=lines.append,
+        force=True,
+    )
     assert r.passed
     text = "\n".join(lines)
     assert re.search(r"projected sweep: 10 groups \+ 3 baseline rollouts x T=\d+ x 1 call/step x [\d.]+ ms = ", text), text
