@@ -68,6 +68,8 @@ def inputs(
     seed: int = 0,
     rollout: RolloutConfig | dict[str, Any] | None = None,
     pick: str | None = None,
+    include: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] | None = None,
     fill: str | None = None,
     log: Log | None = None,
 ) -> Inputs:
@@ -75,7 +77,8 @@ def inputs(
 
     ``pick``: ``even`` (contexts evenly spaced over the record or stack of windows) or ``random`` (seeded by ``seed``).
     ``fill`` (``ffill``, ``interpolate``, ``mean``; default: the project's) fills NaN/Inf in the contexts,
-    which are refused otherwise (`edgetqs.core.missing`)."""
+    which are refused otherwise (`edgetqs.core.missing`). ``include`` / ``exclude``: weight rules
+    (`edgetqs.core.weights`); None: the project's."""
     from .core.inputs import resolve
 
     return resolve(
@@ -90,6 +93,8 @@ def inputs(
         seed=seed,
         rollout=rollout,
         pick=pick,
+        include=include,
+        exclude=exclude,
         fill=fill,
         log=log,
     )
@@ -161,6 +166,8 @@ def score(
         seed=probe.seed,
         rollout=rollout,
         pick=pick,
+        include=probe.include,
+        exclude=probe.exclude,
         fill=fill,
     )
     if log:
@@ -228,6 +235,8 @@ def plan(
     lowest: str | int | None = None,
     pins: list[str] | tuple[str, ...] = (),
     budget: str | int | None = None,
+    include: list[str] | tuple[str, ...] = (),
+    exclude: list[str] | tuple[str, ...] = (),
     fill: str | None = None,
     log: Log | None = None,
     **options: Any,
@@ -245,6 +254,8 @@ def plan(
         lowest: lowest allowed tier (``int4`` or 4).
         pins: ``NAME=PRECISION`` or ``re:REGEX=PRECISION`` rules.
         budget: ``600KB``, ``1.5MiB`` or bytes.
+        include, exclude: weight rules added to those the scores were made with: ``exclude`` keeps more tensors
+            exact (constants); ``include`` can only name tensors the scores hold (else: rescore with it).
         contexts, k, span, fill: the contexts for ``evaluate``, ``refine`` and ``rounding="gptq"`` (refused otherwise:
             they would not be used).
         **options: other `edgetqs.allocation.plan.PlanOptions` fields (runtime, ratio, objective, allocator,
@@ -264,17 +275,19 @@ def plan(
         raise BadInputError(f"--pareto {pareto}; expected 2 to 1000 budgets")
     s = scores if isinstance(scores, Scores) else Scores.load(scores)
     proj = open_project(project)
+    inc = tuple(dict.fromkeys((*s.settings.include, *include)))
+    exc = tuple(dict.fromkeys((*s.settings.exclude, *exclude)))
     if isinstance(model, Model):
-        m = model
+        m = model.select(inc, exc)
     else:
         mpath = model or (proj.model if proj else None) or (Path(s.model_path) if s.model_path else None)
         if mpath is None:
             raise BadInputError("no model: pass --model (the ONNX file that was scored)")
-        m = load_model(mpath)
+        m = load_model(mpath, include=inc, exclude=exc)
     if s.model_sha256 == m.sha256:  # another model is refused by the planner, with advice
         from .sensitivity.cache import verify_groups
 
-        why = verify_groups(s, m)
+        why = verify_groups(s, m.select(s.settings.include, s.settings.exclude))  # the model as it was scored
         if why is not None:
             where = f"'{scores}'" if not isinstance(scores, Scores) else "the scores"
             raise BadInputError(f"{where} cannot be used to plan '{m.path}': {why}; score the model again with `edgetqs score`")
@@ -285,6 +298,8 @@ def plan(
             budget_bytes=parse_size(str(budget)) if budget is not None else None,
             lowest_bits=lowest_bits,
             pins=tuple(parse_pin(p) for p in pins),
+            include=inc,
+            exclude=exc,
             **options,
         )
     except ValidationError as exc:
@@ -355,7 +370,18 @@ def convert(
         )
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
     _check_horizon(horizon)
-    inp = inputs(model, contexts, project=project, k=k, span=span, pick=pick, fill=fill, log=log)
+    inp = inputs(
+        model,
+        contexts,
+        project=project,
+        k=k,
+        span=span,
+        pick=pick,
+        fill=fill,
+        log=log,
+        include=p.options.include,
+        exclude=p.options.exclude,
+    )
     from .core.files import Policy, preflight
     from .runtimes.convert import artifact_name
 

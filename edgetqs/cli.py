@@ -48,6 +48,13 @@ Pick = Annotated[
     str | None, typer.Option(help="How contexts are spread over the record: even (evenly spaced, default) or random (seeded by --seed).")
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")]
+Include = Annotated[
+    list[str] | None,
+    typer.Option(help="Make a tensor the constant rules leave out (a mask, a range, zeros) a weight: NAME or re:REGEX (repeatable)."),
+]
+Exclude = Annotated[
+    list[str] | None, typer.Option(help="Keep a tensor out of the weights (never scored, stored exactly): NAME or re:REGEX (repeatable).")
+]
 Fill = Annotated[
     str | None,
     typer.Option(help="Fill NaN/Inf in the contexts: ffill, interpolate or mean (default: `fill` in edgetqs.toml, else refuse them)."),
@@ -116,6 +123,8 @@ def score(
     bits: Annotated[int | None, typer.Option(help="Bit-width of the quant probe (default 4).")] = None,
     ladder: Annotated[str | None, typer.Option(help="Also measure the quant probe at these bit-widths, e.g. 2,3,4,5,6,8.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for probes and spin-up (default 0).")] = None,
+    include: Include = None,
+    exclude: Exclude = None,
     workers: Annotated[
         int | None,
         typer.Option(help="Parallel workers (default: a process per core from 5 M parameters, else 1; with --backend: every core)."),
@@ -168,6 +177,8 @@ def score(
             bits=bits,
             workers=workers,
             ladder=parse_ladder(ladder) if ladder is not None else None,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
             backend=backend,
             address=address,
         )
@@ -196,9 +207,11 @@ def score(
             )
         scores.save(output)
         if not quiet:
-            from .bundle.tables import scores_table
+            from .bundle.tables import constants_table, scores_table
 
             out.print(scores_table(scores, top))
+            if scores.excluded:
+                out.print(constants_table(scores.excluded))
         if plot:
             from .bundle.plots import plot_scores
 
@@ -226,6 +239,13 @@ def plan(
     keep_fp32: Annotated[float, typer.Option(help="Share of parameters kept in fp32, most sensitive groups first.")] = 0.0,
     lowest: Annotated[str | None, typer.Option(help="Lowest allowed tier, e.g. int4 or int8 (bits below are not used).")] = None,
     pin: Annotated[list[str] | None, typer.Option(help="NAME=PRECISION or re:REGEX=PRECISION (repeatable); exact beats regex.")] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(help="Plan a tensor the constant rules leave out; it must be scored (score with the same --include)."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="Also keep these tensors exact (constants), beside the scores' own: NAME or re:REGEX.")
+    ] = None,
     pareto_n: Annotated[int | None, typer.Option("--pareto", help="Also plan at N budgets from the smallest feasible to fp32.")] = None,
     evaluate: Annotated[bool, typer.Option(help="Measure the rollout error of the plan(s) by simulated quantization.")] = False,
     refine: Annotated[
@@ -274,6 +294,8 @@ def plan(
             lowest=lowest,
             pins=tuple(pin or ()),
             budget=budget,
+            include=tuple(include or ()),
+            exclude=tuple(exclude or ()),
             runtime=runtime,
             ratio=ratio,
             objective=objective,
@@ -429,6 +451,11 @@ def build(
     contexts: Contexts = None,
     span: Span = None,
     pick: Pick = None,
+    groups: Annotated[
+        str | None, typer.Option("--groups", help="Weight groups: tensor (default) or block (one per module: fewer rollouts).")
+    ] = None,
+    include: Include = None,
+    exclude: Exclude = None,
     fill: Fill = None,
     project: Project = None,
 ) -> None:
@@ -436,10 +463,12 @@ def build(
 
     Exit status: 0 when the check passes, 1 when it fails (the bundle is still written), 2 on error."""
     from .console import Text, progress
+    from .core.project import ScoreConfig
 
     with boundary():
         if output.exists() and not output.is_dir():
             raise BadInputError(f"--output '{output}' is not a folder; give a folder for the bundles")
+        score_cfg = _config(ScoreConfig, granularity=groups, include=tuple(include or ()), exclude=tuple(exclude or ()))
         if budget is not None and not budget.strip():
             raise BadInputError("--budget is empty; give a size such as 600KB, or leave it out for the target's budget")
         with progress("      scoring") as bar:
@@ -459,6 +488,7 @@ def build(
                 contexts=contexts,
                 span=span,
                 pick=pick,
+                score=score_cfg,
                 fill=fill,
                 log=say,
                 progress=bar,

@@ -227,3 +227,67 @@ def fused_mlp(path: Path, n: int = 8, hidden: int = 16, seed: int = 0) -> Path:
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def masked_window(
+    path: Path, length: int = 8, horizon: int = 2, hidden: int = 12, seed: int = 0, batch: int | str = "B", bad: str = ""
+) -> Path:
+    """x[B,L,1] -> y[B,H,1]: a window model holding the constants a real export holds beside its weights.
+
+    A causal average over the window (outer product + an [L,L] ``mask`` initializer with -inf above the
+    diagonal + Softmax), then ``x + avg`` -> MatMul ``val_12`` (an exporter-made name; its node records the
+    module scope ``enc.proj`` in ``pkg.torch.onnx.name_scopes``) -> Tanh -> MatMul ``dec.weight`` (node with a
+    ``namespace`` only) -> + 0.01 * ``range_3`` (0, 1, ... H-1: an arange) + ``zeros_like_3`` (all zeros);
+    the output shape comes from ``shape_f``, a float [0, H, 1] Cast to int64 (a shape constant).
+    ``bad``: ``nan`` puts a NaN in ``dec.weight``, ``inf`` an infinity in ``val_12`` (broken weights)."""
+    rng = np.random.default_rng(seed)
+    L, H = length, horizon
+    w_enc = (rng.standard_normal((L, hidden)) / np.sqrt(L)).astype(np.float32)
+    w_dec = (0.5 * rng.standard_normal((hidden, H)) / np.sqrt(hidden)).astype(np.float32)
+    if bad == "nan":
+        w_dec[1, 0] = np.nan
+    if bad == "inf":
+        w_enc[0, 2] = np.inf
+    inits = [
+        _init("flat", np.array([0, L], np.int64)),
+        _init("ax1", np.array([1], np.int64)),
+        _init("ax2", np.array([2], np.int64)),
+        _init("mask", np.triu(np.full((L, L), -np.inf, np.float32), k=1)),
+        _init("val_12", w_enc),
+        _init("dec.weight", w_dec),
+        _init("range_3", np.arange(H, dtype=np.float32)),
+        _init("zeros_like_3", np.zeros(H, np.float32)),
+        _init("shape_f", np.array([0, H, 1], np.float32)),
+        _init("k", np.array(0.01, np.float32)),
+    ]
+    enc = helper.make_node("MatMul", ["xa", "val_12"], ["h0"], name="node_MatMul_5")
+    helper.set_metadata_props(enc, {"pkg.torch.onnx.name_scopes": "['', 'enc', 'enc.proj', 'linear_2']"})
+    dec = helper.make_node("MatMul", ["h", "dec.weight"], ["o0"], name="node_MatMul_9")
+    helper.set_metadata_props(dec, {"namespace": ": Root/dec: Linear/linear_3: aten.linear"})
+    nodes = [
+        helper.make_node("Reshape", ["x", "flat"], ["xf"]),
+        helper.make_node("Unsqueeze", ["xf", "ax2"], ["xc"]),
+        helper.make_node("Unsqueeze", ["xf", "ax1"], ["xr"]),
+        helper.make_node("Mul", ["xc", "xr"], ["s0"]),
+        helper.make_node("Add", ["s0", "mask"], ["s1"]),
+        helper.make_node("Softmax", ["s1"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "xc"], ["av"]),
+        helper.make_node("Reshape", ["av", "flat"], ["avf"]),
+        helper.make_node("Add", ["xf", "avf"], ["xa"]),
+        enc,
+        helper.make_node("Tanh", ["h0"], ["h"]),
+        dec,
+        helper.make_node("Mul", ["range_3", "k"], ["r"]),
+        helper.make_node("Add", ["o0", "r"], ["o1"]),
+        helper.make_node("Add", ["o1", "zeros_like_3"], ["o2"]),
+        helper.make_node("Cast", ["shape_f"], ["shape_i"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["o2", "shape_i"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "masked_window",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, L, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, H, 1])],
+        inits,
+    )
+    return _save(graph, path)

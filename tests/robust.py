@@ -885,6 +885,9 @@ class Spec:
     base: list[str] | None = None  # another valid command line for this option
 
 
+# --include / --exclude: an exact tensor name or re:REGEX; each must match a float initializer of the model
+RULE = Predicate(lambda t: False, ("re:", "re:([", "nosuch.tensor", "re:^zzz$", " "))
+
 # (command, parameter name) -> its domain; a positional argument is replaced, an option replaced or added
 OPTIONS: dict[tuple[str, str], Spec] = {
     ("*", "debug"): Spec(Flag()),
@@ -923,6 +926,8 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("score", "plot"): Spec(OutFile()),
     ("score", "top"): Spec(IntRange(0)),
     ("score", "fill"): Spec(FILL),
+    ("score", "include"): Spec(RULE),
+    ("score", "exclude"): Spec(RULE),
     ("score", "project"): Spec(PROJECT),
     ("score", "quiet"): Spec(Flag()),
     # plan
@@ -943,6 +948,8 @@ OPTIONS: dict[tuple[str, str], Spec] = {
         )
     ),
     ("plan", "pareto_n"): Spec(IntRange(2, 1000)),
+    ("plan", "include"): Spec(RULE),
+    ("plan", "exclude"): Spec(RULE),
     ("plan", "evaluate"): Spec(Flag()),
     ("plan", "refine"): Spec(Flag()),
     ("plan", "refine_rollouts"): Spec(IntRange(1, 1_000_000)),
@@ -997,6 +1004,9 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("build", "refine"): Spec(Flag()),
     ("build", "refine_rollouts"): Spec(IntRange(1, 1_000_000)),
     ("build", "k"): Spec(K),
+    ("build", "groups"): Spec(Choice(("tensor", "block"))),
+    ("build", "include"): Spec(RULE),
+    ("build", "exclude"): Spec(RULE),
     ("build", "contexts"): Spec(CONTEXTS),
     ("build", "span"): Spec(SPAN),
     ("build", "pick"): Spec(PICK),
@@ -1104,6 +1114,8 @@ def _key_specs() -> dict[str, dict[str, KeySpec]]:
         "score.address": KeySpec(None, "str"),
         "score.eps": KeySpec(Choice(("relative", "absolute")), "str"),
         "score.ladder": KeySpec(Predicate(_ladder_ok), "list[int]"),
+        "score.include": KeySpec(RULE, "list[str]"),
+        "score.exclude": KeySpec(RULE, "list[str]"),
     }
     return {
         "project": {

@@ -29,6 +29,7 @@ from ..core.contexts import ContextsInfo
 from ..core.model import Model
 from ..core.quantize import FP32, Precision, effective, residual_rms
 from ..core.results import Frozen, ResultFile, edgetqs_version
+from ..core.weights import ExcludedTensor, excluded_tensors
 from ..errors import BadInputError
 from ..sensitivity.scores import GroupScore, Scores
 from .knapsack import InfeasibleBudgetError, Item, solve_exact, solve_greedy
@@ -127,6 +128,8 @@ class PlanOptions(Frozen):
     rounding: str = "rtn"  # rtn (round-to-nearest) or gptq: how the converters round each integer tensor
     activations: str = "auto"  # float | int8 | int16 | auto (the target's preference for the runtime, [activations])
     exact_bytes: bool = True  # full-integer runtimes: price from the graph the converter writes (its tools; else estimated, noted)
+    include: tuple[str, ...] = ()  # weight rules the model was read with (`edgetqs.core.weights`): the
+    exclude: tuple[str, ...] = ()  # converters read it the same way
 
     @field_validator("pins", mode="before")
     @classmethod
@@ -187,6 +190,12 @@ class TensorPlan(Frozen):
     residual: float
     error_share: float
     rule: str
+    label: str = ""  # readable name (the exporter's module scope); '' when it is the name
+
+    @property
+    def display(self) -> str:
+        """The readable name with the raw one beside it when they differ."""
+        return f"{self.label} [{self.name}]" if self.label else self.name
 
 
 class Plan(ResultFile):
@@ -224,6 +233,7 @@ class Plan(ResultFile):
     calibration: dict[str, Any] | None = None  # contexts the rounding's integers come from (GPTQ): source, k, contexts_sha256
     activations: str | None = None  # float | int8 | int16: what the converters execute activations at (None: plans before 0.3)
     pricing: dict[str, Any] | None = None  # how bytes were priced: source, exact, notes (`edgetqs.runtimes.pricing`)
+    excluded: tuple[ExcludedTensor, ...] = ()  # float initializers that are not weights: stored exactly (in fixed_bytes)
 
     @property
     def rounding(self) -> str:
@@ -262,7 +272,10 @@ def build_items(scores: Scores, model: Model, target: Target, opts: PlanOptions,
     group_of = {t: g for g in scores.groups for t in g.tensors}
     missing = [w.name for w in model.weights if w.name not in group_of]
     if missing:
-        raise BadInputError(f"weights {missing[:5]} are not in the scores (scored with different settings?); rescore the model")
+        raise BadInputError(
+            f"weights {missing[:5]} are not in the scores (scored with different settings, or included after scoring?); "
+            "rescore the model with the same --include/--exclude"
+        )
     paper = paper_weights(scores) if opts.objective == "paper" else {}
     items = []
     for w in model.weights:
@@ -585,6 +598,7 @@ def plan_from_choice(
                 residual=float(it.residual[c]),
                 error_share=share,
                 rule=it.rule,
+                label=model.label(it.name) if model.label(it.name) != it.name else "",
             )
         )
     weight_bytes = fixed + sum(t.bytes for t in tensors)
@@ -617,6 +631,7 @@ def plan_from_choice(
         notes=notes,
         activations=pricing.activations,
         pricing=pricing.record(),
+        excluded=excluded_tensors(model),
     )
 
 

@@ -156,18 +156,35 @@ def build(
     fmt, runtime = _format(tg, fmt)
     if budget is not None and ratio is not None:
         raise BadInputError("give --budget or --ratio, not both")
-    opts = PlanOptions(runtime=runtime, budget_bytes=parse_size(str(budget)) if budget is not None else None, ratio=ratio)
+    # the same settings and contexts as `edgetqs score` (project file, then options), so both find one cache entry
+    cfg = merged(proj.score if proj else ScoreConfig(), score)
+    settings = ProbeSettings.from_config(cfg)
+    opts = PlanOptions(
+        runtime=runtime,
+        budget_bytes=parse_size(str(budget)) if budget is not None else None,
+        ratio=ratio,
+        include=settings.include,
+        exclude=settings.exclude,
+    )
     opts.check()  # bad budgets fail before the sweep
     from ..allocation.rescore import search_settings
 
     search = search_settings(refine_rollouts)
-    # the same settings and contexts as `edgetqs score` (project file, then options), so both find one cache entry
-    cfg = merged(proj.score if proj else ScoreConfig(), score)
     from ..sensitivity.backends import check_backend
 
     check_backend(cfg.backend, cfg.workers, cfg.address)
-    settings = ProbeSettings.from_config(cfg)
-    inp = resolve(model, proj, contexts=contexts, k=k, span=span, pick=pick, seed=settings.seed, fill=fill)
+    inp = resolve(
+        model,
+        proj,
+        contexts=contexts,
+        k=k,
+        span=span,
+        pick=pick,
+        seed=settings.seed,
+        fill=fill,
+        include=settings.include,
+        exclude=settings.exclude,
+    )
     m = inp.model
     st.notes += inp.notes
     name, out = f"{m.name}-{tg.name}", Path(output)
@@ -188,6 +205,23 @@ def build(
     st.say(f"[1/5] score: {len(m.weights)} weights, {inp.contexts.k} contexts")
     for n in inp.notes:  # the rollout, the contexts drawn, values filled
         st.say(f"      {n}")
+
+    def projection() -> None:  # before a sweep (not on a cache hit): what it will cost, and how to cut it
+        from ..sensitivity.projection import ADVISE_ABOVE_S, fmt_seconds, project_sweep
+
+        n_search = max(1, round(max(inp.contexts.k, search.contexts) * (1 - search.guard_share)))  # the search's contexts, at most
+        from ..sensitivity.backends import local_default
+
+        workers = cfg.workers or 1
+        if cfg.workers == 0 and cfg.backend is None and cfg.address is None:
+            workers = local_default(m.n_params)[1] or 1
+        elif cfg.workers == 0:
+            workers = os.cpu_count() or 1
+        pj = project_sweep(m, inp.spec, inp.contexts, settings, refine_rollouts if refine else 0, n_search, workers)
+        st.say(f"      {pj.describe()}")
+        for a in pj.advice():
+            st.say(f"      over {fmt_seconds(ADVISE_ABOVE_S)}; to cut it: {a}")
+
     scores, cached, cpath = score_cached(
         m,
         inp.spec,
@@ -197,6 +231,7 @@ def build(
         progress=progress,
         notes=inp.notes,
         log=st.say,
+        before_sweep=projection,
         workers=cfg.workers,  # [score] workers, backend and address say where the sweep runs (checkpointed: a rerun resumes)
         backend=cfg.backend,
         address=cfg.address,

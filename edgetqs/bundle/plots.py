@@ -35,7 +35,7 @@ def plot_scores(scores: Scores, path: str | Path, top: int = 12) -> Path:
     plt = pyplot()
     ranked = scores.ranked()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, max(4.0, 0.22 * len(ranked) + 1.5)))
-    names = [g.name for g in ranked][::-1]
+    names = [g.display if len(g.display) <= 60 else g.display[:57] + "..." for g in ranked][::-1]
     finite = [g.gamma for g in ranked if g.gamma is not None]
     lo = min(finite) if finite else 0.0
     hi = max(finite) if finite else 1.0
@@ -60,7 +60,7 @@ def plot_scores(scores: Scores, path: str | Path, top: int = 12) -> Path:
     t = list(range(1, scores.horizon + 1))
     colors20 = plt.get_cmap("tab20").colors  # distinct colours for up to 20 curves
     for i, g in enumerate([g for g in ranked if g.gamma is not None][:top]):
-        ax2.plot(t, [c if c is not None else float("nan") for c in g.gamma_curve], lw=1.2, label=g.name, color=colors20[i % 20])
+        ax2.plot(t, [c if c is not None else float("nan") for c in g.gamma_curve], lw=1.2, label=g.label or g.name, color=colors20[i % 20])
     ax2.plot(t, [c if c is not None else float("nan") for c in scores.state_exponent.curve], "k--", lw=1.5, label="state perturbation")
     ax2.set_xlabel("lead step t")
     ax2.set_ylabel("gamma(t)")

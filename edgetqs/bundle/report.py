@@ -85,7 +85,7 @@ def write_report(path: Path, *, model: Any, target: Any, scores: Any, plan: Any,
     for t in sorted(plan.tensors, key=lambda t: -t.error_share):
         g = gam.get(t.group)
         tens.append(
-            f"<tr><td>{_esc(t.name)}</td><td>{_esc(t.op)}</td><td class=num>{t.n_params:,}</td><td>{_esc(t.precision.name)}</td>"
+            f"<tr><td>{_esc(t.display)}</td><td>{_esc(t.op)}</td><td class=num>{t.n_params:,}</td><td>{_esc(t.precision.name)}</td>"
             f"<td class=num>{t.bytes:,}</td><td class=num>{t.fp32_bytes:,}</td>"
             f"<td class=num>{_fmt(g.gamma if g else None)}</td><td class=num>{t.error_share:.1%}</td><td>{_esc(t.rule)}</td></tr>"
         )
@@ -120,17 +120,34 @@ def write_report(path: Path, *, model: Any, target: Any, scores: Any, plan: Any,
 <tr><td class=num>{_fmt(chk.latency_ms_init, ".1f")} ms</td><td class=num>{_fmt(chk.latency_ms_first, ".3g")} ms</td><td class=num>{lat.get("n", 0)}</td>
 <td class=num>{_fmt(lat.get("min"))} ms</td><td class=num>{_fmt(lat.get("p50"))} ms</td><td class=num>{_fmt(lat.get("p90"))} ms</td><td class=num>{_fmt(lat.get("p99"))} ms</td>
 <td class=num>{(chk.peak_rss_bytes or 0) / 2**20:.1f} MiB</td></tr></table>
-<p class="muted">One forecast step at batch 1, the first call and the runtime's start-up apart.{" Emulated under qemu: not the speed of a real board." if chk.emulated else ""}</p>
+<p class="muted">One forecast step at batch {chk.batch}, the first call and the runtime's start-up apart.{" Emulated under qemu: not the speed of a real board." if chk.emulated else ""}</p>
 <h2>Sensitivity (TQS)</h2>{_img(figures / "scores.png", "TQS ranking and gamma curves")}
 <p class="muted">gamma: the finite-time growth rate of a weight perturbation along the rollout ({_esc(scores.settings.probe)} probe, T={scores.horizon}); the dashed line is the model's own exponent (initial state perturbed).</p>
 <h2>Bit plan</h2>
 <p>{plan.allocator} allocation for {_esc(plan.runtime)}, objective {_esc(plan.objective)}: {plan.weight_bytes:,} of {plan.budget_bytes:,} B, predicted error {_fmt(plan.predicted_error)} at T={plan.horizon}.</p>
 <table><tr><th>tensor</th><th>op</th><th>params</th><th>precision</th><th>bytes</th><th>fp32 bytes</th><th>gamma</th><th>share of predicted error</th><th>rule</th></tr>{"".join(tens)}</table>
+{_constants(plan)}
 {("<h2>Size against predicted error</h2>" + _img(figures / "pareto.png", "Pareto front") + '<p class="muted">Plans at budgets from the smallest feasible to fp32; the star is this bundle.</p>') if plan.pareto else ""}
 <h2>Notes</h2><ul>{"".join(f"<li>{_esc(n)}</li>" for n in (list(conv.notes) + list(chk.notes)))}</ul>
 <p class="muted">Versions: {_esc(", ".join(f"{k} {v}" for k, v in conv.versions.items()))}</p>
 </body></html>"""
     return write_text(path, body, policy="replace_result", kind="report")
+
+
+def _constants(plan: Any) -> str:
+    """The float initializers that are not weights, kept exact, with the reason."""
+    if not plan.excluded:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_esc(c.label if c.label != c.name else '')} [{_esc(c.name)}]</td><td>{_esc('x'.join(map(str, c.shape)))}</td>"
+        f"<td class=num>{c.n_params:,}</td><td>{_esc(c.reason)}</td></tr>"
+        for c in plan.excluded
+    )
+    return (
+        "<h2>Constants kept exact</h2><p>Float initializers that are not weights: never scored, never quantized, stored exactly "
+        f"(counted in the {plan.fixed_bytes:,} B of non-weight initializers the weight bytes include).</p>"
+        f"<table><tr><th>tensor</th><th>shape</th><th>params</th><th>why</th></tr>{rows}</table>"
+    )
 
 
 class ScreenshotError(EdgetqsError):

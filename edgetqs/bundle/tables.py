@@ -36,7 +36,18 @@ def scores_table(scores: Scores, top: int = 20) -> Table:
             excess = g.gamma - st if (st is not None and g.gamma is not None) else None
             flag = "" if excess is None else f"{excess:+.3f} vs state"
             gamma, gain = f"{g.gamma:+.3f}", f"{g.gain:.3g}"
-        t.add_row(str(i), _e(g.name), f"{g.n_params:,}", gamma, gain, flag)
+        t.add_row(str(i), _e(g.display), f"{g.n_params:,}", gamma, gain, flag)
+    return t
+
+
+def constants_table(excluded: Any) -> Table:
+    """Float initializers that are not weights (``excluded`` of scores.json / plan.json): kept exact, with the reason."""
+    t = Table(title="constants: not scored, not quantized, stored exactly", caption="--include NAME (or re:REGEX) makes one a weight")
+    for col in ("tensor", "shape", "params", "reason"):
+        t.add_column(col, justify="right" if col == "params" else "left")
+    for c in excluded:
+        name = f"{c.label} [{c.name}]" if c.label and c.label != c.name else c.name
+        t.add_row(_e(name), "x".join(map(str, c.shape)), f"{c.n_params:,}", _e(c.reason))
     return t
 
 
@@ -59,7 +70,7 @@ def plan_table(plan: Any, measured: Any = None) -> Table:
         t.add_column(col, justify="right" if col in ("params", "bytes", "residual", "error share") else "left")
     for x in plan.tensors:
         t.add_row(
-            _e(x.name),
+            _e(x.display),
             _e(x.op),
             f"{x.n_params:,}",
             x.precision.name,
@@ -152,7 +163,7 @@ def check_table(r: Any) -> Table:
 
     lat = r.latency_ms
     cap = (
-        f"latency per step (batch 1, first excluded): p50 {lat.get('p50', float('nan')):.3g} ms, p90 {lat.get('p90', float('nan')):.3g} ms, "
+        f"latency per step (batch {r.batch}, first excluded): p50 {lat.get('p50', float('nan')):.3g} ms, p90 {lat.get('p90', float('nan')):.3g} ms, "
         f"p99 {lat.get('p99', float('nan')):.3g} ms over {lat.get('n', 0)} steps; first {r.latency_ms_first or float('nan'):.3g} ms; "
         f"start-up {r.latency_ms_init or float('nan'):.3g} ms; peak memory {(r.peak_rss_bytes or 0) / 2**20:.1f} MiB; "
         f"{_e(r.runtime.get('name', '?'))} {_e(r.runtime.get('version', ''))} on {_e(r.machine)} ({_e(r.cpu)})"

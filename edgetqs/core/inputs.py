@@ -94,6 +94,8 @@ def resolve(
     seed: int = 0,
     rollout: RolloutConfig | dict[str, Any] | None = None,
     pick: str | None = None,
+    include: tuple[str, ...] | None = None,
+    exclude: tuple[str, ...] | None = None,
     fill: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Inputs:
@@ -107,6 +109,8 @@ def resolve(
         rollout: declared rollout settings; they beat the project's ``[rollout]``.
         pick: how contexts are spread over the record: ``even`` (default: the project's, else even) or
             ``random`` (seeded by ``seed``).
+        include, exclude: weight rules (`edgetqs.core.weights`); None: the project's ``[score]`` ones (a loaded
+            `Model` keeps its own).
         fill: how to fill NaN/Inf in the contexts (`edgetqs.core.missing`; default: the project's
             ``fill``, else refuse them).
         log: told when values were filled (the note is also kept in ``notes``).
@@ -119,13 +123,15 @@ def resolve(
     method = check_fill(fill if fill is not None else (project.fill if project else None))
     fraction = parse_span(span)
     proj = project
-    if isinstance(model, Model):
-        m = model
+    inc = tuple(include if include is not None else (proj.score.include or ()) if proj else ())
+    exc = tuple(exclude if exclude is not None else (proj.score.exclude or ()) if proj else ())
+    if isinstance(model, Model):  # a loaded model keeps its rules unless others are given
+        m = model if include is None and exclude is None else model.select(inc, exc)
     else:
         path = Path(model) if model is not None else (proj.model if proj else None)
         if path is None:
             raise BadInputError("no model given: pass MODEL (an .onnx file) or run in a folder with an edgetqs.toml (see `edgetqs init`)")
-        m = load_model(path)
+        m = load_model(path, include=inc, exclude=exc)
         if proj and proj.name and model is None:
             m.name = proj.name
     cfg = merged(proj.rollout if proj else RolloutConfig(), rollout)

@@ -21,7 +21,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from .quantize import Layout
 
-from ..errors import BadModelError
+from ..errors import BadInputError, BadModelError
 
 FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # onnx.TensorProto enum -> dtype
 # one protobuf message cannot exceed 2 GiB: larger models keep their weights in external data files, which are
@@ -80,11 +80,31 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Weight:
-    """One float initializer: the unit TQS perturbs and the planner quantizes."""
+    """One float initializer: the unit TQS perturbs and the planner quantizes.
+
+    ``label`` is what a user reads (the exporter's module scope and the op that reads it, see
+    `edgetqs.core.weights.readable`); ``path`` is the dotted module path block granularity groups by."""
 
     name: str
     shape: tuple[int, ...]
     dtype: str
+    label: str = ""
+    path: str = ""
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A float initializer that is not a weight (a mask, an index range, zeros...): never scored or
+    quantized, stored exactly; ``reason`` says why (`edgetqs.core.weights.constant_reason` or a user's rule)."""
+
+    name: str
+    shape: tuple[int, ...]
+    label: str
+    reason: str
 
     @property
     def size(self) -> int:
@@ -106,6 +126,15 @@ class Model:
         arrays: the weights' values, when they are already at hand (a sweep worker maps them from shared
             memory); then exactly these initializers are the weights and ``proto`` may be a `skeleton`.
         sha256: the model's hash, when already known (`load_model` hashes the files as it reads them).
+        include, exclude: a user's rules (exact name or ``re:REGEX``, matched against the raw name and the
+            readable path): ``include`` makes a tensor the rules call a constant a weight, ``exclude`` keeps
+            a tensor out of the weights whatever the rules say (`edgetqs.core.weights`). Not applied with
+            ``arrays`` (the coordinator of a sweep already chose the weights).
+
+    Raises:
+        BadModelError: a weight holds NaN (or infinities where a MatMul/Gemm/Conv reads its weight); the
+            message names it and says how to keep it as a constant.
+        BadInputError: a rule that matches no float initializer, or that includes a non-finite tensor.
     """
 
     def __init__(
@@ -116,18 +145,20 @@ class Model:
         *,
         arrays: Mapping[str, np.ndarray] | None = None,
         sha256: str | None = None,
+        include: tuple[str, ...] = (),
+        exclude: tuple[str, ...] = (),
     ) -> None:
         import onnx
 
         self.path = path
         self.name = path.stem if path else "model"  # a project file may give a better one
         self.sha256 = sha256 or _sha256(proto, path)
+        self._min_size = min_weight_size
         graph = proto.graph
         init_names = {i.name for i in graph.initializer}
         self.inputs = [_info(v) for v in graph.input if v.name not in init_names]
         self.outputs = [_info(v) for v in graph.output]
         self._arrays: dict[str, np.ndarray] = {}
-        weights = []
         for init in graph.initializer:
             if arrays is not None:
                 if init.name not in arrays:
@@ -140,8 +171,15 @@ class Model:
                 if arr.ndim == 0 or arr.size < min_weight_size:
                     continue
             self._arrays[init.name] = arr
-            weights.append(Weight(init.name, tuple(int(d) for d in arr.shape), str(arr.dtype)))
-        self.weights = weights
+        self.include, self.exclude = tuple(include), tuple(exclude)
+        if arrays is None:
+            self.weights, self.constants = self._classify(graph)
+        else:  # a sweep worker: exactly the weights the coordinator chose
+            self.weights = [Weight(n, tuple(int(d) for d in a.shape), str(a.dtype)) for n, a in self._arrays.items()]
+            self.constants = []
+        self._labels = {c.name: c.label for c in self.constants} | {w.name: w.label or w.name for w in self.weights}
+        for c in self.constants:  # constants stay inline in the skeleton, stored as they are
+            del self._arrays[c.name]
         self.skeleton = _skeleton(proto, set(self._arrays), path)
         # the first node consuming each weight decides its layout (output channels, reduction axis)
         self._consumer: dict[str, tuple[str, int, dict]] = {}
@@ -150,6 +188,73 @@ class Model:
                 if name in self._arrays and name not in self._consumer:
                     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute if a.name in LAYOUT_ATTRS}
                     self._consumer[name] = (node.op_type, j, attrs)
+
+    def _classify(self, graph: Any) -> tuple[list[Weight], list[Constant]]:
+        """Weights and constants among the float initializers (`edgetqs.core.weights`), the user's rules applied."""
+        from .weights import check_rules, constant_reason, readable, rule_matches, shape_only_values, uses_of
+
+        inc, exc = check_rules(self.include, "--include"), check_rules(self.exclude, "--exclude")
+        uses = uses_of(graph, self._arrays)
+        shape_only = shape_only_values(graph)
+        weights: list[Weight] = []
+        constants: list[Constant] = []
+        used: set[str] = set()
+        for name, arr in self._arrays.items():
+            label, path = readable(name, uses[name])
+            shape = tuple(int(d) for d in arr.shape)
+            reason = constant_reason(arr, uses[name], name in shape_only)
+            x = next((r for r in exc if rule_matches(r, name, path)), None)
+            i = next((r for r in inc if rule_matches(r, name, path)), None)
+            used.update(r for r in (x, i) if r)
+            if x is not None:
+                constants.append(Constant(name, shape, label, f"excluded by --exclude {x}"))
+                continue
+            if reason in ("nan", "inf-weight"):
+                what = "NaN" if reason == "nan" else "infinite"
+                bad = int((np.isnan(arr) if reason == "nan" else ~np.isfinite(arr)).sum())
+                raise BadModelError(
+                    f"weight '{name}' ({label}) holds {bad:,} {what} value(s) among {arr.size:,}; a learned weight must be finite: "
+                    f"re-export the model, or pass --exclude {name} to keep it as a constant (stored exactly, never scored)"
+                )
+            if reason is not None and i is not None:
+                if not np.isfinite(arr).all():
+                    raise BadInputError(
+                        f"--include {i} names '{name}', which holds infinite values (a mask): it cannot be perturbed or quantized"
+                    )
+                reason = None
+            if reason is None:
+                weights.append(Weight(name, shape, str(arr.dtype), label, path))
+            else:
+                constants.append(Constant(name, shape, label, reason))
+        unused = [r for r in (*inc, *exc) if r not in used]
+        if unused:
+            sample = ", ".join(list(self._arrays)[:4])
+            raise BadInputError(
+                f"--include/--exclude rule(s) {unused} match no float initializer of the model (e.g. {sample}); "
+                "give raw names, readable paths or re:REGEX"
+            )
+        return weights, constants
+
+    def select(self, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> Model:
+        """The same model with other ``--include`` / ``--exclude`` rules (self when they are the same)."""
+        if tuple(include) == self.include and tuple(exclude) == self.exclude:
+            return self
+        other = Model(self.proto, self.path, self._min_size, sha256=self.sha256, include=tuple(include), exclude=tuple(exclude))
+        other.name = self.name
+        return other
+
+    def label(self, name: str) -> str:
+        """The readable name of a weight or constant (the raw name when it has none)."""
+        return self._labels.get(name, name)
+
+    def constant_array(self, name: str) -> np.ndarray:
+        """The stored value of any initializer (a constant's too)."""
+        from onnx import numpy_helper
+
+        init = next((i for i in self.skeleton.graph.initializer if i.name == name), None)
+        if init is None:
+            raise KeyError(name)
+        return numpy_helper.to_array(init)
 
     def weight_array(self, name: str) -> np.ndarray:
         """The stored value of a weight (read-only view)."""
@@ -376,8 +481,11 @@ def _info(v: Any) -> TensorInfo:
     return TensorInfo(v.name, tuple(dims), dtype)
 
 
-def load_model(path: str | Path, min_weight_size: int = 1) -> Model:
+def load_model(path: str | Path, min_weight_size: int = 1, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> Model:
     """Read an ONNX file and check that it has something to score.
+
+    Args:
+        include, exclude: the user's weight rules (see `Model`).
 
     Raises:
         BadInputError: the file does not exist.
@@ -396,9 +504,14 @@ def load_model(path: str | Path, min_weight_size: int = 1) -> Model:
         ) from None
     if len(proto.graph.node) == 0 or not proto.graph.output:
         raise BadModelError(f"'{p}' is not an ONNX model with a graph (no nodes or outputs); check the file")
-    model = Model(proto, p, min_weight_size=min_weight_size, sha256=_files_sha256(proto, p))
+    model = Model(proto, p, min_weight_size=min_weight_size, sha256=_files_sha256(proto, p), include=tuple(include), exclude=tuple(exclude))
     del proto  # the weights now live in the model's arrays only
     if not model.weights:
+        if model.constants:
+            raise BadModelError(
+                f"every float initializer of '{p}' is a constant ({', '.join(f'{c.name}: {c.reason}' for c in model.constants[:3])}); "
+                "pass --include NAME (or re:REGEX) for the ones that are learned weights"
+            )
         raise BadModelError(
             f"'{p}' has no float weight initializers (tensors of rank >= 1); "
             "TQS perturbs float weights, so there is nothing to score (was it exported with weights as inputs?)"

@@ -56,6 +56,8 @@ class ScoreConfig(Config):
     workers: int | None = None
     ladder: tuple[int, ...] | None = None
     eps: Literal["relative", "absolute"] | None = None
+    include: tuple[str, ...] | None = None  # weight rules: exact names or re:REGEX (`edgetqs.core.weights`)
+    exclude: tuple[str, ...] | None = None
     backend: str | None = None
     address: str | None = None
 

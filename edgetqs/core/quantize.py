@@ -226,6 +226,7 @@ class Storage:
     scale_bytes: int = 4
     wide_int_bytes: int = 4
     wide_int_overhead: int = 0  # quantization parameters a wide integer tensor carries
+    pad_int4_blocks: bool = False  # 4-bit blocks stored whole (MatMulNBits): a reduction axis shorter than a block is padded
 
 
 ONNX_STORAGE = Storage()
@@ -243,6 +244,9 @@ def packed_bytes(shape: tuple[int, ...], p: Precision, layout: Layout = Layout()
         return n * p.bits // 8
     if p.bits == 32:
         return storage.wide_int_bytes * n + storage.wide_int_overhead
+    if storage.pad_int4_blocks and p.bits == 4 and p.granularity == "block" and p.block_size:
+        ax = layout.in_axis if layout.in_axis is not None else len(shape) - 1
+        n = n // shape[ax] * -(-shape[ax] // p.block_size) * p.block_size  # K rounded up to whole blocks
     return -(-n * p.bits // 8) + n_scales(shape, p, layout) * storage.scale_bytes
 
 

@@ -389,27 +389,34 @@ def float_reference(model: Model, spec: RolloutSpec, contexts: Any, horizon: int
 
 
 class _Recorder:
-    """Wraps a session and keeps every row it is fed."""
+    """Wraps a session and keeps every row it is fed (every call whole for a fixed-batch model, whose graph
+    takes exactly its B rows)."""
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, whole: bool = False) -> None:
         self.session = session
+        self.whole = whole
         self.rows: list[dict[str, np.ndarray]] = []
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        batch = next(iter(feeds.values())).shape[0]
-        for b in range(batch):
-            self.rows.append({k: np.array(v[b : b + 1]) for k, v in feeds.items()})
+        if self.whole:
+            self.rows.append({k: np.array(v) for k, v in feeds.items()})
+        else:
+            batch = next(iter(feeds.values())).shape[0]
+            for b in range(batch):
+                self.rows.append({k: np.array(v[b : b + 1]) for k, v in feeds.items()})
         return list(self.session.run(names, feeds))
 
 
 def closed_loop_inputs(model: Model, spec: RolloutSpec, contexts: Any, horizon: int) -> list[dict[str, np.ndarray]]:
-    """Every input row (batch 1) the float model sees while rolling each context out for ``horizon`` steps:
+    """Every input row (batch 1; B rows for a model with a fixed batch B) the float model sees while rolling each context out for ``horizon`` steps:
     the calibration set of full-integer and GPTQ rounding. An autoregressive model leaves the teacher-forced
     range as it rolls out, so ranges and Hessians come from its own closed loop."""
     from ..ondevice.runners import OrtRunner
 
-    rec = _Recorder(OrtRunner(model.bytes, threads=0))
-    Rollout(model, spec, contexts.statics, session=rec).run(contexts.arrays, horizon)
+    roll = Rollout(model, spec, contexts.statics, session=OrtRunner(model.bytes, threads=0))
+    rec = _Recorder(roll.session, whole=roll.fixed_batch is not None)
+    roll.session = rec
+    roll.run(contexts.arrays, horizon)
     return rec.rows
 
 

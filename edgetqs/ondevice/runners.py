@@ -1,8 +1,8 @@
 """Sessions that answer like onnxruntime's (``run(output_names, feeds) -> outputs``) for every runtime.
 
 Shared by the host (conversion checks) and the on-device driver, so this file imports nothing but
-numpy and the runtime at hand. TFLite graphs written by the converters have batch 1: the rows of a
-batch run one after the other, inputs are transposed NCHW -> NHWC where onnx2tf changed the layout
+numpy and the runtime at hand. TFLite graphs written by the converters have batch 1 (or the model's
+fixed batch): the rows of a batch run one (or B) at a time, inputs are transposed NCHW -> NHWC where onnx2tf changed the layout
 (and outputs back), and integer inputs/outputs of full-integer models are quantized/dequantized
 with the tensor's own scale and zero point.
 
@@ -68,9 +68,10 @@ class OrtRunner:
 
 
 def _perm(shape: Sequence[Any], tfl: Sequence[int], name: str) -> tuple[int, ...] | None:
-    """None when the batch-1 TFLite shape is the ONNX shape; the NCHW -> NHWC permutation when it is its NHWC form."""
-    want = [1] + list(shape)
+    """None when the TFLite shape is the ONNX shape; the NCHW -> NHWC permutation when it is its NHWC form. The
+    batch axis is the graph's own: 1, or the batch a model was exported with (onnx2tf keeps a fixed batch)."""
     tfl = [int(x) for x in tfl]
+    want = [tfl[0] if tfl else 1] + list(shape)
     if len(want) == len(tfl) and all(a is None or a == b for a, b in zip(want, tfl)):
         return None
     perm = (0,) + tuple(range(2, len(want))) + (1,)
@@ -89,16 +90,20 @@ def _qparams(d: dict[str, Any]) -> tuple[float | None, int, Any]:
 
 
 class Batch1Runner:
-    """Runs a batch-1 TFLite graph row by row; subclasses set ``_set``, ``_invoke`` and ``_get``."""
+    """Runs a TFLite graph ``rows`` rows at a time (1, or a model's fixed batch); subclasses set ``_set``, ``_invoke``
+    and ``_get``."""
 
     in_perm: dict[str, tuple[int, ...] | None]
     out_inv: dict[str, tuple[int, ...] | None]
     qin: dict[str, tuple[float | None, int, Any]]
     qout: dict[str, tuple[float | None, int, Any]]
     runtime: dict[str, Any]
+    rows: int
 
     def _layouts(self, inputs: IO, outputs: IO, in_shapes: Sequence[Sequence[int]], out_shapes: Sequence[Sequence[int]]) -> None:
         self.in_perm = {d["name"]: _perm(d["shape"], s, d["name"]) for d, s in zip(inputs, in_shapes)}
+        # rows per invoke: 1, or a fixed batch the model was exported with (a hard-coded reshape needs all B rows)
+        self.rows = max(1, int(in_shapes[0][0])) if in_shapes and len(in_shapes[0]) else 1
         self.out_inv = {}
         for d, s in zip(outputs, out_shapes):
             p = _perm(d["shape"], s, d["name"])
@@ -129,16 +134,20 @@ class Batch1Runner:
     def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         batch = next(iter(feeds.values())).shape[0]
         rows: list[list[np.ndarray]] = [[] for _ in outputs]
-        for b in range(batch):
+        n = self.rows
+        for b in range(0, batch, n):
             for name, arr in feeds.items():
                 if name in self.in_perm:
                     p = self.in_perm[name]
-                    x = arr[b : b + 1]
+                    x = arr[b : b + n]
+                    if x.shape[0] < n:  # a fixed-batch graph fed fewer rows: pad with the last, dropped below
+                        x = np.concatenate([x, np.repeat(x[-1:], n - x.shape[0], axis=0)])
                     self._set(name, self.quant(np.ascontiguousarray(x if p is None else x.transpose(p)), self.qin[name]))
             self._invoke()
             for j, o in enumerate(outputs):
                 y, inv = self.dequant(self._get(o), self.qout[o]), self.out_inv[o]
-                rows[j].append(y.copy() if inv is None else np.ascontiguousarray(y.transpose(inv)))
+                y = y.copy() if inv is None else np.ascontiguousarray(y.transpose(inv))
+                rows[j].append(y[: min(n, batch - b)])
         return [np.concatenate(r, axis=0) for r in rows]
 
 

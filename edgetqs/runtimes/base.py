@@ -132,6 +132,11 @@ class Runtime(Protocol):
 
         ``exact``: price from the graph the converter writes; ``auto``: the activation width was not asked
         for, so the runtime may narrow it where a kernel refuses the wider one (saying so in the notes)."""
+
+    def constant_states(self, artifact: Path, constants: dict[str, Any]) -> dict[str, str]:
+        """How the artifact stores each of the model's constants (name -> value): ``exact``, ``changed``,
+        ``missing``, ``folded`` (not found as such: folded into another constant by a converter, still
+        float) or ``integer`` (a full-integer graph, where every constant is quantized)."""
         ...
 
 
@@ -157,6 +162,17 @@ class RuntimeInfo:
         from .pricing import storage_pricing
 
         return storage_pricing(self.name, self.storage, activations)
+
+    def constant_states(self, artifact: Path, constants: dict[str, Any]) -> dict[str, str]:
+        """ONNX and ORT-format artifacts keep every initializer by name: compare the stored bytes."""
+        from . import readback
+
+        stored = readback.float_initializers(artifact, set(constants))
+        out = {}
+        for name, want in constants.items():
+            got = stored.get(name)
+            out[name] = "missing" if got is None else "exact" if readback.same_values(got, want) else "changed"
+        return out
 
 
 def _load() -> None:

@@ -114,6 +114,28 @@ def _move_into(out: Path, files: list[Path], overwrite: bool) -> None:
             f.unlink()
 
 
+def _constant_checks(rt: Any, artifact: Path, model: Model, notes: list[str]) -> list[TensorCheck]:
+    """The model's constants (initializers that are not weights) as the artifact stores them: exactly, or
+    the conversion fails. A converter that folded one into another float constant is noted; a full-integer
+    graph stores them as integers like every other tensor."""
+    if not model.constants:
+        return []
+    values = {c.name: model.constant_array(c.name) for c in model.constants}
+    states = rt.constant_states(artifact, values)
+    checks = []
+    for c in model.constants:
+        state = states.get(c.name, "missing")
+        ok = state in ("exact", "folded") or (state == "integer" and rt.full_integer)
+        nbytes = int(values[c.name].nbytes) if state == "exact" else 0
+        checks.append(TensorCheck(name=c.name, planned="exact (constant)", found=state, match=ok, bytes=nbytes))
+    folded = [c.name for c in model.constants if states.get(c.name) == "folded"]
+    if folded:
+        notes.append(f"constant(s) {', '.join(folded[:5])} were folded or transformed by the converter (still float, never quantized)")
+    if any(states.get(c.name) == "integer" for c in model.constants):
+        notes.append(f"{len(model.constants)} constant(s) are integers in this full-integer graph, like every tensor of it")
+    return checks
+
+
 def artifact_name(model: Model, fmt: str) -> str:
     return f"{model.name}{RUNTIMES.get(fmt).suffix}"
 
@@ -153,6 +175,11 @@ def convert(
     rt = RUNTIMES.get(fmt)
     if plan.model_sha256 != model.sha256:
         raise ConvertError(f"plan.json was made for model sha256 {plan.model_sha256[:12]}..., not '{model.path}' ({model.sha256[:12]}...)")
+    if sorted(e.name for e in plan.excluded) != sorted(c.name for c in model.constants):
+        raise ConvertError(
+            f"plan.json keeps {sorted(e.name for e in plan.excluded)[:5]} exact as constants, but the model read here has "
+            f"{sorted(c.name for c in model.constants)[:5]}: convert with the plan's --include/--exclude rules (or replan)"
+        )
     planned = {t.name for t in plan.tensors}
     weights = {w.name for w in model.weights}
     if planned != weights or not 1 <= plan.horizon <= 10_000 or plan.budget_bytes <= 0:
@@ -193,6 +220,7 @@ def convert(
         notes = list(done.notes)
         if target is None:
             notes.append(f"target '{plan.target}' not found: the artifact was not checked against its RAM budget")
+        done.checks.extend(_constant_checks(rt, done.artifact, model, notes))
         bad = [c for c in done.checks if not c.match]
         if bad:
             raise ConvertError(

@@ -151,8 +151,16 @@ def batch1_bytes(model: Any) -> bytes:
     return m.SerializeToString()
 
 
+def graph_batch(model: Any) -> int:
+    """The batch the TFLite graph gets: the model's fixed batch (its first input's dimension 0, when every input
+    declares the same one), else 1 (a symbolic batch; the runners feed the rows one by one)."""
+    dims = {i.shape[0] if i.shape else None for i in model.inputs}
+    b = dims.pop() if len(dims) == 1 else None
+    return b if isinstance(b, int) and b > 0 else 1
+
+
 def float_tflite(model: Any, work: Path, target: Any = None) -> Path:
-    """ONNX -> float32 TFLite with onnx2tf in a child process, batch fixed to 1.
+    """ONNX -> float32 TFLite with onnx2tf in a child process, at the model's fixed batch, else batch 1.
 
     First with the input layout kept (``-kat``); onnx2tf fails that way on some graphs (GRU, conv
     after a reshape), so then again with its default NCHW -> NHWC layout (`LiteRTSession` transposes).
@@ -164,7 +172,7 @@ def float_tflite(model: Any, work: Path, target: Any = None) -> Path:
         src.write_bytes(batch1_bytes(model))  # onnx2tf simplifies and overwrites its input file
         out = work / "onnx2tf"
         shutil.rmtree(out, ignore_errors=True)
-        cmd = [sys.executable, "-m", "onnx2tf", "-i", str(src), "-o", str(out), "-b", "1", "-n", "-coion"]
+        cmd = [sys.executable, "-m", "onnx2tf", "-i", str(src), "-o", str(out), "-b", str(graph_batch(model)), "-n", "-coion"]
         if keep:
             cmd += ["-kat", *[i.name for i in model.inputs]]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

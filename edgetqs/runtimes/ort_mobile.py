@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.quantize import Storage
 from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
 from .ort import canonical_pricing, qdq_model, read_back, validate_onnx
 
@@ -83,5 +84,9 @@ class OrtMobileRuntime(RuntimeInfo):
 
 
 RUNTIME = OrtMobileRuntime(
-    name="ort-mobile", description="ORT-mobile (.ort flatbuffer; 4-bit through MatMulNBits)", suffix=".ort", accepts=("ort-mobile", "ort")
+    name="ort-mobile",
+    description="ORT-mobile (.ort flatbuffer; 4-bit through MatMulNBits)",
+    suffix=".ort",
+    accepts=("ort-mobile", "ort"),
+    storage=Storage(pad_int4_blocks=True),  # MatMulNBits stores K rounded up to whole blocks
 )

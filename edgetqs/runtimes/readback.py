@@ -141,6 +141,38 @@ def stored_precision(g: GraphView, name: str, nbits_weight: dict[str, str] | Non
     return "missing", 0
 
 
+def float_initializers(path: Path, names: set[str]) -> dict[str, np.ndarray]:
+    """The stored values of the named float32 initializers of an ONNX or ORT-format file (absent: not stored
+    under that name, or not as float32)."""
+    data = Path(path).read_bytes()
+    out: dict[str, np.ndarray] = {}
+    if Path(path).suffix == ".ort":
+        from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs import InferenceSession
+
+        g = InferenceSession.InferenceSession.GetRootAsInferenceSession(data, 0).Model().Graph()
+        for k in range(g.InitializersLength()):
+            t = g.Initializers(k)
+            name = t.Name().decode()
+            if name in names and t.DataType() == 1 and t.RawDataLength():
+                dims = tuple(int(d) for d in t.DimsAsNumpy()) if t.DimsLength() else ()
+                out[name] = np.frombuffer(t.RawDataAsNumpy().tobytes(), np.float32).reshape(dims)
+        return out
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load_from_string(data)
+    for i in m.graph.initializer:
+        if i.name in names and i.data_type == 1:
+            out[i.name] = numpy_helper.to_array(i)
+    return out
+
+
+def same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal shape and bit-identical values (infinities included; NaN equals NaN)."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return a.shape == b.shape and bool(np.array_equal(a.view(np.uint32), b.view(np.uint32)))
+
+
 def _unpack4(raw: bytes, n: int, signed: bool) -> np.ndarray:
     """Two 4-bit values per byte, low nibble first (ONNX INT4 and MatMulNBits alike)."""
     b = np.frombuffer(raw, np.uint8)

@@ -17,12 +17,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..core.quantize import Storage, effective
 from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
 from .convert import TensorCheck
 from .litert import (
     WEIGHT_OPS,
     float_tflite,
+    graph_batch,
     io_dicts,
     match_planned,
     names,
@@ -172,7 +175,10 @@ class TfliteRuntime(RuntimeInfo):
         shutil.rmtree(work / "onnx2tf", ignore_errors=True)
         (work / "float_input.onnx").unlink(missing_ok=True)
         ins, outs = io_dicts(model)
-        notes = [f"float TFLite from onnx2tf at batch 1; {len(matched)} tensors quantized weight-only by ai-edge-quantizer", *prep.notes()]
+        notes = [
+            f"float TFLite from onnx2tf at batch {graph_batch(prep.model)}; {len(matched)} tensors quantized weight-only by ai-edge-quantizer",
+            *prep.notes(),
+        ]
         return Converted(
             artifact,
             checks,
@@ -198,6 +204,21 @@ class TfliteRuntime(RuntimeInfo):
 
     def job(self, artifact: Path, io: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
         return {"runner": self.runner}
+
+    def constant_states(self, artifact: Path, constants: dict[str, Any]) -> dict[str, str]:
+        """onnx2tf renames constants: each is looked for by content among the file's float32 buffers (the
+        quantizer's recipe names only planned weights, so a constant onnx2tf kept is still float32)."""
+        fb = schema()
+        m = fb.ModelT.InitFromPackedBuf(artifact.read_bytes(), 0)
+        from . import litert
+
+        pool = [np.sort(vals) for _, vals in litert.constants(m, m.subgraphs[0])]
+        out = {}
+        for name, want in constants.items():
+            key = np.sort(np.asarray(want, np.float32).ravel())
+            hit = any(v.size == key.size and np.array_equal(v, key) for v in pool)
+            out[name] = "exact" if hit else "folded"
+        return out
 
 
 RUNTIME = TfliteRuntime(

@@ -576,6 +576,10 @@ class TflmRuntime(RuntimeInfo):
         arena = facts.get("arena_bytes") or measure_arena(artifact, len(io["inputs"]))[0]
         return {"runner": self.runner, "arena_bytes": int(arena), "tflm_inputs": in_order, "tflm_outputs": out_order}
 
+    def constant_states(self, artifact: Path, constants: dict[str, Any]) -> dict[str, str]:
+        """A full-integer graph has no float tensors: its constants are integers like everything else."""
+        return dict.fromkeys(constants, "integer")
+
 
 RUNTIME = TflmRuntime(
     name="tflm",

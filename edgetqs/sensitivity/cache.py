@@ -21,7 +21,7 @@ from ..core.contexts import Contexts
 from ..core.model import Model
 from ..core.rollout import RolloutSpec
 from ..errors import EdgetqsError
-from .groups import make_groups
+from .groups import group_label, make_groups
 from .scores import MAX_HORIZON_CAP, ProbeSettings, Scores
 from .sweep import Progress, run_sweep
 
@@ -66,6 +66,8 @@ def verify(scores: Scores, model: Model, spec: RolloutSpec, contexts: Contexts, 
     why = verify_groups(scores, model)
     if why is not None:
         return why
+    if [g.label for g in scores.groups] != [group_label(model, g.name, tuple(g.tensors)) for g in scores.groups]:
+        return "its groups lack this edgetqs's readable names"
     if settings.horizon is not None and scores.horizon != settings.horizon:
         return "its horizon differs"
     return None
@@ -83,6 +85,8 @@ def verify_groups(scores: Scores, model: Model) -> str | None:
     got = [(g.name, tuple(g.tensors)) for g in scores.groups]
     if got != want:
         return "its groups are not this model's weight groups"
+    if [e.name for e in scores.excluded] != [c.name for c in model.constants]:
+        return "its constants (initializers that are not weights) differ"
     sizes = {w.name: w.size for w in model.weights}
     for g in scores.groups:
         if g.n_params != sum(sizes[t] for t in g.tensors):
@@ -138,11 +142,13 @@ def score_cached(
     log: Callable[[str], None] | None = None,
     backend: str | None = None,
     address: str | None = None,
+    before_sweep: Callable[[], None] | None = None,
 ) -> tuple[Scores, bool, Path]:
     """(Scores, whether they came from the cache, cache file). ``force`` recomputes and overwrites.
 
     A sweep that is computed checkpoints its finished tasks beside the entry (`checkpoint_path`), so running
-    the same command again after a kill resumes it; ``force`` starts over."""
+    the same command again after a kill resumes it; ``force`` starts over. ``before_sweep`` is called when a
+    sweep is about to run (not on a cache hit): `edgetqs.bundle.build` prints its time projection there."""
     path = cache_path(model, spec, contexts, settings)
     if path.exists() and not force:
         try:
@@ -159,6 +165,8 @@ def score_cached(
         ckpt.unlink(missing_ok=True)
         for part in ckpt.parent.glob(ckpt.name + ".*"):  # a ladder's sub-sweeps
             part.unlink(missing_ok=True)
+    if before_sweep is not None:
+        before_sweep()
     scores = run_sweep(
         model,
         spec,

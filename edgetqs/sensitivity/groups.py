@@ -1,4 +1,8 @@
-"""Weight groups: the units TQS perturbs, one tensor each or a block of tensors sharing a name prefix."""
+"""Weight groups: the units TQS perturbs, one tensor each or a block of tensors sharing a module path.
+
+A tensor's module path is its name when that is one (``block.q.bias``), else the module scope the exporter
+recorded for it (``val_17`` read by a MatMul in ``block.q`` -> ``block.q.weight``; `edgetqs.core.weights`),
+so block granularity gathers a module's folded weights with its named ones."""
 
 from __future__ import annotations
 
@@ -28,5 +32,13 @@ def make_groups(model: Model, granularity: str, depth: int | None = None) -> lis
         return [(w.name, (w.name,)) for w in model.weights]
     groups: dict[str, list[str]] = {}
     for w in model.weights:
-        groups.setdefault(block_of(w.name, depth), []).append(w.name)
+        groups.setdefault(block_of(w.path or w.name, depth), []).append(w.name)
     return [(k, tuple(v)) for k, v in groups.items()]
+
+
+def group_label(model: Model, name: str, tensors: tuple[str, ...]) -> str:
+    """A group's readable name when it differs from its name (a tensor named by the exporter); else ''."""
+    if len(tensors) != 1 or tensors[0] != name:
+        return ""
+    label = model.label(name)
+    return "" if label == name else label

@@ -9,6 +9,7 @@ from ..core.contexts import ContextsInfo
 from ..core.project import ScoreConfig
 from ..core.results import Frozen, ResultFile
 from ..core.rollout import RolloutSpec
+from ..core.weights import ExcludedTensor
 from ..errors import BadInputError
 
 DEAD_GAMMA = -50.0
@@ -55,6 +56,8 @@ class ProbeSettings(Frozen):
             eps / rms(W), so groups in different units compare) or in weight units (``absolute``, as
             first published: a group of large weights, a pressure normaliser near 1e3, then scores low for
             that reason alone). The gain A_g, which the planner uses, is per unit of weight error either way.
+        include, exclude: the user's weight rules (exact name or ``re:REGEX``; `edgetqs.core.weights`): which
+            float initializers are weight groups besides (or instead of) what the constant rules decide.
     """
 
     probe: str = "gauss"
@@ -68,6 +71,8 @@ class ProbeSettings(Frozen):
     state_scale: float = 1e-3
     ladder: tuple[int, ...] = ()
     eps: Literal["relative", "absolute"] = "relative"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: ScoreConfig | dict[str, Any] | None) -> ProbeSettings:
@@ -83,6 +88,9 @@ class ProbeSettings(Frozen):
             kw["horizon"] = parse_horizon(d["horizon"])
         if d.get("ladder"):
             kw["ladder"] = parse_ladder(d["ladder"])
+        for key in ("include", "exclude"):
+            if d.get(key):
+                kw[key] = tuple(d[key])
         try:
             s = cls(**kw)
         except Exception as exc:  # noqa: BLE001 - pydantic's type errors, e.g. a text seed
@@ -115,6 +123,10 @@ class ProbeSettings(Frozen):
             raise BadInputError(f"block depth {self.block_depth}; expected >= 1")
         if self.seed < 0:
             raise BadInputError(f"seed {self.seed}; expected a non-negative integer")
+        from ..core.weights import check_rules
+
+        check_rules(self.include, "--include")
+        check_rules(self.exclude, "--exclude")
 
 
 class GroupScore(Frozen):
@@ -134,6 +146,12 @@ class GroupScore(Frozen):
     # when this group alone is rounded to that many bits; None where that rollout diverged
     gain_by_bits: dict[str, float | None] | None = None
     weight_rms: float = 1.0  # rms of the group's weights (relative eps: gamma's separation is eps / weight_rms)
+    label: str = ""  # readable name (the exporter's module scope, `edgetqs.core.weights.readable`); '' when it is the name
+
+    @property
+    def display(self) -> str:
+        """The readable name with the raw one beside it when they differ: ``block.q (MatMul n) weight [val_17]``."""
+        return f"{self.label} [{self.name}]" if self.label else self.name
 
     @property
     def sort_key(self) -> float:
@@ -177,6 +195,7 @@ class Scores(ResultFile):
     workers: int
     strategy: str = "feed"
     notes: tuple[str, ...] = ()
+    excluded: tuple[ExcludedTensor, ...] = ()  # float initializers that are not weights, with the reason
 
     @property
     def spec(self) -> RolloutSpec:

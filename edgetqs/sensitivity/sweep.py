@@ -28,10 +28,11 @@ from ..core.metrics import divergence, inverse_spread
 from ..core.model import Model
 from ..core.results import edgetqs_version
 from ..core.rollout import Rollout, RolloutSpec
+from ..core.weights import excluded_tensors
 from ..errors import BadInputError, DivergedRolloutError, Hint
 from .backends import Sweep, SweepBackend, local_default, make_backend
 from .checkpoint import Checkpoint
-from .groups import make_groups
+from .groups import group_label, make_groups
 from .scores import DEAD_GAMMA, GroupScore, ProbeSettings, Scores, StateExponent
 from .tasks import SWEEP_THREADS, Job, Task, TaskResult, context_shares, group_score, plan_tasks, run_shares
 
@@ -411,12 +412,13 @@ def _sweep(
         contexts=contexts.info(),
         contexts_sha256=contexts.sha256(),
         state_exponent=base.state,
-        groups=scored,
+        groups=tuple(g.model_copy(update={"label": group_label(model, g.name, tuple(g.tensors))}) for g in scored),
         wall_seconds=time.perf_counter() - t0,
         forward_calls=base.calls + sum(r.calls for r in results.values()),
         workers=backend.workers,
         strategy=base.strategy,
         notes=out_notes,
+        excluded=excluded_tensors(model),
     )
 
 

@@ -64,6 +64,9 @@ def test_ort_mobile_keeps_fp16_and_runs_4_bit_gemm_through_matmulnbits(tmp_path:
     assert g.inits["fc2.weight__fp16"].dtype == "float16"  # fp16 storage survived the .ort conversion
     assert r.artifact_vs_simulated < 1e-5
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([r.artifact, "convert.json"])
+    # MatMulNBits stores K=24 as one whole block of 32: the planner prices the padding (it used to price 24)
+    assert next(t.bytes for t in plan.tensors if t.name == "fc1.weight") == 24 * 32 // 2 + 24 * 4
+    assert r.weight_bytes == plan.weight_bytes
 
 
 def test_ort_mobile_refuses_4_bit_conv_naming_tensor_and_op(tmp_path: Path) -> None:
