@@ -122,7 +122,7 @@ def test_ort_route_score_plan_convert_check_build_raspberrypi(tmp_path: Path, na
     code, out, err = cli("build", model, "-t", "raspberrypi", "--ratio", "0.25", "-d", "local", *common, "-o", tmp_path / "dist")
     assert code in (0, 1), err or out
     assert "reusing scores from" in out or "swept" in out
-    bundle = next((tmp_path / "dist").iterdir())
+    bundle = next(p for p in (tmp_path / "dist").iterdir() if p.is_dir())
     print("\nBUILD |", _summary(name, "raspberrypi", bundle), "|", rollout.removeprefix("note: "), "|", drawn.removeprefix("note: "))
 
 
@@ -167,4 +167,4 @@ def test_build_stm32h743(tmp_path: Path, name: str) -> None:
         assert "budget" in err and "bytes" in err, err  # a clean budget error with the figures, nothing else
         return
     assert code in (0, 1), err or out
-    print("BUILD |", _summary(name, "stm32h743", next((tmp_path / "dist").iterdir())))
+    print("BUILD |", _summary(name, "stm32h743", next(p for p in (tmp_path / "dist").iterdir() if p.is_dir())))

@@ -132,7 +132,8 @@ def test_ladder_sweeps_resume_and_force_starts_over(tmp_path: Path, monkeypatch:
     assert sorted(p.name.split(".", 1)[1] for p in folder.glob("*.partial*")) == ["partial.3bits"]  # the main sweep completed
     said: list[str] = []
     resumed = api.score(path, rec, log=said.append, **kw)
-    assert [x for x in said if "resuming" in x] == [said[0]] and "4 of 10 tasks already done" in said[0]
+    resuming = [x for x in said if "resuming" in x]  # said once (after the notes on the rollout and the contexts)
+    assert len(resuming) == 1 and "4 of 10 tasks already done" in resuming[0]
     same(whole, resumed)
     assert not list(folder.glob("*.partial*"))
     with pytest.raises(KeyboardInterrupt):
