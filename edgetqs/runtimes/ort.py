@@ -281,6 +281,21 @@ def validate_onnx(artifact: Path, ort_format: bool) -> None:
     OrtRunner(str(artifact), ort_format=ort_format)
 
 
+def _model_value_info(data: bytes, original: Any) -> bytes:
+    """The artifact with only the shape annotations the input model had: canonicalisation's shape inference
+    annotates every intermediate tensor, which made an fp32 "artifact" several percent larger than its input."""
+    import onnx
+
+    keep = {v.name for v in original.graph.value_info}
+    proto = onnx.load_from_string(data)
+    if all(v.name in keep for v in proto.graph.value_info):
+        return data
+    kept = [v for v in proto.graph.value_info if v.name in keep]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
+    return proto.SerializeToString()
+
+
 class OrtRuntime(RuntimeInfo):
     """ONNX Runtime: an .onnx file with weight-only QDQ (int8/int4 + DequantizeLinear) and fp16 Casts."""
 
@@ -306,6 +321,7 @@ class OrtRuntime(RuntimeInfo):
                 f"int8 activations (uint8 asymmetric, min/max on {len(job.rows())} closed-loop inputs) around {len(q['quantized_nodes'])} "
                 f"kernel op(s); onnxruntime's optimised graph runs {', '.join(f'{k} x{v}' for k, v in sorted(fused.items())) or 'no integer kernel'}"
             )
+        data = _model_value_info(data, job.model.proto)
         artifact = job.work / job.file_name
         artifact.write_bytes(data)
         checks, weight_bytes = read_back(artifact, prep.model, job.plan, nbits, ints, int32_biases=int32)

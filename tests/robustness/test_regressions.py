@@ -619,7 +619,7 @@ def test_9_a_full_disk_is_one_line_and_keeps_what_was_there(ws: robust.Workspace
         (["check", "art/m.ort.onnx", "-m", "m.onnx", "-c", "rec.csv", "--tolerance", "-1"], "tolerance -1"),
         (["plan", "scores.json", "-t", "x86-64", "--model", "m.onnx", "-c", "rec.csv"], "only with --evaluate"),
         (["check", "art/m.ort.onnx", "-r", "chk/reference.npz", "-c", "rec.csv"], "already holds the contexts"),
-        (["convert", "m.onnx", "-p", "plan.json", "-f", "ort", "--activations", "int8", "-o", "out/a"], "full-integer"),
+        (["convert", "m.onnx", "-p", "plan.json", "-f", "ort", "--activations", "int8", "-o", "out/a"], "int8 activations"),
         (["score", "m.onnx", "-c", "rec.csv", "--strategy", "bogus"], "strategy 'bogus'"),
         (["score", "m.onnx", "-c", "rec.csv", "--workers", "1025"], "workers"),
         (["score", "m.onnx", "-c", "rec.csv", "--spinup-scale", "2"], "--spinup-scale"),
