@@ -365,7 +365,7 @@ def resolve_activations(target: Target, runtime: str, asked: str) -> str:
     return asked
 
 
-_PRICING: dict[tuple[str, str, str, bool, bool], Any] = {}
+_PRICING: dict[tuple[Any, ...], Any] = {}
 
 
 def pricing_of(model: Model, target: Target, opts: PlanOptions) -> Any:
@@ -375,7 +375,9 @@ def pricing_of(model: Model, target: Target, opts: PlanOptions) -> Any:
 
     runtime = opts.runtime or target.runtimes[0]
     acts = resolve_activations(target, runtime, opts.activations)
-    key = (model.sha256, runtime, acts, opts.exact_bytes, opts.activations == "auto")
+    # the weight rules are part of the key: the same file read with other --include/--exclude rules has other
+    # weights and other fixed bytes
+    key = (model.sha256, model.include, model.exclude, runtime, acts, opts.exact_bytes, opts.activations == "auto")
     if key not in _PRICING:
         _PRICING[key] = RUNTIMES.get(runtime).pricing(model, acts, exact=opts.exact_bytes, auto=opts.activations == "auto")
     return _PRICING[key]

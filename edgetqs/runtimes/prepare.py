@@ -148,7 +148,7 @@ def prepare(
         missing = unsupported_ops(out, table)
         if missing:
             raise ConvertError(unsupported_message(missing, route))
-    prepared_model = Model(out, model.path, min_weight_size=1)
+    prepared_model = Model(out, model.path, min_weight_size=1, include=model.include, exclude=model.exclude)  # the same weight rules
     prepared_model.name = model.name
     pieces_src = pieces_by_source(rewrites)
     by_name = {p.name: p for r in rewrites for p in r.pieces}

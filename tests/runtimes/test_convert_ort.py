@@ -191,7 +191,7 @@ def test_ort_int8_activations_run_qlinear_kernels_and_read_back(tmp_path: Path) 
     assert biases and set(biases.values()) == {"dq-int32"}
     rf = convert(inp.model, plan, "ort", tmp_path / "f", inp.contexts, inp.spec)
     assert rf.activations == "float" and "ort_static" not in rf.facts
-    # uint8 activations cost accuracy on top of the weights (measured: see notes/issue-14.md)
+    # uint8 activations cost accuracy on top of the weights (measured: see docs/notes/issue-14.md)
     assert rf.error_by_lead[-1] <= r8.error_by_lead[-1] < 0.5
     with pytest.raises(ConvertError, match=r"offers float, int8 for ort.*--activations float"):
         convert(inp.model, plan, "ort", tmp_path / "i16", inp.contexts, inp.spec, activations="int16")
