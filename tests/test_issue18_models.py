@@ -126,6 +126,7 @@ def test_ort_route_score_plan_convert_check_build_raspberrypi(tmp_path: Path, na
     print("\nBUILD |", _summary(name, "raspberrypi", bundle), "|", rollout.removeprefix("note: "), "|", drawn.removeprefix("note: "))
 
 
+@pytest.mark.long
 @pytest.mark.tflite
 @pytest.mark.parametrize("name", list(MODELS))
 def test_tflite_route_convert_and_check(tmp_path: Path, name: str) -> None:
@@ -156,6 +157,7 @@ def test_tflite_route_convert_and_check(tmp_path: Path, name: str) -> None:
     print(f"TFLITE | {name} | check exit {code} | {json.loads((tmp_path / 'chk' / 'check.json').read_text())['verdict']}")
 
 
+@pytest.mark.long
 @pytest.mark.mcu
 @pytest.mark.parametrize("name", list(MODELS))
 def test_build_stm32h743(tmp_path: Path, name: str) -> None:

@@ -205,6 +205,15 @@ class TfliteRuntime(RuntimeInfo):
     def job(self, artifact: Path, io: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
         return {"runner": self.runner}
 
+    def pricing(self, model: Any, activations: str, exact: bool = False, auto: bool = False) -> Any:
+        """`storage` prices per weight, with the constants of the legalised graph the route converts as fixed bytes."""
+        from .prepare import prepared_fixed_bytes
+        from .pricing import storage_pricing
+
+        p = storage_pricing(self.name, self.storage, activations)
+        p.fixed = prepared_fixed_bytes(model, "tflite")
+        return p
+
     def constant_states(self, artifact: Path, constants: dict[str, Any]) -> dict[str, str]:
         """onnx2tf renames constants: each is looked for by content among the file's float32 buffers (the
         quantizer's recipe names only planned weights, so a constant onnx2tf kept is still float32)."""
