@@ -114,6 +114,15 @@ def score(
         str | None, typer.Option(help="Index applied to outputs before feeding back, e.g. '...,1' (a quantile), ':,None' (a new axis).")
     ] = None,
     channel_axis: Annotated[int | None, typer.Option(help="Axis of the variables (with batch) for normalisation.")] = None,
+    forcing: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Input read per step, not fed back (repeatable): INPUT=SOURCE[+SOURCE...][@predicted], SOURCE one of hour_of_day, "
+            "day_of_year (sin, cos), solar_elevation (degrees), column:NAME[,NAME] (arrays of the record), e.g. tod=hour_of_day."
+        ),
+    ] = None,
+    latitude: Annotated[float | None, typer.Option(help="The site's latitude in degrees north (solar_elevation forcings).")] = None,
+    longitude: Annotated[float | None, typer.Option(help="The site's longitude in degrees east (solar_elevation forcings).")] = None,
     probe: Annotated[str | None, typer.Option(help="gauss (default) or quant.")] = None,
     granularity: Annotated[str | None, typer.Option(help="tensor (default) or block (tensors sharing a name prefix).")] = None,
     block_depth: Annotated[int | None, typer.Option(help="Name components forming a block (default: the parent module).")] = None,
@@ -164,6 +173,9 @@ def score(
             static=tuple(static or ()),
             output_slice=output_slice,
             channel_axis=channel_axis,
+            forcing=tuple(forcing or ()),
+            latitude=latitude,
+            longitude=longitude,
         )
         settings = _config(
             ScoreConfig,

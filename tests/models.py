@@ -291,3 +291,55 @@ def masked_window(
         inits,
     )
     return _save(graph, path)
+
+
+def forced_state(path: Path, a: float = 0.9, w: tuple[float, float] = (0.5, 0.2)) -> Path:
+    """x[B,1], tod[B,2] -> a * x + tod @ [[w0], [w1]]: x_{t+1} = a x_t + w0 sin(2 pi hour_t / 24) + w1 cos(...)."""
+    inits = [_init("a.weight", np.array([[a]], np.float32)), _init("w.weight", np.array([[w[0]], [w[1]]], np.float32))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "a.weight"], ["ax"]),
+        helper.make_node("MatMul", ["tod", "w.weight"], ["wf"]),
+        helper.make_node("Add", ["ax", "wf"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "forced_state",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1]), helper.make_tensor_value_info("tod", TensorProto.FLOAT, ["B", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 1])],
+        inits,
+    )
+    return _save(graph, path)
+
+
+def forced_window(path: Path, length: int = 6, h: int = 3, rows: int | None = None, a: float = 0.9, w: tuple[float, float] = (0.5, 0.2)) -> Path:
+    """x[B,L,1], tod[B,R,2] -> y[B,H,1] = a * x[:, -1:] + tod[:, -H:] @ [[w0], [w1]]: each predicted step is the
+    last observed one damped plus the time of day of the last H forcing rows (R = H: the predicted steps; R = L:
+    the window's rows, whose last H are the window's last H hours)."""
+    r = rows or h
+    inits = [
+        _init("a.weight", np.array([[a]], np.float32)),
+        _init("w.weight", np.array([[w[0]], [w[1]]], np.float32)),
+        _init("last_lo", np.array([length - 1], np.int64)),
+        _init("last_hi", np.array([length], np.int64)),
+        _init("f_lo", np.array([r - h], np.int64)),
+        _init("f_hi", np.array([r], np.int64)),
+        _init("axis1", np.array([1], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Slice", ["x", "last_lo", "last_hi", "axis1"], ["last"]),
+        helper.make_node("MatMul", ["last", "a.weight"], ["ax"]),
+        helper.make_node("Slice", ["tod", "f_lo", "f_hi", "axis1"], ["fh"]),
+        helper.make_node("MatMul", ["fh", "w.weight"], ["wf"]),
+        helper.make_node("Add", ["ax", "wf"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "forced_window",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", length, 1]),
+            helper.make_tensor_value_info("tod", TensorProto.FLOAT, ["B", r, 2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", h, 1])],
+        inits,
+    )
+    return _save(graph, path)

@@ -129,6 +129,9 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models.static_conv(d / "conv.onnx", channels=2, size=6)
     np.savez(d / "conv.npz", record=rng.standard_normal((20, 2, 6, 6)).astype(np.float32), mask=np.ones((1, 6, 6), np.float32))
     cube(d / "cube.onnx")
+    models.forced_state(d / "forced.onnx")  # x[B, 1], tod[B, 2] -> y[B, 1]
+    times = np.arange("2024-01-01T00", "2024-01-06T00", dtype="datetime64[h]").astype(str)
+    (d / "timed.csv").write_text("time,x\n" + "".join(f"{t},{v:.4f}\n" for t, v in zip(times, np.random.default_rng(1).standard_normal(len(times)))))
     gap = rng.standard_normal((120, 8)).astype(np.float32)
     gap[10:14, 3] = np.nan  # a gap in time
     gap[5, 1] = np.inf
@@ -158,6 +161,8 @@ CASES: dict[str, Callable[[Path], list[str]]] = {
     "rollout-output-slice": lambda d: _score(d, "quant.onnx", "-c", str(d / "rec3.npy")),
     # an input no output feeds -> declared static
     "rollout-static": lambda d: _score(d, "conv.onnx", "-c", str(d / "conv.npz")),
+    # an input no output feeds, two features wide -> read per step as the time of day
+    "rollout-forcing": lambda d: _score(d, "forced.onnx", "-c", str(d / "timed.csv")),
     # more contexts than a stack of windows holds
     "contexts-k-stack": lambda d: [*_score(d, "win.onnx", "-c", str(d / "stack.npy")), "-k", "8"],
     # more contexts than a record has room for

@@ -120,11 +120,11 @@ class _Evaluator:
     invs: dict[str, list[np.ndarray]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.roll = Rollout(self.model, self.spec, self.contexts.statics)  # weights fed as inputs: one session for the search
+        self.roll = Rollout(self.model, self.spec, self.contexts.statics, forcings=self.contexts.forcing_arrays)  # weights fed as inputs: one session for the search
         float_feed = {w.name: self.model.weight_array(w.name) for w in self.model.weights}
         self.refs, self.invs = {}, {}
         for part, idx in (("search", self.search), ("guard", self.guard)):
-            steps = self.roll.run([a[idx] for a in self.contexts.arrays], self.horizon, overrides=float_feed).steps
+            steps = self.roll.run([a[idx] for a in self.contexts.arrays], self.horizon, overrides=float_feed, rows=idx).steps
             self.refs[part] = steps
             self.invs[part] = [
                 inverse_spread(sp, self.spec.mode, self.spec.channel_axis, st.ndim) for sp, st in zip(self.contexts.spreads, steps)
@@ -132,7 +132,7 @@ class _Evaluator:
 
     def error(self, weights: dict[str, np.ndarray], part: str = "search") -> float:
         idx = self.search if part == "search" else self.guard
-        res = self.roll.run([a[idx] for a in self.contexts.arrays], self.horizon, overrides=weights)
+        res = self.roll.run([a[idx] for a in self.contexts.arrays], self.horizon, overrides=weights, rows=idx)
         self.budget.rollouts += 1 if part == "search" else 0
         if res.first_nonfinite is not None:
             return math.inf

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import BadInputError, ContextsError, Hint
 from .files import input_file
+from .forcings import Forcer, ForcingData, parse_times
 from .metrics import channel_axis, channel_mean, channel_spread
 from .missing import FILLS, check_fill, describe_nonfinite, fill_nonfinite, workable_fill
 from .model import Model
@@ -38,6 +39,7 @@ class Record:
     premade: bool = False  # arrays already are contexts [K, *sample], not a record
     file_shapes: dict[str, tuple[int, ...]] | None = None  # each array's shape in the file (before a univariate axis was added)
     filled: int = 0  # non-finite values filled on request (`edgetqs.core.missing`)
+    forcing: ForcingData | None = None  # timestamps and the arrays forcings read (a spec with forcings)
 
 
 class ContextsInfo(Frozen):
@@ -84,6 +86,15 @@ class Contexts:
     pick: str = "even"
     seed: int = 0
     note: str = ""  # how they were read and chosen, for the command's output
+    forcer: Forcer | None = None  # the forcing inputs' values along the record (a spec with forcings)
+
+    def forcing_arrays(self, horizon: int) -> dict[str, np.ndarray]:
+        """Per forcing input, its values [K, horizon, ...] for these contexts (empty: the rollout has none).
+
+        Raises:
+            ContextsError: missing timestamps or columns, or a horizon past the record's end for a column.
+        """
+        return self.forcer.arrays(horizon) if self.forcer is not None else {}
 
     @property
     def k(self) -> int:
@@ -117,6 +128,8 @@ class Contexts:
             v = np.ascontiguousarray(self.statics[k])
             h.update(k.encode() + str(v.shape).encode() + str(v.dtype).encode())
             h.update(v.tobytes())
+        if self.forcer is not None:
+            h.update(self.forcer.sha256().encode())
         return h.hexdigest()
 
 
@@ -151,6 +164,10 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
     statics: dict[str, np.ndarray] = {}
     var_names: tuple[str, ...] = ()
     premade = False
+    wanted = {c for f in spec.forcings for c in f.columns}
+    need_times = any(f.needs_times for f in spec.forcings)
+    raw_times: np.ndarray | None = None
+    columns: dict[str, np.ndarray] = {}
     try:
         if suffix == ".npy":
             arrays = {names[0]: np.load(p, allow_pickle=False)}
@@ -159,6 +176,10 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
                 data = {k: z[k] for k in z.files}
             if "variables" in data:
                 var_names = tuple(str(v) for v in np.atleast_1d(data.pop("variables")))
+            if spec.forcings:  # timestamps and the arrays forcings read are not state
+                tkey = next((k for k in data if k.lower() in TIME_NAMES and k not in names), None)
+                raw_times = data.pop(tkey) if tkey else None
+                columns = {k: data.pop(k) for k in list(data) if k in wanted and k not in names}
             statics = {k: data.pop(k) for k in list(data) if k in spec.static}
             if "contexts" in data:
                 arrays, premade = {names[0]: data["contexts"]}, True
@@ -177,7 +198,11 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
             import pandas as pd
 
             df = pd.read_csv(p)
-            df = df[[c for c in df.columns if str(c).lower() not in TIME_NAMES]].select_dtypes("number")
+            tcol = next((c for c in df.columns if str(c).lower() in TIME_NAMES), None)
+            if need_times and tcol is not None:
+                raw_times = df[tcol].to_numpy().astype(str)
+            columns = {str(c): df[c].to_numpy(dtype=np.float32) for c in df.columns if str(c) in wanted}
+            df = df[[c for c in df.columns if str(c).lower() not in TIME_NAMES and str(c) not in wanted]].select_dtypes("number")
             if variables:
                 _check_vars(variables, [str(c) for c in df.columns], p)
                 df = df[variables]
@@ -186,7 +211,7 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
             var_names = tuple(str(c) for c in df.columns)
             arrays = {names[0]: df.to_numpy(dtype=np.float32)}
         elif suffix in (".nc", ".nc4", ".cdf", ".netcdf", ".h5"):
-            grid, var_names = _read_netcdf(p, variables)
+            grid, var_names, raw_times, columns = _read_netcdf(p, variables, wanted)
             arrays = {names[0]: grid}
         else:
             raise BadInputError(f"contexts file '{p}' has suffix '{suffix}'; expected .npy, .npz, .csv or .nc")
@@ -244,7 +269,18 @@ def read_record(path: str | Path, spec: RolloutSpec, variables: list[str] | None
         why = describe_nonfinite(np.asarray(a), f"static input '{k}' in '{p}'", first_axis="element")
         if why:
             raise ContextsError(f"{why}; static inputs are used as they are (no fill): fix the file")
-    return Record(record, var_names, statics, str(p), premade, file_shapes=file_shapes, filled=filled)
+    forcing = None
+    if spec.forcings:
+        n = first.shape[0]
+        times = parse_times(raw_times, f"'{p}'") if need_times and raw_times is not None else None
+        for k, a in [*columns.items(), *([("time", times)] if times is not None else [])]:
+            if a.shape[0] != n:
+                raise BadInputError(f"array '{k}' in '{p}' has {a.shape[0]} rows along time, the record {n}; expected one per time step")
+        for k, a in columns.items():
+            if a.dtype.kind not in "fiu":
+                raise BadInputError(f"forcing column '{k}' in '{p}' has dtype {a.dtype}; expected real numbers")
+        forcing = ForcingData(n, times, {k: np.asarray(v, np.float32) for k, v in columns.items()}, str(p))
+    return Record(record, var_names, statics, str(p), premade, file_shapes=file_shapes, filled=filled, forcing=forcing)
 
 
 def _check_vars(wanted: list[str], have: list[str], p: Path) -> None:
@@ -253,11 +289,15 @@ def _check_vars(wanted: list[str], have: list[str], p: Path) -> None:
         raise BadInputError(f"variables {missing} are not in '{p}'; it has {have}")
 
 
-def _read_netcdf(p: Path, variables: list[str] | None) -> tuple[np.ndarray, tuple[str, ...]]:
+def _read_netcdf(
+    p: Path, variables: list[str] | None, wanted: set[str] | None = None
+) -> tuple[np.ndarray, tuple[str, ...], np.ndarray | None, dict[str, np.ndarray]]:
+    """The variables stacked [N, C, ...], their names, the time coordinate (if any) and the forcing arrays ``wanted``."""
     import xarray as xr
 
+    wanted = wanted or set()
     with xr.open_dataset(p) as ds:
-        cands = [str(v) for v in ds.data_vars if ds[v].ndim >= 1 and np.issubdtype(ds[v].dtype, np.number)]
+        cands = [str(v) for v in ds.data_vars if ds[v].ndim >= 1 and np.issubdtype(ds[v].dtype, np.number) and str(v) not in wanted]
         if variables:
             _check_vars(variables, cands, p)
             cands = list(variables)
@@ -280,8 +320,10 @@ def _read_netcdf(p: Path, variables: list[str] | None) -> tuple[np.ndarray, tupl
                     ),
                 )
             stack.append(da.transpose(tdim, ...).values.astype(np.float32))
+        times = ds[tdim].values if tdim in ds.coords and ds[tdim].dtype.kind == "M" else None
+        columns = {c: ds[c].transpose(tdim, ...).values for c in wanted if c in ds.data_vars and tdim in ds[c].dims}
     arr = np.stack(stack, axis=1)  # [N, C, *spatial]; masked points are NaN: `read_record` refuses or fills them
-    return arr, tuple(str(v) for v in cands)
+    return arr, tuple(str(v) for v in cands), times, columns
 
 
 def more_contexts(contexts: Contexts, model: Model, spec: RolloutSpec, k: int) -> Contexts:
@@ -426,7 +468,38 @@ def select_contexts(
         note = f"contexts: {k} {unit} {how} over '{record.source}' ({n} time steps{within}): starting at rows {_rows_text(indices)}"
     statics = dict(record.statics)
     spreads, means = _stats([record.arrays[name] for name, _ in spec.pairs], spec)
-    return Contexts(arrays, statics, record.variables, record.source, indices, record, spreads, means, span, windows, pick, seed, note)
+    forcer = _forcer(record, model, spec, indices) if spec.forcings else None
+    return Contexts(
+        arrays, statics, record.variables, record.source, indices, record, spreads, means, span, windows, pick, seed, note, forcer
+    )
+
+
+def _forcer(record: Record, model: Model, spec: RolloutSpec, starts: tuple[int, ...]) -> Forcer:
+    """The forcing values of contexts starting at record rows ``starts``.
+
+    Raises:
+        ContextsError: contexts that are not drawn from a record along time (a stack of windows), or a window
+            model whose window or steps per call are symbolic.
+    """
+    from .rollout import steps_per_call
+
+    names = [f.input for f in spec.forcings]
+    if record.forcing is None or not starts or any(s < 0 for s in starts):
+        raise ContextsError(
+            f"forcing input(s) {names} are read from the record along time, but '{record.source}' gives premade contexts or a stack "
+            "of windows; give a record (time first) with its timestamps and arrays"
+        )
+    window = None
+    if spec.mode == "window":
+        length = _sample_shape(model, spec, spec.pairs[0][0])[0]
+        h = steps_per_call(model, spec)
+        if length is None or h is None:
+            raise ContextsError(f"forcing input(s) {names}: the model's window or steps per call are symbolic; export it with fixed L and H")
+        window = (int(length), int(h))
+    shapes = {f.input: next(tuple(i.shape[1:]) for i in model.inputs if i.name == f.input) for f in spec.forcings}
+    forcer = Forcer(spec.forcings, record.forcing, tuple(starts), window, shapes, spec.latitude, spec.longitude)
+    forcer.arrays(1)  # a missing column, timestamps or a shape that does not fit: said now, not mid-sweep
+    return forcer
 
 
 def _fits(have: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
@@ -452,6 +525,11 @@ def spinup_contexts(
     Raises:
         ContextsError: symbolic input shapes (no size to draw noise for) or a spin-up that leaves the finite numbers.
     """
+    if spec.forcings:
+        raise ContextsError(
+            f"forcing input(s) {[f.input for f in spec.forcings]} are read from a record along time; a spin-up from noise has "
+            "none: give --contexts (a record with its timestamps and arrays)"
+        )
     rng = np.random.default_rng(seed)
     init = []
     for name, _ in spec.pairs:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import BadInputError
 from .contexts import Contexts, read_record, select_contexts, spinup_contexts
+from .forcings import parse_forcing
 from .missing import check_fill
 from .model import Model, load_model
 from .project import Project, RolloutConfig, merged
@@ -66,6 +67,9 @@ def spec_hints(cfg: RolloutConfig) -> SpecHints:
         static=tuple(cfg.static),
         output_slice=cfg.output_slice,
         channel_axis=cfg.channel_axis,
+        forcings=tuple(parse_forcing(f) for f in cfg.forcing),
+        latitude=cfg.latitude,
+        longitude=cfg.longitude,
     )
 
 
@@ -78,6 +82,9 @@ def rollout_config(spec: RolloutSpec) -> RolloutConfig:
         static=tuple(spec.static),
         output_slice=spec.output_slice,
         channel_axis=spec.channel_axis,
+        forcing=tuple(f.text() for f in spec.forcings),
+        latitude=spec.latitude,
+        longitude=spec.longitude,
     )
 
 

@@ -38,6 +38,29 @@ class RolloutConfig(Config):
     static: tuple[str, ...] = ()
     output_slice: str | None = None
     channel_axis: int | None = None
+    forcing: tuple[str, ...] = ()  # INPUT=SOURCE[+SOURCE...][@predicted] (`edgetqs.core.forcings`)
+    latitude: float | None = None  # the site, degrees north (solar_elevation forcings)
+    longitude: float | None = None  # degrees east
+
+    @field_validator("forcing")
+    @classmethod
+    def _forcing(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from .forcings import parse_forcing
+
+        for text in v:
+            try:
+                parse_forcing(text)
+            except EdgetqsError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("latitude", "longitude")
+    @classmethod
+    def _degrees(cls, v: float | None, info: Any) -> float | None:
+        top = 90.0 if info.field_name == "latitude" else 180.0
+        if v is not None and not (-top <= v <= top):
+            raise ValueError(f"expected degrees from -{top:g} to {top:g}")
+        return v
 
 
 class ScoreConfig(Config):

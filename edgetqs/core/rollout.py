@@ -7,7 +7,7 @@ weights can be overridden per call, so a whole TQS sweep never rebuilds a sessio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,10 +16,13 @@ import numpy as np
 from ..errors import Hint, RolloutSpecError
 from ..ondevice.step import Feedback, closed_loop, first_nonfinite
 from ..ondevice.step import parse_slice as _parse_slice
+from .forcings import Forcing, check_site
 from .model import Model, TensorInfo
 from .results import Frozen
 
 Mode = Literal["state", "window"]
+# a rollout's forcing values: per input [K, >= T, ...], or a function of the horizon giving them
+Forcings = Mapping[str, np.ndarray] | Callable[[int], Mapping[str, np.ndarray]]
 WindowForm = Literal["steps", "one-step", "univariate", "univariate-one-step"]
 
 
@@ -37,6 +40,9 @@ class RolloutSpec(Frozen):
         channel_axis: axis (with batch) of the variables, for per-channel normalisation.
         window_form: window mode: the model's shapes (`window_form`); the rollout holds every window as
             [B, L, C] and every prediction as [B, H, C] whatever the form.
+        forcings: inputs read per step and never fed back (`edgetqs.core.forcings`: record columns, time of
+            day, day of year, solar elevation).
+        latitude, longitude: the site in degrees north and east (a solar elevation forcing needs it).
     """
 
     mode: Mode
@@ -46,6 +52,9 @@ class RolloutSpec(Frozen):
     output_slice: str | None = None
     channel_axis: int | None = None
     window_form: WindowForm = "steps"
+    forcings: tuple[Forcing, ...] = ()
+    latitude: float | None = None
+    longitude: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -68,6 +77,9 @@ class SpecHints:
     static: tuple[str, ...] = ()
     output_slice: str | None = None
     channel_axis: int | None = None
+    forcings: tuple[Forcing, ...] = ()
+    latitude: float | None = None
+    longitude: float | None = None
 
 
 def parse_slice(text: str) -> tuple[Any, ...]:
@@ -182,41 +194,41 @@ def infer_spec(model: Model, hints: SpecHints | None = None) -> RolloutSpec:
     for s in hints.static:
         if s not in ins:
             raise RolloutSpecError(f"static input '{s}' is not an input of the model ({listing})")
+    forced = [f.input for f in hints.forcings]
+    for f in hints.forcings:
+        if f.input not in ins:
+            raise RolloutSpecError(f"forcing '{f.text()}' names '{f.input}', which is not an input of the model ({listing})")
+        if f.input in hints.static or forced.count(f.input) > 1:
+            raise RolloutSpecError(f"input '{f.input}' is declared more than once (static or forcing); declare each input once")
+    check_site(hints.latitude, hints.longitude, hints.forcings)
     index = parse_slice(hints.output_slice) if hints.output_slice else None
     pairs = list(hints.pairs)
     for a, b in pairs:
         if a not in ins or b not in outs:
             raise RolloutSpecError(f"state pair '{a}={b}' does not name an input and an output of the model ({listing})")
     if not pairs:
-        free_in = [n for n in ins if n not in hints.static]
+        free_in = [n for n in ins if n not in hints.static and n not in forced]
         free_out = list(outs)
+        windows = [n for n in free_in if len(free_out) == 1 and window_form(ins[n].shape, _sliced_shape(outs[free_out[0]], index))]
         if len(free_in) == 1 and len(free_out) == 1:
             pairs = [(free_in[0], free_out[0])]
+        elif len(windows) == 1 and not any(_compatible(ins[n].shape, _sliced_shape(outs[free_out[0]], index)) for n in free_in):
+            pairs = [(windows[0], free_out[0])]  # one window input; the others are checked below (forcings, statics)
         else:
             matches = {n: [o for o in free_out if _compatible(ins[n].shape, _sliced_shape(outs[o], index))] for n in free_in}
             pairs = [(n, m[0]) for n, m in matches.items() if len(m) == 1]
             if len(pairs) != len(free_in):
                 lone = [n for n, m in matches.items() if not m]
                 unique = len({m[0] for m in matches.values() if len(m) == 1}) == len(pairs)
-                hint = None
-                if pairs and unique and all(len(m) <= 1 for m in matches.values()):  # the unmatched inputs are fixed ones
-                    hint = Hint(
-                        "rollout-static",
-                        tuple(x for n in lone for x in ("--static", n)),
-                        say="declare the inputs that no output feeds, {args}, or pair them with --state INPUT=OUTPUT",
-                        project=(("rollout.static", lone),),
+                if not (pairs and unique and all(len(m) <= 1 for m in matches.values())):
+                    raise RolloutSpecError(
+                        "cannot infer which outputs feed back into which inputs ("
+                        + listing
+                        + "); declare them with --state INPUT=OUTPUT and --static NAME (--forcing INPUT=SOURCE for inputs "
+                        "read per step), or [rollout] state/static/forcing in edgetqs.toml"
                     )
-                raise RolloutSpecError(
-                    "cannot infer which outputs feed back into which inputs ("
-                    + listing
-                    + ")"
-                    + (
-                        ""
-                        if hint
-                        else "; declare them with --state INPUT=OUTPUT and --static NAME, or [rollout] state/static in edgetqs.toml"
-                    ),
-                    hint=hint,
-                )
+                # else: the unmatched inputs are fixed or forcing ones, which `_undeclared` names
+    _undeclared(model, pairs, hints, listing, index)
     mode = hints.mode
     a, b = pairs[0]
     ishape, oshape = ins[a].shape, _sliced_shape(outs[b], index)
@@ -282,6 +294,52 @@ def infer_spec(model: Model, hints: SpecHints | None = None) -> RolloutSpec:
         output_slice=hints.output_slice,
         channel_axis=channel_axis,
         window_form=form,
+        forcings=tuple(hints.forcings),
+        latitude=hints.latitude,
+        longitude=hints.longitude,
+    )
+
+
+def _undeclared(model: Model, pairs: list[tuple[str, str]], hints: SpecHints, listing: str, index: tuple | None) -> None:
+    """Every model input must be fed back, static or a forcing: name one that is none of them, with a
+    declaration that fits its shape when one can be guessed (two features: time of day as (sin, cos))."""
+    known = {a for a, _ in pairs} | set(hints.static) | {f.input for f in hints.forcings}
+    left = [i for i in model.inputs if i.name not in known]
+    if not left:
+        return
+    info = left[0]
+    width = info.shape[-1] if len(info.shape) >= 2 else None
+    align = ""
+    first = next(i for i in model.inputs if i.name == pairs[0][0])
+    out = next(o for o in model.outputs if o.name == pairs[0][1])
+    oshape = _sliced_shape(out, index)
+    if len(info.shape) == 3 and len(first.shape) == 3:  # a window model's [B, L or H, F] forcing
+        if info.shape[1] != first.shape[1] and len(oshape) == 3 and info.shape[1] == oshape[1]:
+            align = "@predicted"
+        elif info.shape[1] != first.shape[1]:
+            width = None
+    if width == 2 and len(left) == 1:
+        hint = Hint(
+            "rollout-forcing",
+            ("--forcing", f"{info.name}=hour_of_day{align}"),
+            say="declare it a forcing, e.g. the time of day as (sin, cos): {args}",
+            project=(("rollout.forcing", [f"{info.name}=hour_of_day{align}"]),),
+        )
+    else:
+        lone = [i.name for i in left]
+        hint = Hint(
+            "rollout-static",
+            tuple(x for n in lone for x in ("--static", n)),
+            say="declare the inputs that no output feeds, {args}, or pair them with --state INPUT=OUTPUT "
+            "(inputs read per step: --forcing INPUT=SOURCE)",
+            project=(("rollout.static", lone),),
+        )
+    raise RolloutSpecError(
+        f"input{'s' if len(left) > 1 else ''} {', '.join(i.describe() for i in left)} {'are' if len(left) > 1 else 'is'} neither fed back "
+        f"nor static nor a forcing ({listing}); declare a per-step input with --forcing INPUT=SOURCE ([rollout] forcing in edgetqs.toml), "
+        "SOURCE one of hour_of_day, day_of_year (sin, cos), solar_elevation (with --latitude/--longitude), column:NAME[,NAME] "
+        "(arrays of the record), joined with '+' and ending in @predicted to read the predicted steps; or a fixed one with --static NAME",
+        hint=hint,
     )
 
 
@@ -325,6 +383,8 @@ class Rollout:
         ort_format: ``model_bytes`` is an ORT-format (``.ort``) model, not ONNX.
         session: any object with onnxruntime's ``run(output_names, feeds)`` (e.g. a LiteRT runner) to
             roll out instead of an onnxruntime session.
+        forcings: the values of the spec's forcing inputs for the contexts a run is given: per input
+            [K, >= T, ...], or a function of the horizon that returns them (`Contexts.forcing_arrays`).
     """
 
     def __init__(
@@ -336,9 +396,11 @@ class Rollout:
         model_bytes: bytes | None = None,
         ort_format: bool = False,
         session: Any = None,
+        forcings: Forcings | None = None,
     ) -> None:
         self.model = model
         self.spec = spec
+        self.forcings = forcings
         self.statics = {k: np.asarray(v) for k, v in (statics or {}).items()}
         missing = [s for s in spec.static if s not in self.statics]
         if missing:
@@ -358,14 +420,50 @@ class Rollout:
         self.input_dtypes = {i.name: np.dtype(i.dtype) for i in model.inputs}
         self.forward_calls = 0
 
-    def run(self, contexts: Sequence[np.ndarray], horizon: int, overrides: dict[str, np.ndarray] | None = None) -> RolloutResult:
+    def forcing_values(self, horizon: int, k: int, rows: slice | np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The forcing inputs' values for ``k`` contexts (``rows`` of those the rollout was given), [k, T, ...].
+
+        Raises:
+            RolloutSpecError: the spec has forcings but no values were given, or not for these contexts.
+        """
+        if not self.spec.forcings:
+            return {}
+        names = [f.input for f in self.spec.forcings]
+        if self.forcings is None:
+            raise RolloutSpecError(
+                f"forcing input(s) {names} need values per step: roll out contexts read from a record (they carry its "
+                "timestamps and arrays), or give the values [K, T, ...]"
+            )
+        got = self.forcings(horizon) if callable(self.forcings) else self.forcings
+        out = {}
+        for n in names:
+            if n not in got:
+                raise RolloutSpecError(f"forcing input '{n}' has no values; expected arrays for {names}")
+            v = np.asarray(got[n])
+            v = v[rows if rows is not None else slice(None)] if v.ndim >= 2 else v
+            if v.ndim < 2 or v.shape[0] != k or v.shape[1] < horizon:
+                raise RolloutSpecError(
+                    f"forcing input '{n}' has values {list(v.shape)} for a rollout of {k} contexts and {horizon} steps; expected [{k}, >={horizon}, ...]"
+                )
+            out[n] = v[:, :horizon]
+        return out
+
+    def run(
+        self,
+        contexts: Sequence[np.ndarray],
+        horizon: int,
+        overrides: dict[str, np.ndarray] | None = None,
+        rows: slice | np.ndarray | None = None,
+    ) -> RolloutResult:
         """Roll out every context for ``horizon`` steps, batching contexts when the model allows.
 
         Args:
             contexts: per pair, the initial inputs [K, ...].
             horizon: number of model steps.
             overrides: weight name -> replacement value for this rollout only.
+            rows: which of the rollout's contexts these are (their forcing values); default: all of them.
         """
+        forcings = self.forcing_values(horizon, int(contexts[0].shape[0]), rows)
         with np.errstate(all="ignore"):  # overflow is a finding, reported by first_nonfinite
             steps, calls = closed_loop(
                 self.session.run,
@@ -374,6 +472,7 @@ class Rollout:
                 horizon,
                 self.feedback,
                 statics=self.statics,
+                forcings=forcings,
                 overrides=overrides,
                 batch=self.fixed_batch,
                 dtypes=self.input_dtypes,
@@ -385,7 +484,7 @@ class Rollout:
 def float_reference(model: Model, spec: RolloutSpec, contexts: Any, horizon: int) -> RolloutResult:
     """The float model's own rollout from ``contexts`` (a `Contexts`), on a fully optimised session: the
     trajectory every quantized rollout is compared with."""
-    return Rollout(model, spec, contexts.statics, model_bytes=model.bytes).run(contexts.arrays, horizon)
+    return Rollout(model, spec, contexts.statics, model_bytes=model.bytes, forcings=contexts.forcing_arrays).run(contexts.arrays, horizon)
 
 
 class _Recorder:
@@ -413,7 +512,7 @@ def closed_loop_inputs(model: Model, spec: RolloutSpec, contexts: Any, horizon: 
     range as it rolls out, so ranges and Hessians come from its own closed loop."""
     from ..ondevice.runners import OrtRunner
 
-    roll = Rollout(model, spec, contexts.statics, session=OrtRunner(model.bytes, threads=0))
+    roll = Rollout(model, spec, contexts.statics, session=OrtRunner(model.bytes, threads=0), forcings=contexts.forcing_arrays)
     rec = _Recorder(roll.session, whole=roll.fixed_batch is not None)
     roll.session = rec
     roll.run(contexts.arrays, horizon)

@@ -232,10 +232,14 @@ def convert(
             )
         # the host check: artifact vs float, and vs the plan's simulated quantization
         ref = float_reference(model, spec, contexts, horizon)
-        got = Rollout(model, spec, contexts.statics, session=done.session).run(contexts.arrays, horizon)
-        sim = Rollout(model, spec, contexts.statics, model_bytes=model.with_weights(simulated_weights(model, plan, contexts, spec))).run(
-            contexts.arrays, horizon
-        )
+        got = Rollout(model, spec, contexts.statics, session=done.session, forcings=contexts.forcing_arrays).run(contexts.arrays, horizon)
+        sim = Rollout(
+            model,
+            spec,
+            contexts.statics,
+            model_bytes=model.with_weights(simulated_weights(model, plan, contexts, spec)),
+            forcings=contexts.forcing_arrays,
+        ).run(contexts.arrays, horizon)
         lead = nrmse_by_lead(got.steps, ref.steps, contexts.spreads, spec.mode, spec.channel_axis)
         lead_sim = nrmse_by_lead(sim.steps, ref.steps, contexts.spreads, spec.mode, spec.channel_axis)
         lead_as = nrmse_by_lead(got.steps, sim.steps, contexts.spreads, spec.mode, spec.channel_axis)

@@ -136,15 +136,15 @@ def project_sweep(
     from .sweep import choose_horizon, inverse_spreads, state_exponent
     from .tasks import SWEEP_THREADS
 
-    roll = Rollout(model, spec, contexts.statics, threads=SWEEP_THREADS)  # the sweep's sessions: one thread each
-    roll.run([a[:1] for a in contexts.arrays], 1)  # warm-up: the first call pays the session's lazy set-up
+    roll = Rollout(model, spec, contexts.statics, threads=SWEEP_THREADS, forcings=contexts.forcing_arrays)  # one thread each, as the sweep's
+    roll.run([a[:1] for a in contexts.arrays], 1, rows=slice(0, 1))  # warm-up: the first call pays the session's lazy set-up
     feed = {w.name: np.array(model.weight_array(w.name)) for w in model.weights}  # as a perturbed group feeds them
     t = time.perf_counter()
     res = roll.run(contexts.arrays, TIMED_STEPS, overrides=feed)
     call = (time.perf_counter() - t) / max(1, res.forward_calls)
     t = time.perf_counter()
     fresh = Rollout(
-        model, spec, contexts.statics, threads=SWEEP_THREADS, model_bytes=model.bytes
+        model, spec, contexts.statics, threads=SWEEP_THREADS, model_bytes=model.bytes, forcings=contexts.forcing_arrays
     )  # the rebuild strategy: a session per group
     built = time.perf_counter() - t
     t = time.perf_counter()
@@ -154,7 +154,7 @@ def project_sweep(
     if settings.horizon is None:
         n = roll.fixed_batch or min(contexts.k, 2)
         sub: Any = SimpleNamespace(arrays=[a[:n] for a in contexts.arrays], spreads=contexts.spreads)
-        ref = roll.run(sub.arrays, settings.max_horizon)
+        ref = roll.run(sub.arrays, settings.max_horizon, rows=slice(0, n))
         if ref.first_nonfinite is None:  # else the sweep stops with its own message
             inv = inverse_spreads(spec, sub, ref.steps)
             state, e = state_exponent(roll, sub, ref.steps, inv, settings.max_horizon, spec, settings.state_scale, settings.seed)

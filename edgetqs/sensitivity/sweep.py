@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -168,12 +169,12 @@ class _Baseline:
     notes: tuple[str, ...]
 
 
-def _session(model: Model, spec: RolloutSpec, statics: dict[str, np.ndarray], feed: bool) -> Rollout:
+def _session(model: Model, spec: RolloutSpec, statics: dict[str, np.ndarray], feed: bool, forcings: Any = None) -> Rollout:
     """A rollout on the model's own arrays: weights overridable per run (feed), or a fully optimised constant graph;
     on the sweep's one thread, like every task's session."""
     from ..core.session import SharedSession
 
-    return Rollout(model, spec, statics, session=SharedSession(model, feed=feed, threads=SWEEP_THREADS))
+    return Rollout(model, spec, statics, session=SharedSession(model, feed=feed, threads=SWEEP_THREADS), forcings=forcings)
 
 
 def _baseline(
@@ -203,7 +204,7 @@ def _baseline(
         )
     first = "feed" if strategy == "feed" else "rebuild"
     tb = time.perf_counter()
-    roll = _session(model, spec, statics, feed=first == "feed")
+    roll = _session(model, spec, statics, feed=first == "feed", forcings=contexts.forcing_arrays)
     ref = run_shares(roll, arrays, probe_t, shares)
     t_first = time.perf_counter() - tb
     if ref.first_nonfinite is not None:
@@ -221,8 +222,8 @@ def _baseline(
     state_roll = roll
     extra_calls = 0
     if strategy == "auto":
-        state_roll = _session(model, spec, statics, feed=True)
-        state_roll.run([a[:1] for a in arrays], 2)  # warm-up: a feed group pays it once per sweep, not per group
+        state_roll = _session(model, spec, statics, feed=True, forcings=contexts.forcing_arrays)
+        state_roll.run([a[:1] for a in arrays], 2, rows=slice(0, 1))  # warm-up: a feed group pays it once per sweep, not per group
     tf = time.perf_counter()
     state, e_state = state_exponent(state_roll, contexts, ref.steps, inv, probe_t, spec, settings.state_scale, settings.seed, shares)
     if strategy == "auto":
@@ -354,6 +355,7 @@ def _sweep(
         groups=tuple(groups),
         contexts=tuple(contexts.arrays),
         statics=dict(contexts.statics),
+        forcings=contexts.forcing_arrays(base.horizon),
         reference=tuple(base.ref_steps),
         inv=tuple(base.inv),
         horizon=base.horizon,

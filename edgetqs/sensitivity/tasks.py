@@ -89,7 +89,7 @@ def plan_tasks(n_groups: int, shares: Sequence[tuple[int, int]]) -> list[Task]:
 
 def run_shares(roll: Rollout, arrays: Sequence[np.ndarray], horizon: int, shares: Sequence[tuple[int, int]]) -> RolloutResult:
     """One rollout per share of the contexts, joined along the context axis (the reference of a sweep)."""
-    parts = [roll.run([a[s:e] for a in arrays], horizon) for s, e in shares]
+    parts = [roll.run([a[s:e] for a in arrays], horizon, rows=slice(s, e)) for s, e in shares]
     steps = [np.concatenate([p.steps[j] for p in parts], axis=1) for j in range(len(parts[0].steps))]
     bad = [p.first_nonfinite for p in parts if p.first_nonfinite is not None]
     return RolloutResult(steps, sum(p.forward_calls for p in parts), min(bad) if bad else None)
@@ -108,6 +108,7 @@ class Job:
     groups: tuple[tuple[str, tuple[str, ...]], ...]
     contexts: tuple[np.ndarray, ...]
     statics: dict[str, np.ndarray]
+    forcings: dict[str, np.ndarray]  # the forcing inputs' values [K, horizon, ...] (`edgetqs.core.forcings`)
     reference: tuple[np.ndarray, ...]
     inv: tuple[np.ndarray, ...]
     horizon: int
@@ -136,7 +137,7 @@ class TaskScorer:
         self.model = model
         self.roll = roll
         if job.strategy == "feed" and roll is None:
-            self.roll = Rollout(model, job.spec, job.statics, threads=SWEEP_THREADS)
+            self.roll = Rollout(model, job.spec, job.statics, threads=SWEEP_THREADS, forcings=job.forcings)
 
     def _perturbation(self, tensors: tuple[str, ...]) -> tuple[dict[str, np.ndarray], float, int, str, float]:
         """The group's perturbed weights, eps = RMS of the perturbation, its size, the probe used and the RMS of the
@@ -183,10 +184,12 @@ class TaskScorer:
         ctx = [c[task.start : task.stop] for c in job.contexts]
         if job.strategy == "feed":
             assert self.roll is not None
-            res = self.roll.run(ctx, job.horizon, overrides=new)
+            res = self.roll.run(ctx, job.horizon, overrides=new, rows=slice(task.start, task.stop))
         else:
             session = SharedSession(self.model, feed=False, threads=SWEEP_THREADS, replace=new)
-            res = Rollout(self.model, job.spec, job.statics, session=session).run(ctx, job.horizon)
+            res = Rollout(self.model, job.spec, job.statics, session=session, forcings=job.forcings).run(
+                ctx, job.horizon, rows=slice(task.start, task.stop)
+            )
         del new
         e = None
         if res.first_nonfinite is None:

@@ -145,6 +145,7 @@ def job_folder(ref: Reference, artifact: Path, fmt: str, work: Path, facts: dict
     }
     (work / "job.json").write_text(json.dumps(job))
     arrays: dict[str, Any] = {f"ctx__{k}": v for k, v in ref.contexts.items()} | {f"static__{k}": v for k, v in ref.statics.items()}
+    arrays |= {f"forcing__{k}": v for k, v in ref.forcings.items()}  # per step [K, T, ...]: the device needs no timestamps
     np.savez(work / "inputs.npz", **arrays)
 
 

@@ -1,6 +1,7 @@
 """``reference.npz``: everything an on-device check compares against, so a device never needs the float model.
 
-It holds the contexts, the static inputs, the float trajectories computed on the host, the truth that
+It holds the contexts, the static inputs, the forcing inputs' values per step (``forcing__NAME`` [K, T, ...]:
+a device needs no timestamps or record), the float trajectories computed on the host, the truth that
 follows each context in the record (NaN past its end), and a JSON ``meta`` (`ReferenceMeta`): the
 rollout, the model's inputs and outputs, its fixed batch if any, and each variable's spread and mean
 over the contexts' data (the one normalisation of `edgetqs.core.metrics`, and ACC's climatology).
@@ -57,6 +58,7 @@ class Reference:
     float_traj: dict[str, np.ndarray]  # pair output -> [T, K, ...]
     truth: dict[str, np.ndarray] | None  # pair output -> [T, K, ...], NaN where the record ends
     meta: ReferenceMeta
+    forcings: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # forcing input -> [K, T, ...]
 
     @property
     def horizon(self) -> int:
@@ -74,6 +76,7 @@ class Reference:
         arrays |= {f"float__{k}": v for k, v in self.float_traj.items()}
         if self.truth is not None:
             arrays |= {f"truth__{k}": v for k, v in self.truth.items()}
+        arrays |= {f"forcing__{k}": v for k, v in self.forcings.items()}
         return save_npz(path, policy=policy, kind="reference", meta=np.array(self.meta.model_dump_json()), **arrays)
 
     @classmethod
@@ -105,11 +108,12 @@ class Reference:
         def pick(prefix: str) -> dict[str, np.ndarray]:
             return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
 
-        ref = cls(pick("ctx__"), pick("static__"), pick("float__"), pick("truth__") or None, meta)
+        ref = cls(pick("ctx__"), pick("static__"), pick("float__"), pick("truth__") or None, meta, pick("forcing__"))
         missing = [i for i, _ in meta.spec.pairs if i not in ref.contexts] + [o for _, o in meta.spec.pairs if o not in ref.float_traj]
+        missing += [f.input for f in meta.spec.forcings if f.input not in ref.forcings]
         if missing:
             raise BadInputError(f"'{path}' lacks the arrays for {missing}; rebuild it with `edgetqs check`")
-        for name, a in list(ref.contexts.items()) + list(ref.float_traj.items()) + list(ref.statics.items()):
+        for name, a in [*ref.contexts.items(), *ref.float_traj.items(), *ref.statics.items(), *ref.forcings.items()]:
             if a.dtype.kind not in "fiu" or not np.isfinite(a).all():
                 raise BadInputError(f"'{path}': array '{name}' holds NaN, Inf or no numbers; rebuild it with `edgetqs check`")
         for name, a in (ref.truth or {}).items():
@@ -122,6 +126,11 @@ class Reference:
                 raise BadInputError(
                     f"'{path}': array '{o}' has shape {list(f.shape)}, not [horizon {meta.horizon}, K, ...] like its contexts; "
                     "rebuild it with `edgetqs check`"
+                )
+        for name, a in ref.forcings.items():
+            if a.ndim < 2 or a.shape[0] not in k or a.shape[1] != meta.horizon:
+                raise BadInputError(
+                    f"'{path}': forcing array '{name}' has shape {list(a.shape)}, not [K, horizon {meta.horizon}, ...]; rebuild it with `edgetqs check`"
                 )
         if len(k) != 1 or meta.horizon < 1:
             raise BadInputError(
@@ -195,6 +204,7 @@ def make_reference(model: Model, spec: RolloutSpec, contexts: Contexts, horizon:
         float_traj,
         _truth(contexts, spec, float_traj),
         meta,
+        contexts.forcing_arrays(horizon),
     )
 
 
@@ -212,7 +222,10 @@ def contexts_with_truth(inputs: Inputs, horizon: int, span: tuple[float, float] 
     if spec.mode == "window":
         h = steps_per_call(model, spec)
         if h is None:  # a symbolic H: one call says
-            h = float_reference(model, spec, dataclasses.replace(ctx, arrays=[a[:1] for a in ctx.arrays]), 1).steps[0].shape[2]
+            one = dataclasses.replace(
+                ctx, arrays=[a[:1] for a in ctx.arrays], indices=ctx.indices[:1], forcer=ctx.forcer.subset(slice(0, 1)) if ctx.forcer else None
+            )
+            h = float_reference(model, spec, one, 1).steps[0].shape[2]
         need = ctx.arrays[0].shape[1] + horizon * h
     else:
         need = horizon + 1
