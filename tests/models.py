@@ -304,14 +304,19 @@ def forced_state(path: Path, a: float = 0.9, w: tuple[float, float] = (0.5, 0.2)
     graph = helper.make_graph(
         nodes,
         "forced_state",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1]), helper.make_tensor_value_info("tod", TensorProto.FLOAT, ["B", 2])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1]),
+            helper.make_tensor_value_info("tod", TensorProto.FLOAT, ["B", 2]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 1])],
         inits,
     )
     return _save(graph, path)
 
 
-def forced_window(path: Path, length: int = 6, h: int = 3, rows: int | None = None, a: float = 0.9, w: tuple[float, float] = (0.5, 0.2)) -> Path:
+def forced_window(
+    path: Path, length: int = 6, h: int = 3, rows: int | None = None, a: float = 0.9, w: tuple[float, float] = (0.5, 0.2)
+) -> Path:
     """x[B,L,1], tod[B,R,2] -> y[B,H,1] = a * x[:, -1:] + tod[:, -H:] @ [[w0], [w1]]: each predicted step is the
     last observed one damped plus the time of day of the last H forcing rows (R = H: the predicted steps; R = L:
     the window's rows, whose last H are the window's last H hours)."""

@@ -131,7 +131,9 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cube(d / "cube.onnx")
     models.forced_state(d / "forced.onnx")  # x[B, 1], tod[B, 2] -> y[B, 1]
     times = np.arange("2024-01-01T00", "2024-01-06T00", dtype="datetime64[h]").astype(str)
-    (d / "timed.csv").write_text("time,x\n" + "".join(f"{t},{v:.4f}\n" for t, v in zip(times, np.random.default_rng(1).standard_normal(len(times)))))
+    (d / "timed.csv").write_text(
+        "time,x\n" + "".join(f"{t},{v:.4f}\n" for t, v in zip(times, np.random.default_rng(1).standard_normal(len(times))))
+    )
     gap = rng.standard_normal((120, 8)).astype(np.float32)
     gap[10:14, 3] = np.nan  # a gap in time
     gap[5, 1] = np.inf

@@ -120,7 +120,9 @@ class _Evaluator:
     invs: dict[str, list[np.ndarray]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.roll = Rollout(self.model, self.spec, self.contexts.statics, forcings=self.contexts.forcing_arrays)  # weights fed as inputs: one session for the search
+        self.roll = Rollout(
+            self.model, self.spec, self.contexts.statics, forcings=self.contexts.forcing_arrays
+        )  # weights fed as inputs: one session for the search
         float_feed = {w.name: self.model.weight_array(w.name) for w in self.model.weights}
         self.refs, self.invs = {}, {}
         for part, idx in (("search", self.search), ("guard", self.guard)):

@@ -494,7 +494,9 @@ def _forcer(record: Record, model: Model, spec: RolloutSpec, starts: tuple[int, 
         length = _sample_shape(model, spec, spec.pairs[0][0])[0]
         h = steps_per_call(model, spec)
         if length is None or h is None:
-            raise ContextsError(f"forcing input(s) {names}: the model's window or steps per call are symbolic; export it with fixed L and H")
+            raise ContextsError(
+                f"forcing input(s) {names}: the model's window or steps per call are symbolic; export it with fixed L and H"
+            )
         window = (int(length), int(h))
     shapes = {f.input: next(tuple(i.shape[1:]) for i in model.inputs if i.name == f.input) for f in spec.forcings}
     forcer = Forcer(spec.forcings, record.forcing, tuple(starts), window, shapes, spec.latitude, spec.longitude)

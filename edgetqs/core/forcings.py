@@ -24,7 +24,6 @@ any horizon; a column does not, and a rollout that runs past the record's end is
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -105,7 +104,7 @@ def parse_forcing(text: str) -> Forcing:
     for part in rest.split("+"):
         p = part.strip()
         if p in TIME_SOURCES:
-            sources.append(ForcingSource(kind=p))  # type: ignore[arg-type]
+            sources.append(ForcingSource(kind=p))
         elif p.startswith("column:"):
             cols = tuple(c.strip() for c in p[len("column:") :].split(","))
             if not cols or any(not c for c in cols):
@@ -213,7 +212,9 @@ def parse_times(values: np.ndarray, where: str) -> np.ndarray:
             t = pd.to_datetime(pd.Series(a.astype(str)), utc=True)
             return t.dt.tz_localize(None).to_numpy().astype("datetime64[s]")
     except (ValueError, TypeError, OverflowError) as exc:
-        raise ContextsError(f"timestamps in {where} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); expected ISO 8601 dates") from None
+        raise ContextsError(
+            f"timestamps in {where} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); expected ISO 8601 dates"
+        ) from None
     raise ContextsError(f"timestamps in {where} have dtype {a.dtype}; expected datetime64 or ISO 8601 text such as 2024-01-31T06:00")
 
 
@@ -353,7 +354,9 @@ class Forcer:
                     + (", or align with the other end (@predicted / @input)" if self.window else "")
                 )
             if not np.isfinite(fits).all():
-                raise ContextsError(f"forcing '{f.text()}' holds NaN or Inf values in '{self.data.source}'; forcings are used as they are: fix the data")
+                raise ContextsError(
+                    f"forcing '{f.text()}' holds NaN or Inf values in '{self.data.source}'; forcings are used as they are: fix the data"
+                )
             out[f.input] = fits
         return out
 

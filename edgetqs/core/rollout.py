@@ -218,7 +218,6 @@ def infer_spec(model: Model, hints: SpecHints | None = None) -> RolloutSpec:
             matches = {n: [o for o in free_out if _compatible(ins[n].shape, _sliced_shape(outs[o], index))] for n in free_in}
             pairs = [(n, m[0]) for n, m in matches.items() if len(m) == 1]
             if len(pairs) != len(free_in):
-                lone = [n for n, m in matches.items() if not m]
                 unique = len({m[0] for m in matches.values() if len(m) == 1}) == len(pairs)
                 if not (pairs and unique and all(len(m) <= 1 for m in matches.values())):
                     raise RolloutSpecError(

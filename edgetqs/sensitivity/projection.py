@@ -136,7 +136,9 @@ def project_sweep(
     from .sweep import choose_horizon, inverse_spreads, state_exponent
     from .tasks import SWEEP_THREADS
 
-    roll = Rollout(model, spec, contexts.statics, threads=SWEEP_THREADS, forcings=contexts.forcing_arrays)  # one thread each, as the sweep's
+    roll = Rollout(
+        model, spec, contexts.statics, threads=SWEEP_THREADS, forcings=contexts.forcing_arrays
+    )  # one thread each, as the sweep's
     roll.run([a[:1] for a in contexts.arrays], 1, rows=slice(0, 1))  # warm-up: the first call pays the session's lazy set-up
     feed = {w.name: np.array(model.weight_array(w.name)) for w in model.weights}  # as a perturbed group feeds them
     t = time.perf_counter()

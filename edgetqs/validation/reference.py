@@ -223,7 +223,10 @@ def contexts_with_truth(inputs: Inputs, horizon: int, span: tuple[float, float] 
         h = steps_per_call(model, spec)
         if h is None:  # a symbolic H: one call says
             one = dataclasses.replace(
-                ctx, arrays=[a[:1] for a in ctx.arrays], indices=ctx.indices[:1], forcer=ctx.forcer.subset(slice(0, 1)) if ctx.forcer else None
+                ctx,
+                arrays=[a[:1] for a in ctx.arrays],
+                indices=ctx.indices[:1],
+                forcer=ctx.forcer.subset(slice(0, 1)) if ctx.forcer else None,
             )
             h = float_reference(model, spec, one, 1).steps[0].shape[2]
         need = ctx.arrays[0].shape[1] + horizon * h

@@ -229,7 +229,10 @@ def test_cli_forcing_option_scores_and_records_the_declaration(tmp_path: Path, m
     spec = json.loads((tmp_path / "s.json").read_text())["rollout"]
     assert spec["forcings"] == [{"input": "tod", "sources": [{"kind": "hour_of_day", "columns": []}], "align": "input"}]
     bad = subprocess.run(
-        [sys.executable, "-m", "edgetqs.cli", *args, "--forcing", "tod=hour"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "220"}
+        [sys.executable, "-m", "edgetqs.cli", *args, "--forcing", "tod=hour"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "220"},
     )
     err = " ".join(bad.stderr.split())
     assert bad.returncode == 2 and err.startswith("error:") and "source 'hour' is not one of" in err and "Traceback" not in err
@@ -243,7 +246,9 @@ def test_score_plan_convert_and_device_check_feed_the_forcings(tmp_path: Path) -
     on-device driver all feed the forcing: reference.npz carries it [K, T, 2] and the driver reproduces the host."""
     p = models.forced_state(tmp_path / "m.onnx")
     rec = _csv(tmp_path / "r.csv", n=200)
-    (tmp_path / "edgetqs.toml").write_text(f'model = "m.onnx"\ncontexts = "{rec.name}"\nk = 4\n\n[rollout]\nforcing = ["tod=hour_of_day"]\n')
+    (tmp_path / "edgetqs.toml").write_text(
+        f'model = "m.onnx"\ncontexts = "{rec.name}"\nk = 4\n\n[rollout]\nforcing = ["tod=hour_of_day"]\n'
+    )
     proj = tmp_path / "edgetqs.toml"
     s = api.score(project=proj, horizon=6, cache=False)
     assert s.rollout.forcings and all(g.gamma is not None for g in s.groups)
