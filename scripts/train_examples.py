@@ -210,8 +210,8 @@ class StationNet(nn.Module):
 
 
 class StationForcedNet(StationNet):
-    """StationNet with a forcing input: the time of day and day of year of the 6 predicted hours [B, 6, 4]
-    ((sin, cos) each, `edgetqs.core.forcings`), flattened beside the window into the first layer."""
+    """StationNet with a forcing input: time features of the 6 predicted hours [B, 6, F] ((sin, cos) of the hour of
+    day, and of the day of year when F = 4: `edgetqs.core.forcings`), flattened beside the window into the first layer."""
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, length: int = 24, horizon: int = 6, hidden: int = 128, features: int = 4) -> None:
         super().__init__(mean, std, length, horizon, hidden)
@@ -727,17 +727,20 @@ def train_station(out: Path, seed: int = 0) -> None:
     _report("station", n_params, final, skill, t0)
 
 
-def train_station_tod(out: Path, seed: int = 0) -> None:
-    """The station example with a forcing input: the hour of day and day of year of the hours it predicts.
+def train_station_tod(out: Path, seed: int = 0, day: bool = False) -> None:
+    """The station example with a forcing input: the hour of day (and with ``day`` the day of year) of the hours
+    it predicts, as (sin, cos) each.
 
-    Same record, splits, recipe and seed as `train_station`; written to OUT/station-tod (not shipped by
-    default: scripts/forcing_skill.py compares the two)."""
+    Same record, splits, recipe and seed as `train_station`; written to OUT/station-tod (OUT/station-tod-doy with
+    ``day``); not shipped: scripts/forcing_skill.py compares them with the shipped station."""
     from edgetqs.core.forcings import day_of_year, hour_of_day
 
     t0, c0 = time.time(), time.process_time()
+    name = "station-tod-doy" if day else "station-tod"
+    sources = "hour_of_day+day_of_year" if day else "hour_of_day"
     record, cols, where = station_weather()
     times = station_times()
-    feats = np.concatenate([hour_of_day(times), day_of_year(times)], axis=-1).astype(np.float32)  # [N, 4]
+    feats = np.concatenate([hour_of_day(times), *([day_of_year(times)] if day else [])], axis=-1).astype(np.float32)  # [N, 2 or 4]
     splits = {"train": (0.0, 0.6), "score": (0.6, 0.8), "heldout": (0.8, 1.0)}
     L, H, horizon = 24, 6, 8
     _, n_train = span_rows(splits["train"], len(record))
@@ -748,7 +751,7 @@ def train_station_tod(out: Path, seed: int = 0) -> None:
     F = np.stack([feats[i + L : i + L + H] for i in idx])  # the predicted hours: align 'predicted'
     Y = np.stack([train[i + L : i + L + H] for i in idx])
     torch.manual_seed(seed)
-    model = StationForcedNet(mean, std, L, H)
+    model = StationForcedNet(mean, std, L, H, features=feats.shape[1])
     xt, ft, yt = torch.tensor(X), torch.tensor(F), torch.tensor((Y - mean) / std)
     gen = torch.Generator().manual_seed(seed)
     m_t, s_t = torch.tensor(mean), torch.tensor(std)
@@ -758,29 +761,29 @@ def train_station_tod(out: Path, seed: int = 0) -> None:
         return ((((model(xt[b], ft[b]) - m_t) / s_t) - yt[b]) ** 2).mean()
 
     final = fit(model, loss, 2500, 1e-3, seed)
-    d = out / "station-tod"
+    d = out / name
     d.mkdir(parents=True, exist_ok=True)
     export(model.eval(), (torch.tensor(record[None, :L]), torch.tensor(feats[None, L : L + H])), d / "model.onnx")
     n_params = sum(p.numel() for p in model.parameters())
     toml = (
-        'name = "station-tod"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n'
-        '[rollout]\nforcing = ["tod=hour_of_day+day_of_year@predicted"]\n\n'
+        f'name = "{name}"\nmodel = "model.onnx"\ncontexts = "contexts.npz"\nk = 8\n\n'
+        f'[rollout]\nforcing = ["tod={sources}@predicted"]\n\n'
         f"[score]\nhorizon = {horizon}\n"
     )
     np.savez_compressed(d / "contexts.npz", record=record, variables=np.array(cols), time=times)
     (d / "edgetqs.toml").write_text(toml)
     card = {
-        "name": "station-tod",
+        "name": name,
         "n_params": n_params,
         "seed": seed,
         "data": f"{where}; timestamps UTC (TMY3 coerced to 2001)",
-        "forcing": "tod [B, 6, 4]: (sin, cos) of the hour of day and of the day of year of the 6 predicted hours",
+        "forcing": f"tod [B, 6, {feats.shape[1]}]: (sin, cos) of {sources.replace('+', ' and ')} of the 6 predicted hours",
         "training": f"as station: Adam 1e-3 cosine, 2,500 steps of 256; final loss {final:.4f}",
         "train_seconds": time.time() - t0,
         "train_cpu_seconds": time.process_time() - c0,
     }
     (d / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    print(f"station-tod: {n_params:,} parameters, final loss {final:.4f}, {time.time() - t0:.1f} s -> {d}")
+    print(f"{name}: {n_params:,} parameters, final loss {final:.4f}, {time.time() - t0:.1f} s -> {d}")
 
 
 def train_blizzard(out: Path, seed: int = 0) -> None:
@@ -1007,12 +1010,13 @@ JOBS: dict[str, Callable[[Path, int], None]] = {
     "patchtst": train_patchtst,
     "seaice": train_seaice,
     "station-tod": train_station_tod,  # not shipped: trained on request (--only station-tod --out DIR)
+    "station-tod-doy": lambda out, seed: train_station_tod(out, seed, day=True),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--only", default=",".join(j for j in JOBS if j != "station-tod"), help="comma-separated examples to train")
+    ap.add_argument("--only", default=",".join(j for j in JOBS if not j.startswith("station-tod")), help="comma-separated examples to train")
     ap.add_argument("--out", type=Path, default=ROOT / "edgetqs" / "examples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--render-cards", action="store_true", help="only rewrite each card.md from its card.json")
