@@ -309,3 +309,14 @@ def test_tflite_calibration_rows_carry_the_forcing(tmp_path: Path, fmt: str) -> 
     # tested exactly against hand-computed trajectories above.
     c = api.check(tmp_path / fmt / r.artifact, project=proj, horizon=12, tolerance=0.5 if fmt == "tflm" else None)
     assert c.passed, c.verdict
+
+
+@pytest.mark.parametrize("strategy", ["feed", "rebuild"])
+def test_parallel_sweep_workers_get_the_forcings(tmp_path: Path, strategy: str) -> None:
+    """Worker processes receive the forcing values with the job: the same scores as a serial sweep, for both strategies
+    (a share of the contexts reads its own rows of them)."""
+    p, proj = _forced_project(tmp_path)
+    serial = api.score(project=proj, horizon=6, cache=False, strategy=strategy)
+    parallel = api.score(project=proj, horizon=6, cache=False, strategy=strategy, backend="processes", workers=2)
+    assert [g.gamma for g in parallel.groups] == [g.gamma for g in serial.groups]
+    assert all(g.gamma is not None for g in serial.groups)
