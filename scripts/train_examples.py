@@ -1016,7 +1016,9 @@ JOBS: dict[str, Callable[[Path, int], None]] = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--only", default=",".join(j for j in JOBS if not j.startswith("station-tod")), help="comma-separated examples to train")
+    ap.add_argument(
+        "--only", default=",".join(j for j in JOBS if not j.startswith("station-tod")), help="comma-separated examples to train"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "edgetqs" / "examples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--render-cards", action="store_true", help="only rewrite each card.md from its card.json")

@@ -274,7 +274,9 @@ def test_score_plan_convert_and_device_check_feed_the_forcings(tmp_path: Path) -
 def _forced_project(tmp_path: Path, n: int = 200) -> tuple[Path, Path]:
     p = models.forced_state(tmp_path / "m.onnx")
     rec = _csv(tmp_path / "r.csv", n=n)
-    (tmp_path / "edgetqs.toml").write_text(f'model = "m.onnx"\ncontexts = "{rec.name}"\nk = 4\n\n[rollout]\nforcing = ["tod=hour_of_day"]\n')
+    (tmp_path / "edgetqs.toml").write_text(
+        f'model = "m.onnx"\ncontexts = "{rec.name}"\nk = 4\n\n[rollout]\nforcing = ["tod=hour_of_day"]\n'
+    )
     return p, tmp_path / "edgetqs.toml"
 
 
