@@ -885,6 +885,11 @@ class Spec:
     base: list[str] | None = None  # another valid command line for this option
 
 
+# --forcing: the workspace's model (x -> y) has no input to force, so every declaration is bad
+FORCING = Predicate(
+    lambda t: False,
+    ("tod", "x=hour_of_day", "nosuch=hour_of_day", "x=column:v0", "=", "x=hour@predicted", "x=column:", "x=solar_elevation"),
+)
 # --include / --exclude: an exact tensor name or re:REGEX; each must match a float initializer of the model
 RULE = Predicate(lambda t: False, ("re:", "re:([", "nosuch.tensor", "re:^zzz$", " "))
 
@@ -908,6 +913,9 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("score", "static"): Spec(Choice(("never",))),
     ("score", "output_slice"): Spec(Predicate(_slice_ok, ("((((", "99", "...,99", "0", "1:0", "...,...", "a", "0:1:2", ":,:,:"))),
     ("score", "channel_axis"): Spec(Predicate(lambda t: _int(t) in (1, -1), ("0", "7", "-2", "-9"))),
+    ("score", "forcing"): Spec(FORCING),
+    ("score", "latitude"): Spec(FloatRange(-90.0, 90.0)),
+    ("score", "longitude"): Spec(FloatRange(-180.0, 180.0)),
     ("score", "probe"): Spec(Choice(("gauss", "quant"))),
     ("score", "granularity"): Spec(Choice(("tensor", "block"))),
     ("score", "block_depth"): Spec(IntRange(1)),
@@ -1132,6 +1140,9 @@ def _key_specs() -> dict[str, dict[str, KeySpec]]:
             "rollout.static": KeySpec(Choice(("never",)), "list[str]"),
             "rollout.output_slice": KeySpec(Predicate(_slice_ok), "str"),
             "rollout.channel_axis": KeySpec(Predicate(lambda t: _int(t) in (1, -1)), "int"),
+            "rollout.forcing": KeySpec(FORCING, "list[str]"),
+            "rollout.latitude": KeySpec(FloatRange(-90.0, 90.0), "float"),
+            "rollout.longitude": KeySpec(FloatRange(-180.0, 180.0), "float"),
             **score,
         },
         "target": {

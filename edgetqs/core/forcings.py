@@ -123,7 +123,7 @@ def check_site(latitude: float | None, longitude: float | None, forcings: tuple[
     """
     if latitude is not None and not (np.isfinite(latitude) and -90 <= latitude <= 90):
         raise RolloutSpecError(f"latitude {latitude}; expected degrees north from -90 to 90")
-    if longitude is not None and not (np.isfinite(longitude) and -180 <= longitude <= 360):
+    if longitude is not None and not (np.isfinite(longitude) and -180 <= longitude <= 180):
         raise RolloutSpecError(f"longitude {longitude}; expected degrees east from -180 to 180")
     solar = [f.input for f in forcings if any(s.kind == "solar_elevation" for s in f.sources)]
     if solar and (latitude is None or longitude is None):

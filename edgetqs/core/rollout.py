@@ -198,8 +198,8 @@ def infer_spec(model: Model, hints: SpecHints | None = None) -> RolloutSpec:
     for f in hints.forcings:
         if f.input not in ins:
             raise RolloutSpecError(f"forcing '{f.text()}' names '{f.input}', which is not an input of the model ({listing})")
-        if f.input in hints.static or forced.count(f.input) > 1:
-            raise RolloutSpecError(f"input '{f.input}' is declared more than once (static or forcing); declare each input once")
+        if f.input in hints.static or forced.count(f.input) > 1 or f.input in (a for a, _ in hints.pairs):
+            raise RolloutSpecError(f"input '{f.input}' is declared more than once (state, static or forcing); declare each input once")
     check_site(hints.latitude, hints.longitude, hints.forcings)
     index = parse_slice(hints.output_slice) if hints.output_slice else None
     pairs = list(hints.pairs)
@@ -227,6 +227,11 @@ def infer_spec(model: Model, hints: SpecHints | None = None) -> RolloutSpec:
                         "read per step), or [rollout] state/static/forcing in edgetqs.toml"
                     )
                 # else: the unmatched inputs are fixed or forcing ones, which `_undeclared` names
+    if not pairs:
+        raise RolloutSpecError(
+            f"no input is left to feed back: every input is declared static or a forcing ({listing}); "
+            "declare the fed-back one with --state INPUT=OUTPUT, not as a forcing"
+        )
     _undeclared(model, pairs, hints, listing, index)
     mode = hints.mode
     a, b = pairs[0]

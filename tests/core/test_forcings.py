@@ -322,3 +322,12 @@ def test_parallel_sweep_workers_get_the_forcings(tmp_path: Path, strategy: str) 
     parallel = api.score(project=proj, horizon=6, cache=False, strategy=strategy, backend="processes", workers=2)
     assert [g.gamma for g in parallel.groups] == [g.gamma for g in serial.groups]
     assert all(g.gamma is not None for g in serial.groups)
+
+
+def test_the_fed_back_input_cannot_be_a_forcing(tmp_path: Path) -> None:
+    p = models.forced_state(tmp_path / "m.onnx")
+    rec = _csv(tmp_path / "r.csv")
+    with pytest.raises(RolloutSpecError, match="no input is left to feed back"):
+        resolve(p, None, contexts=rec, k=3, rollout={"forcing": ("x=column:x", "tod=hour_of_day")})
+    with pytest.raises(RolloutSpecError, match="'x' is declared more than once"):
+        resolve(p, None, contexts=rec, k=3, rollout={"state": ("x=y",), "forcing": ("x=column:x", "tod=hour_of_day")})
