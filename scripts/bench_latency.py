@@ -54,6 +54,10 @@ def run_example(name: str, devices: list[str], k: int, horizon: int, ratio: floa
                 notes[kind] = (
                     ", ".join(f"{o} x{n}" for o, n in sorted(ops.items()) if o.startswith(("QLinear", "QGemm"))) or "no integer kernel"
                 )
+            else:  # weight-only: MatMulNBits where the target's size rule chose it, else DequantizeLinear + the float op
+                chosen = r.facts.get("weight_kernels", {})
+                nb = sum(k.startswith("MatMulNBits") for k in chosen.values())
+                notes[kind] = f"MatMulNBits x{nb}" if nb else f"none (DequantizeLinear x{len(chosen)})"
         except Exception as exc:  # a benchmark row says why it is missing
             notes[kind] = f"not converted: {exc}"
     rows = []

@@ -61,13 +61,16 @@ def calibrate(float_proto: Any, names: list[str], rows: list[dict[str, np.ndarra
     return {n: (lo[n], hi[n]) for n in names if np.isfinite(lo[n])}
 
 
-def static_qdq(data: bytes, float_proto: Any, rows: list[dict[str, np.ndarray]]) -> tuple[bytes, dict[str, Any]]:
+def static_qdq(
+    data: bytes, float_proto: Any, rows: list[dict[str, np.ndarray]], keep_float: set[str] | frozenset[str] = frozenset()
+) -> tuple[bytes, dict[str, Any]]:
     """Add activation QDQ (and int32 biases) around every kernel op whose weight is an int8 DequantizeLinear.
 
     Args:
         data: the weight-only QDQ model (`qdq_model`'s bytes).
         float_proto: the float graph it was made from (same tensor names), calibrated on ``rows``.
         rows: batch-1 (or batch-B) inputs of the float model.
+        keep_float: kernel ops (node name, or output name for an unnamed node) whose activations stay float.
 
     Returns:
         (the model's bytes, facts: quantized nodes, int32 biases, activation tensors quantized).
@@ -94,6 +97,8 @@ def static_qdq(data: bytes, float_proto: Any, rows: list[dict[str, np.ndarray]])
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
             continue
         if inits[dq.input[0]].data_type != TensorProto.INT8 or any(a.name == "block_size" and a.i for a in dq.attribute):
+            continue
+        if (n.name or n.output[0]) in keep_float:
             continue
         targets.append((n, dq))
     if not targets:

@@ -146,3 +146,24 @@ def test_static_int8_rewrites_gemm_to_matmul_and_runs_qlinearmatmul(tmp_path: Pa
     assert r.all_match and r.weight_bytes == plan.weight_bytes
     assert {t.found for t in r.tensors if t.name.endswith("weight")} == {"int8-channel"}
     assert r.error_by_lead[-1] < 0.5  # uint8 activations: coarser than the weights alone, still a forecast
+
+
+def test_static_int8_keep_float_leaves_the_named_op_float(tmp_path: Path) -> None:
+    """`static_qdq(keep_float=...)` (scripts/act_sensitivity.py measures each layer with it): the named op keeps float
+    activations and a float kernel, the others still fuse; rows are any inputs of the float model."""
+    from edgetqs.core.model import load_model
+    from edgetqs.runtimes.ort import qdq_model
+    from edgetqs.runtimes.ort_static import static_qdq
+
+    m = load_model(models.deep_mlp(tmp_path / "m.onnx", hidden=32, layers=3))
+    c = chain.scored(m.path, k=2, rows=20)
+    plan = make_plan(c.scores, m, PI, PlanOptions(ratio=1.0, pins=(parse_pin("re:weight$=int8-channel"),), activations="int8"))
+    data, _, _ = qdq_model(m, plan)
+    rows = [{"x": np.random.default_rng(i).standard_normal((1, 8)).astype(np.float32)} for i in range(8)]
+    _, every = static_qdq(data, m.proto, rows)
+    first = every["quantized_nodes"][0]
+    out, facts = static_qdq(data, m.proto, rows, keep_float={first})
+    assert first not in facts["quantized_nodes"] and len(facts["quantized_nodes"]) == len(every["quantized_nodes"]) - 1 == 2
+    ops = fused_kernels(out)
+    # the kept op is a float-activation MatMul (onnxruntime 1.32 itself turns DQ -> MatMul into MatMulNBits)
+    assert ops.get("QLinearMatMul", 0) == 2 and sum(ops.get(k, 0) for k in ("MatMulNBits", "MatMul", "Gemm", "FusedGemm")) == 1
