@@ -55,7 +55,7 @@ def main() -> None:
 
     full, facts = static_qdq(weight_only, prep.model.proto, job.rows())
     ops = list(facts["quantized_nodes"])
-    print(f"{a.example} at {a.ratio:g} of fp32, worst NRMSE over {a.horizon} leads vs float, {len(inp.contexts.arrays)} contexts")
+    print(f"{a.example} at {a.ratio:g} of fp32, worst NRMSE over {a.horizon} leads vs float, k={a.k} contexts of the project")
     print("| activations int8 | worst NRMSE |\n|---|---:|")
     print(f"| none (weight-only) | {worst(weight_only):.3f} |")
     print(f"| all {len(ops)} kernel ops | {worst(full):.3f} |")
