@@ -131,6 +131,8 @@ def qdq_model(
         block, why = nbits_block(consumers.get(t.name, []), w, p, model.layout(t.name), min_k)
         if block or (mobile and p.bits == 4):
             level = 4 if block else 0  # mobile 4-bit below the size rule: the kernel's float compute
+            if not block:
+                why = f"the only 4-bit weight .ort loads; accuracy_level 0: {why}"
             nbits[t.name] = _to_matmul_nbits(graph, consumers, t.name, w, p, (integers or {}).get(t.name), block or None, level)
             kernels[t.name] = f"MatMulNBits bits={p.bits} block_size={block or p.block_size} accuracy_level={level} ({why})"
             replaced.add(t.name)
@@ -215,7 +217,7 @@ def nbits_block(users: list[tuple[Any, int]], w: np.ndarray, p: Precision, layou
     if p.granularity == "channel":
         if pow2(k):
             return k, f"K={k} >= {min_k}, per channel = one block spanning K"
-        return 0, f"per channel with K={k}, not a power of two: no whole-block layout (plan int8-block32 for it)"
+        return 0, f"per channel with K={k}, not a power of two: no whole-block layout in the planned bytes"
     return 0, "per tensor: MatMulNBits stores one scale per block"
 
 
