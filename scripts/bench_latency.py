@@ -19,11 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 EXAMPLES = ("lorenz96", "station", "blizzard", "patchtst", "seaice")
 
 
-def run_example(name: str, devices: list[str], k: int, horizon: int, ratio: float, work: Path) -> list[dict[str, Any]]:
-    """One row per (device, artifact kind) of one example."""
+def run_example(name: str, devices: list[str], k: int, horizon: int, ratio: float, work: Path, repeat: int = 1) -> list[dict[str, Any]]:
+    """One row per (device, artifact kind) of one example; with ``repeat`` > 1 every artifact is checked that many
+    times in turn, p50/p90 are the medians of the runs' and the ratio is the median of the per-run ratios."""
     import edgetqs
     from edgetqs.allocation.plan import PlanOptions, make_plan
     from edgetqs.allocation.targets import find_target
@@ -54,25 +57,37 @@ def run_example(name: str, devices: list[str], k: int, horizon: int, ratio: floa
                 notes[kind] = (
                     ", ".join(f"{o} x{n}" for o, n in sorted(ops.items()) if o.startswith(("QLinear", "QGemm"))) or "no integer kernel"
                 )
+            else:  # weight-only: MatMulNBits where the target's size rule chose it, else DequantizeLinear + the float op
+                chosen = r.facts.get("weight_kernels", {})
+                nb = sum(k.startswith("MatMulNBits") for k in chosen.values())
+                notes[kind] = f"MatMulNBits x{nb}" if nb else f"none (DequantizeLinear x{len(chosen)})"
         except Exception as exc:  # a benchmark row says why it is missing
             notes[kind] = f"not converted: {exc}"
     rows = []
     for dev in devices:
+        runs: dict[str, list[Any]] = {kind: [] for kind in arts}
+        for _ in range(repeat):  # the artifacts take turns: drift of a shared host spreads over all of them
+            for kind, path in arts.items():
+                t0 = time.perf_counter()
+                c = edgetqs.check(path, device=dev, project=project, k=k, horizon=horizon, target="raspberrypi", fmt="ort", write=False)
+                runs[kind].append((c, time.perf_counter() - t0))
         for kind, path in arts.items():
-            t0 = time.perf_counter()
-            c = edgetqs.check(path, device=dev, project=project, k=k, horizon=horizon, target="raspberrypi", fmt="ort", write=False)
+            c = runs[kind][-1][0]
+            ratios = [r[0].latency_ms["p50"] / b[0].latency_ms["p50"] for r, b in zip(runs[kind], runs["fp32"])]
             rows.append(
                 {
                     "example": name,
                     "device": dev,
                     "kind": kind,
-                    "p50": c.latency_ms["p50"],
-                    "p90": c.latency_ms["p90"],
+                    "p50": float(np.median([r[0].latency_ms["p50"] for r in runs[kind]])),
+                    "p90": float(np.median([r[0].latency_ms["p90"] for r in runs[kind]])),
+                    "ratio": float(np.median(ratios)),
+                    "ratio_range": (min(ratios), max(ratios)),
                     "rss": c.peak_rss_bytes,
                     "verdict": "PASS" if c.passed else "FAIL",
                     "error": max((e for e in c.rows["quantized_vs_float"].nrmse_by_lead if e is not None), default=None),
                     "note": notes.get(kind, ""),
-                    "seconds": time.perf_counter() - t0,
+                    "seconds": sum(r[1] for r in runs[kind]),
                     "bytes": path.stat().st_size,
                 }
             )
@@ -82,16 +97,17 @@ def run_example(name: str, devices: list[str], k: int, horizon: int, ratio: floa
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per example and device, p50/p90 and the ratio to fp32's p50."""
     out = [
-        "| example | device | artifact | file bytes | p50 ms | p90 ms | p50 / fp32 | peak RSS MiB | check (worst NRMSE) | integer kernels |",
+        "| example | device | artifact | file bytes | p50 ms | p90 ms | p50 / fp32 (range) | peak RSS MiB | check (worst NRMSE) | integer kernels |",
         "|---|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
-        base = next(x for x in rows if x["example"] == r["example"] and x["device"] == r["device"] and x["kind"] == "fp32")
+        lo, hi = r["ratio_range"]
+        span = f" ({lo:.2f}-{hi:.2f})" if hi > lo else ""
         rss = f"{r['rss'] / 2**20:.0f}" if r["rss"] else "?"
         err = "?" if r["error"] is None else f"{r['error']:.3f}"
         out.append(
             f"| {r['example']} | {r['device']} | {r['kind']} | {r['bytes']:,} | {r['p50']:.4f} | {r['p90']:.4f} | "
-            f"{r['p50'] / base['p50']:.2f} | {rss} | {r['verdict']} ({err}) | {r['note']} |"
+            f"{r['ratio']:.2f}{span} | {rss} | {r['verdict']} ({err}) | {r['note']} |"
         )
     return "\n".join(out)
 
@@ -103,12 +119,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--horizon", type=int, default=20)
     ap.add_argument("--ratio", type=float, default=0.3, help="weight budget as a fraction of fp32 (int8 weights: ~0.25)")
+    ap.add_argument("--repeat", type=int, default=1, help="check every artifact this many times, in turn (median ratio, range)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgetqs-bench-latency-") as tmp:
         for name in a.examples:
-            got = run_example(name, a.device, a.k, a.horizon, a.ratio, Path(tmp))
+            got = run_example(name, a.device, a.k, a.horizon, a.ratio, Path(tmp), a.repeat)
             rows.extend(got)
             print(table(got), flush=True)
     text = table(rows)

@@ -199,6 +199,37 @@ def deep_mlp(path: Path, n: int = 8, hidden: int = 24, layers: int = 5, seed: in
     return _save(graph, path, opset=20 if act == "Gelu" else OPSET)  # Gelu is an opset-20 op
 
 
+def matmul_mlp(path: Path, n: int = 8, hidden: int = 512, seed: int = 0) -> Path:
+    """x -> x + 0.3 * tanh(tanh(x W1 + b1) W2 + b2) with MatMul + Add (as torch exports nn.Linear on 3-D inputs),
+    weights [K, N]: W2's reduction size is ``hidden`` (MatMulNBits' size rule needs a wide K)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("l1.weight", (rng.standard_normal((n, hidden)) / np.sqrt(n)).astype(np.float32)),
+        _init("l1.bias", (0.1 * rng.standard_normal(hidden)).astype(np.float32)),
+        _init("l2.weight", (rng.standard_normal((hidden, n)) / np.sqrt(hidden)).astype(np.float32)),
+        _init("l2.bias", (0.1 * rng.standard_normal(n)).astype(np.float32)),
+        _init("k", np.array(0.3, np.float32)),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "l1.weight"], ["m1"]),
+        helper.make_node("Add", ["m1", "l1.bias"], ["h1"]),
+        helper.make_node("Tanh", ["h1"], ["a1"]),
+        helper.make_node("MatMul", ["a1", "l2.weight"], ["m2"]),
+        helper.make_node("Add", ["m2", "l2.bias"], ["h2"]),
+        helper.make_node("Tanh", ["h2"], ["t"]),
+        helper.make_node("Mul", ["t", "k"], ["d"]),
+        helper.make_node("Add", ["x", "d"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "matmul_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])],
+        inits,
+    )
+    return _save(graph, path)
+
+
 def fused_mlp(path: Path, n: int = 8, hidden: int = 16, seed: int = 0) -> Path:
     """x -> x + 0.3 * tanh(FusedMatMul(tanh(FusedMatMul(x, W1)), W2)): onnxruntime's fused contrib op
     (com.microsoft), as in a graph saved after onnxruntime's optimisations. onnx2tf has no converter for it."""

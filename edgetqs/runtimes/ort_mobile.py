@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.quantize import Storage
 from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
-from .ort import canonical_pricing, qdq_model, read_back, validate_onnx
+from .ort import canonical_pricing, kernel_notes, nbits_min_k, qdq_model, read_back, validate_onnx
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.model import Model
@@ -56,7 +56,7 @@ class OrtMobileRuntime(RuntimeInfo):
 
         ints = job.plan_integers()
         prep = job.prepared("ort-mobile")  # canonical graph, as for ort
-        data, nbits = qdq_model(prep.model, job.plan, mobile=True, integers=ints)
+        data, nbits, kernels = qdq_model(prep.model, job.plan, mobile=True, integers=ints, min_k=nbits_min_k(job.target))
         onnx_path = job.work / (job.model.name + ".onnx")
         onnx_path.write_bytes(data)
         artifact = to_ort_format(onnx_path, job.work)
@@ -66,7 +66,8 @@ class OrtMobileRuntime(RuntimeInfo):
             artifact.replace(final)
         checks, weight_bytes = read_back(final, prep.model, job.plan, nbits, ints)
         runner = OrtRunner(final.read_bytes(), ort_format=True, threads=0)
-        return Converted(final, checks, weight_bytes, runner, notes=prep.notes(), facts={"prepared": prep.record()})
+        facts = {"prepared": prep.record(), "weight_kernels": kernels}
+        return Converted(final, checks, weight_bytes, runner, notes=prep.notes() + kernel_notes(kernels), facts=facts)
 
     def pricing(self, model: Model, activations: str, exact: bool = False, auto: bool = False) -> Any:
         return canonical_pricing(self.name, self.storage, model, activations)

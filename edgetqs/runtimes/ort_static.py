@@ -5,7 +5,9 @@ int8`` each Conv, Gemm and MatMul whose weight the plan stores as int8 gets its 
 activations quantized (uint8, asymmetric, min/max calibrated on the float model's own closed-loop
 rollouts, as the TFLite-Micro route does) and its bias stored as int32 at scale ``x_scale * w_scale``:
 the DequantizeLinear -> op -> QuantizeLinear groups that onnxruntime's QDQ transformer fuses into
-QLinearConv / QLinearMatMul / QGemm at graph optimisation (level basic and above). `fused_kernels` reads
+QLinearConv / QLinearMatMul at graph optimisation (level basic and above). onnxruntime 1.32 leaves
+DQ -> Gemm -> Q a float Gemm, so a plain Gemm is rewritten to MatMul + Add first (its weight stored transposed
+when transB: the same integers), and its bias stays a float Add. `fused_kernels` reads
 the optimised graph onnxruntime itself writes, so a test can prove the integer kernels run.
 
 The weights keep the plan's integers and scales (written by `edgetqs.runtimes.ort.qdq_model`), so the
@@ -59,13 +61,16 @@ def calibrate(float_proto: Any, names: list[str], rows: list[dict[str, np.ndarra
     return {n: (lo[n], hi[n]) for n in names if np.isfinite(lo[n])}
 
 
-def static_qdq(data: bytes, float_proto: Any, rows: list[dict[str, np.ndarray]]) -> tuple[bytes, dict[str, Any]]:
+def static_qdq(
+    data: bytes, float_proto: Any, rows: list[dict[str, np.ndarray]], keep_float: set[str] | frozenset[str] = frozenset()
+) -> tuple[bytes, dict[str, Any]]:
     """Add activation QDQ (and int32 biases) around every kernel op whose weight is an int8 DequantizeLinear.
 
     Args:
         data: the weight-only QDQ model (`qdq_model`'s bytes).
         float_proto: the float graph it was made from (same tensor names), calibrated on ``rows``.
         rows: batch-1 (or batch-B) inputs of the float model.
+        keep_float: kernel ops (node name, or output name for an unnamed node) whose activations stay float.
 
     Returns:
         (the model's bytes, facts: quantized nodes, int32 biases, activation tensors quantized).
@@ -80,6 +85,8 @@ def static_qdq(data: bytes, float_proto: Any, rows: list[dict[str, np.ndarray]])
     g = m.graph
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
+    split, transposed = _gemms_to_matmul(g, inits, producer)
+    producer = {o: n for n in g.node for o in n.output}
     targets = []
     for n in g.node:
         if n.op_type not in KERNEL_OPS or len(n.input) < 2:
@@ -91,13 +98,15 @@ def static_qdq(data: bytes, float_proto: Any, rows: list[dict[str, np.ndarray]])
             continue
         if inits[dq.input[0]].data_type != TensorProto.INT8 or any(a.name == "block_size" and a.i for a in dq.attribute):
             continue
+        if (n.name or n.output[0]) in keep_float:
+            continue
         targets.append((n, dq))
     if not targets:
         raise ConvertError(
             "int8 activations: no Conv, Gemm or MatMul has an int8 weight in the plan; plan int8 weights or use --activations float"
         )
     acts = sorted({n.input[0] for n, _ in targets} | {n.output[0] for n, _ in targets})
-    ranges = calibrate(float_proto, acts, rows)
+    ranges = calibrate(_split_bias(float_proto, split), acts, rows)
     qname: dict[str, str] = {}  # activation -> its dequantized copy
 
     new_inits, new_nodes = [], []
@@ -165,20 +174,92 @@ def static_qdq(data: bytes, float_proto: Any, rows: list[dict[str, np.ndarray]])
         "quantized_nodes": [n.name or n.output[0] for n, _ in targets],
         "int32_biases": biases,
         "activation_tensors": len(qname),
+        "gemm_as_matmul": sorted(split),
+        "transposed_weights": transposed,
     }
     return m.SerializeToString(), facts
 
 
+def _gemms_to_matmul(g: Any, inits: dict[str, Any], producer: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """Rewrite each plain Gemm (no transA, alpha = beta = 1) whose weight is a per-tensor or per-channel int8
+    DequantizeLinear into MatMul (+ Add for its bias): onnxruntime 1.32 fuses DQ -> MatMul -> Q into QLinearMatMul
+    but leaves DQ -> Gemm -> Q a float Gemm. A transB weight's integers are stored transposed ([K, N]), its
+    per-channel scales then run along axis 1: the same numbers, which the read-back compares transposed.
+
+    Returns:
+        (Gemm output -> the MatMul's output before the bias Add, weight names stored transposed)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    split: dict[str, str] = {}
+    transposed: list[str] = []
+    added = 0  # nodes inserted so far: positions in the original list shift by this many
+    for idx, n in enumerate(list(g.node)):
+        if n.op_type != "Gemm" or len(n.input) < 2:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            continue
+        dq = producer.get(n.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        q_init = inits[dq.input[0]]
+        if q_init.data_type != TensorProto.INT8 or any(a.name == "block_size" and a.i for a in dq.attribute):
+            continue
+        if sum(n.input[1] in other.input for other in g.node) != 1:
+            continue  # a weight shared with another op keeps its layout
+        if attrs.get("transB", 0):
+            q = numpy_helper.to_array(q_init)
+            q_init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(q.T), q_init.name))
+            for a in dq.attribute:
+                if a.name == "axis":
+                    a.i = 1 - a.i
+            transposed.append(n.input[1])
+        out = n.output[0]
+        bias = n.input[2] if len(n.input) > 2 and n.input[2] else None
+        mm = out + "__matmul" if bias else out
+        new = [helper.make_node("MatMul", [n.input[0], n.input[1]], [mm], name=(n.name or out) + "__matmul")]
+        if bias:
+            new.append(helper.make_node("Add", [mm, bias], [out], name=(n.name or out) + "__bias"))
+        g.node.remove(n)
+        for j, nn in enumerate(new):
+            g.node.insert(idx + added + j, nn)
+        added += len(new) - 1
+        split[out] = mm
+    return split, transposed
+
+
+def _split_bias(float_proto: Any, split: dict[str, str]) -> Any:
+    """A copy of the float graph whose rewritten Gemms write their pre-bias sum under the MatMul's output name
+    (what the static route calibrates), then add the bias."""
+    import onnx
+    from onnx import helper
+
+    if not any(out != mm for out, mm in split.items()):
+        return float_proto
+    m = onnx.ModelProto()
+    m.CopyFrom(float_proto)
+    added = 0  # Adds inserted so far: positions in the original list shift by this many
+    for idx, n in enumerate(list(m.graph.node)):
+        if n.op_type == "Gemm" and n.output[0] in split and split[n.output[0]] != n.output[0] and len(n.input) > 2:
+            out, bias = n.output[0], n.input[2]
+            n.output[0] = split[out]
+            del n.input[2]
+            m.graph.node.insert(idx + added + 1, helper.make_node("Add", [split[out], bias], [out]))
+            added += 1
+    return m
+
+
 def int8_extra_bytes(model: Any) -> int:
     """What `static_qdq` adds at most: per activation tensor a float scale and a uint8 zero point, per bias element
-    of a Conv/Gemm a float scale (the int32 value replaces the float one, same size)."""
+    of a Conv a float scale (the int32 value replaces the float one, same size; a Gemm's bias stays a float Add
+    after its rewrite to MatMul)."""
     weights = {w.name for w in model.weights}
     acts: set[str] = set()
     extra = 0
     for n in model.proto.graph.node:
         if n.op_type in KERNEL_OPS and len(n.input) > 1 and n.input[1] in weights:
             acts.update((n.input[0], n.output[0]))
-            if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] in weights:
+            if n.op_type == "Conv" and len(n.input) > 2 and n.input[2] in weights:  # Gemm becomes MatMul + a float Add
                 extra += 4 * int(model.weight_array(n.input[2]).size)
     return extra + 5 * len(acts)
 

@@ -3,7 +3,7 @@
 The converters are not trusted: the file they wrote is parsed (the ONNX protobuf, or the ORT-format
 flatbuffer) and every planned tensor is traced to what produces it: a float initializer, a Cast
 from fp16, a DequantizeLinear from int8/int4 (scale shape and block_size give the granularity), or
-the packed 4-bit input of a MatMulNBits node.
+the packed 4- or 8-bit input of a MatMulNBits node.
 """
 
 from __future__ import annotations
@@ -182,8 +182,8 @@ def _unpack4(raw: bytes, n: int, signed: bool) -> np.ndarray:
 
 def stored_integers(g: GraphView, name: str, nbits_weight: dict[str, str] | None = None) -> np.ndarray | None:
     """The integers stored for one planned tensor, in the order the file keeps them: a DequantizeLinear's
-    input in the tensor's own shape, or a MatMulNBits weight as [N, K] (unsigned values minus its zero point
-    8). None when the tensor is not stored as integers."""
+    input in the tensor's own shape, or a MatMulNBits weight (4 or 8 bits) as [N, K] (unsigned values minus its
+    default zero point 2^(bits-1)). None when the tensor is not stored as integers."""
     node = g.producer(name)
     if node is not None and node.op == "DequantizeLinear" and node.inputs[0] in g.inits:
         q = g.inits[node.inputs[0]]
@@ -196,10 +196,13 @@ def stored_integers(g: GraphView, name: str, nbits_weight: dict[str, str] | None
     for nd in g.nodes if key else []:
         if nd.op == "MatMulNBits" and len(nd.inputs) > 2 and nd.inputs[1] == key:
             b = g.inits[nd.inputs[1]]
-            n_out, k, bs = nd.attrs["N"], nd.attrs["K"], nd.attrs["block_size"]
+            n_out, k, bs, bits = nd.attrs["N"], nd.attrs["K"], nd.attrs["block_size"], nd.attrs.get("bits", 4)
             nb = -(-k // bs)
-            if b.raw is None:
+            if b.raw is None or bits not in (4, 8):
                 return None
-            u = _unpack4(b.raw, n_out * nb * bs, signed=False).reshape(n_out, nb * bs)[:, :k]
-            return u - 8
+            if bits == 8:
+                u = np.frombuffer(b.raw, np.uint8)[: n_out * nb * bs].astype(np.int16).reshape(n_out, nb * bs)[:, :k]
+            else:
+                u = _unpack4(b.raw, n_out * nb * bs, signed=False).reshape(n_out, nb * bs)[:, :k]
+            return u - (1 << (bits - 1))  # the default zero point
     return None

@@ -145,7 +145,9 @@ def test_gptq_plans_store_exactly_the_gptq_integers(tmp_path: Path, fmt: str) ->
     r = convert(m, plan, fmt, tmp_path / "o", ctx, spec)
     assert r.all_match
     g = readback.view(tmp_path / "o" / r.artifact)
-    nbits = {t.name: t.name + "__nbits4" for t in plan.tensors} if fmt == "ort-mobile" else {}
+    from edgetqs.runtimes.ort import NBITS_SUFFIX
+
+    nbits = {t.name: t.name + NBITS_SUFFIX for t in plan.tensors} if fmt == "ort-mobile" else {}
     rounder, differs = Rounder(m, "gptq", ctx, spec, plan.horizon), 0
     for t in plan.tensors:
         if not t.name.endswith("weight"):
