@@ -1,10 +1,11 @@
 """Skill of the station example with and without its time-of-day forcing, on the held-out split.
 
-    python scripts/forcing_skill.py --forced DIR/station-tod [--plain edgetqs/examples/station] [-k 32]
+    python scripts/forcing_skill.py [--forced edgetqs/examples/station-tod] [--plain edgetqs/examples/station] [-k 32]
 
-DIR/station-tod comes from ``python scripts/train_examples.py --only station-tod --out DIR`` (same record, splits,
-recipe and seed as the shipped station, plus the forcing input ``tod``: hour of day and day of year of the 6
-predicted hours). Both models are rolled out by edgetqs itself (`edgetqs.core.rollout.float_reference`, which
+The forced model is the bundled station-tod example by default, or any folder written by
+``python scripts/train_examples.py --only station-tod[-doy] --out DIR`` (same record, splits, recipe and seed as the
+shipped station, plus the forcing input ``tod``: the hour of day, and with -doy the day of year, of the 6
+predicted hours). With the default K = 32 the figures are those of station-tod's card. Both models are rolled out by edgetqs itself (`edgetqs.core.rollout.float_reference`, which
 feeds the forcing from the record's timestamps) from the same K contexts of the held-out split (0.8-1 of the
 year) whose 48 h of truth lie inside it, and scored as the model cards score them: normalised RMSE (each
 variable divided by its standard deviation over the whole record) at 1, 6, 24 and 48 h after the last
@@ -55,7 +56,7 @@ def skill(folder: Path, k: int) -> tuple[dict[int, float], dict[int, float], tup
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--plain", type=Path, default=ROOT / "edgetqs" / "examples" / "station")
-    ap.add_argument("--forced", type=Path, required=True)
+    ap.add_argument("--forced", type=Path, default=ROOT / "edgetqs" / "examples" / "station-tod")
     ap.add_argument("-k", type=int, default=32)
     a = ap.parse_args()
     plain, pers, starts = skill(a.plain, a.k)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgetqs.core.inputs import resolve
@@ -17,7 +18,7 @@ from edgetqs.examples import example_path, init_project, list_examples
 from edgetqs.sensitivity.scores import ProbeSettings
 from edgetqs.sensitivity.sweep import run_sweep
 
-NAMES = ["lorenz96", "station", "blizzard", "patchtst", "seaice"]
+NAMES = ["lorenz96", "station", "blizzard", "patchtst", "seaice", "station-tod"]
 
 
 def test_all_examples_are_bundled() -> None:
@@ -58,6 +59,25 @@ def test_init_writes_a_project_that_scores(tmp_path: Path) -> None:
     assert json.loads((d / "scores.json").read_text())["contexts"]["variables"][0] == "temp_air"
     again = subprocess.run([sys.executable, "-m", "edgetqs.cli", "init", str(d), "--example", "station"], capture_output=True, text=True)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_init_station_tod_scores_with_the_forcing_its_project_file_declares(tmp_path: Path) -> None:
+    d = tmp_path / "proj"
+    r = subprocess.run([sys.executable, "-m", "edgetqs.cli", "init", str(d), "--example", "station-tod"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert 'forcing = ["tod=hour_of_day@predicted"]' in (d / "edgetqs.toml").read_text()
+    with np.load(d / "contexts.npz") as z:
+        assert z["time"].dtype.kind == "M" and len(z["time"]) == len(z["record"])
+    r = subprocess.run(
+        [sys.executable, "-m", "edgetqs.cli", "score", "-k", "3", "-T", "3", "-q"],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert r.returncode == 0, r.stderr
+    spec = json.loads((d / "scores.json").read_text())["rollout"]
+    assert spec["forcings"] == [{"input": "tod", "sources": [{"kind": "hour_of_day", "columns": []}], "align": "predicted"}]
 
 
 def test_unknown_example_lists_the_bundled_ones(tmp_path: Path) -> None:

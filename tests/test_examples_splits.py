@@ -31,14 +31,30 @@ SHORT = {"blizzard": "64 six-hourly steps: 32 train, 16 score, 16 held-out; 12 c
 ROOM_CASES = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=SHORT[n])) if n in SHORT else n for n in NAMES]
 
 
-def _example(name: str) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, dict[str, np.ndarray]]:
+def _example(name: str) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(card, project file, record, static inputs, each declared forcing's features at every record row)."""
     d = example_path(name)
     card = json.loads((d / "card.json").read_text())
     toml = tomllib.loads((d / "edgetqs.toml").read_text())
     with np.load(d / "contexts.npz") as z:
         record = z["record"]
         statics = {k: z[k] for k in toml.get("rollout", {}).get("static", [])}
-    return card, toml, record, statics
+        forcings = _forcing_rows(toml, z)
+    return card, toml, record, statics, forcings
+
+
+def _forcing_rows(toml: dict[str, Any], z: Any) -> dict[str, np.ndarray]:
+    """Per forcing input, its features at every record row [N, F], computed here from the record's UTC timestamps
+    (only the sources the bundled examples use: the hour of day and day of year, each as (sin, cos))."""
+    out = {}
+    for decl in toml.get("rollout", {}).get("forcing", []):
+        name, sources = decl.split("@")[0].split("=")
+        t = z["time"].astype("datetime64[s]")
+        hours = (t - t.astype("datetime64[D]")).astype(np.int64) / 3600.0
+        days = (t - t.astype("datetime64[Y]")).astype(np.int64) / 86400.0
+        angle = {"hour_of_day": 2 * np.pi * hours / 24, "day_of_year": 2 * np.pi * days / 365.2425}
+        out[name] = np.concatenate([np.stack([np.sin(angle[s]), np.cos(angle[s])], axis=1) for s in sources.split("+")], axis=1)
+    return {k: v.astype(np.float32) for k, v in out.items()}
 
 
 def _rows(span: list[float], n: int) -> tuple[int, int]:
@@ -50,15 +66,32 @@ def _room(card: dict[str, Any], which: str, n: int) -> int:
     return hi - lo - card["context_length"] - card["horizon"] * card["rows_per_call"] + 1
 
 
-def _rollout(name: str, x0: np.ndarray, calls: int, toml: dict[str, Any], statics: dict[str, np.ndarray], window: bool) -> np.ndarray:
-    """[B, calls * rows per call, ...]: the rollout as the project file declares it, with onnxruntime."""
+def _rollout(
+    name: str,
+    x0: np.ndarray,
+    calls: int,
+    toml: dict[str, Any],
+    statics: dict[str, np.ndarray],
+    forcings: dict[str, np.ndarray],
+    card: dict[str, Any],
+    starts: np.ndarray,
+) -> np.ndarray:
+    """[B, calls * rows per call, ...]: the rollout as the project file declares it, with onnxruntime.
+
+    ``starts``: each context's first record row. A forcing declared ``@predicted`` is fed the rows each call
+    predicts, otherwise the rows the call is given."""
     r = toml.get("rollout", {})
+    window, length, per_call = card["mode"] == "window", card["context_length"], card["rows_per_call"]
     sess = ort.InferenceSession(str(example_path(name) / "model.onnx"), providers=["CPUExecutionProvider"])
-    state_name = next(i.name for i in sess.get_inputs() if i.name not in statics)
+    predicted = {d.split("=")[0]: d.endswith("@predicted") for d in r.get("forcing", [])}
+    state_name = next(i.name for i in sess.get_inputs() if i.name not in statics and i.name not in forcings)
     feeds = {k: np.repeat(v[None], len(x0), axis=0) for k, v in statics.items()}
     index = parse_slice(r["output_slice"]) if r.get("output_slice") else None
     x, out = x0, []
-    for _ in range(calls):
+    for t in range(calls):
+        for f, rows in forcings.items():
+            first, n = starts + t * per_call + (length if predicted[f] else 0), per_call if predicted[f] else length
+            feeds[f] = np.stack([rows[s : s + n] for s in first]) if window else rows[first]
         y = sess.run(None, {state_name: x, **feeds})[0]
         if index is not None:
             y = y[index]
@@ -71,7 +104,7 @@ def _rollout(name: str, x0: np.ndarray, calls: int, toml: dict[str, Any], static
 
 @pytest.mark.parametrize("name", NAMES)
 def test_card_splits_are_disjoint_and_match_the_shipped_files(name: str) -> None:
-    card, toml, record, _ = _example(name)
+    card, toml, record, _, _ = _example(name)
     n = len(record)
     assert set(card["splits"]) == {"train", "score", "heldout"}
     spans = {k: tuple(v) for k, v in card["splits"].items()}
@@ -95,14 +128,14 @@ def test_card_splits_are_disjoint_and_match_the_shipped_files(name: str) -> None
 
 @pytest.mark.parametrize("name", ROOM_CASES)
 def test_score_and_heldout_splits_hold_32_contexts_with_their_horizon(name: str) -> None:
-    card, _, record, _ = _example(name)
+    card, _, record, _, _ = _example(name)
     for which in ("score", "heldout"):
         assert _room(card, which, len(record)) >= MIN_CONTEXTS, which
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_splits_helper_keeps_each_rollout_inside_its_split(name: str) -> None:
-    card, _, record, _ = _example(name)
+    card, _, record, _, _ = _example(name)
     k = min(MIN_CONTEXTS, card["room"]["score"], card["room"]["heldout"])
     _, horizon, score, held = splits(name, k)
     assert horizon == card["horizon"] and score.contexts.k == held.contexts.k == k
@@ -121,24 +154,24 @@ def test_splits_helper_keeps_each_rollout_inside_its_split(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_heldout_context_rolls_out_finitely_for_the_horizon(name: str) -> None:
-    card, toml, record, statics = _example(name)
+    card, toml, record, statics, forcings = _example(name)
     lo, _ = _rows(card["splits"]["heldout"], len(record))
     x0 = record[lo : lo + card["context_length"]][None] if card["mode"] == "window" else record[lo : lo + 1]
-    y = _rollout(name, x0, card["horizon"], toml, statics, card["mode"] == "window")
+    y = _rollout(name, x0, card["horizon"], toml, statics, forcings, card, np.array([lo]))
     assert y.shape[1] == card["horizon"] * card["rows_per_call"]
     assert np.isfinite(y).all()
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_card_skill_is_reproduced_on_the_heldout_split(name: str) -> None:
-    card, toml, record, statics = _example(name)
+    card, toml, record, statics, forcings = _example(name)
     n, L, H, k = len(record), card["context_length"], card["rows_per_call"], card["skill_k"]
     assert k == min(MIN_CONTEXTS, card["room"]["heldout"])
     lo, hi = _rows(card["splits"]["heldout"], n)
     starts = np.unique(np.round(np.linspace(lo, hi - L - card["horizon"] * H, k)).astype(int))
     assert len(starts) == k
     x0 = np.stack([record[s : s + L] for s in starts]) if card["mode"] == "window" else record[starts]
-    pred = _rollout(name, x0, card["horizon"], toml, statics, card["mode"] == "window")
+    pred = _rollout(name, x0, card["horizon"], toml, statics, forcings, card, starts)
     axes = tuple(i for i in range(record.ndim) if i != 1)
     spread = record.astype(np.float64).std(axis=axes).reshape([1, -1] + [1] * (record.ndim - 2))
     last = starts + L - 1
@@ -150,3 +183,17 @@ def test_card_skill_is_reproduced_on_the_heldout_split(name: str) -> None:
         persistence = np.sqrt(np.mean(((record[last] - truth) / spread) ** 2))
         assert model == pytest.approx(row["model"], rel=0.01), row["lead"]
         assert persistence == pytest.approx(row["persistence"], rel=0.01), row["lead"]
+
+
+def test_forced_card_compares_with_the_unforced_model_on_the_same_contexts() -> None:
+    """A forced example's card reports the unforced station beside it: the station card's own skill, same contexts."""
+    forced = [e.name for e in list_examples() if _example(e.name)[1].get("rollout", {}).get("forcing")]
+    assert forced == ["station-tod"]
+    card, plain = _example("station-tod")[0], _example("station")[0]
+    assert card["forcing"] == ["tod=hour_of_day@predicted"]
+    assert {k: card[k] for k in ("splits", "skill_k", "horizon", "context_length", "rows_per_call")} == {
+        k: plain[k] for k in ("splits", "skill_k", "horizon", "context_length", "rows_per_call")
+    }
+    assert [r["lead"] for r in card["skill_unforced"]] == [r["lead"] for r in plain["skill"]] == [r["lead"] for r in card["skill"]]
+    for u, p, f in zip(card["skill_unforced"], plain["skill"], card["skill"], strict=True):
+        assert u["model"] == pytest.approx(p["model"], rel=1e-9) and f["persistence"] == pytest.approx(p["persistence"], rel=1e-9)
