@@ -31,7 +31,7 @@ OPSET = 21
 # ran faster than the float Gemm in scripts/bench_ort_kernels.py (onnxruntime 1.32, one thread, batch 1, layers of
 # K x K). x86_64 (this project's AVX2 host): 0.7-0.8x fp32 at K=512, break-even at 256, 1.0-1.4x at 48-128.
 # aarch64 (qemu-aarch64 -cpu cortex-a72, the emulated Pi 4): 1.6-4.3x SLOWER than fp32 at every K from 48 to 1024
-# (the A72 has no int8 dot product); a raspberrypi target covers the Pi 4 too: never. See notes/issue-14-speed.md.
+# (the A72 has no int8 dot product); a raspberrypi target covers the Pi 4 too: never. See docs/notes/issue-14-speed.md.
 NBITS_MIN_K: dict[str, int | None] = {"x86_64": 512, "aarch64": None}
 
 
