@@ -226,19 +226,19 @@ def sweeps(ex: Example, ladder_bits: tuple[int, ...] = LADDER, log=print):
 
 
 def plans_for(ex: Example, target, budgets: dict[int, int], rounding: str, traces, buffers, rescore_settings, scores, ladder, seeds: int):
-    """{bits: {method: [plans]}} (random: one plan per seed)."""
+    """(bits, {method: [plans]}) per budget (random: one plan per seed), one budget at a time, so that the caller
+    measures and saves each before the next one's re-scoring runs."""
     from edgetqs.allocation.methods import method_plan
     from edgetqs.allocation.plan import InfeasibleBudgetError, PlanOptions
 
     m, inp = ex.score.model, ex.score
-    out: dict[int, dict[str, list]] = {}
     for b, budget in budgets.items():
         opts = PlanOptions(runtime="ort", budget_bytes=budget, rounding=rounding)
         cell: dict[str, list] = {}
         common = dict(traces=traces, fp32=tuple(buffers), ladder=ladder, spec=inp.spec, contexts=inp.contexts, rescore=rescore_settings)
         for method in (*TQS, *OTHERS):
-            if method == "tqs-ladder" and ladder is None:  # --ladder '' (not measured: n/a in the tables)
-                continue
+            if (method == "tqs-ladder" and ladder is None) or (method == "hessian" and traces is None):
+                continue  # --ladder '' or --hessian-samples 0: not measured (n/a in the tables)
             name = {"uniform": "uniform-bits"}.get(method, method)
             try:
                 t0 = time.perf_counter()
@@ -252,8 +252,7 @@ def plans_for(ex: Example, target, budgets: dict[int, int], rounding: str, trace
                     )
             except InfeasibleBudgetError:
                 pass
-        out[b] = cell
-    return out
+        yield b, cell
 
 
 def measure_cell(ex: Example, cell: dict[str, list], rounding: str, threads: int = 0):
@@ -378,7 +377,10 @@ def main() -> None:
         ex.costs["sweep"] = (scores.wall_seconds, scores.forward_calls)
         ex.costs["ladder"] = (ladder.wall_seconds, ladder.forward_calls) if ladder is not None else None
         print(f"{name}: sweeps {time.perf_counter() - t_start:.1f} s", flush=True)
-        traces, t_h, hvps, buffers = hessian_traces(name, sc, scores, a.hessian_pairs, a.hessian_samples)
+        if a.hessian_samples > 0:
+            traces, t_h, hvps, buffers = hessian_traces(name, sc, scores, a.hessian_pairs, a.hessian_samples)
+        else:  # --hessian-samples 0: no Hessian baseline (n/a in the tables)
+            traces, t_h, hvps, buffers = None, 0.0, 0, []
         ex.costs["hessian"] = (t_h, hvps)
         ex.buffers = buffers
         print(f"{name}: Hessian traces {t_h:.1f} s", flush=True)
@@ -397,12 +399,11 @@ def main() -> None:
 
                         r.integers(w.name, Precision("int", b, "channel"))
                 ex.costs["gptq"] = (time.perf_counter() - t0, len(m.weights) * len(set(bits)))
-            cells = plans_for(ex, target, budgets, rounding, traces, buffers, rescore_settings, scores, ladder, a.random_seeds)
-            for b, cell in cells.items():
+            for b, cell in plans_for(ex, target, budgets, rounding, traces, buffers, rescore_settings, scores, ladder, a.random_seeds):
                 results.setdefault(rounding, {})[(name, b)] = measure_cell(ex, cell, rounding, a.threads)
                 plans_seen.setdefault(rounding, {})[(name, b)] = {k: v[0].precisions() for k, v in cell.items()}
                 save_results(a.results, exs, results, plans_seen, vars(a) | {"out": str(a.out), "results": str(a.results)})
-            print(f"{name} {rounding}: measured {len(cells)} budgets ({time.perf_counter() - t_start:.1f} s so far)", flush=True)
+                print(f"{name} {rounding} {b} bits: measured and saved ({time.perf_counter() - t_start:.1f} s so far)", flush=True)
 
     samples_cache: dict[int, np.ndarray] = {}
 
