@@ -26,7 +26,7 @@ apart. Writes the tables, the headline lines, the costs, the command and the mac
 Every sweep (the gauss probe and each bit-width of the ladder's quant probe) goes through the score cache
 (`edgetqs.sensitivity.cache`, ``EDGETQS_CACHE_DIR``): a second run reuses it, a killed one resumes it, and the
 ladder reuses the gauss sweep instead of repeating it. The measured per-context errors of every cell are saved
-to --results (default: --out with the suffix .json) as each example finishes; ``--merge`` writes the report from
+to --results (default: --out with the suffix .json) as each budget is measured; ``--merge`` writes the report from
 such files without measuring again (examples run as separate processes, then one table).
 """
 
@@ -334,7 +334,7 @@ def main() -> None:
         "--threads", type=int, default=0, help="intra-op threads of every session (0: onnxruntime's default; 1 when runs share cores)"
     )
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    ap.add_argument("--results", type=Path, default=None, help="per-context errors of every cell, saved as each example finishes")
+    ap.add_argument("--results", type=Path, default=None, help="per-context errors of every cell, saved as each budget is measured")
     ap.add_argument("--merge", default="", help="comma-separated --results files: write the report from them, measuring nothing")
     a = ap.parse_args()
     a.results = a.results or a.out.with_suffix(".json")
