@@ -10,7 +10,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-import bench_quality as bq  # noqa: E402  scripts/ is not a package: imported by path
+import bench_quality as bq  # scripts/ is not a package: imported by path
 
 
 def _example(name: str) -> bq.Example:
@@ -29,13 +29,15 @@ def test_saved_results_load_back_exactly_and_merge_across_files(tmp_path: Path) 
         errs = {m: (rng.random(48), rng.random((48, 2))) for m in ("tqs", "tqs-rescored", "uniform")}
         errs["uniform"][0][3] = np.inf  # a diverged context stays inf
         results = {"rtn": {(name, 4): errs}}
-        plans = {"rtn": {(name, 4): {"tqs": {"w": "int4-channel"}, "tqs-rescored": {"w": "int5-channel"}, "uniform": {"w": "int4-channel"}}}}
+        plans = {
+            "rtn": {(name, 4): {"tqs": {"w": "int4-channel"}, "tqs-rescored": {"w": "int5-channel"}, "uniform": {"w": "int4-channel"}}}
+        }
         path = tmp_path / f"{name}.json"
         bq.save_results(path, [ex], results, plans, {"examples": name, "bits": "4", "ladder": ""})
         runs.append((path, ex, errs, plans))
     exs, results, plans, args = bq.load_results([p for p, *_ in runs])
     assert [e.name for e in exs] == ["p", "s"] and [a["examples"] for a in args] == ["p", "s"]
-    for (path, ex, errs, pl), got in zip(runs, exs):
+    for (_path, ex, errs, pl), got in zip(runs, exs):
         assert json.loads(json.dumps(got.to_json())) == json.loads(json.dumps(ex.to_json()))
         assert got.budgets == {4: 1000, 8: 2000} and got.costs["ladder"] is None
         for m, (per_c, per_cv) in errs.items():
