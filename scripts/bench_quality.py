@@ -1,7 +1,8 @@
 """TQS allocation against the allocations and roundings users have today, at matched bytes, with intervals.
 
     python scripts/bench_quality.py [--examples lorenz96,station,blizzard] [--bits 3,4,5,6,8] [--k-score 32] [--k-held 48]
-                                    [--roundings rtn,gptq] [--rescore-budget 400] [--out docs/benchmarks.md]
+                                    [--roundings rtn,gptq] [--rescore-budget 400] [--threads 0] [--out docs/benchmarks.md]
+                                    [--results FILE.json] [--merge A.json,B.json]
 
 For every bundled example, scoring (the TQS sweep, the ladder, the re-scoring search, GPTQ's calibration
 and the Hessian baseline's pairs) uses the example's *score* split of its record; every plan is measured
@@ -21,12 +22,19 @@ number of budgets), then (example, variable, budget). Per cell: the RMS over hel
 context's normalised error, a paired bootstrap 95% interval, and each TQS variant's verdict against the best
 non-TQS method (`edgetqs.allocation.compare`): win / tie / loss, saturated cells (every method above 1)
 apart. Writes the tables, the headline lines, the costs, the command and the machine to --out.
+
+Every sweep (the gauss probe and each bit-width of the ladder's quant probe) goes through the score cache
+(`edgetqs.sensitivity.cache`, ``EDGETQS_CACHE_DIR``): a second run reuses it, a killed one resumes it, and the
+ladder reuses the gauss sweep instead of repeating it. The measured per-context errors of every cell are saved
+to --results (default: --out with the suffix .json) as each budget is measured; ``--merge`` writes the report from
+such files without measuring again (examples run as separate processes, then one table).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -120,6 +128,7 @@ def hessian_traces(name: str, inp, scores, n_pairs: int, samples: int):
     import torch
 
     from edgetqs.allocation.methods import hutchinson_traces
+    from edgetqs.core.rollout import parse_slice
 
     net = torch_model(name, inp.model)
     for p in net.parameters():
@@ -132,8 +141,11 @@ def hessian_traces(name: str, inp, scores, n_pairs: int, samples: int):
     shape[ax if inp.spec.mode == "state" else -1] = -1
     std = std.reshape(shape)
 
+    index = parse_slice(inp.spec.output_slice) if inp.spec.output_slice else None  # e.g. the median of a quantile head
+
     def loss():
         out = net(x, *statics)
+        out = out[index] if index is not None else out
         pred = x + out if inp.spec.increment else out
         return (((pred - y) / std) ** 2).mean()
 
@@ -152,6 +164,24 @@ class Example:
     held: object
     variables: list[str]
     costs: dict = field(default_factory=dict)
+    budgets: dict = field(default_factory=dict)
+    buffers: list = field(default_factory=list)
+    n_weights: int = 0
+    n_tensors: int = 0
+    k_score: int = 0
+    k_held: int = 0
+
+    def to_json(self) -> dict:
+        keep = ("name", "horizon", "variables", "costs", "buffers", "n_weights", "n_tensors", "k_score", "k_held")
+        return {**{k: getattr(self, k) for k in keep}, "budgets": {str(b): v for b, v in self.budgets.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Example:
+        ex = cls(d["name"], d["horizon"], None, None, d["variables"])
+        for k in ("costs", "buffers", "n_weights", "n_tensors", "k_score", "k_held"):
+            setattr(ex, k, d[k])
+        ex.budgets = {int(b): v for b, v in d["budgets"].items()}
+        return ex
 
 
 def load_example(name: str, k_score: int, k_held: int) -> Example:
@@ -165,21 +195,50 @@ def load_example(name: str, k_score: int, k_held: int) -> Example:
     n_var = sum(len(s) for s in held.contexts.spreads)
     if len(variables) != n_var:
         variables = [f"var{i}" for i in range(n_var)]
-    return Example(name, horizon, score, held, variables)
+    m = score.model
+    return Example(
+        name,
+        horizon,
+        score,
+        held,
+        variables,
+        n_weights=sum(w.size for w in m.weights),
+        n_tensors=len(m.weights),
+        k_score=score.contexts.k,
+        k_held=held.contexts.k,
+    )
+
+
+def sweeps(ex: Example, ladder_bits: tuple[int, ...] = LADDER, log=print):
+    """(gauss scores, the same with the ladder's quant-probe gains): each sweep from the score cache or computed into
+    it (checkpointed: a killed run resumes), the ladder on top of the gauss sweep rather than a second one."""
+    from edgetqs.sensitivity.cache import score_cached
+    from edgetqs.sensitivity.scores import ProbeSettings
+    from edgetqs.sensitivity.sweep import ladder_settings, with_ladder
+
+    m, sc = ex.score.model, ex.score
+    settings = ProbeSettings(horizon=ex.horizon)
+    scores, _, _ = score_cached(m, sc.spec, sc.contexts, settings, log=log)
+    if not ladder_bits:
+        return scores, None
+    quant = {b: score_cached(m, sc.spec, sc.contexts, ladder_settings(settings, b, scores.horizon), log=log)[0] for b in ladder_bits}
+    return scores, with_ladder(scores, quant)
 
 
 def plans_for(ex: Example, target, budgets: dict[int, int], rounding: str, traces, buffers, rescore_settings, scores, ladder, seeds: int):
-    """{bits: {method: [plans]}} (random: one plan per seed)."""
+    """(bits, {method: [plans]}) per budget (random: one plan per seed), one budget at a time, so that the caller
+    measures and saves each before the next one's re-scoring runs."""
     from edgetqs.allocation.methods import method_plan
     from edgetqs.allocation.plan import InfeasibleBudgetError, PlanOptions
 
     m, inp = ex.score.model, ex.score
-    out: dict[int, dict[str, list]] = {}
     for b, budget in budgets.items():
         opts = PlanOptions(runtime="ort", budget_bytes=budget, rounding=rounding)
         cell: dict[str, list] = {}
         common = dict(traces=traces, fp32=tuple(buffers), ladder=ladder, spec=inp.spec, contexts=inp.contexts, rescore=rescore_settings)
         for method in (*TQS, *OTHERS):
+            if (method == "tqs-ladder" and ladder is None) or (method == "hessian" and traces is None):
+                continue  # --ladder '' or --hessian-samples 0: not measured (n/a in the tables)
             name = {"uniform": "uniform-bits"}.get(method, method)
             try:
                 t0 = time.perf_counter()
@@ -193,26 +252,69 @@ def plans_for(ex: Example, target, budgets: dict[int, int], rounding: str, trace
                     )
             except InfeasibleBudgetError:
                 pass
-        out[b] = cell
-    return out
+        yield b, cell
 
 
-def measure_cell(ex: Example, cell: dict[str, list], rounding: str):
-    """{method: (per-context overall errors [K], per-context per-variable errors [K, V])}; random: mean over seeds."""
+def measure_cell(ex: Example, cell: dict[str, list], rounding: str, threads: int = 0):
+    """{method: (per-context overall errors [K], per-context per-variable errors [K, V])}; random: mean over seeds.
+
+    Methods often choose the same plan (most at 8 bits): each distinct plan is rolled out once."""
     from edgetqs.allocation.evaluate import measure
     from edgetqs.allocation.rounding import Rounder
 
     held, score = ex.held, ex.score
     rounder = Rounder(held.model, rounding, score.contexts, score.spec, ex.horizon)  # GPTQ calibrated on the score split
+    seen: dict[tuple, object] = {}
     out = {}
     for method, plans in cell.items():
         per_c, per_cv = [], []
         for p in plans:
-            mm = measure(held.model, held.spec, held.contexts, rounder.plan_values(p), ex.horizon, ex.ref)
+            key = tuple(sorted(p.precisions().items()))
+            if key not in seen:
+                seen[key] = measure(held.model, held.spec, held.contexts, rounder.plan_values(p), ex.horizon, ex.ref, threads=threads)
+            mm = seen[key]
             per_c.append(np.asarray(mm.per_context))
             per_cv.append(mm.per_context_variable)
         out[method] = (np.mean(per_c, axis=0), np.mean(per_cv, axis=0))
+    ex.costs["held-out rollouts"] = ex.costs.get("held-out rollouts", 0) + len(seen)
     return out
+
+
+def save_results(path: Path, exs: list[Example], results: dict, plans_seen: dict, args: dict) -> None:
+    """Every example's facts and costs and every cell's per-context errors and plans, for --merge."""
+    cells = [
+        {
+            "rounding": r,
+            "example": name,
+            "bits": b,
+            "plans": plans_seen[r][(name, b)],
+            "errors": {k: {"per_context": v[0].tolist(), "per_context_variable": v[1].tolist()} for k, v in meas.items()},
+        }
+        for r, res in results.items()
+        for (name, b), meas in res.items()
+    ]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"args": args, "examples": [e.to_json() for e in exs], "cells": cells}))
+    tmp.replace(path)
+
+
+def load_results(paths: list[Path]) -> tuple[list[Example], dict, dict, list[dict]]:
+    exs: list[Example] = []
+    results: dict = {}
+    plans_seen: dict = {}
+    args = []
+    for p in paths:
+        d = json.loads(p.read_text())
+        args.append(d["args"])
+        exs += [Example.from_json(e) for e in d["examples"]]
+        for c in d["cells"]:
+            key = (c["example"], int(c["bits"]))
+            results.setdefault(c["rounding"], {})[key] = {
+                k: (np.asarray(v["per_context"], dtype=float), np.asarray(v["per_context_variable"], dtype=float))
+                for k, v in c["errors"].items()
+            }
+            plans_seen.setdefault(c["rounding"], {})[key] = c["plans"]
+    return exs, results, plans_seen, args
 
 
 def main() -> None:
@@ -227,8 +329,15 @@ def main() -> None:
     ap.add_argument("--hessian-samples", type=int, default=64)
     ap.add_argument("--random-seeds", type=int, default=3)
     ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--ladder", default=",".join(map(str, LADDER)), help="bit-widths of the ladder's quant probe; empty: no tqs-ladder")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads of every session (0: onnxruntime's default; 1 when runs share cores)"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--results", type=Path, default=None, help="per-context errors of every cell, saved as each budget is measured")
+    ap.add_argument("--merge", default="", help="comma-separated --results files: write the report from them, measuring nothing")
     a = ap.parse_args()
+    a.results = a.results or a.out.with_suffix(".json")
 
     from edgetqs.allocation.compare import bootstrap_samples, cell_error, headline, interval, judge
     from edgetqs.allocation.methods import method_plan
@@ -236,13 +345,15 @@ def main() -> None:
     from edgetqs.allocation.rescore import RescoreSettings
     from edgetqs.allocation.targets import load_target
     from edgetqs.core.rollout import float_reference
-    from edgetqs.sensitivity.scores import ProbeSettings
-    from edgetqs.sensitivity.sweep import run_sweep
 
     target = load_target(ROOT / "scripts" / "bench_target.toml")
     bits = [int(b) for b in a.bits.split(",")]
     roundings = [r for r in a.roundings.split(",") if r]
-    rescore_settings = RescoreSettings(rollout_budget=a.rescore_budget)
+    rescore_settings = RescoreSettings(rollout_budget=a.rescore_budget, threads=a.threads)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     lines: list[str] = []
 
     def emit(s: str = "") -> None:
@@ -252,19 +363,27 @@ def main() -> None:
     results: dict[str, dict] = {}  # rounding -> {(example, bits): measured}
     plans_seen: dict[str, dict] = {}
     exs: list[Example] = []
-    for name in a.examples.split(","):
+    merged_args: list[dict] = []
+    if a.merge:
+        exs, results, plans_seen, merged_args = load_results([Path(p) for p in a.merge.split(",") if p])
+        roundings = [r for r in roundings if r in results]
+    for name in a.examples.split(",") if not a.merge else []:
         ex = load_example(name, a.k_score, a.k_held)
         exs.append(ex)
         m, sc = ex.score.model, ex.score
-        t0 = time.perf_counter()
-        scores = run_sweep(m, sc.spec, sc.contexts, ProbeSettings(horizon=ex.horizon))
-        ex.costs["sweep"] = (time.perf_counter() - t0, scores.forward_calls)
-        t0 = time.perf_counter()
-        ladder = run_sweep(m, sc.spec, sc.contexts, ProbeSettings(horizon=ex.horizon, ladder=LADDER))
-        ex.costs["ladder"] = (time.perf_counter() - t0, ladder.forward_calls)
-        traces, t_h, hvps, buffers = hessian_traces(name, sc, scores, a.hessian_pairs, a.hessian_samples)
+        t_start = time.perf_counter()
+        # seconds and calls of each sweep as computed (a cached sweep keeps the figures of the run that computed it)
+        scores, ladder = sweeps(ex, tuple(int(b) for b in a.ladder.split(",") if b))
+        ex.costs["sweep"] = (scores.wall_seconds, scores.forward_calls)
+        ex.costs["ladder"] = (ladder.wall_seconds, ladder.forward_calls) if ladder is not None else None
+        print(f"{name}: sweeps {time.perf_counter() - t_start:.1f} s", flush=True)
+        if a.hessian_samples > 0:
+            traces, t_h, hvps, buffers = hessian_traces(name, sc, scores, a.hessian_pairs, a.hessian_samples)
+        else:  # --hessian-samples 0: no Hessian baseline (n/a in the tables)
+            traces, t_h, hvps, buffers = None, 0.0, 0, []
         ex.costs["hessian"] = (t_h, hvps)
         ex.buffers = buffers
+        print(f"{name}: Hessian traces {t_h:.1f} s", flush=True)
         ex.ref = float_reference(ex.held.model, ex.held.spec, ex.held.contexts, ex.horizon).steps
         budgets = {b: method_plan("uniform-bits", scores, m, target, PlanOptions(runtime="ort"), bits=b).weight_bytes for b in bits}
         ex.budgets = budgets
@@ -280,11 +399,11 @@ def main() -> None:
 
                         r.integers(w.name, Precision("int", b, "channel"))
                 ex.costs["gptq"] = (time.perf_counter() - t0, len(m.weights) * len(set(bits)))
-            cells = plans_for(ex, target, budgets, rounding, traces, buffers, rescore_settings, scores, ladder, a.random_seeds)
-            for b, cell in cells.items():
-                results.setdefault(rounding, {})[(name, b)] = measure_cell(ex, cell, rounding)
+            for b, cell in plans_for(ex, target, budgets, rounding, traces, buffers, rescore_settings, scores, ladder, a.random_seeds):
+                results.setdefault(rounding, {})[(name, b)] = measure_cell(ex, cell, rounding, a.threads)
                 plans_seen.setdefault(rounding, {})[(name, b)] = {k: v[0].precisions() for k, v in cell.items()}
-            print(f"{name} {rounding}: measured {len(cells)} budgets", flush=True)
+                save_results(a.results, exs, results, plans_seen, vars(a) | {"out": str(a.out), "results": str(a.results)})
+                print(f"{name} {rounding} {b} bits: measured and saved ({time.perf_counter() - t_start:.1f} s so far)", flush=True)
 
     samples_cache: dict[int, np.ndarray] = {}
 
@@ -369,9 +488,10 @@ def main() -> None:
             if k.startswith("rescore")
         )
         gq = f"{c['gptq'][0]:.1f}" if "gptq" in c else "-"
+        lad = f"{c['ladder'][0]:.2f} ({c['ladder'][1]})" if c.get("ladder") else "not run"
         emit(
-            f"{ex.name} | {sum(w.size for w in ex.score.model.weights):,} | {len(ex.score.model.weights)} | {c['sweep'][0]:.2f} ({c['sweep'][1]}) | "
-            f"{c['ladder'][0]:.2f} ({c['ladder'][1]}) | {resc} | {c['hessian'][0]:.2f} ({c['hessian'][1]}) | {gq}"
+            f"{ex.name} | {ex.n_weights:,} | {ex.n_tensors} | {c['sweep'][0]:.2f} ({c['sweep'][1]}) | "
+            f"{lad} | {resc} | {c['hessian'][0]:.2f} ({c['hessian'][1]}) | {gq}"
         )
     for rounding in roundings:
         emit("")
@@ -394,7 +514,7 @@ def main() -> None:
                     cells.append("n/a")
             vcells = []
             for v in TQS:
-                x = next((vv for key, vv in verdicts[(rounding, v)] if key == (name, b)), None)
+                x = next((vv for key, vv in verdicts.get((rounding, v), []) if key == (name, b)), None)
                 vcells.append(
                     "n/a"
                     if x is None
@@ -407,7 +527,7 @@ def main() -> None:
         emit(" | ".join(["---"] * (3 + len(TQS) + len(OTHERS) + len(TQS))))
         rows = {}
         for v in TQS:
-            for (name, var, b), x in var_verdicts[(rounding, v)]:
+            for (name, var, b), x in var_verdicts.get((rounding, v), []):
                 rows.setdefault((name, var, b), {})[v] = x
         for (name, var, b), vv in rows.items():
             meas = results[rounding][(name, b)]
@@ -429,7 +549,7 @@ def main() -> None:
         if not lost:
             emit("- none")
     for ex in exs:
-        if getattr(ex, "buffers", None):
+        if ex.buffers:
             emit(
                 f"\nNote: {ex.name}: {', '.join(ex.buffers)} are buffers in the torch model (no gradient, no trace): the Hessian "
                 "baseline keeps them in fp32, as HAWQ quantizes parameters only."
@@ -438,14 +558,34 @@ def main() -> None:
         "# Benchmarks: TQS allocation against what users have today\n",
         f"Produced by `python {' '.join(['scripts/bench_quality.py', *sys.argv[1:]])}` on {platform.machine()} "
         f"({os.cpu_count()} cores, {platform.processor() or platform.platform()}), Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d', time.gmtime())}; {a.k_score} scoring and {a.k_held} held-out contexts per example, "
-        f"{a.bootstrap} bootstrap draws.\n",
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}; scoring / held-out contexts per example: "
+        + ", ".join(f"{e.name} {e.k_score} / {e.k_held}" for e in exs)
+        + f"; {a.bootstrap} bootstrap draws.\n",
+        *(f"Merged from a run of `{' '.join(_command(x))}`.\n" for x in merged_args),
         __doc__.split("\n\n", 2)[2].strip() + "\n",
         "GPTAQ and QEP are not compared (not implemented here).\n",
     ]
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(header + lines) + "\n")
     print(f"\nwrote {a.out}")
+
+
+def _command(args: dict) -> list[str]:
+    """The command line of a saved run (its options as they were parsed)."""
+    keys = (
+        "examples",
+        "bits",
+        "ladder",
+        "k_score",
+        "k_held",
+        "roundings",
+        "rescore_budget",
+        "hessian_pairs",
+        "hessian_samples",
+        "random_seeds",
+        "threads",
+    )
+    return ["scripts/bench_quality.py", *(f"--{k.replace('_', '-')} {args[k] if args[k] != '' else repr('')}" for k in keys if k in args)]
 
 
 def _paper(results: dict, variant: str, plans: dict, samples) -> list:

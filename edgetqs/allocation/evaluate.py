@@ -60,13 +60,15 @@ def measure(
     weights: dict[str, np.ndarray],
     horizon: int,
     reference: list[np.ndarray] | None = None,
+    threads: int = 0,
 ) -> Measured:
-    """Roll out the model with ``weights`` baked in and compare with the float rollout."""
+    """Roll out the model with ``weights`` baked in and compare with the float rollout (``threads``: the session's
+    intra-op threads, 0 for onnxruntime's default)."""
     if reference is None:
         reference = float_reference(model, spec, contexts, horizon).steps
-    quant = Rollout(model, spec, contexts.statics, model_bytes=model.with_weights(weights), forcings=contexts.forcing_arrays).run(
-        contexts.arrays, horizon
-    )
+    quant = Rollout(
+        model, spec, contexts.statics, threads=threads, model_bytes=model.with_weights(weights), forcings=contexts.forcing_arrays
+    ).run(contexts.arrays, horizon)
     inv = [inverse_spread(sp, spec.mode, spec.channel_axis, st.ndim) for sp, st in zip(contexts.spreads, reference)]
     with np.errstate(all="ignore"):
         e = divergence(quant.steps, reference, inv)  # [T, K]

@@ -52,6 +52,7 @@ class RescoreSettings(Frozen):
     contexts: int = 32  # contexts drawn from the scoring span for the search when the record allows (8 overfit)
     pair_trials: int = 6  # single moves and upgrade/downgrade pairs measured besides the re-solved plans
     guard_trials: int = 3  # improving candidates tried on the guard contexts, best first, before the search stops
+    threads: int = 0  # intra-op threads of the search's session (0: onnxruntime's default; 1 where processes share the cores)
 
 
 MAX_ROLLOUT_BUDGET = 1_000_000
@@ -98,6 +99,9 @@ class _Budget:
     def __init__(self, s: RescoreSettings) -> None:
         self.s, self.rollouts, self.t0 = s, 0, time.perf_counter()
 
+    def left(self) -> int:
+        return self.s.rollout_budget - self.rollouts
+
     def spent(self) -> bool:
         if self.rollouts >= self.s.rollout_budget:
             return True
@@ -115,14 +119,14 @@ class _Evaluator:
     guard: np.ndarray
     horizon: int
     budget: _Budget
+    threads: int = 0
     roll: Rollout = field(init=False)
     refs: dict[str, list[np.ndarray]] = field(init=False)
     invs: dict[str, list[np.ndarray]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.roll = Rollout(
-            self.model, self.spec, self.contexts.statics, forcings=self.contexts.forcing_arrays
-        )  # weights fed as inputs: one session for the search
+        # weights fed as inputs: one session for the search
+        self.roll = Rollout(self.model, self.spec, self.contexts.statics, threads=self.threads, forcings=self.contexts.forcing_arrays)
         float_feed = {w.name: self.model.weight_array(w.name) for w in self.model.weights}
         self.refs, self.invs = {}, {}
         for part, idx in (("search", self.search), ("guard", self.guard)):
@@ -195,7 +199,7 @@ def rescore(
     free = budget - fixed
     budget_state = _Budget(s)
     search, guard = _split(contexts.k, s.guard_share)
-    ev = _Evaluator(model, spec, contexts, search, guard, scores.horizon, budget_state)
+    ev = _Evaluator(model, spec, contexts, search, guard, scores.horizon, budget_state, s.threads)
 
     # the values each option computes with (the plan's rounding), made once
     rounder = Rounder(model, opts.rounding, contexts, spec, scores.horizon)
@@ -232,17 +236,18 @@ def rescore(
             break
         rounds = rnd
         cur_w = {items[i].name: value(i, k) for i, k in enumerate(cur)}
-        # 2. marginal damage of nearby precisions, everything else as planned
+        # 2. marginal damage of nearby precisions, everything else as planned: breadth-first (every tensor's
+        # nearest precisions, then the next ones) and keeping rollouts for this round's candidate steps, so that a
+        # budget smaller than a whole round (a model of many tensors) still ends in a measured step, not in
+        # measurements alone
         measured: dict[tuple[int, int], float] = {}
-        for i, it in enumerate(items):
-            if len(it.options) == 1:
-                continue
-            for k in range(max(0, cur[i] - s.reach), min(len(it.options), cur[i] + s.reach + 1)):
-                if k == cur[i] or budget_state.spent():
-                    continue
-                w = dict(cur_w)
-                w[it.name] = value(i, k)
-                measured[(i, k)] = ev.error(w)
+        reserve = min(_CANDIDATE_ROLLOUTS + s.pair_trials, budget_state.left() // 2)
+        for k, i in _neighbours(items, cur, s.reach):
+            if budget_state.spent() or budget_state.left() <= reserve:
+                break
+            w = dict(cur_w)
+            w[items[i].name] = value(i, k)
+            measured[(i, k)] = ev.error(w)
         if not measured:
             stopped = "rollout budget spent" if budget_state.spent() else "nothing to measure"
             break
@@ -310,6 +315,21 @@ def rescore(
     if log:
         log(note)
     return plan.model_copy(update={"refinement": info.model_dump(mode="json"), "notes": (*plan.notes, note)})
+
+
+_CANDIDATE_ROLLOUTS = 4  # re-solved plans measured per round (free, then at most 4, 2 and 1 changes); pairs come on top
+
+
+def _neighbours(items: list[Item], cur: list[int], reach: int) -> list[tuple[int, int]]:
+    """(option, item) to measure around the current choice, breadth-first: one step down and up every item's menu,
+    then two steps, up to ``reach``; at each distance the items holding the most bytes first (where a budget cut
+    short leaves some unmeasured, the ones whose moves shift the most bytes were measured)."""
+    by_size = sorted(range(len(items)), key=lambda i: (-int(items[i].bytes[cur[i]]), i))
+    out = []
+    for d in range(1, reach + 1):
+        for i in by_size:
+            out += [(k, i) for k in (cur[i] - d, cur[i] + d) if 0 <= k < len(items[i].options)]
+    return out
 
 
 def _single(cur: list[int], new: list[int]) -> tuple[int, int]:

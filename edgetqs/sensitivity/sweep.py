@@ -463,10 +463,9 @@ def _with_ladder(
         return checkpoint.with_name(f"{checkpoint.name}.{suffix}") if checkpoint is not None else None
 
     main = _sweep(model, spec, contexts, base, backend, sub(0), notes, strategy, part("main"), log)
-    ladder: dict[str, dict[str, float | None]] = {g.name: {} for g in main.groups}
-    calls, wall = main.forward_calls, main.wall_seconds
+    quant: dict[int, Scores] = {}
     for i, b in enumerate(sorted({int(x) for x in settings.ladder}), start=1):
-        q = _sweep(
+        quant[b] = _sweep(
             model,
             spec,
             contexts,
@@ -478,17 +477,42 @@ def _with_ladder(
             part(f"{b}bits"),
             log,
         )
+    return with_ladder(main, quant).model_copy(update={"settings": settings})
+
+
+def ladder_settings(main: ProbeSettings, bits: int, horizon: int) -> ProbeSettings:
+    """The quant probe's settings at ``bits`` for the ladder of a sweep with ``main`` settings, on the main sweep's horizon."""
+    return main.model_copy(update={"ladder": (), "probe": "quant", "bits": int(bits), "horizon": horizon})
+
+
+def with_ladder(main: Scores, quant: dict[int, Scores]) -> Scores:
+    """The main sweep's scores with each group's quant-probe gain per bit-width (``gain_by_bits``) from ``quant``
+    (bits -> the quant sweep at those bits, `ladder_settings`): what ``ladder=`` computes, assembled from sweeps that
+    may have run separately (or come from the score cache), so a caller holding the main sweep need not repeat it.
+
+    Raises:
+        BadInputError: a quant sweep with other groups or another horizon than the main one.
+    """
+    ladder: dict[str, dict[str, float | None]] = {g.name: {} for g in main.groups}
+    calls, wall = main.forward_calls, main.wall_seconds
+    for b in sorted(quant):
+        q = quant[b]
+        if [g.name for g in q.groups] != list(ladder) or q.horizon != main.horizon:
+            raise BadInputError(
+                f"the {b}-bit quant sweep does not match the main sweep (other groups or horizon {q.horizon} != {main.horizon})"
+            )
         calls += q.forward_calls
         wall += q.wall_seconds
         for g in q.groups:
             ladder[g.name][str(b)] = None if g.diverged_step is not None else (g.gain if g.gain is not None else 0.0)  # None: diverged
     groups = tuple(g.model_copy(update={"gain_by_bits": ladder[g.name]}) for g in main.groups)
+    bits = sorted(quant)
     return main.model_copy(
         update={
             "groups": groups,
-            "settings": settings,
+            "settings": main.settings.model_copy(update={"ladder": tuple(bits)}),
             "forward_calls": calls,
             "wall_seconds": wall,
-            "notes": tuple(main.notes) + (f"quant-probe gains measured at {', '.join(map(str, sorted(set(settings.ladder))))} bits",),
+            "notes": tuple(main.notes) + (f"quant-probe gains measured at {', '.join(map(str, bits))} bits",),
         }
     )

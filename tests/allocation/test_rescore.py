@@ -93,3 +93,27 @@ def test_build_and_plan_use_the_rescoring(setup, tmp_path: Path) -> None:
     m, spec, ctx, _, s, t = setup
     p = plan_stage(s, m, t, PlanOptions(ratio=0.2), spec=spec, contexts=ctx, refine=True, rescore=RescoreSettings(rollout_budget=40))
     assert p.refinement and p.refinement["rollouts"] <= 50
+
+
+def test_a_budget_below_one_round_still_ends_in_a_measured_step(setup) -> None:
+    """A model of many tensors: the marginal damages of a whole round (5 tensors x up to 4 neighbours here) do not fit
+    the rollout budget. The search measures the nearest precisions of every tensor first and keeps rollouts for the
+    candidate steps, so it still tries (and here takes) a step instead of stopping with measurements alone."""
+    from edgetqs.allocation.plan import build_items
+    from edgetqs.allocation.rescore import _neighbours
+
+    m, spec, ctx, _, s, t = setup
+    opts = PlanOptions(ratio=0.16, runtime="ort")
+    items, _ = build_items(s, m, t, opts, prune=False)
+    cur = [len(it.options) // 2 for it in items]
+    order = _neighbours(items, cur, 2)
+    first = [d for d in (abs(k - cur[i]) for k, i in order)]
+    assert first == sorted(first) and set(first) <= {1, 2}  # breadth-first: every nearest neighbour before any second one
+    assert len(order) == len(set(order))
+    full = sum(1 for it in items if len(it.options) > 1) * 4
+    budget = full // 2 + 3  # the starts (3 rollouts) and half a round
+    plan = rescore(s, m, t, opts, spec, ctx, settings=RescoreSettings(rollout_budget=budget, max_rounds=1))
+    info = plan.refinement
+    tried = [st for st in info["steps"] if st["kind"] != "start"]
+    assert tried, info["stopped"]  # candidate steps were measured, not only marginal damages
+    assert info["rollouts"] <= budget

@@ -196,3 +196,21 @@ def test_quantizing_a_normaliser_to_zero_is_reported_as_divergence(tmp_path: Pat
     m, spec, ctx = _setup(tmp_path / "n.onnx", record)
     s = run_sweep(m, spec, ctx, ProbeSettings(horizon=3, probe="quant"))
     assert s.groups[0].diverged_step == 1 and s.groups[0].gamma is None
+
+
+def test_a_ladder_assembled_from_separate_sweeps_equals_the_ladder_sweep(state_model: Path, record: Path) -> None:
+    """`with_ladder` on the main sweep and separately run quant sweeps (as the benchmark does from the score cache,
+    without a second main sweep) gives exactly what ``ladder=`` computes in one go."""
+    from edgetqs.sensitivity.sweep import ladder_settings, with_ladder
+
+    m, spec, ctx = _setup(state_model, record)
+    st = ProbeSettings(horizon=5, seed=2)
+    whole = run_sweep(m, spec, ctx, st.model_copy(update={"ladder": (3, 6)}))
+    main = run_sweep(m, spec, ctx, st)
+    parts = with_ladder(main, {b: run_sweep(m, spec, ctx, ladder_settings(st, b, main.horizon)) for b in (6, 3)})
+    assert [g.gain_by_bits for g in parts.groups] == [g.gain_by_bits for g in whole.groups]
+    assert all(set(g.gain_by_bits or {}) == {"3", "6"} for g in parts.groups)
+    assert [g.gain for g in parts.groups] == [g.gain for g in whole.groups]
+    assert parts.settings.ladder == (3, 6) and parts.forward_calls > main.forward_calls  # calls differ: each sweep times its strategy
+    with pytest.raises(BadInputError, match="does not match the main sweep"):
+        with_ladder(main, {4: run_sweep(m, spec, ctx, ladder_settings(st, 4, main.horizon - 1))})
