@@ -97,7 +97,7 @@ BUILD_POINTS = ["build_scored", "build_planned", "check_job_ready", "build_conve
 PUBLISH_POINTS = ["before_lock", "after_rename", "before_swap", "after_swap", "before_cleanup", "after_cleanup", "file_before_replace"]
 
 
-@pytest.mark.parametrize("first", [True, False], ids=["first-build", "over-a-bundle"])
+@pytest.mark.parametrize("first", [True, pytest.param(False, marks=pytest.mark.long)], ids=["first-build", "over-a-bundle"])
 def test_kill_9_at_every_stage_and_publish_step_never_leaves_half_a_bundle(ws: robust.Workspace, first: bool) -> None:
     """kill -9 at each named point of a build (and between the publish steps): right after each kill the name
     holds the previous complete bundle (or nothing before the first one), or the new complete one once the link
@@ -175,7 +175,7 @@ def test_links_planted_at_every_output_and_temporary_name_are_never_followed(ws:
     ws.restore()
 
 
-@pytest.mark.parametrize("force", [False, True], ids=["cached", "force"])
+@pytest.mark.parametrize("force", [pytest.param(False, marks=pytest.mark.long), True], ids=["cached", "force"])
 def test_four_concurrent_builds_serialise_and_every_manifest_verifies(ws: robust.Workspace, force: bool) -> None:
     """Four builds of the same bundle at once (with --force all four rescore and write the same cache entry):
     each ends with status 0, the bundle the name holds verifies, and no temporary file or version is left."""

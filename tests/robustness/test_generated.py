@@ -98,6 +98,7 @@ def test_generated_sample(ws: robust.Workspace) -> None:
     assert not bad, "\n".join(map(str, bad[:20]))
 
 
+@pytest.mark.long  # one real process per listed case (minutes); the default run checks the cases in process
 def test_real_processes_agree_with_the_in_process_runner(ws: robust.Workspace) -> None:
     """The in-process runner is what the suite relies on: a sample run as real ``python -m edgetqs.cli`` processes
     ends the same way (status 2, one error line, nothing on disk)."""

@@ -745,7 +745,7 @@ BEFORE: dict[str, dict[str, str | None]] = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.long  # six TensorFlow conversions, about a minute each: the default run legalises blizzard, the DFT and a fused op
 @pytest.mark.parametrize("name", list(REAL))
 def test_legalised_realistic_model_converts_and_runs_where_the_original_did_not(name: str, real_dir: Path, tmp_path: Path) -> None:
     import onnxruntime as ort
