@@ -117,6 +117,7 @@ def test_dead_groups_go_to_the_lowest_tier(tmp_path: Path) -> None:
     assert dead.rule == "dead group: lowest tier" and dead.precision.name.startswith("int4")
 
 
+@pytest.mark.long  # prices the TFLite-converted graph (a TensorFlow conversion); the stm32h743 build in tests/bundle plans the same way
 def test_mcu_target_plans_full_integer(scored) -> None:
     m, _, _, s = scored
     p = make_plan(s, m, find_target("stm32h743"), PlanOptions())

@@ -68,7 +68,7 @@ def _bytes_agree(plan: Any, r: Any) -> None:
 
 
 @pytest.mark.mcu
-@pytest.mark.parametrize("kind", [pytest.param("GRU", marks=pytest.mark.long), "LSTM"])
+@pytest.mark.parametrize("kind", [pytest.param("GRU", marks=pytest.mark.long), pytest.param("LSTM", marks=pytest.mark.long)])
 def test_recurrent_window_model_reaches_tflm_through_unrolling(kind: str, tmp_path: Path) -> None:
     m, spec, ctx, s = _scored(recurrent_window(tmp_path / f"{kind}.onnx", kind), C=3)
     plan = make_plan(s, m, STM, PlanOptions(runtime="tflm"))
