@@ -43,18 +43,23 @@ def test_model_card_reports_skill_against_persistence(name: str) -> None:
     assert "persistence" in md and card["data"] in md
 
 
-def test_init_writes_a_project_that_scores(tmp_path: Path) -> None:
-    d = tmp_path / "proj"
-    r = subprocess.run([sys.executable, "-m", "edgetqs.cli", "init", str(d), "--example", "station"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert {p.name for p in d.iterdir()} == {"model.onnx", "contexts.npz", "edgetqs.toml", "card.md"}
-    r = subprocess.run(
+def _score_small(d: Path) -> subprocess.CompletedProcess[str]:
+    """`edgetqs score` in project folder ``d`` with 3 contexts and 3 steps (a quick check that the project scores)."""
+    return subprocess.run(
         [sys.executable, "-m", "edgetqs.cli", "score", "-k", "3", "-T", "3", "-q"],
         cwd=d,
         capture_output=True,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+def test_init_writes_a_project_that_scores(tmp_path: Path) -> None:
+    d = tmp_path / "proj"
+    r = subprocess.run([sys.executable, "-m", "edgetqs.cli", "init", str(d), "--example", "station"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert {p.name for p in d.iterdir()} == {"model.onnx", "contexts.npz", "edgetqs.toml", "card.md"}
+    r = _score_small(d)
     assert r.returncode == 0, r.stderr
     assert json.loads((d / "scores.json").read_text())["contexts"]["variables"][0] == "temp_air"
     again = subprocess.run([sys.executable, "-m", "edgetqs.cli", "init", str(d), "--example", "station"], capture_output=True, text=True)
@@ -68,13 +73,7 @@ def test_init_station_tod_scores_with_the_forcing_its_project_file_declares(tmp_
     assert 'forcing = ["tod=hour_of_day@predicted"]' in (d / "edgetqs.toml").read_text()
     with np.load(d / "contexts.npz") as z:
         assert z["time"].dtype.kind == "M" and len(z["time"]) == len(z["record"])
-    r = subprocess.run(
-        [sys.executable, "-m", "edgetqs.cli", "score", "-k", "3", "-T", "3", "-q"],
-        cwd=d,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    r = _score_small(d)
     assert r.returncode == 0, r.stderr
     spec = json.loads((d / "scores.json").read_text())["rollout"]
     assert spec["forcings"] == [{"input": "tod", "sources": [{"kind": "hour_of_day", "columns": []}], "align": "predicted"}]

@@ -177,6 +177,11 @@ def _plain_matmul_weight(users: list[tuple[Any, int]], w: np.ndarray) -> bool:
     return not (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0)
 
 
+def _block_size_ok(n: int | None) -> bool:
+    """Whether MatMulNBits takes ``n`` as its block size: a power of two >= 16."""
+    return n is not None and n >= 16 and not n & (n - 1)
+
+
 def nbits_block(users: list[tuple[Any, int]], w: np.ndarray, p: Precision, layout: Layout, min_k: int | None) -> tuple[int, str]:
     """The MatMulNBits block size that stores exactly the plan's integers and scales in exactly the planned
     bytes, or 0 and why not.
@@ -205,17 +210,14 @@ def nbits_block(users: list[tuple[Any, int]], w: np.ndarray, p: Precision, layou
     if k < min_k:
         return 0, f"K={k} < {min_k}: MatMulNBits not faster at this size on this target's CPU"
 
-    def pow2(n: int) -> bool:
-        return n >= 16 and not n & (n - 1)
-
     if p.granularity == "block" and p.block_size is not None:
-        if not pow2(p.block_size):
+        if not _block_size_ok(p.block_size):
             return 0, f"block {p.block_size} is not a power of two >= 16"
         if k % p.block_size:
             return 0, f"K={k} is not a multiple of the block {p.block_size}: MatMulNBits would store padding the plan did not price"
         return p.block_size, f"K={k} >= {min_k}"
     if p.granularity == "channel":
-        if pow2(k):
+        if _block_size_ok(k):
             return k, f"K={k} >= {min_k}, per channel = one block spanning K"
         return 0, f"per channel with K={k}, not a power of two: no whole-block layout in the planned bytes"
     return 0, "per tensor: MatMulNBits stores one scale per block"
@@ -267,7 +269,7 @@ def _to_matmul_nbits(
             f"tensor '{name}' is planned {p.name}, but ORT-mobile runs 4-bit weights only as the 2-D weight of one "
             f"MatMul/Gemm (MatMulNBits); it feeds {ops}: plan int8 for it (target precisions.ort-mobile)"
         )
-    if block is None and (p.granularity != "block" or p.block_size is None or p.block_size < 16 or p.block_size & (p.block_size - 1)):
+    if block is None and (p.granularity != "block" or not _block_size_ok(p.block_size)):
         raise ConvertError(f"tensor '{name}' is planned {p.name}; MatMulNBits needs blocks of a power of two >= 16, e.g. int4-block32")
     node = users[0][0]
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
