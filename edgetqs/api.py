@@ -12,6 +12,7 @@ The command line is a thin layer over these functions, so everything it does is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -346,6 +347,7 @@ def convert(
     horizon: int | None = None,
     overwrite: bool = False,
     activations: str = "auto",
+    activation_goal: float | None = None,
     project: Any = None,
     span: str | None = None,
     pick: str | None = None,
@@ -355,7 +357,9 @@ def convert(
     """Write and verify the artifact (a `ConvertResult`); ``plan`` is a `Plan` or a plan.json path.
 
     ``contexts``, ``k``, ``span`` and ``pick`` choose the host check's contexts (a GPTQ plan needs the ones it was made with);
-    ``fill`` fills NaN/Inf in them (refused otherwise)."""
+    ``fill`` fills NaN/Inf in them (refused otherwise). ``activation_goal``: ort with int8 activations, the worst
+    normalised RMSE the choice of integer activations aims at (`edgetqs.allocation.activations`; default 0.7 x the
+    target's tolerance; ``math.inf`` keeps every activation int8)."""
     from .allocation.plan import Plan
     from .core.files import new_folders
     from .runtimes import RUNTIMES
@@ -368,6 +372,10 @@ def convert(
         raise BadInputError(
             f"--activations {activations}: {fmt} keeps float activations; ort and the full-integer formats (tflm) take an activation width"
         )
+    if activation_goal is not None and (math.isnan(activation_goal) or activation_goal <= 0):
+        raise BadInputError(f"--activation-goal {activation_goal}; expected a normalised RMSE above 0 (inf: every activation int8)")
+    if activation_goal is not None and fmt != "ort":
+        raise BadInputError(f"--activation-goal: {fmt} does not choose activations per op; only ort with int8 activations does")
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
     _check_horizon(horizon)
     inp = inputs(
@@ -388,7 +396,18 @@ def convert(
     for name in (artifact_name(inp.model, fmt), "convert.json"):  # known before the conversion, not after it
         preflight(Path(out_dir) / name, policy=Policy.REPLACE if overwrite else Policy.REFUSE_EXISTING)
     with new_folders(out_dir):
-        return run(inp.model, p, fmt, Path(out_dir), inp.contexts, inp.spec, horizon=horizon, overwrite=overwrite, activations=activations)
+        return run(
+            inp.model,
+            p,
+            fmt,
+            Path(out_dir),
+            inp.contexts,
+            inp.spec,
+            horizon=horizon,
+            overwrite=overwrite,
+            activations=activations,
+            activation_goal=activation_goal,
+        )
 
 
 def _check_horizon(horizon: int | None) -> None:

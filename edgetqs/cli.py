@@ -355,6 +355,13 @@ def convert(
     activations: Annotated[
         str, typer.Option(help="float | int8 | int16 | auto (the plan's, else the target's [activations] for the runtime).")
     ] = "auto",
+    activation_goal: Annotated[
+        float | None,
+        typer.Option(
+            help="ort with int8 activations: the worst normalised RMSE the choice of integer activations aims at on the host "
+            "contexts (default: 0.7 x the target's check tolerance); inf keeps every activation int8."
+        ),
+    ] = None,
     fill: Fill = None,
     project: Project = None,
 ) -> None:
@@ -372,6 +379,7 @@ def convert(
             horizon=horizon,
             overwrite=overwrite,
             activations=activations,
+            activation_goal=activation_goal,
             project=project,
             span=span,
             pick=pick,

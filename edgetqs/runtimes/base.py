@@ -44,6 +44,7 @@ class ConvertJob:
     horizon: int
     target: Target | None
     activations: str = "auto"
+    activation_goal: float | None = None  # ort int8: what the per-op choice aims at (None: its default)
     _rows: list[dict[str, Any]] | None = field(default=None, repr=False)
     _prepared: dict[str, Any] = field(default_factory=dict, repr=False)
 

@@ -151,6 +151,7 @@ def convert(
     overwrite: bool = False,
     activations: str = "auto",
     target: Any = None,
+    activation_goal: float | None = None,
 ) -> ConvertResult:
     """Write the artifact for ``plan`` in ``fmt`` under ``out_dir`` and verify it.
 
@@ -165,6 +166,8 @@ def convert(
         activations: full-integer runtimes only: ``int16``, ``int8`` or ``auto`` (the target's
             preference, falling back when the runtime refuses a kernel).
         target: the `Target` (default: the plan's target, looked up by name).
+        activation_goal: ort with int8 activations: what the choice of integer activations aims at
+            (`edgetqs.allocation.activations.choose_activations`; None: its default share of the target's tolerance).
 
     Raises:
         ConvertError: plan/model mismatch, a tensor or op the converter cannot handle, a planned
@@ -216,7 +219,7 @@ def convert(
     clean_stale(out.parent, ".edgetqs-convert-")  # work folders of killed conversions
     work = make_work_dir(out.parent, ".edgetqs-convert-")
     try:
-        done = rt.convert(ConvertJob(model, plan, work, name, contexts, spec, horizon, target, activations))
+        done = rt.convert(ConvertJob(model, plan, work, name, contexts, spec, horizon, target, activations, activation_goal))
         notes = list(done.notes)
         if target is None:
             notes.append(f"target '{plan.target}' not found: the artifact was not checked against its RAM budget")

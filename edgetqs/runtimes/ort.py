@@ -453,23 +453,51 @@ class OrtRuntime(RuntimeInfo):
         notes = prep.notes() + kernel_notes(chosen)
         int32: list[str] = []
         transposed: list[str] = []
+        exact_session = None
         if acts == "int8":
-            from .ort_static import fused_kernels, static_qdq
+            from ..allocation.activations import choose_activations
+            from .ort_static import fused_kernels, integer_ops, static_qdq
 
-            data, q = static_qdq(data, prep.model.proto, job.rows())
-            int32, transposed = q["int32_biases"], q["transposed_weights"]
-            kernels = fused_kernels(data)
-            facts["ort_static"] = {**q, "optimized_graph_ops": kernels}
-            fused = {k: v for k, v in kernels.items() if k.startswith(("QLinear", "QGemm"))}
-            notes.append(
-                f"int8 activations (uint8 asymmetric, min/max on {len(job.rows())} closed-loop inputs) around {len(q['quantized_nodes'])} "
-                f"kernel op(s); onnxruntime's optimised graph runs {', '.join(f'{k} x{v}' for k, v in sorted(fused.items())) or 'no integer kernel'}"
+            if not integer_ops(data):
+                static_qdq(data, prep.model.proto, [])  # raises its clear error: no op has an int8 weight
+            tol = job.target.validation_tolerance if job.target is not None else 0.1
+            steps = job.target.validation_horizon if job.target is not None else job.horizon
+            choice = choose_activations(
+                job.model, job.spec, job.contexts, data, prep.model.proto, job.rows(), steps, tol, goal=job.activation_goal
             )
+            facts["activation_choice"] = choice.model_dump(mode="json")
+            notes.append(choice.summary())
+            if not choice.ops("int8") and not choice.ops("dynamic"):
+                facts["activations"] = "float"
+                notes.append("every activation stays float: the weight-only artifact (its rollout error is the weights' alone)")
+            else:
+                kept, dyn = set(choice.ops("float")), set(choice.ops("dynamic"))
+                # the host check runs the same integer arithmetic unfused: this host's u8 x s8 kernels may saturate
+                # (x86-64 without VNNI), the target's do not (`static_qdq`'s ``exact``)
+                exact_session = OrtRunner(
+                    static_qdq(data, prep.model.proto, job.rows(), kept, dyn, exact=True)[0], threads=0, optimize=False
+                )
+                data, q = static_qdq(data, prep.model.proto, job.rows(), keep_float=kept, dynamic=dyn)
+                notes.append(
+                    "the host check runs the integer activations' arithmetic unfused (exactly what ARM's kernels compute; "
+                    "onnxruntime's u8 x s8 kernels on an x86-64 CPU without VNNI saturate 16-bit sums)"
+                )
+                int32, transposed = q["int32_biases"], q["transposed_weights"]
+                nbits = {**nbits, **q["dynamic_weights"]}
+                kernels = fused_kernels(data)
+                facts["ort_static"] = {**q, "optimized_graph_ops": kernels}
+                fused = {k: v for k, v in kernels.items() if k.startswith(("QLinear", "QGemm", "DynamicQuantize"))}
+                notes.append(
+                    f"int8 activations (uint8 asymmetric, min/max on {len(job.rows())} closed-loop inputs) around {len(q['quantized_nodes'])} "
+                    f"kernel op(s), per call on {len(q['dynamic_nodes'])}, float on {len(q['float_nodes'])}; onnxruntime's optimised "
+                    f"graph runs {', '.join(f'{k} x{v}' for k, v in sorted(fused.items())) or 'no integer kernel'}"
+                )
         data = _model_value_info(data, job.model.proto)
         artifact = job.work / job.file_name
         artifact.write_bytes(data)
         checks, weight_bytes = read_back(artifact, prep.model, job.plan, nbits, ints, int32_biases=int32, transposed=transposed)
-        return Converted(artifact, checks, weight_bytes, OrtRunner(data, threads=0), notes=notes, facts=facts)
+        session = exact_session if exact_session is not None else OrtRunner(data, threads=0)
+        return Converted(artifact, checks, weight_bytes, session, notes=notes, facts=facts)
 
     def pricing(self, model: Model, activations: str, exact: bool = False, auto: bool = False) -> Any:
         return canonical_pricing(self.name, self.storage, model, activations)

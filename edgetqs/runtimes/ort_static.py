@@ -61,8 +61,45 @@ def calibrate(float_proto: Any, names: list[str], rows: list[dict[str, np.ndarra
     return {n: (lo[n], hi[n]) for n in names if np.isfinite(lo[n])}
 
 
+def integer_ops(data: bytes) -> list[tuple[str, str]]:
+    """(key, op type) of every kernel op of a weight-only QDQ model that can run integer activations: a Conv, Gemm
+    or MatMul whose weight is a per-tensor or per-channel int8 DequantizeLinear. The key is the node's name (its
+    output's for an unnamed node): what ``keep_float`` and ``dynamic`` name."""
+    import onnx
+
+    g = onnx.load_from_string(data).graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    return [(_key(n), n.op_type) for n in g.node if _int8_weight(n, producer, inits) is not None]
+
+
+def _key(n: Any) -> str:
+    return str(n.name or n.output[0])
+
+
+def _int8_weight(n: Any, producer: dict[str, Any], inits: dict[str, Any]) -> Any:
+    """The DequantizeLinear of ``n``'s int8 weight (per tensor or per channel), or None."""
+    from onnx import TensorProto
+
+    if n.op_type not in KERNEL_OPS or len(n.input) < 2:
+        return None
+    if n.op_type == "Gemm" and any(a.name == "transA" and a.i for a in n.attribute):
+        return None
+    dq = producer.get(n.input[1])
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+        return None
+    if inits[dq.input[0]].data_type != TensorProto.INT8 or any(a.name == "block_size" and a.i for a in dq.attribute):
+        return None
+    return dq
+
+
 def static_qdq(
-    data: bytes, float_proto: Any, rows: list[dict[str, np.ndarray]], keep_float: set[str] | frozenset[str] = frozenset()
+    data: bytes,
+    float_proto: Any,
+    rows: list[dict[str, np.ndarray]],
+    keep_float: set[str] | frozenset[str] = frozenset(),
+    dynamic: set[str] | frozenset[str] = frozenset(),
+    exact: bool = False,
 ) -> tuple[bytes, dict[str, Any]]:
     """Add activation QDQ (and int32 biases) around every kernel op whose weight is an int8 DequantizeLinear.
 
@@ -70,10 +107,20 @@ def static_qdq(
         data: the weight-only QDQ model (`qdq_model`'s bytes).
         float_proto: the float graph it was made from (same tensor names), calibrated on ``rows``.
         rows: batch-1 (or batch-B) inputs of the float model.
-        keep_float: kernel ops (node name, or output name for an unnamed node) whose activations stay float.
+        keep_float: kernel ops (`integer_ops` keys) whose activations stay float: their weight stays behind its
+            DequantizeLinear and a Gemm stays a Gemm (as a MatMul, onnxruntime would fuse it into MatMulNBits,
+            slow on a Cortex-A72).
+        dynamic: MatMul/Gemm ops (`integer_ops` keys) whose input is quantized per call instead (uint8 at the
+            range of each call's own values, output float): ``com.microsoft.DynamicQuantizeMatMul`` reads the int8
+            weight directly. Wider than a calibrated scale, slower than QLinearMatMul. A Conv named here stays static.
+        exact: the same arithmetic without integer kernels, for measuring on any host (run it unoptimised): a
+            dynamic op as DynamicQuantizeLinear -> DequantizeLinear -> MatMul. onnxruntime's u8 x s8 kernels on an
+            x86-64 CPU without VNNI add pairs of products in saturating 16-bit sums (station at 0.3 of fp32: worst
+            normalised RMSE 0.76 with DynamicQuantizeMatMul there, 0.23 unfused); ARM's kernels do not saturate.
 
     Returns:
-        (the model's bytes, facts: quantized nodes, int32 biases, activation tensors quantized).
+        (the model's bytes, facts: quantized (static) nodes, dynamic nodes, float nodes, int32 biases, activation
+        tensors quantized, and ``dynamic_weights``: planned weight -> the int8 initializer DynamicQuantizeMatMul reads).
 
     Raises:
         ConvertError: no kernel op has an int8 weight (nothing would run in integer).
@@ -85,28 +132,47 @@ def static_qdq(
     g = m.graph
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
-    split, transposed = _gemms_to_matmul(g, inits, producer)
+    split, transposed, renamed = _gemms_to_matmul(g, inits, producer, skip=set(keep_float))
     producer = {o: n for n in g.node for o in n.output}
-    targets = []
+    targets, dyn_targets, kept = [], [], []
     for n in g.node:
-        if n.op_type not in KERNEL_OPS or len(n.input) < 2:
+        dq = _int8_weight(n, producer, inits)
+        if dq is None:
             continue
-        if n.op_type == "Gemm" and any(a.name == "transA" and a.i for a in n.attribute):
-            continue
-        dq = producer.get(n.input[1])
-        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
-            continue
-        if inits[dq.input[0]].data_type != TensorProto.INT8 or any(a.name == "block_size" and a.i for a in dq.attribute):
-            continue
-        if (n.name or n.output[0]) in keep_float:
-            continue
-        targets.append((n, dq))
-    if not targets:
+        key = renamed.get(_key(n), _key(n))
+        if key in keep_float:
+            kept.append(key)
+        elif key in dynamic and n.op_type == "MatMul" and _dynamic_ok(n, dq, inits, g):
+            dyn_targets.append((n, dq, key))
+        else:
+            targets.append((n, dq))
+    if not targets and not dyn_targets:
         raise ConvertError(
             "int8 activations: no Conv, Gemm or MatMul has an int8 weight in the plan; plan int8 weights or use --activations float"
         )
+    dynamic_weights = {}
+    for n, dq, key in dyn_targets:
+        if exact:  # the per-call uint8 input, dequantized; the weight stays behind its DequantizeLinear
+            x = n.input[0]
+            new_nodes_dyn = [
+                helper.make_node("DynamicQuantizeLinear", [x], [f"{key}__dyn_q", f"{key}__dyn_s", f"{key}__dyn_z"]),
+                helper.make_node("DequantizeLinear", [f"{key}__dyn_q", f"{key}__dyn_s", f"{key}__dyn_z"], [f"{key}__dyn_dq"]),
+            ]
+            n.input[0] = f"{key}__dyn_dq"
+            g.node.extend(new_nodes_dyn)
+            continue
+        # DynamicQuantizeMatMul(A, B int8 [K, N], b_scale [N] or scalar): the weight's integers and scales as planned
+        dynamic_weights[dq.output[0]] = dq.input[0]
+        mm = helper.make_node(
+            "DynamicQuantizeMatMul", [n.input[0], dq.input[0], dq.input[1]], [n.output[0]], name=n.name or key, domain="com.microsoft"
+        )
+        g.node.remove(dq)
+        g.node.remove(n)
+        g.node.append(mm)  # `_toposort` below puts it back in order
+    if dyn_targets and not any(o.domain == "com.microsoft" for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     acts = sorted({n.input[0] for n, _ in targets} | {n.output[0] for n, _ in targets})
-    ranges = calibrate(_split_bias(float_proto, split), acts, rows)
+    ranges = calibrate(_split_bias(float_proto, split), acts, rows) if acts else {}
     qname: dict[str, str] = {}  # activation -> its dequantized copy
 
     new_inits, new_nodes = [], []
@@ -171,7 +237,10 @@ def static_qdq(
     _toposort(g)
     facts = {
         "activations": "int8",
-        "quantized_nodes": [n.name or n.output[0] for n, _ in targets],
+        "quantized_nodes": [renamed.get(_key(n), _key(n)) for n, _ in targets],
+        "dynamic_nodes": [key for _, _, key in dyn_targets],
+        "float_nodes": kept,
+        "dynamic_weights": dynamic_weights,
         "int32_biases": biases,
         "activation_tensors": len(qname),
         "gemm_as_matmul": sorted(split),
@@ -180,18 +249,40 @@ def static_qdq(
     return m.SerializeToString(), facts
 
 
-def _gemms_to_matmul(g: Any, inits: dict[str, Any], producer: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+def _dynamic_ok(n: Any, dq: Any, inits: dict[str, Any], g: Any) -> bool:
+    """DynamicQuantizeMatMul takes a 2-D weight [K, N] with one scale or one per output column, read by this op only."""
+    from onnx import numpy_helper
+
+    q = inits[dq.input[0]]
+    if len(q.dims) != 2 or dq.input[1] not in inits or (len(dq.input) > 2 and dq.input[2]):
+        return False
+    size = int(np.prod(inits[dq.input[1]].dims)) if inits[dq.input[1]].dims else 1
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if size != 1 and not (size == q.dims[1] and axis in (1, -1)):
+        return False
+    if numpy_helper.to_array(inits[dq.input[1]]).size != size:
+        return False
+    return sum(dq.output[0] in other.input for other in g.node) == 1
+
+
+def _gemms_to_matmul(
+    g: Any, inits: dict[str, Any], producer: dict[str, Any], skip: set[str] | None = None
+) -> tuple[dict[str, str], list[str], dict[str, str]]:
     """Rewrite each plain Gemm (no transA, alpha = beta = 1) whose weight is a per-tensor or per-channel int8
     DequantizeLinear into MatMul (+ Add for its bias): onnxruntime 1.32 fuses DQ -> MatMul -> Q into QLinearMatMul
     but leaves DQ -> Gemm -> Q a float Gemm. A transB weight's integers are stored transposed ([K, N]), its
     per-channel scales then run along axis 1: the same numbers, which the read-back compares transposed.
 
+    ``skip``: Gemms (`integer_ops` keys) that keep float activations stay Gemms.
+
     Returns:
-        (Gemm output -> the MatMul's output before the bias Add, weight names stored transposed)."""
+        (Gemm output -> the MatMul's output before the bias Add, weight names stored transposed, the MatMul's
+        key -> the Gemm's key)."""
     from onnx import TensorProto, helper, numpy_helper
 
     split: dict[str, str] = {}
     transposed: list[str] = []
+    renamed: dict[str, str] = {}
     added = 0  # nodes inserted so far: positions in the original list shift by this many
     for idx, n in enumerate(list(g.node)):
         if n.op_type != "Gemm" or len(n.input) < 2:
@@ -207,6 +298,8 @@ def _gemms_to_matmul(g: Any, inits: dict[str, Any], producer: dict[str, Any]) ->
             continue
         if sum(n.input[1] in other.input for other in g.node) != 1:
             continue  # a weight shared with another op keeps its layout
+        if skip and _key(n) in skip:
+            continue
         if attrs.get("transB", 0):
             q = numpy_helper.to_array(q_init)
             q_init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(q.T), q_init.name))
@@ -225,7 +318,8 @@ def _gemms_to_matmul(g: Any, inits: dict[str, Any], producer: dict[str, Any]) ->
             g.node.insert(idx + added + j, nn)
         added += len(new) - 1
         split[out] = mm
-    return split, transposed
+        renamed[_key(new[0])] = _key(n)
+    return split, transposed, renamed
 
 
 def _split_bias(float_proto: Any, split: dict[str, str]) -> Any:

@@ -112,7 +112,8 @@ def view(path: Path) -> GraphView:
 
 
 def stored_precision(g: GraphView, name: str, nbits_weight: dict[str, str] | None = None) -> tuple[str, int]:
-    """(precision name, bytes stored for it) of one planned tensor; ('missing', 0) if not found."""
+    """(precision name, bytes stored for it) of one planned tensor; ('missing', 0) if not found. ``nbits_weight``:
+    planned name -> the initializer a fused kernel (MatMulNBits, DynamicQuantizeMatMul) reads it from."""
     if name in g.inits:
         i = g.inits[name]
         return ("fp32" if i.dtype == "float32" else i.dtype), i.nbytes
@@ -138,6 +139,10 @@ def stored_precision(g: GraphView, name: str, nbits_weight: dict[str, str] | Non
             if n.op == "MatMulNBits" and len(n.inputs) > 2 and n.inputs[1] == key:
                 b, s = g.inits[n.inputs[1]], g.inits[n.inputs[2]]
                 return f"int{n.attrs.get('bits', 4)}-block{n.attrs.get('block_size', 0)}", b.nbytes + s.nbytes
+            if n.op == "DynamicQuantizeMatMul" and len(n.inputs) > 2 and n.inputs[1] == key and n.inputs[2] in g.inits:
+                b, s = g.inits[n.inputs[1]], g.inits[n.inputs[2]]
+                one = len(s.dims) == 0 or (len(s.dims) == 1 and s.dims[0] == 1)
+                return (f"int8-{'tensor' if one else 'channel'}" if b.dtype == "int8" else f"dq-{b.dtype}"), b.nbytes + s.nbytes
     return "missing", 0
 
 
@@ -194,6 +199,11 @@ def stored_integers(g: GraphView, name: str, nbits_weight: dict[str, str] | None
         return vals.reshape(q.dims)
     key = (nbits_weight or {}).get(name)
     for nd in g.nodes if key else []:
+        if nd.op == "DynamicQuantizeMatMul" and len(nd.inputs) > 1 and nd.inputs[1] == key:
+            b = g.inits[key]
+            if b.raw is None or b.dtype != "int8":
+                return None
+            return np.frombuffer(b.raw, np.int8)[: int(np.prod(b.dims))].astype(np.int16).reshape(b.dims)
         if nd.op == "MatMulNBits" and len(nd.inputs) > 2 and nd.inputs[1] == key:
             b = g.inits[nd.inputs[1]]
             n_out, k, bs, bits = nd.attrs["N"], nd.attrs["K"], nd.attrs["block_size"], nd.attrs.get("bits", 4)

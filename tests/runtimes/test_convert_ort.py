@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import chain
@@ -183,7 +184,7 @@ def test_ort_int8_activations_run_qlinear_kernels_and_read_back(tmp_path: Path) 
     assert plan.activations == "float"  # the target's default for ort
     p8 = make_plan(s, inp.model, PI, PlanOptions(runtime="ort", ratio=0.3, lowest_bits=8, activations="int8"))
     assert p8.activations == "int8" and any("int8 activations" in n for n in p8.pricing["notes"])
-    r8 = convert(inp.model, p8, "ort", tmp_path / "i8", inp.contexts, inp.spec)
+    r8 = convert(inp.model, p8, "ort", tmp_path / "i8", inp.contexts, inp.spec, activation_goal=math.inf)  # every activation int8
     assert r8.weight_bytes <= p8.weight_bytes  # the plan prices the activation parameters (an upper bound)
     assert r8.activations == "int8" and r8.all_match
     kernels = r8.facts["ort_static"]["optimized_graph_ops"]

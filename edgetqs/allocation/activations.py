@@ -1,0 +1,356 @@
+"""Which activations run in integer: TQS for activation groups, and the ladder that keeps the sensitive ones wider.
+
+A static int8 activation (one uint8 scale per tensor, calibrated on the float model's own closed-loop rollouts)
+lets onnxruntime run QLinearConv/QLinearMatMul, the fast kernels on a Cortex-A72, but rounds the tensor on every
+call: a 20-step rollout of a forecaster amplifies that like any other perturbation (station: each layer's
+activations alone cost 0.065-0.17 worst normalised RMSE over 120 leads, all of them 0.75; docs/notes/issue-14.md).
+
+An **activation group** is one kernel op with an int8 weight: its input and output tensors, which static QDQ
+quantizes together. It is scored the way a weight group is (`edgetqs.sensitivity.sweep`): the float model is
+perturbed by the group's own quantization residual at its calibrated scale (a QuantizeLinear/DequantizeLinear
+pair on each tensor), rolled out from the contexts, and the divergence from the float rollout e_t gives the
+finite-time exponent gamma = mean over contexts of (1/T) ln(e_T / eps), eps the residual's rms relative to the
+tensor's. ``error`` is the same rollout's worst normalised RMSE over the leads: the figure the check compares with
+its tolerance, and what orders the ladder.
+
+The ladder, per op, narrowest first: ``int8`` (static, QLinear kernels), ``dynamic`` (a MatMul/Gemm whose input
+is quantized at each call's own range by DynamicQuantizeMatMul: wider, output float, still an int8 GEMM; a Conv has
+no such rung), ``float`` (the weight-only op). `choose_activations` starts with every op at int8 and measures the
+artifact itself in context (the real QDQ graph with the plan's weights, on the host); while its error exceeds the
+goal (a share of the target's tolerance) it widens the smallest prefix of ops, most damaging first, that meets it,
+first to their next rung, then the rest of the way to float. When the weights alone (every activation float) already
+miss the goal it keeps every activation float and says so. Every trial is recorded.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..core.results import Frozen
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.contexts import Contexts
+    from ..core.model import Model
+    from ..core.rollout import RolloutSpec
+
+MODES = ("int8", "dynamic", "float")  # narrowest first
+GOAL_SHARE = 0.7  # aim below the tolerance: the check draws other contexts than the conversion (docs/notes/issue-14.md)
+
+
+class ActivationScore(Frozen):
+    """TQS of one activation group at one quantization (``int8``: static, both tensors; ``dynamic``: the input,
+    per call)."""
+
+    op: str
+    op_type: str
+    mode: str
+    tensors: tuple[str, ...]
+    eps: float  # rms of the quantization residual over the calibration rows, relative to the tensors' rms
+    gamma: float | None  # mean over contexts of (1/T) ln(e_T / eps); None when the rollout did not move
+    error: float | None  # worst normalised RMSE over the horizon vs the float rollout, this group alone quantized (None: not finite)
+
+
+class ActivationTrial(Frozen):
+    """One artifact measured in context: the ops wider than int8 (``op=mode``) and its worst normalised RMSE."""
+
+    wider: tuple[str, ...]
+    error: float | None  # None: the rollout did not stay finite
+    passed: bool
+
+
+class ActivationChoice(Frozen):
+    """What `choose_activations` chose and why (convert.json ``facts.activation_choice``)."""
+
+    goal: float
+    tolerance: float
+    horizon: int
+    contexts: int
+    modes: dict[str, str]  # op -> int8 | dynamic | float
+    scores: tuple[ActivationScore, ...]
+    trials: tuple[ActivationTrial, ...]
+    error: float | None  # the chosen artifact's worst normalised RMSE on these contexts (None: not finite)
+    weights_alone: float | None = None  # the same with every activation float (the weight-only artifact); None: not measured
+    rollouts: int
+    seconds: float
+
+    def ops(self, mode: str) -> list[str]:
+        return [op for op, m in self.modes.items() if m == mode]
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{len(self.ops(m))} {m}" for m in MODES if self.ops(m))
+        if self.weights_alone is not None and self.weights_alone > self.goal:
+            return (
+                f"activations: every one stays float: the plan's weights alone reach worst normalised RMSE {self.weights_alone:.3g} "
+                f"over {self.horizon} steps on {self.contexts} contexts, over the goal {self.goal:.3g} ({self.goal / self.tolerance:.0%} "
+                "of the tolerance), so no activation can run integer within it; a larger budget leaves room (--ratio/--budget)"
+            )
+        return (
+            f"activations chosen by TQS in context: {counts} (worst normalised RMSE {_fmt(self.error)} over {self.horizon} steps "
+            f"on {self.contexts} contexts, goal {self.goal:.3g} = {self.goal / self.tolerance:.0%} of the tolerance; "
+            f"{self.rollouts} rollouts, {self.seconds:.1f} s)"
+        )
+
+
+def _fmt(x: float | None) -> str:
+    return "not finite" if x is None else f"{x:.3g}"
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _smallest_prefix(n: int, passes: Callable[[int], bool]) -> int | None:
+    """The smallest k in 1..n with ``passes(k)`` (doubling, then bisection: about 2 log2 n trials, assuming that
+    widening more ops does not make the rollout worse); None when even n does not pass."""
+    if n == 0 or not passes(n):
+        return None
+    lo, k = 0, 1
+    while k < n and not passes(k):
+        lo, k = k, min(2 * k, n)
+    hi = k
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if passes(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _damage(score: Callable[[str, str], ActivationScore], modes: dict[str, str], op: str) -> float:
+    """The rollout error of one op's activations alone at its current rung (not finite: the worst)."""
+    e = score(op, modes[op]).error
+    return math.inf if e is None else e
+
+
+def _passes(measure: Callable[[dict[str, str]], float], goal: float, modes: dict[str, str], steps: list[tuple[str, str]], k: int) -> bool:
+    """Whether the artifact with the first ``k`` steps taken stays within the goal."""
+    return measure({**modes, **dict(steps[:k])}) <= goal
+
+
+def _fake_quant(proto: Any, group: dict[str, Any], mode: str, lo_hi: dict[str, tuple[float, float]]) -> bytes:
+    """The float model with one group's activations quantized: a uint8 Q/DQ pair at the calibrated scale on its
+    input and output (``int8``) or a per-call DynamicQuantizeLinear/DequantizeLinear on its input (``dynamic``)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from ..runtimes.ort_static import _q_params, _toposort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    g = m.graph
+    tensors = group["tensors"] if mode == "int8" else group["tensors"][:1]
+    for t in tensors:
+        new = t + "__tqs_act"
+        if mode == "int8":
+            s, z = _q_params(*lo_hi.get(t, (0.0, 1.0)))
+            g.initializer.extend(
+                [numpy_helper.from_array(np.array(s, np.float32), t + "__tqs_s"), numpy_helper.from_array(np.array(z), t + "__tqs_z")]
+            )
+            nodes = [
+                helper.make_node("QuantizeLinear", [t, t + "__tqs_s", t + "__tqs_z"], [t + "__tqs_q"]),
+                helper.make_node("DequantizeLinear", [t + "__tqs_q", t + "__tqs_s", t + "__tqs_z"], [new]),
+            ]
+        else:
+            nodes = [
+                helper.make_node("DynamicQuantizeLinear", [t], [t + "__tqs_q", t + "__tqs_s", t + "__tqs_z"]),
+                helper.make_node("DequantizeLinear", [t + "__tqs_q", t + "__tqs_s", t + "__tqs_z"], [new]),
+            ]
+        # as in the artifact: the op reads its quantized input (other readers of that tensor keep the float one) and
+        # every reader of its output reads the quantized output (a graph output keeps the float)
+        for n in g.node:
+            if t == group["tensors"][0] and n.output[0] != group["tensors"][1]:
+                continue
+            for j, i in enumerate(n.input):
+                if i == t:
+                    n.input[j] = new
+        g.node.extend(nodes)
+    _toposort(g)
+    return m.SerializeToString()
+
+
+def _residuals(proto: Any, names: list[str], rows: list[dict[str, np.ndarray]]) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+    """Per tensor over the rows: its (min, max), and the rms of its static uint8 quantization residual relative to its rms."""
+    import onnx
+    import onnxruntime as ort
+
+    from ..runtimes.ort_static import _q_params
+
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ins = {i.name for i in s.get_inputs()}
+    vals: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for r in rows:
+        for n, v in zip(names, s.run(names, {k: v for k, v in r.items() if k in ins})):
+            vals[n].append(np.asarray(v, np.float64).ravel())
+    lo_hi, rel = {}, {}
+    for n, vs in vals.items():
+        v = np.concatenate(vs) if vs else np.zeros(1)
+        lo, hi = float(v.min()), float(v.max())
+        sc, z = _q_params(lo, hi)
+        q = (np.clip(np.round(v / float(sc)) + int(z), 0, 255) - int(z)) * float(sc)
+        lo_hi[n] = (lo, hi)
+        size = math.sqrt(float(np.mean(v**2)))
+        rel[n] = math.sqrt(float(np.mean((q - v) ** 2))) / size if size > 0 else 0.0
+    return lo_hi, rel
+
+
+def activation_groups(weight_only: bytes) -> list[dict[str, Any]]:
+    """The kernel ops of a weight-only QDQ model that can run integer activations, with their tensors."""
+    import onnx
+
+    from ..runtimes.ort_static import integer_ops
+
+    keys = dict(integer_ops(weight_only))
+    out = []
+    for n in onnx.load_from_string(weight_only).graph.node:
+        key = str(n.name or n.output[0])
+        if key in keys:
+            out.append({"op": key, "node": n.name, "op_type": n.op_type, "tensors": (n.input[0], n.output[0])})
+    return out
+
+
+def choose_activations(
+    model: Model,
+    spec: RolloutSpec,
+    contexts: Contexts,
+    weight_only: bytes,
+    float_proto: Any,
+    rows: list[dict[str, np.ndarray]],
+    horizon: int,
+    tolerance: float,
+    goal: float | None = None,
+    build: Callable[[dict[str, str]], bytes] | None = None,
+) -> ActivationChoice:
+    """Score every activation group and choose each op's rung (int8, dynamic, float) so that the artifact's rollout
+    stays within ``goal`` (default `GOAL_SHARE` x ``tolerance``; ``math.inf``: every op int8).
+
+    Args:
+        model, spec, contexts: the rollout (`edgetqs.core.inputs.resolve`); the artifact is measured on these contexts.
+        weight_only: the plan's weight-only QDQ graph (`edgetqs.runtimes.ort.qdq_model`).
+        float_proto: the float graph it was made from (same tensor names).
+        rows: the float model's closed-loop inputs (calibration).
+        horizon, tolerance: the check's steps and tolerance (the target's ``[validation]``).
+        build: op -> mode to the artifact's bytes (default: `edgetqs.runtimes.ort_static.static_qdq`).
+
+    Returns:
+        The `ActivationChoice`; its ``modes`` name every group.
+    """
+    from ..core.metrics import divergence, nrmse_by_lead
+    from ..core.rollout import Rollout, float_reference
+    from ..ondevice.runners import OrtRunner
+    from ..runtimes.ort_static import static_qdq
+    from ..sensitivity.sweep import TINY, inverse_spreads
+
+    t0 = time.perf_counter()
+    goal = GOAL_SHARE * tolerance if goal is None else goal
+    groups = activation_groups(weight_only)
+    by_op = {gr["op"]: gr for gr in groups}
+    ref = float_reference(model, spec, contexts, horizon)
+    inv = inverse_spreads(spec, contexts, ref.steps)
+    rollouts = 0
+
+    def rollout(data: bytes) -> Any:
+        # unoptimised: the integer arithmetic exactly, not this host's kernels (`static_qdq`'s ``exact``)
+        nonlocal rollouts
+        rollouts += 1
+        session = OrtRunner(data, threads=0, optimize=False)
+        return Rollout(model, spec, contexts.statics, session=session, forcings=contexts.forcing_arrays).run(contexts.arrays, horizon)
+
+    def worst(res: Any) -> float:
+        lead = np.asarray(nrmse_by_lead(res.steps, ref.steps, contexts.spreads, spec.mode, spec.channel_axis), np.float64)
+        return float(np.nanmax(lead)) if np.isfinite(lead).all() else math.inf
+
+    if build is None:
+
+        def build(modes: dict[str, str]) -> bytes:
+            wide = {op for op, m in modes.items() if m == "float"}
+            if len(wide) == len(modes):
+                return weight_only
+            dyn = {op for op, m in modes.items() if m == "dynamic"}
+            return static_qdq(weight_only, float_proto, rows, keep_float=wide, dynamic=dyn, exact=True)[0]
+
+    names = sorted({t for gr in groups for t in gr["tensors"]})
+    lo_hi, rel = _residuals(float_proto, names, rows) if groups else ({}, {})
+    scores: dict[tuple[str, str], ActivationScore] = {}
+
+    def score(op: str, mode: str) -> ActivationScore:
+        if (op, mode) not in scores:
+            gr = by_op[op]
+            res = rollout(_fake_quant(float_proto, gr, mode, lo_hi))
+            e = divergence(res.steps, ref.steps, inv)  # [T, K]
+            tensors = gr["tensors"] if mode == "int8" else gr["tensors"][:1]
+            # dynamic: the per-call range is at most the calibrated one, so the static residual bounds eps
+            eps = float(np.sqrt(np.mean([rel[t] ** 2 for t in tensors])))
+            ok = np.isfinite(e[-1]).all() and (e[-1] > 0).any() and eps > 0
+            gamma = float(np.mean(np.log(np.maximum(e[-1], TINY) / eps)) / e.shape[0]) if ok else None
+            scores[(op, mode)] = ActivationScore(
+                op=op, op_type=gr["op_type"], mode=mode, tensors=tuple(tensors), eps=eps, gamma=gamma, error=_finite(worst(res))
+            )
+        return scores[(op, mode)]
+
+    def wider(mode: str, op_type: str) -> str:
+        return "dynamic" if mode == "int8" and op_type in ("MatMul", "Gemm") else "float"
+
+    trials: list[ActivationTrial] = []
+    measured: dict[tuple[tuple[str, str], ...], float] = {}
+
+    def measure(modes: dict[str, str]) -> float:
+        key = tuple(sorted(modes.items()))
+        if key not in measured:
+            measured[key] = worst(rollout(build(modes)))
+            trials.append(
+                ActivationTrial(
+                    wider=tuple(f"{op}={m}" for op, m in modes.items() if m != "int8"),
+                    error=_finite(measured[key]),
+                    passed=measured[key] <= goal,
+                )
+            )
+        return measured[key]
+
+    modes = {gr["op"]: "int8" for gr in groups}
+    floor = measure({op: "float" for op in modes}) if groups and math.isfinite(goal) else None
+    if floor is not None and floor > goal:  # the weights alone miss the goal: no activation can run integer within it
+        modes = {op: "float" for op in modes}
+    elif groups and measure(modes) > goal and math.isfinite(goal):
+        for _ in range(2):  # each op at most two rungs: int8 -> dynamic -> float
+            order = [op for op in modes if modes[op] != "float"]
+            order.sort(key=partial(_damage, score, dict(modes)), reverse=True)
+            steps = [(op, wider(modes[op], by_op[op]["op_type"])) for op in order]
+            n = _smallest_prefix(len(steps), partial(_passes, measure, goal, dict(modes), steps))
+            modes = {**modes, **dict(steps[: len(steps) if n is None else n])}
+            if n is not None:
+                break  # else: not enough with every op one rung wider: the next round widens from there
+    final = measure(modes) if groups else 0.0
+    if groups:  # score every group at the rung it was left at too, so the report shows why it is there
+        for op, m in modes.items():
+            score(op, "int8")
+            if m != "int8" and wider("int8", by_op[op]["op_type"]) == "dynamic":
+                score(op, "dynamic")
+    return ActivationChoice(
+        goal=goal,
+        tolerance=tolerance,
+        horizon=horizon,
+        contexts=contexts.k,
+        modes=modes,
+        scores=tuple(scores.values()),
+        trials=tuple(trials),
+        error=_finite(final),
+        weights_alone=None if floor is None else _finite(floor),
+        rollouts=rollouts,
+        seconds=time.perf_counter() - t0,
+    )
