@@ -1,5 +1,6 @@
-"""Which layer's int8 activations cost a static-QDQ ONNX Runtime artifact its rollout accuracy (a diagnostic for
-issue 14; activation-group TQS, which would let the planner keep such layers float, is not built).
+"""Which layer's int8 activations cost a static-QDQ ONNX Runtime artifact its rollout accuracy: a by-hand view of
+what `edgetqs.allocation.activations` measures (convert.json ``facts.activation_choice`` holds the TQS of every
+activation group and the ladder's trials).
 
 For one bundled example: plan for the Raspberry Pi's ONNX Runtime at --ratio of fp32 with int8 weights and
 ``activations="int8"``, build the weight-only graph and the static QDQ graph (`edgetqs.runtimes.ort_static`), and
@@ -49,21 +50,23 @@ def main() -> None:
     ref = float_reference(inp.model, inp.spec, inp.contexts, a.horizon)
 
     def worst(data: bytes) -> float:
-        got = Rollout(inp.model, inp.spec, inp.contexts.statics, session=OrtRunner(data, threads=0)).run(inp.contexts.arrays, a.horizon)
+        # unoptimised: the integer arithmetic exactly (this host's u8 x s8 kernels may saturate; ARM's do not)
+        session = OrtRunner(data, threads=0, optimize=False)
+        got = Rollout(inp.model, inp.spec, inp.contexts.statics, session=session).run(inp.contexts.arrays, a.horizon)
         lead = nrmse_by_lead(got.steps, ref.steps, inp.contexts.spreads, inp.spec.mode, inp.spec.channel_axis)
         return float(np.nanmax(np.asarray(lead, dtype=np.float64)))
 
-    full, facts = static_qdq(weight_only, prep.model.proto, job.rows())
+    full, facts = static_qdq(weight_only, prep.model.proto, job.rows(), exact=True)
     ops = list(facts["quantized_nodes"])
     print(f"{a.example} at {a.ratio:g} of fp32, worst NRMSE over {a.horizon} leads vs float, k={a.k} contexts of the project")
     print("| activations int8 | worst NRMSE |\n|---|---:|")
     print(f"| none (weight-only) | {worst(weight_only):.3f} |")
     print(f"| all {len(ops)} kernel ops | {worst(full):.3f} |")
     for op in ops:
-        only, _ = static_qdq(weight_only, prep.model.proto, job.rows(), keep_float=set(ops) - {op})
+        only, _ = static_qdq(weight_only, prep.model.proto, job.rows(), keep_float=set(ops) - {op}, exact=True)
         print(f"| only {op} | {worst(only):.3f} |")
         if len(ops) > 1:
-            rest, _ = static_qdq(weight_only, prep.model.proto, job.rows(), keep_float={op})
+            rest, _ = static_qdq(weight_only, prep.model.proto, job.rows(), keep_float={op}, exact=True)
             print(f"| all but {op} | {worst(rest):.3f} |", flush=True)
 
 

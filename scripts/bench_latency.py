@@ -2,9 +2,10 @@
 protocol (first call apart, p50/p90 over the rest, peak memory), written as a markdown table.
 
 For each example: score, plan for the Raspberry Pi's ONNX Runtime at --ratio of fp32 with int8 weights
-(weight-only: float activations) and the same plan with ``activations="int8"`` (static QDQ,
-`edgetqs.runtimes.ort_static`), convert both, and run `edgetqs check` on each artifact and on the fp32 model
-on every --device. The result is the ratio to fp32's p50 on the same device in the same run (absolute
+(--rounding rtn or gptq) and convert it three ways: weight-only (float activations); int8 activations on every op
+(static QDQ, `edgetqs.runtimes.ort_static`; ``--activation-goal inf``); and int8 activations where TQS's choice
+allows (`edgetqs.allocation.activations`: static, per-call or float per op, within 0.7 x the tolerance on the
+host contexts). Then run `edgetqs check` on each artifact and on the fp32 model on every --device. The result is the ratio to fp32's p50 on the same device in the same run (absolute
 figures on a shared host or under qemu say little).
 
     PYTHONPATH=. python scripts/bench_latency.py --examples lorenz96 station --device local --out docs/latency.md
@@ -13,6 +14,7 @@ figures on a shared host or under qemu say little).
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import tempfile
 import time
@@ -24,43 +26,68 @@ import numpy as np
 EXAMPLES = ("lorenz96", "station", "blizzard", "patchtst", "seaice")
 
 
-def run_example(name: str, devices: list[str], k: int, horizon: int, ratio: float, work: Path, repeat: int = 1) -> list[dict[str, Any]]:
+KINDS = (
+    # (row label, activations, activation goal): None = the choice's default (0.7 x the target's tolerance)
+    ("weight-only int8", "float", None),
+    ("int8 activations, every op", "int8", math.inf),
+    ("int8 activations, TQS choice", "int8", None),
+)
+
+
+def _kernels(r: Any) -> str:
+    """What onnxruntime runs for the artifact: its integer kernels, and for a TQS choice the rung of every op."""
+    choice = r.facts.get("activation_choice")
+    if "ort_static" in r.facts:
+        ops = r.facts["ort_static"]["optimized_graph_ops"]
+        got = (
+            ", ".join(f"{o} x{n}" for o, n in sorted(ops.items()) if o.startswith(("QLinear", "QGemm", "DynamicQuantize")))
+            or "no integer kernel"
+        )
+    elif r.activations == "float" and choice is None:  # weight-only: MatMulNBits where the size rule chose it
+        chosen = r.facts.get("weight_kernels", {})
+        nb = sum(k.startswith("MatMulNBits") for k in chosen.values())
+        got = f"MatMulNBits x{nb}" if nb else f"none (DequantizeLinear x{len(chosen)})"
+    else:
+        got = "none (every activation float)"
+    if choice is not None and math.isfinite(choice["goal"]):
+        modes = choice["modes"]
+        got += "; choice: " + ", ".join(
+            f"{sum(m == k for m in modes.values())} {k}" for k in ("int8", "dynamic", "float") if k in modes.values()
+        )
+        if choice.get("weights_alone") is not None and choice["weights_alone"] > choice["goal"]:
+            got += f" (weights alone {choice['weights_alone']:.3f} > goal {choice['goal']:.3f})"
+    return got
+
+
+def run_example(
+    name: str, devices: list[str], k: int, horizon: int, ratio: float, work: Path, repeat: int = 1, rounding: str = "rtn"
+) -> list[dict[str, Any]]:
     """One row per (device, artifact kind) of one example; with ``repeat`` > 1 every artifact is checked that many
     times in turn, p50/p90 are the medians of the runs' and the ratio is the median of the per-run ratios."""
     import edgetqs
-    from edgetqs.allocation.plan import PlanOptions, make_plan
-    from edgetqs.allocation.targets import find_target
-    from edgetqs.core.inputs import resolve
     from edgetqs.core.project import load_project
     from edgetqs.examples import example_path
-    from edgetqs.runtimes.convert import convert
-    from edgetqs.sensitivity.scores import ProbeSettings
-    from edgetqs.sensitivity.sweep import run_sweep
 
     project = example_path(name) / "edgetqs.toml"
-    inp = resolve(None, load_project(project), k=k)
-    pi = find_target("raspberrypi")
-    s = run_sweep(inp.model, inp.spec, inp.contexts, ProbeSettings(horizon=min(horizon, 10)))
+    model = project.parent / str(load_project(project).model)
+    s = edgetqs.score(project=project, k=k, horizon=min(horizon, 10))
     arts: dict[str, Path] = {}
-    fp32 = work / name / "fp32" / f"{inp.model.name}.onnx"
+    fp32 = work / name / "fp32" / model.name
     fp32.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(inp.model.path, fp32)
+    shutil.copy(model, fp32)
     arts["fp32"] = fp32
     notes: dict[str, str] = {}
-    for kind, acts in (("weight-only int8", "float"), ("int8 activations", "int8")):
+    plans: dict[str, Any] = {}
+    for kind, acts, goal in KINDS:
         try:
-            plan = make_plan(s, inp.model, pi, PlanOptions(runtime="ort", ratio=ratio, lowest_bits=8, activations=acts))
-            r = convert(inp.model, plan, "ort", work / name / acts, inp.contexts, inp.spec)
-            arts[kind] = work / name / acts / r.artifact
-            if acts == "int8":
-                ops = r.facts["ort_static"]["optimized_graph_ops"]
-                notes[kind] = (
-                    ", ".join(f"{o} x{n}" for o, n in sorted(ops.items()) if o.startswith(("QLinear", "QGemm"))) or "no integer kernel"
+            if acts not in plans:
+                plans[acts] = edgetqs.plan(
+                    s, target="raspberrypi", project=project, ratio=ratio, runtime="ort", lowest=8, activations=acts, rounding=rounding, k=k
                 )
-            else:  # weight-only: MatMulNBits where the target's size rule chose it, else DequantizeLinear + the float op
-                chosen = r.facts.get("weight_kernels", {})
-                nb = sum(k.startswith("MatMulNBits") for k in chosen.values())
-                notes[kind] = f"MatMulNBits x{nb}" if nb else f"none (DequantizeLinear x{len(chosen)})"
+            out = work / name / kind.replace(" ", "-").replace(",", "")
+            r = edgetqs.convert(None, plans[acts], "ort", out, project=project, k=k, activation_goal=goal)
+            arts[kind] = out / r.artifact
+            notes[kind] = _kernels(r)
         except Exception as exc:  # a benchmark row says why it is missing
             notes[kind] = f"not converted: {exc}"
     rows = []
@@ -120,12 +147,13 @@ def main() -> None:
     ap.add_argument("--horizon", type=int, default=20)
     ap.add_argument("--ratio", type=float, default=0.3, help="weight budget as a fraction of fp32 (int8 weights: ~0.25)")
     ap.add_argument("--repeat", type=int, default=1, help="check every artifact this many times, in turn (median ratio, range)")
+    ap.add_argument("--rounding", default="rtn", help="the plans' rounding: rtn or gptq (calibrated on the project's contexts)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgetqs-bench-latency-") as tmp:
         for name in a.examples:
-            got = run_example(name, a.device, a.k, a.horizon, a.ratio, Path(tmp), a.repeat)
+            got = run_example(name, a.device, a.k, a.horizon, a.ratio, Path(tmp), a.repeat, a.rounding)
             rows.extend(got)
             print(table(got), flush=True)
     text = table(rows)

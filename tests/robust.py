@@ -982,6 +982,10 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("convert", "horizon"): Spec(HORIZON),
     ("convert", "overwrite"): Spec(Flag()),
     ("convert", "activations"): Spec(Choice(("auto",))),
+    # a normalised RMSE above 0; inf (every activation int8) is allowed
+    ("convert", "activation_goal"): Spec(
+        Predicate(lambda t: (v := _float(t)) is not None and not math.isnan(v) and v > 0, ("0", "-1", "nan", "-inf", "x", "", "-0.0"))
+    ),
     ("convert", "fill"): Spec(FILL),
     ("convert", "project"): Spec(PROJECT),
     # check
