@@ -417,6 +417,21 @@ def canonical_pricing(runtime: str, storage: Any, model: Model, activations: str
     return p
 
 
+ACTIVATION_QUANT_OPS = ("QuantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul")
+
+
+def fold_weights(artifact: Path | bytes) -> bool:
+    """Whether the device should dequantize the weights once at load (`edgetqs.ondevice.runners.FOLD_WEIGHTS`): a
+    weight-only file (DequantizeLinear on initializers, no activation quantization). With integer activations the
+    fold would also switch off the QDQ fusions that run them."""
+    from . import readback
+
+    g = readback.view_onnx(artifact) if isinstance(artifact, bytes) else readback.view(artifact)
+    if any(n.op in ACTIVATION_QUANT_OPS for n in g.nodes):
+        return False
+    return any(n.op == "DequantizeLinear" and n.inputs and n.inputs[0] in g.inits for n in g.nodes)
+
+
 def validate_onnx(artifact: Path, ort_format: bool) -> None:
     from ..ondevice.runners import OrtRunner
 
@@ -496,7 +511,14 @@ class OrtRuntime(RuntimeInfo):
         artifact = job.work / job.file_name
         artifact.write_bytes(data)
         checks, weight_bytes = read_back(artifact, prep.model, job.plan, nbits, ints, int32_biases=int32, transposed=transposed)
-        session = exact_session if exact_session is not None else OrtRunner(data, threads=0)
+        fold = exact_session is None and fold_weights(artifact)
+        if fold:
+            facts["fold_weights"] = True
+            notes.append(
+                "load it with the session option session.disable_quant_qdq=1 (the check does): onnxruntime then dequantizes the "
+                "int8/int4 weights once at load instead of on every call (fp32 speed, the small file; float weights in RAM)"
+            )
+        session = exact_session if exact_session is not None else OrtRunner(data, threads=0, fold_weights=fold)
         return Converted(artifact, checks, weight_bytes, session, notes=notes, facts=facts)
 
     def pricing(self, model: Model, activations: str, exact: bool = False, auto: bool = False) -> Any:
@@ -511,7 +533,7 @@ class OrtRuntime(RuntimeInfo):
         validate_onnx(artifact, ort_format=False)
 
     def job(self, artifact: Path, io: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
-        return {"runner": self.runner}
+        return {"runner": self.runner, "fold_weights": fold_weights(artifact)}
 
 
 RUNTIME = OrtRuntime(

@@ -170,3 +170,43 @@ def test_static_int8_keep_float_leaves_the_named_op_float(tmp_path: Path) -> Non
     # the slow kernel on a Cortex-A72 (docs/notes/issue-14-speed.md)
     assert ops.get("QLinearMatMul", 0) == 2 and sum(ops.get(k, 0) for k in ("Gemm", "FusedGemm")) == 1 and "MatMulNBits" not in ops
     assert first in facts["float_nodes"] and first not in facts["gemm_as_matmul"]
+
+
+def test_weight_only_files_are_dequantized_once_at_load(tmp_path: Path) -> None:
+    """A weight-only artifact says `fold_weights` (convert.json, the device job): loaded with session.disable_quant_qdq=1,
+    onnxruntime folds every weight's DequantizeLinear into a float initializer (none is left in the graph it runs), with
+    the same outputs; an artifact with integer activations does not fold (it would lose its QLinear kernels)."""
+    import onnxruntime as ort
+
+    from edgetqs.ondevice.runners import FOLD_WEIGHTS, RUNNERS
+    from edgetqs.runtimes import RUNTIMES
+    from edgetqs.runtimes.ort import fold_weights
+
+    c = chain.scored(models.deep_mlp(tmp_path / "m.onnx", hidden=32, layers=3), k=3, rows=40)
+    plan = make_plan(c.scores, c.model, PI, PlanOptions(ratio=1.0, pins=(parse_pin("re:weight$=int8-channel"),)))
+    r = convert(c.model, plan, "ort", tmp_path / "wo", c.contexts, c.spec)
+    path = tmp_path / "wo" / r.artifact
+    assert r.facts["fold_weights"] is True and fold_weights(path) and any("disable_quant_qdq" in n for n in r.notes)
+    job = RUNTIMES.get("ort").job(path, {}, r.facts)
+    assert job["fold_weights"] is True
+
+    def optimised(fold: bool) -> dict[str, int]:
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / f"opt{int(fold)}.onnx")
+        if fold:
+            opts.add_session_config_entry(*FOLD_WEIGHTS)
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        ops: dict[str, int] = {}
+        for n in onnx.load(str(tmp_path / f"opt{int(fold)}.onnx")).graph.node:
+            ops[n.op_type] = ops.get(n.op_type, 0) + 1
+        return ops
+
+    assert optimised(False).get("DequantizeLinear", 0) == 3 and "DequantizeLinear" not in optimised(True)
+    x = np.random.default_rng(1).standard_normal((1, 8)).astype(np.float32)
+    folded = RUNNERS["onnxruntime"](job, str(path), 1).run(["y"], {"x": x})[0]
+    plain = OrtRunner(str(path), threads=1).run(["y"], {"x": x})[0]
+    assert np.allclose(folded, plain, atol=1e-5)
+    p8 = make_plan(c.scores, c.model, PI, PlanOptions(ratio=1.0, pins=(parse_pin("re:weight$=int8-channel"),), activations="int8"))
+    r8 = convert(c.model, p8, "ort", tmp_path / "i8", c.contexts, c.spec, activation_goal=math.inf)
+    assert "fold_weights" not in r8.facts and not fold_weights(tmp_path / "i8" / r8.artifact)
+    assert RUNTIMES.get("ort").job(tmp_path / "i8" / r8.artifact, {}, r8.facts)["fold_weights"] is False
