@@ -121,6 +121,11 @@ def stored_precision(g: GraphView, name: str, nbits_weight: dict[str, str] | Non
     if node is not None and node.op == "Cast" and node.inputs[0] in g.inits:
         i = g.inits[node.inputs[0]]
         return ("fp16" if i.dtype == "float16" else f"cast-from-{i.dtype}"), i.nbytes
+    folded = _cast_times_scale(g, node)
+    if folded is not None:  # Cast(int8) * scale: folded into a float weight at load (`ort_static._fold_at_load`)
+        qi, si = folded
+        one = len(si.dims) == 0 or int(np.prod(si.dims)) == 1
+        return f"int8-{'tensor' if one else 'channel'}", qi.nbytes + si.nbytes
     if node is not None and node.op == "DequantizeLinear" and node.inputs[0] in g.inits:
         q, s = g.inits[node.inputs[0]], g.inits.get(node.inputs[1])
         bits = {"int8": 8, "int4": 4}.get(q.dtype)
@@ -185,11 +190,28 @@ def _unpack4(raw: bytes, n: int, signed: bool) -> np.ndarray:
     return np.where(v > 7, v - 16, v) if signed else v
 
 
+def _cast_times_scale(g: GraphView, node: Node | None) -> tuple[Init, Init] | None:
+    """(int8 initializer, scale initializer) when ``node`` is Mul(Cast(int8 initializer), scale initializer)."""
+    if node is None or node.op != "Mul" or len(node.inputs) != 2 or node.inputs[1] not in g.inits:
+        return None
+    cast = g.producer(node.inputs[0])
+    if cast is None or cast.op != "Cast" or not cast.inputs or cast.inputs[0] not in g.inits:
+        return None
+    q = g.inits[cast.inputs[0]]
+    return (q, g.inits[node.inputs[1]]) if q.dtype == "int8" else None
+
+
 def stored_integers(g: GraphView, name: str, nbits_weight: dict[str, str] | None = None) -> np.ndarray | None:
     """The integers stored for one planned tensor, in the order the file keeps them: a DequantizeLinear's
     input in the tensor's own shape, or a MatMulNBits weight (4 or 8 bits) as [N, K] (unsigned values minus its
     default zero point 2^(bits-1)). None when the tensor is not stored as integers."""
     node = g.producer(name)
+    folded = _cast_times_scale(g, node)
+    if folded is not None:
+        q = folded[0]
+        if q.raw is None:
+            return None
+        return np.frombuffer(q.raw, np.int8)[: int(np.prod(q.dims)) if q.dims else 1].astype(np.int16).reshape(q.dims)
     if node is not None and node.op == "DequantizeLinear" and node.inputs[0] in g.inits:
         q = g.inits[node.inputs[0]]
         if q.raw is None:

@@ -170,6 +170,14 @@ def test_static_int8_keep_float_leaves_the_named_op_float(tmp_path: Path) -> Non
     # the slow kernel on a Cortex-A72 (docs/notes/issue-14-speed.md)
     assert ops.get("QLinearMatMul", 0) == 2 and sum(ops.get(k, 0) for k in ("Gemm", "FusedGemm")) == 1 and "MatMulNBits" not in ops
     assert first in facts["float_nodes"] and first not in facts["gemm_as_matmul"]
+    # its weight is Cast(int8) * scale, folded into a float weight when the session loads (no DequantizeLinear per
+    # call), and reads back as the plan's integers
+    assert "Cast" not in ops and ops.get("Mul", 0) == sum(n.op_type == "Mul" for n in m.proto.graph.node)
+    g = readback.view_onnx(out)
+    w = next(n.input[1] for n in m.proto.graph.node if (n.name or n.output[0]) == first)
+    assert readback.stored_precision(g, w)[0] == "int8-channel"
+    want = quantize_int(m.weight_array(w), parse_precision("int8-channel"), m.layout(w)).q
+    assert np.array_equal(readback.stored_integers(g, w), want)
 
 
 def test_weight_only_files_are_dequantized_once_at_load(tmp_path: Path) -> None:
