@@ -366,16 +366,16 @@ def convert(
     from .runtimes.convert import convert as run
 
     rt = RUNTIMES.get(fmt)
-    if activations not in ("auto", "float", "int16", "int8"):
-        raise BadInputError(f"activations '{activations}'; expected auto, float, int16 or int8")
+    if activations not in ("auto", "float", "int16", "int8", "dynamic"):
+        raise BadInputError(f"activations '{activations}'; expected auto, float, int16, int8 or dynamic")
     if activations != "auto" and not rt.full_integer and not rt.integer_activations:
         raise BadInputError(
-            f"--activations {activations}: {fmt} keeps float activations; ort and the full-integer formats (tflm) take an activation width"
+            f"--activations {activations}: {fmt} keeps float activations; ort, tflite and the full-integer formats (tflm) take an activation width"
         )
     if activation_goal is not None and (math.isnan(activation_goal) or activation_goal <= 0):
         raise BadInputError(f"--activation-goal {activation_goal}; expected a normalised RMSE above 0 (inf: every activation int8)")
-    if activation_goal is not None and fmt != "ort":
-        raise BadInputError(f"--activation-goal: {fmt} does not choose activations per op; only ort with int8 activations does")
+    if activation_goal is not None and fmt not in ("ort", "tflite"):
+        raise BadInputError(f"--activation-goal: {fmt} does not choose activations per op; only ort (int8) and tflite (dynamic) do")
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
     _check_horizon(horizon)
     inp = inputs(

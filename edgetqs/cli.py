@@ -248,6 +248,13 @@ def plan(
     objective: Annotated[str, typer.Option(help="gain (predicted trajectory error) or paper (sum gamma * 2^-bits).")] = "gain",
     allocator: Annotated[str, typer.Option(help="exact (MILP, HiGHS) or greedy.")] = "exact",
     rounding: Annotated[str, typer.Option(help="rtn (round to nearest) or gptq (layer-wise error compensation).")] = "rtn",
+    activations: Annotated[
+        str,
+        typer.Option(
+            help="float | int8 | int16 | dynamic | auto: the activations the artifact runs (the target's [activations] offers them "
+            "per runtime; auto: its first). int8 (ort) and dynamic (tflite) run integer where TQS finds the rollout allows it."
+        ),
+    ] = "auto",
     keep_fp32: Annotated[float, typer.Option(help="Share of parameters kept in fp32, most sensitive groups first.")] = 0.0,
     lowest: Annotated[str | None, typer.Option(help="Lowest allowed tier, e.g. int4 or int8 (bits below are not used).")] = None,
     pin: Annotated[list[str] | None, typer.Option(help="NAME=PRECISION or re:REGEX=PRECISION (repeatable); exact beats regex.")] = None,
@@ -314,6 +321,7 @@ def plan(
             allocator=allocator,
             keep_fp32_share=keep_fp32,
             rounding=rounding,
+            activations=activations,
             fill=fill,
             log=note,
         )
@@ -353,13 +361,13 @@ def convert(
     horizon: Annotated[int | None, typer.Option("--horizon", "-T", help="Steps of the host check (default: the plan's).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an artifact of the same name.")] = False,
     activations: Annotated[
-        str, typer.Option(help="float | int8 | int16 | auto (the plan's, else the target's [activations] for the runtime).")
+        str, typer.Option(help="float | int8 | int16 | dynamic | auto (the plan's, else the target's [activations] for the runtime).")
     ] = "auto",
     activation_goal: Annotated[
         float | None,
         typer.Option(
-            help="ort with int8 activations: the worst normalised RMSE the choice of integer activations aims at on the host "
-            "contexts (default: 0.7 x the target's check tolerance); inf keeps every activation int8."
+            help="ort with int8 / tflite with dynamic activations: the worst normalised RMSE the choice of integer activations "
+            "aims at on the host contexts (default: 0.7 x the target's check tolerance); inf keeps every op integer."
         ),
     ] = None,
     fill: Fill = None,
@@ -458,6 +466,13 @@ def build(
     budget: Annotated[str | None, typer.Option(help="Weight budget, e.g. 600KB (default: the target's).")] = None,
     ratio: Annotated[float | None, typer.Option(help="Weight budget as a fraction of the fp32 size, e.g. 0.25.")] = None,
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="Artifact format (default: the target's first runtime).")] = None,
+    activations: Annotated[
+        str,
+        typer.Option(
+            help="float | int8 | int16 | dynamic | auto: the activations the artifact runs (the target's [activations] offers them "
+            "per runtime; auto: its first). int8 (ort) and dynamic (tflite) run integer where TQS finds the rollout allows it."
+        ),
+    ] = "auto",
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the bundle <model>-<target>/.")] = Path("dist"),
     force: Annotated[bool, typer.Option(help="Rescore even when cached scores exist.")] = False,
     refine: Annotated[
@@ -499,6 +514,7 @@ def build(
                 budget=budget,
                 ratio=ratio,
                 fmt=fmt,
+                activations=activations,
                 output=output,
                 project=project,
                 force=force,

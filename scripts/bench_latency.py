@@ -27,10 +27,19 @@ EXAMPLES = ("lorenz96", "station", "blizzard", "patchtst", "seaice")
 
 
 KINDS = (
-    # (row label, activations, activation goal): None = the choice's default (0.7 x the target's tolerance)
-    ("weight-only int8", "float", None),
-    ("int8 activations, every op", "int8", math.inf),
-    ("int8 activations, TQS choice", "int8", None),
+    # (row label, activations, activation goal, ratio): goal None = the choice's default (0.7 x the target's
+    # tolerance); ratio None = --ratio. The fp32 artifact is the canonical graph every artifact is written from
+    # (shape arithmetic folded): it separates what canonicalisation saves from what the integer kernels save.
+    ("fp32 artifact", "float", None, 1.0),
+    ("weight-only int8", "float", None, None),
+    ("int8 activations, every op", "int8", math.inf, None),
+    ("int8 activations, TQS choice", "int8", None, None),
+)
+TFLITE_KINDS = (  # --runtime tflite: LiteRT (XNNPACK); the fp32 row stays the ONNX model on onnxruntime
+    ("fp32 artifact", "float", None, 1.0),
+    ("weight-only int8", "float", None, None),
+    ("dynamic range, every op", "dynamic", math.inf, None),
+    ("dynamic range, TQS choice", "dynamic", None, None),
 )
 
 
@@ -43,10 +52,13 @@ def _kernels(r: Any) -> str:
             ", ".join(f"{o} x{n}" for o, n in sorted(ops.items()) if o.startswith(("QLinear", "QGemm", "DynamicQuantize")))
             or "no integer kernel"
         )
+    elif r.format == "tflite":
+        dyn = r.facts.get("dynamic_weights", [])
+        got = f"dynamic range x{len(dyn)}" if dyn else "weight-only (float kernels)"
     elif r.activations == "float" and choice is None:  # weight-only: MatMulNBits where the size rule chose it
         chosen = r.facts.get("weight_kernels", {})
         nb = sum(k.startswith("MatMulNBits") for k in chosen.values())
-        got = f"MatMulNBits x{nb}" if nb else f"none (DequantizeLinear x{len(chosen)})"
+        got = f"MatMulNBits x{nb}" if nb else (f"none (DequantizeLinear x{len(chosen)})" if chosen else "fp32 weights")
     else:
         got = "none (every activation float)"
     if choice is not None and math.isfinite(choice["goal"]):
@@ -60,7 +72,16 @@ def _kernels(r: Any) -> str:
 
 
 def run_example(
-    name: str, devices: list[str], k: int, horizon: int, ratio: float, work: Path, repeat: int = 1, rounding: str = "rtn"
+    name: str,
+    devices: list[str],
+    k: int,
+    horizon: int,
+    ratio: float,
+    work: Path,
+    repeat: int = 1,
+    rounding: str = "rtn",
+    calls: int = 0,
+    runtime: str = "ort",
 ) -> list[dict[str, Any]]:
     """One row per (device, artifact kind) of one example; with ``repeat`` > 1 every artifact is checked that many
     times in turn, p50/p90 are the medians of the runs' and the ratio is the median of the per-run ratios."""
@@ -78,25 +99,35 @@ def run_example(
     arts["fp32"] = fp32
     notes: dict[str, str] = {}
     plans: dict[str, Any] = {}
-    for kind, acts, goal in KINDS:
+    for kind, acts, goal, kind_ratio in KINDS if runtime == "ort" else TFLITE_KINDS:
         try:
-            if acts not in plans:
-                plans[acts] = edgetqs.plan(
-                    s, target="raspberrypi", project=project, ratio=ratio, runtime="ort", lowest=8, activations=acts, rounding=rounding, k=k
+            key = (acts, kind_ratio or ratio)
+            if key not in plans:
+                plans[key] = edgetqs.plan(
+                    s,
+                    target="raspberrypi",
+                    project=project,
+                    ratio=kind_ratio or ratio,
+                    runtime=runtime,
+                    lowest=8,
+                    activations=acts,
+                    rounding=rounding if kind_ratio is None else "rtn",
+                    k=k if kind_ratio is None and rounding != "rtn" else None,
                 )
             out = work / name / kind.replace(" ", "-").replace(",", "")
-            r = edgetqs.convert(None, plans[acts], "ort", out, project=project, k=k, activation_goal=goal)
+            r = edgetqs.convert(None, plans[key], runtime, out, project=project, k=k, activation_goal=goal)
             arts[kind] = out / r.artifact
             notes[kind] = _kernels(r)
         except Exception as exc:  # a benchmark row says why it is missing
             notes[kind] = f"not converted: {exc}"
     rows = []
-    for dev in devices:
+    for dev in devices if repeat else []:  # --repeat 0: the model call alone (--calls)
         runs: dict[str, list[Any]] = {kind: [] for kind in arts}
         for _ in range(repeat):  # the artifacts take turns: drift of a shared host spreads over all of them
             for kind, path in arts.items():
                 t0 = time.perf_counter()
-                c = edgetqs.check(path, device=dev, project=project, k=k, horizon=horizon, target="raspberrypi", fmt="ort", write=False)
+                fmt = "ort" if path.suffix == ".onnx" else runtime
+                c = edgetqs.check(path, device=dev, project=project, k=k, horizon=horizon, target="raspberrypi", fmt=fmt, write=False)
                 runs[kind].append((c, time.perf_counter() - t0))
         for kind, path in arts.items():
             c = runs[kind][-1][0]
@@ -118,7 +149,50 @@ def run_example(
                     "bytes": path.stat().st_size,
                 }
             )
+    if calls:
+        rows.append({"calls": call_timing(name, arts, devices, calls, work)})
     return rows
+
+
+def call_timing(name: str, arts: dict[str, Path], devices: list[str], calls: int, work: Path) -> str:
+    """The model call alone, without the check's driver: every artifact in one process per device, kinds interleaved
+    round by round (`scripts/bench_ort_kernels.py time`), weight-only files loaded as the check loads them (weights
+    dequantized once) and also as a plain session would (DequantizeLinear on every call)."""
+    import json
+    import subprocess
+    import sys
+
+    from edgetqs.core.model import load_model
+    from edgetqs.validation.devices import GUEST_PYTHON, find_device
+
+    folder = work / name / "calls"
+    folder.mkdir(parents=True, exist_ok=True)
+    m = load_model(arts["fp32"])
+    shapes = {i.name: [d if isinstance(d, int) else 1 for d in i.shape] for i in m.inputs}
+    index = []
+    for kind, path in arts.items():
+        file = f"{kind.replace(' ', '-').replace(',', '')}{'.tflite' if path.suffix == '.tflite' else '.onnx'}"
+        shutil.copy(path, folder / file)
+        entry = {"group": name, "kind": kind, "file": file, "inputs": shapes}
+        if kind == "weight-only int8" and path.suffix != ".tflite":
+            index.append({**entry, "kind": "weight-only int8, DequantizeLinear per call"})
+            entry["fold"] = True
+        index.append(entry)
+    (folder / "index.json").write_text(json.dumps(index))
+    script = Path(__file__).with_name("bench_ort_kernels.py")
+    out = []
+    for dev in devices:
+        if dev == "local":
+            cmd = [sys.executable, str(script), "time", str(folder), "--calls", str(calls)]
+        else:
+            d = find_device(dev)
+            root = d.sysroot_path()  # type: ignore[attr-defined]
+            cmd = ["qemu-aarch64-static", "-cpu", d.cpu, "-L", str(root), str(root / GUEST_PYTHON), str(script), "time", str(folder)]  # type: ignore[attr-defined]
+            cmd += ["--calls", str(calls)]
+        got = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        lines = [ln for ln in got.stdout.splitlines() if ln.startswith("|") or ln.startswith("onnxruntime")]
+        out.append(f"{name} on {dev}: " + ("\n".join(lines) if got.returncode == 0 else f"failed: {got.stderr.strip()[-300:]}"))
+    return "\n\n".join(out)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -127,7 +201,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| example | device | artifact | file bytes | p50 ms | p90 ms | p50 / fp32 (range) | peak RSS MiB | check (worst NRMSE) | integer kernels |",
         "|---|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
+    calls = [r["calls"] for r in rows if "calls" in r]
     for r in rows:
+        if "calls" in r:
+            continue
         lo, hi = r["ratio_range"]
         span = f" ({lo:.2f}-{hi:.2f})" if hi > lo else ""
         rss = f"{r['rss'] / 2**20:.0f}" if r["rss"] else "?"
@@ -136,7 +213,10 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['example']} | {r['device']} | {r['kind']} | {r['bytes']:,} | {r['p50']:.4f} | {r['p90']:.4f} | "
             f"{r['ratio']:.2f}{span} | {rss} | {r['verdict']} ({err}) | {r['note']} |"
         )
-    return "\n".join(out)
+    text = "\n".join(out)
+    if calls:
+        text += "\n\nThe model call alone (interleaved rounds, one process per device):\n\n" + "\n\n".join(calls)
+    return text
 
 
 def main() -> None:
@@ -148,12 +228,14 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.3, help="weight budget as a fraction of fp32 (int8 weights: ~0.25)")
     ap.add_argument("--repeat", type=int, default=1, help="check every artifact this many times, in turn (median ratio, range)")
     ap.add_argument("--rounding", default="rtn", help="the plans' rounding: rtn or gptq (calibrated on the project's contexts)")
+    ap.add_argument("--calls", type=int, default=0, help="also time the model call alone, this many calls per artifact and device")
+    ap.add_argument("--runtime", default="ort", choices=("ort", "tflite"), help="ort (onnxruntime) or tflite (LiteRT, XNNPACK)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgetqs-bench-latency-") as tmp:
         for name in a.examples:
-            got = run_example(name, a.device, a.k, a.horizon, a.ratio, Path(tmp), a.repeat, a.rounding)
+            got = run_example(name, a.device, a.k, a.horizon, a.ratio, Path(tmp), a.repeat, a.rounding, a.calls, a.runtime)
             rows.extend(got)
             print(table(got), flush=True)
     text = table(rows)

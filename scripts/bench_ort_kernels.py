@@ -137,6 +137,27 @@ def _build(out: Path, widths: list[int], layers: int) -> None:
     (out / "index.json").write_text(json.dumps(index, indent=1))
 
 
+class _Lite:
+    """A LiteRT interpreter (the default resolver: XNNPACK) with onnxruntime's ``run(None, feeds)``; feeds in the
+    model's input order (a TFLite file from onnx2tf renames inputs; a window [1, L, F] keeps its layout)."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:  # a device with only the old runtime
+            from tflite_runtime.interpreter import Interpreter  # type: ignore[no-redef]
+        self.it = Interpreter(model_path=str(path), num_threads=threads)
+        self.it.allocate_tensors()
+        self.ins = self.it.get_input_details()
+        self.out = self.it.get_output_details()[0]["index"]
+
+    def run(self, _names: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        for d, x in zip(self.ins, feeds.values()):
+            self.it.set_tensor(d["index"], x.reshape(d["shape"]).astype(np.float32))
+        self.it.invoke()
+        return [self.it.get_tensor(self.out)]
+
+
 def _time(folder: Path, calls: int, threads: int, rounds: int = 5) -> None:
     """p50 per kernel kind, the kinds of one width interleaved round by round (a shared host or an emulator drifts:
     interleaving spreads the drift over every kind instead of biasing the ones timed last)."""
@@ -146,26 +167,36 @@ def _time(folder: Path, calls: int, threads: int, rounds: int = 5) -> None:
     print(f"onnxruntime {ort.__version__}, {calls} calls in {rounds} interleaved rounds, intra_op_threads {threads}", flush=True)
     print("| width | kernel | p50 us | p50 / fp32 | max abs diff vs fp32 |")
     print("|---:|---|---:|---:|---:|")
-    for width in sorted({r["width"] for r in index}):
-        rows, sessions, failed = [r for r in index if r["width"] == width], {}, {}
+    # an index row: width (or group: a label), kind, file; optional inputs {name: shape} (default x [1, width]) and
+    # fold (load with session.disable_quant_qdq=1: weights dequantized once, as the check loads weight-only files)
+    groups = list(dict.fromkeys(r.get("group", r.get("width")) for r in index))
+    for width in groups:
+        rows, sessions, failed = [r for r in index if r.get("group", r.get("width")) == width], {}, {}
         for row in rows:
-            o = ort.SessionOptions()
-            o.intra_op_num_threads = threads
-            o.log_severity_level = 3
             try:
+                if row["file"].endswith(".tflite"):
+                    sessions[row["kind"]] = _Lite(folder / row["file"], threads)
+                    continue
+                o = ort.SessionOptions()
+                o.intra_op_num_threads = threads
+                o.log_severity_level = 3
+                if row.get("fold"):
+                    o.add_session_config_entry("session.disable_quant_qdq", "1")
                 sessions[row["kind"]] = ort.InferenceSession(str(folder / row["file"]), o, providers=["CPUExecutionProvider"])
             except Exception as exc:  # a kernel this build lacks is a row, not a crash
                 failed[row["kind"]] = str(exc).splitlines()[0][:80]
-        x = np.random.default_rng(0).standard_normal((1, width)).astype(np.float32)
-        ys = {k: s.run(None, {"x": x})[0] for k, s in sessions.items()}
+        shapes = rows[0].get("inputs") or {"x": [1, width]}
+        rng = np.random.default_rng(0)
+        feeds = {n: rng.standard_normal(shape).astype(np.float32) for n, shape in shapes.items()}
+        ys = {k: np.asarray(s.run(None, feeds)[0]).reshape(-1) for k, s in sessions.items()}
         ts: dict[str, list[float]] = {k: [] for k in sessions}
         for _ in range(rounds):
             for k, s in sessions.items():
                 for _ in range(5):
-                    s.run(None, {"x": x})
+                    s.run(None, feeds)
                 for _ in range(max(1, calls // rounds)):
                     t0 = time.perf_counter()
-                    s.run(None, {"x": x})
+                    s.run(None, feeds)
                     ts[k].append(time.perf_counter() - t0)
         base = float(np.median(ts["fp32"])) if "fp32" in ts else float("nan")
         for row in rows:
@@ -174,7 +205,7 @@ def _time(folder: Path, calls: int, threads: int, rounds: int = 5) -> None:
                 print(f"| {width} | {k} | - | - | not loaded: {failed[k]} |", flush=True)
                 continue
             p50 = float(np.median(ts[k]))
-            diff = float(np.abs(ys[k] - ys["fp32"]).max()) if "fp32" in ys else float("nan")
+            diff = float(np.abs(ys[k] - ys["fp32"]).max()) if "fp32" in ys and ys[k].shape == ys["fp32"].shape else float("nan")
             print(f"| {width} | {k} | {p50 * 1e6:.1f} | {p50 / base:.2f} | {diff:.4f} |", flush=True)
 
 

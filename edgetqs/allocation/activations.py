@@ -57,7 +57,8 @@ class ActivationScore(Frozen):
 
 
 class ActivationTrial(Frozen):
-    """One artifact measured in context: the ops wider than int8 (``op=mode``) and its worst normalised RMSE."""
+    """One artifact measured in context: the ops wider than their narrowest rung (``op=mode``) and its worst
+    normalised RMSE."""
 
     wider: tuple[str, ...]
     error: float | None  # None: the rollout did not stay finite
@@ -224,6 +225,17 @@ def activation_groups(weight_only: bytes) -> list[dict[str, Any]]:
     return out
 
 
+def kernel_groups(float_proto: Any, weights: set[str]) -> list[dict[str, Any]]:
+    """The Conv/Gemm/MatMul ops of a float graph whose weight input is one of ``weights`` (the plan's int8 weights),
+    with their tensors: activation groups for a route that quantizes activations per op (TFLite dynamic range)."""
+    out = []
+    for n in float_proto.graph.node:
+        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in weights:
+            key = str(n.name or n.output[0])
+            out.append({"op": key, "node": n.name, "op_type": n.op_type, "tensors": (n.input[0], n.output[0]), "weight": n.input[1]})
+    return out
+
+
 def choose_activations(
     model: Model,
     spec: RolloutSpec,
@@ -235,17 +247,27 @@ def choose_activations(
     tolerance: float,
     goal: float | None = None,
     build: Callable[[dict[str, str]], bytes] | None = None,
+    *,
+    groups: list[dict[str, Any]] | None = None,
+    session: Callable[[bytes], Any] | None = None,
+    rungs: tuple[str, ...] = MODES,
+    dynamic_ops: tuple[str, ...] = ("MatMul", "Gemm"),
 ) -> ActivationChoice:
-    """Score every activation group and choose each op's rung (int8, dynamic, float) so that the artifact's rollout
-    stays within ``goal`` (default `GOAL_SHARE` x ``tolerance``; ``math.inf``: every op int8).
+    """Score every activation group and choose each op's rung so that the artifact's rollout stays within ``goal``
+    (default `GOAL_SHARE` x ``tolerance``; ``math.inf``: every op at the narrowest rung).
 
     Args:
         model, spec, contexts: the rollout (`edgetqs.core.inputs.resolve`); the artifact is measured on these contexts.
-        weight_only: the plan's weight-only QDQ graph (`edgetqs.runtimes.ort.qdq_model`).
-        float_proto: the float graph it was made from (same tensor names).
+        weight_only: the plan's weight-only QDQ graph (`edgetqs.runtimes.ort.qdq_model`; ORT's groups and artifacts
+            are made from it).
+        float_proto: the float graph it was made from (same tensor names): what the scores perturb.
         rows: the float model's closed-loop inputs (calibration).
         horizon, tolerance: the check's steps and tolerance (the target's ``[validation]``).
-        build: op -> mode to the artifact's bytes (default: `edgetqs.runtimes.ort_static.static_qdq`).
+        build: op -> mode to the artifact's bytes (default: `edgetqs.runtimes.ort_static.static_qdq`, exact form).
+        groups: the activation groups (default: `activation_groups` of ``weight_only``).
+        session: artifact bytes -> a host session (default: onnxruntime unoptimised, the exact integer arithmetic).
+        rungs: the modes each op can take, narrowest first (TFLite dynamic range: ``("dynamic", "float")``).
+        dynamic_ops: op types that have a ``dynamic`` rung.
 
     Returns:
         The `ActivationChoice`; its ``modes`` name every group.
@@ -258,18 +280,18 @@ def choose_activations(
 
     t0 = time.perf_counter()
     goal = GOAL_SHARE * tolerance if goal is None else goal
-    groups = activation_groups(weight_only)
+    groups = activation_groups(weight_only) if groups is None else groups
     by_op = {gr["op"]: gr for gr in groups}
     ref = float_reference(model, spec, contexts, horizon)
     inv = inverse_spreads(spec, contexts, ref.steps)
     rollouts = 0
 
-    def rollout(data: bytes) -> Any:
-        # unoptimised: the integer arithmetic exactly, not this host's kernels (`static_qdq`'s ``exact``)
+    def rollout(data: bytes, make: Callable[[bytes], Any] | None = None) -> Any:
+        # unoptimised onnxruntime: the integer arithmetic exactly, not this host's kernels (`static_qdq`'s ``exact``)
         nonlocal rollouts
         rollouts += 1
-        session = OrtRunner(data, threads=0, optimize=False)
-        return Rollout(model, spec, contexts.statics, session=session, forcings=contexts.forcing_arrays).run(contexts.arrays, horizon)
+        sess = (make or (lambda d: OrtRunner(d, threads=0, optimize=False)))(data)
+        return Rollout(model, spec, contexts.statics, session=sess, forcings=contexts.forcing_arrays).run(contexts.arrays, horizon)
 
     def worst(res: Any) -> float:
         lead = np.asarray(nrmse_by_lead(res.steps, ref.steps, contexts.spreads, spec.mode, spec.channel_axis), np.float64)
@@ -303,8 +325,12 @@ def choose_activations(
             )
         return scores[(op, mode)]
 
+    def allowed(op_type: str) -> list[str]:
+        return [m for m in rungs if m != "dynamic" or op_type in dynamic_ops]
+
     def wider(mode: str, op_type: str) -> str:
-        return "dynamic" if mode == "int8" and op_type in ("MatMul", "Gemm") else "float"
+        ladder = allowed(op_type)
+        return ladder[min(ladder.index(mode) + 1, len(ladder) - 1)]
 
     trials: list[ActivationTrial] = []
     measured: dict[tuple[tuple[str, str], ...], float] = {}
@@ -312,22 +338,22 @@ def choose_activations(
     def measure(modes: dict[str, str]) -> float:
         key = tuple(sorted(modes.items()))
         if key not in measured:
-            measured[key] = worst(rollout(build(modes)))
+            measured[key] = worst(rollout(build(modes), session))
             trials.append(
                 ActivationTrial(
-                    wider=tuple(f"{op}={m}" for op, m in modes.items() if m != "int8"),
+                    wider=tuple(f"{op}={m}" for op, m in modes.items() if m != allowed(by_op[op]["op_type"])[0]),
                     error=_finite(measured[key]),
                     passed=measured[key] <= goal,
                 )
             )
         return measured[key]
 
-    modes = {gr["op"]: "int8" for gr in groups}
+    modes = {gr["op"]: allowed(gr["op_type"])[0] for gr in groups}
     floor = measure({op: "float" for op in modes}) if groups and math.isfinite(goal) else None
     if floor is not None and floor > goal:  # the weights alone miss the goal: no activation can run integer within it
         modes = {op: "float" for op in modes}
     elif groups and measure(modes) > goal and math.isfinite(goal):
-        for _ in range(2):  # each op at most two rungs: int8 -> dynamic -> float
+        for _ in range(len(rungs) - 1):  # each op at most one rung per round: int8 -> dynamic -> float
             order = [op for op in modes if modes[op] != "float"]
             order.sort(key=partial(_damage, score, dict(modes)), reverse=True)
             steps = [(op, wider(modes[op], by_op[op]["op_type"])) for op in order]
@@ -336,11 +362,12 @@ def choose_activations(
             if n is not None:
                 break  # else: not enough with every op one rung wider: the next round widens from there
     final = measure(modes) if groups else 0.0
-    if groups:  # score every group at the rung it was left at too, so the report shows why it is there
+    if groups:  # score every group at its narrowest rung, and at the next one when it was widened
         for op, m in modes.items():
-            score(op, "int8")
-            if m != "int8" and wider("int8", by_op[op]["op_type"]) == "dynamic":
-                score(op, "dynamic")
+            ladder = allowed(by_op[op]["op_type"])
+            score(op, ladder[0])
+            if m != ladder[0] and len(ladder) > 2:
+                score(op, ladder[1])
     return ActivationChoice(
         goal=goal,
         tolerance=tolerance,

@@ -36,7 +36,7 @@ from .knapsack import InfeasibleBudgetError, Item, solve_exact, solve_greedy
 from .targets import Target
 
 Objective = Literal["gain", "paper"]
-ACTIVATIONS = ("auto", "float", "int8", "int16")
+ACTIVATIONS = ("auto", "float", "int8", "int16", "dynamic")
 Allocator = Literal["exact", "greedy"]
 MAX_BUDGET_BYTES = 2**50
 
@@ -126,7 +126,7 @@ class PlanOptions(Frozen):
     lowest_bits: int | None = None
     pins: tuple[Pin, ...] = ()
     rounding: str = "rtn"  # rtn (round-to-nearest) or gptq: how the converters round each integer tensor
-    activations: str = "auto"  # float | int8 | int16 | auto (the target's preference for the runtime, [activations])
+    activations: str = "auto"  # float | int8 | int16 | dynamic | auto (the target's preference for the runtime, [activations])
     exact_bytes: bool = True  # full-integer runtimes: price from the graph the converter writes (its tools; else estimated, noted)
     include: tuple[str, ...] = ()  # weight rules the model was read with (`edgetqs.core.weights`): the
     exclude: tuple[str, ...] = ()  # converters read it the same way
@@ -231,7 +231,7 @@ class Plan(ResultFile):
     refinement: dict[str, Any] | None = None  # the search that chose this plan, when --refine ran
     pareto: tuple[ParetoPoint, ...] = ()  # plans at other budgets from the same scores, when --pareto ran
     calibration: dict[str, Any] | None = None  # contexts the rounding's integers come from (GPTQ): source, k, contexts_sha256
-    activations: str | None = None  # float | int8 | int16: what the converters execute activations at (None: plans before 0.3)
+    activations: str | None = None  # float | int8 | int16 | dynamic: what the converters execute activations at (None: plans before 0.3)
     pricing: dict[str, Any] | None = None  # how bytes were priced: source, exact, notes (`edgetqs.runtimes.pricing`)
     excluded: tuple[ExcludedTensor, ...] = ()  # float initializers that are not weights: stored exactly (in fixed_bytes)
 

@@ -12,7 +12,8 @@ Schema (`TargetFile`; unknown keys and wrong types are errors naming the file an
         Conv = [...]                              the weight input of that ONNX op type
         "Conv.bias" = [...]                       the bias input of Conv / Gemm (else: default)
     [activations] tflm = ["int16", "int8"]        activation widths each runtime executes, the default first
-                  ort = ["float", "int8"]         (float: weight-only; int8/int16: static integer kernels)
+                  ort = ["float", "int8"]         (float: weight-only; int8/int16: static integer kernels;
+                  tflite = ["float", "dynamic"]   dynamic: int8 activations quantized per call)
 
 Shipped targets live in the top-level ``targets/`` folder of the repository (inside the package once
 installed); `edgetqs.core.catalogue` says where names are looked up.
@@ -76,7 +77,7 @@ class TargetFile(Config):
     default_device: str = "local"
     validation: Validation = Validation()
     precisions: dict[str, dict[str, tuple[Precision, ...]]]
-    activations: dict[str, tuple[Literal["float", "int16", "int8"], ...]] = Field(default_factory=dict)
+    activations: dict[str, tuple[Literal["float", "int16", "int8", "dynamic"], ...]] = Field(default_factory=dict)
 
     @field_validator("name", "default_device")
     @classmethod
@@ -121,6 +122,9 @@ class TargetFile(Config):
                 raise ValueError(f"'activations.{r}' lists float, but {r} runs full-integer models only; list int16 and/or int8")
             if r not in self.runtimes:
                 raise ValueError(f"'activations.{r}': {r} is not among the target's runtimes {list(self.runtimes)}")
+            other = [a for a in acts if a not in RUNTIMES.get(r).activations]
+            if other:
+                raise ValueError(f"'activations.{r}' lists {', '.join(other)}; {r} writes {', '.join(RUNTIMES.get(r).activations)}")
         return self
 
 

@@ -109,6 +109,7 @@ def build(
     budget: str | int | None = None,
     ratio: float | None = None,
     fmt: str | None = None,
+    activations: str = "auto",
     output: str | Path = "dist",
     project: Any = None,
     force: bool = False,
@@ -132,6 +133,7 @@ def build(
         device: where to check (default: the target's device; the host when that is not set up).
         budget, ratio: weight budget (``600KB``) or fraction of fp32 (default: the target's budget).
         fmt: artifact format (default: the target's first runtime).
+        activations: float | int8 | int16 | dynamic | auto (the target's first for the runtime): planned and converted.
         force: rescore even when cached scores exist.
         refine: re-score the plan in context on the scoring contexts (`edgetqs.allocation.rescore`).
         refine_rollouts: the re-scoring's rollout budget.
@@ -161,6 +163,7 @@ def build(
     settings = ProbeSettings.from_config(cfg)
     opts = PlanOptions(
         runtime=runtime,
+        activations=activations,
         budget_bytes=parse_size(str(budget)) if budget is not None else None,
         ratio=ratio,
         include=settings.include,

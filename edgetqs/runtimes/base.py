@@ -48,6 +48,20 @@ class ConvertJob:
     _rows: list[dict[str, Any]] | None = field(default=None, repr=False)
     _prepared: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def activation_mode(self, runtime: str) -> str:
+        """The activations the artifact runs: the ones asked for, else the plan's, else the target's first for
+        ``runtime`` (float where it lists none); refused with the ones offered when the target does not list them."""
+        offered = list(self.target.activations.get(runtime, ())) if self.target is not None else []
+        offered = offered or ["float"]
+        plan = getattr(self.plan, "activations", None)
+        asked = self.activations if self.activations not in ("auto", None) else (plan or offered[0])
+        if asked not in offered:
+            raise ConvertError(
+                f"activations {asked}: target '{self.plan.target}' offers {', '.join(offered)} for {runtime} "
+                f"([activations] {runtime} in its file); use --activations {offered[0]}"
+            )
+        return asked
+
     def rows(self) -> list[dict[str, Any]]:
         """Every batch-1 input the float model sees in its closed-loop rollouts of the contexts (the
         calibration set of full-integer routes, and the inputs legalisation deviations are measured on)."""
@@ -111,7 +125,8 @@ class Runtime(Protocol):
     runner: str  # the on-device runner (`edgetqs.ondevice.runners.RUNNERS`)
     emulated: bool  # whether the emulated ARM Python can run it
     full_integer: bool  # activations are integers too (calibrated)
-    integer_activations: bool  # a float runtime that also takes static integer activations (ort: QDQ)
+    integer_activations: bool  # a float runtime that also takes integer activations (ort: QDQ; tflite: dynamic range)
+    activations: tuple[str, ...]  # the activation modes it can write (a target's [activations] lists some of them)
     also_reads: tuple[str, ...]
 
     def convert(self, job: ConvertJob) -> Converted: ...
@@ -155,7 +170,8 @@ class RuntimeInfo:
     runner: str = "onnxruntime"
     emulated: bool = True
     full_integer: bool = False
-    integer_activations: bool = False  # a float runtime that also takes static integer activations (ort: QDQ)
+    integer_activations: bool = False  # a float runtime that also takes integer activations (ort: QDQ; tflite: dynamic range)
+    activations: tuple[str, ...] = ("float",)  # float | int8 (static) | int16 | dynamic (quantized per call)
     also_reads: tuple[str, ...] = ()  # other suffixes recognised as this format (``.onnx`` for ``ort``)
 
     def pricing(self, model: Model, activations: str, exact: bool = False, auto: bool = False) -> Any:

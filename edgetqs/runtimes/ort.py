@@ -330,17 +330,8 @@ def kernel_notes(kernels: dict[str, str]) -> list[str]:
 
 
 def ort_activations(job: ConvertJob) -> str:
-    """The activation width of an ORT artifact: the one asked for, else the plan's, else float; refused (with
-    the widths offered) when the target does not list it for ort (``[activations] ort``)."""
-    offered = list(job.target.activations.get("ort", ())) if job.target is not None else []
-    offered = offered or ["float"]
-    asked = job.activations if job.activations not in ("auto", None) else (getattr(job.plan, "activations", None) or offered[0])
-    if asked not in offered:
-        raise ConvertError(
-            f"activations {asked}: target '{job.plan.target}' offers {', '.join(offered)} for ort ([activations] ort in its file); "
-            f"use --activations {offered[0]}"
-        )
-    return asked
+    """The activation width of an ORT artifact (`ConvertJob.activation_mode`)."""
+    return job.activation_mode("ort")
 
 
 def read_back(
@@ -542,5 +533,6 @@ RUNTIME = OrtRuntime(
     suffix=".ort.onnx",
     accepts=("ort", "ort-mobile"),
     integer_activations=True,
+    activations=("float", "int8"),
     also_reads=(".onnx",),
 )

@@ -4,8 +4,11 @@ onnx2tf loses ONNX initializer names (tensors get TF op names) and may transform
 planned tensor is found in the float TFLite graph by content (its multiset of values: layouts are
 permuted, values are not), and a planned tensor that cannot be found is an error, not a guess. The
 recipe quantizes each matched weight weight-only (int8/int4, per tensor or per channel; fp16 by float
-casting) through a regex on its consuming op's scope (the op's output tensor names). The result
-is read back from the flatbuffer, because the interpreter reports INT4 as int8.
+casting) through a regex on its consuming op's scope (the op's output tensor names). With ``--activations dynamic``
+an int8 weight of a FULLY_CONNECTED or CONV_2D is quantized dynamic range instead (its op quantizes its input
+per call and runs an integer GEMM: LiteRT's XNNPACK runs the station MLP at 0.22-0.28x ORT fp32 on the emulated
+Pi 4/5, docs/latency.md), on the ops `edgetqs.allocation.activations` chooses. The result is read back from the
+flatbuffer, because the interpreter reports INT4 as int8.
 """
 
 from __future__ import annotations
@@ -63,7 +66,10 @@ def _match(prep: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str]) -> list[A
     return found
 
 
-def _recipe(qt: Any, op_scope: str, op: str, p: Any) -> None:
+DYNAMIC_OPS = ("FULLY_CONNECTED", "CONV_2D")  # ops whose int8 weight can run dynamic range (XNNPACK's qd8 kernels)
+
+
+def _recipe(qt: Any, op_scope: str, op: str, p: Any, dynamic: bool = False) -> None:
     from ai_edge_quantizer import qtyping
 
     regex = "^" + re.escape(op_scope) + "$"
@@ -79,7 +85,58 @@ def _recipe(qt: Any, op_scope: str, op: str, p: Any) -> None:
     gran = {"tensor": qtyping.QuantGranularity.TENSORWISE, "channel": qtyping.QuantGranularity.CHANNELWISE}.get(p.granularity)
     if gran is None or p.bits not in (4, 8):
         raise ConvertError(f"precision {p.name} has no TFLite weight-only form here; use int8/int4 per tensor or per channel, or fp16")
+    if dynamic and p.bits == 8:  # int8 weight, activations quantized per call (dynamic range): an integer GEMM
+        qt.add_dynamic_config(regex=regex, operation_name=name, num_bits=8, granularity=gran)
+        return
     qt.add_weight_only_config(regex=regex, operation_name=name, num_bits=p.bits, granularity=gran)
+
+
+def _quantize(float_path: Path, matched: list[Any], dynamic: set[str]) -> bytes:
+    """The plan's recipe applied to the float TFLite: weight-only, or dynamic range for the weights in ``dynamic``."""
+    from ai_edge_quantizer import quantizer
+
+    qt = quantizer.Quantizer(str(float_path))
+    for f in matched:
+        for sc, op in f.weight_scopes:  # an unrolled recurrent cell's steps share one weight
+            _recipe(qt, sc, op, f.precision, dynamic=f.tensor in dynamic)
+    with contextlib.redirect_stdout(io.StringIO()):  # the quantizer prints a size summary
+        return bytes(qt.quantize().quantized_model)
+
+
+def _choose_dynamic(job: ConvertJob, prep: Any, float_path: Path, matched: list[Any]) -> tuple[set[str], Any]:
+    """Which int8 weights' ops run dynamic range: `edgetqs.allocation.activations.choose_activations` with the rungs
+    dynamic -> float, each trial quantized and rolled out in LiteRT on the host."""
+    from ..allocation.activations import choose_activations, kernel_groups
+    from ..ondevice.runners import LiteRunner
+
+    able = {
+        f.tensor
+        for f in matched
+        if f.precision.kind == "int" and f.precision.bits == 8 and all(op in DYNAMIC_OPS for _, op in f.weight_scopes)
+    }
+    # the scores perturb the model as given (the TFLite route's prepared copy is fixed at batch 1; weight names agree)
+    groups = kernel_groups(job.model.proto, able)
+    weight = {gr["op"]: gr["weight"] for gr in groups}
+    ins, outs = io_dicts(job.model)
+    tol = job.target.validation_tolerance if job.target is not None else 0.1
+    steps = job.target.validation_horizon if job.target is not None else job.horizon
+    choice = choose_activations(
+        job.model,
+        job.spec,
+        job.contexts,
+        b"",
+        job.model.proto,
+        job.rows(),
+        steps,
+        tol,
+        goal=job.activation_goal,
+        build=lambda modes: _quantize(float_path, matched, {weight[op] for op, m in modes.items() if m == "dynamic"}),
+        groups=groups,
+        session=lambda data: LiteRunner(data, ins, outs),
+        rungs=("dynamic", "float"),
+        dynamic_ops=("MatMul", "Gemm", "Conv"),
+    )
+    return {weight[op] for op in choice.ops("dynamic")}, choice
 
 
 def _readback(buf: bytes, matched: list[Any]) -> tuple[dict[str, list[tuple[str, int]]], int]:
@@ -123,7 +180,9 @@ def _readback(buf: bytes, matched: list[Any]) -> tuple[dict[str, list[tuple[str,
 
 
 class TfliteRuntime(RuntimeInfo):
-    """LiteRT (TFLite): onnx2tf's float graph with ai-edge-quantizer's weight-only recipe from the plan."""
+    """LiteRT (TFLite): onnx2tf's float graph with ai-edge-quantizer's recipe from the plan: weight-only, or with
+    ``--activations dynamic`` dynamic range (int8 weight, activations quantized per call: XNNPACK's integer kernels)
+    on the ops where TQS finds the rollout allows it."""
 
     def convert(self, job: ConvertJob) -> Converted:
         require(
@@ -133,8 +192,6 @@ class TfliteRuntime(RuntimeInfo):
         )
         quiet_tensorflow()
         refuse_other_rounding(job)
-        from ai_edge_quantizer import quantizer
-
         from ..ondevice.runners import LiteRunner
 
         model, plan, work = job.model, job.plan, job.work
@@ -145,15 +202,18 @@ class TfliteRuntime(RuntimeInfo):
         fbuf = float_path.read_bytes()
         fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
         matched = _match(prep, plan, fm, fm.subgraphs[0], ops)
-        if matched:
-            qt = quantizer.Quantizer(str(float_path))
-            for f in matched:
-                for sc, op in f.weight_scopes:  # an unrolled recurrent cell's steps share one weight
-                    _recipe(qt, sc, op, f.precision)
-            with contextlib.redirect_stdout(io.StringIO()):  # the quantizer prints a size summary
-                buf = bytes(qt.quantize().quantized_model)
-        else:
-            buf = fbuf
+        acts = job.activation_mode("tflite")
+        facts: dict[str, Any] = {"prepared": prep.record(), "activations": acts}
+        extra: list[str] = []
+        dynamic: set[str] = set()
+        if acts == "dynamic" and matched:
+            dynamic, choice = _choose_dynamic(job, prep, float_path, matched)
+            facts["activation_choice"] = choice.model_dump(mode="json")
+            facts["dynamic_weights"] = sorted(dynamic)
+            extra.append(choice.summary())
+            if not dynamic:
+                facts["activations"] = "float"
+        buf = _quantize(float_path, matched, dynamic) if matched else fbuf
         artifact = work / job.file_name
         artifact.write_bytes(buf)
         stored, total = _readback(buf, matched)
@@ -176,18 +236,12 @@ class TfliteRuntime(RuntimeInfo):
         (work / "float_input.onnx").unlink(missing_ok=True)
         ins, outs = io_dicts(model)
         notes = [
-            f"float TFLite from onnx2tf at batch {graph_batch(prep.model)}; {len(matched)} tensors quantized weight-only by ai-edge-quantizer",
+            f"float TFLite from onnx2tf at batch {graph_batch(prep.model)}; {len(matched)} tensors quantized by ai-edge-quantizer, "
+            f"{len(dynamic)} of them dynamic range (int8 activations quantized per call), the others weight-only",
+            *extra,
             *prep.notes(),
         ]
-        return Converted(
-            artifact,
-            checks,
-            total,
-            LiteRunner(buf, ins, outs),
-            notes=notes,
-            facts={"prepared": prep.record()},
-            versions=versions(_PACKAGES),
-        )
+        return Converted(artifact, checks, total, LiteRunner(buf, ins, outs), notes=notes, facts=facts, versions=versions(_PACKAGES))
 
     def open(self, artifact: Path, model: Any, facts: dict[str, Any]) -> Any:
         from ..ondevice.runners import LiteRunner
@@ -239,4 +293,6 @@ RUNTIME = TfliteRuntime(
     extra="tflite",
     device_packages="ai-edge-litert (or tflite-runtime)",
     runner="litert",
+    integer_activations=True,
+    activations=("float", "dynamic"),
 )

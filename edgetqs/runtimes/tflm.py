@@ -592,4 +592,5 @@ RUNTIME = TflmRuntime(
     runner="tflite-micro",
     emulated=False,
     full_integer=True,
+    activations=("int16", "int8"),
 )

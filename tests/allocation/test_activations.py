@@ -147,7 +147,7 @@ def test_activation_goal_is_checked_before_any_work(tmp_path: Path) -> None:
         with pytest.raises(BadInputError, match="activation-goal"):
             api.convert(tmp_path / "missing.onnx", tmp_path / "plan.json", "ort", tmp_path, activation_goal=bad)
     with pytest.raises(BadInputError, match="only ort"):
-        api.convert(tmp_path / "missing.onnx", tmp_path / "plan.json", "tflite", tmp_path, activation_goal=0.05)
+        api.convert(tmp_path / "missing.onnx", tmp_path / "plan.json", "ort-mobile", tmp_path, activation_goal=0.05)
 
 
 @pytest.mark.qemu

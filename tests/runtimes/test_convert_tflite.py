@@ -107,3 +107,35 @@ def test_missing_extra_names_it(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnx2tf", None)  # import fails as when the package is absent
     with pytest.raises(OptionalDependencyError, match=r"edgetqs\[tflite\]"):
         convert(m, plan, "tflite", tmp_path / "out", ctx, spec)
+
+
+def test_dynamic_range_activations_where_tqs_allows(tmp_path: Path) -> None:
+    """--activations dynamic: the int8 weights' FULLY_CONNECTED ops run dynamic range (the weight stays int8 in the
+    flatbuffer with no DEQUANTIZE, the op quantizes its input per call), on every op with an infinite goal and on the
+    ops the TQS choice keeps within the goal otherwise (recorded in convert.json); int4 weights stay weight-only."""
+    import math
+
+    from edgetqs.runtimes.litert import names, op_name, schema
+
+    m, spec, ctx, s = _deep(tmp_path)
+    pins = tuple(parse_pin(p) for p in ("fc0.weight=int4-channel", "re:fc[1-4].weight=int8-channel"))
+    plan = make_plan(s, m, PI, PlanOptions(runtime="tflite", ratio=1.0, pins=pins, activations="dynamic"))
+    assert plan.activations == "dynamic"
+    every = convert(m, plan, "tflite", tmp_path / "all", ctx, spec, activation_goal=math.inf)
+    assert every.activations == "dynamic" and every.all_match
+    assert every.facts["dynamic_weights"] == ["fc1.weight", "fc2.weight", "fc3.weight", "fc4.weight"]
+    fb = schema()
+    ops, types = names(fb)
+    fm = fb.ModelT.InitFromPackedBuf((tmp_path / "all" / every.artifact).read_bytes(), 0)
+    sg = fm.subgraphs[0]
+    dequantized = {o for op in sg.operators if op_name(fm, op, ops) == "DEQUANTIZE" for o in op.outputs}
+    fc_weights = [sg.tensors[op.inputs[1]] for op in sg.operators if op_name(fm, op, ops) == "FULLY_CONNECTED"]
+    # four int8 weights read directly by their FULLY_CONNECTED (dynamic range), the int4 one behind a DEQUANTIZE
+    assert sum(types[t.type] == "INT8" for t in fc_weights) == 4 and len(dequantized) == 1
+    assert every.error_by_lead[-1] < 0.1
+    chosen = convert(m, plan, "tflite", tmp_path / "tqs", ctx, spec)
+    choice = chosen.facts["activation_choice"]
+    assert set(choice["modes"]) == {"h1", "h2", "h3", "h4"} and set(choice["modes"].values()) <= {"dynamic", "float"}
+    assert sorted(chosen.facts["dynamic_weights"]) == sorted(f"fc{op[1]}.weight" for op, md in choice["modes"].items() if md == "dynamic")
+    with pytest.raises(Exception, match="offers float, dynamic for tflite"):
+        convert(m, plan, "tflite", tmp_path / "i8", ctx, spec, activations="int8")
