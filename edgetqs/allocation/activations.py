@@ -72,6 +72,7 @@ class ActivationChoice(Frozen):
     tolerance: float
     horizon: int
     contexts: int
+    check_contexts: int = 0  # contexts the check draws, measured too (every trial's error is the worse of the two sets)
     modes: dict[str, str]  # op -> int8 | dynamic | float
     scores: tuple[ActivationScore, ...]
     trials: tuple[ActivationTrial, ...]
@@ -79,6 +80,10 @@ class ActivationChoice(Frozen):
     weights_alone: float | None = None  # the same with every activation float (the weight-only artifact); None: not measured
     rollouts: int
     seconds: float
+
+    def _where(self) -> str:
+        more = f" and the {self.check_contexts} the check draws" if self.check_contexts else ""
+        return f"the {self.contexts} conversion contexts{more}"
 
     def ops(self, mode: str) -> list[str]:
         return [op for op, m in self.modes.items() if m == mode]
@@ -88,12 +93,12 @@ class ActivationChoice(Frozen):
         if self.weights_alone is not None and self.weights_alone > self.goal:
             return (
                 f"activations: every one stays float: the plan's weights alone reach worst normalised RMSE {self.weights_alone:.3g} "
-                f"over {self.horizon} steps on {self.contexts} contexts, over the goal {self.goal:.3g} ({self.goal / self.tolerance:.0%} "
+                f"over {self.horizon} steps on {self._where()}, over the goal {self.goal:.3g} ({self.goal / self.tolerance:.0%} "
                 "of the tolerance), so no activation can run integer within it; a larger budget leaves room (--ratio/--budget)"
             )
         return (
             f"activations chosen by TQS in context: {counts} (worst normalised RMSE {_fmt(self.error)} over {self.horizon} steps "
-            f"on {self.contexts} contexts, goal {self.goal:.3g} = {self.goal / self.tolerance:.0%} of the tolerance; "
+            f"on {self._where()}, goal {self.goal:.3g} = {self.goal / self.tolerance:.0%} of the tolerance; "
             f"{self.rollouts} rollouts, {self.seconds:.1f} s)"
         )
 
@@ -252,6 +257,7 @@ def choose_activations(
     session: Callable[[bytes], Any] | None = None,
     rungs: tuple[str, ...] = MODES,
     dynamic_ops: tuple[str, ...] = ("MatMul", "Gemm"),
+    also: Contexts | None = None,
 ) -> ActivationChoice:
     """Score every activation group and choose each op's rung so that the artifact's rollout stays within ``goal``
     (default `GOAL_SHARE` x ``tolerance``; ``math.inf``: every op at the narrowest rung).
@@ -268,6 +274,9 @@ def choose_activations(
         session: artifact bytes -> a host session (default: onnxruntime unoptimised, the exact integer arithmetic).
         rungs: the modes each op can take, narrowest first (TFLite dynamic range: ``("dynamic", "float")``).
         dynamic_ops: op types that have a ``dynamic`` rung.
+        also: more contexts every trial must meet the goal on too (the converters pass the ones the check of
+            ``horizon`` steps draws from the record, `edgetqs.validation.reference.check_contexts`: a choice made on
+            the conversion's contexts alone passed there and failed the check, station 0.068 vs 0.149).
 
     Returns:
         The `ActivationChoice`; its ``modes`` name every group.
@@ -293,9 +302,21 @@ def choose_activations(
         sess = (make or (lambda d: OrtRunner(d, threads=0, optimize=False)))(data)
         return Rollout(model, spec, contexts.statics, session=sess, forcings=contexts.forcing_arrays).run(contexts.arrays, horizon)
 
-    def worst(res: Any) -> float:
-        lead = np.asarray(nrmse_by_lead(res.steps, ref.steps, contexts.spreads, spec.mode, spec.channel_axis), np.float64)
+    def worst(res: Any, ctx: Contexts = contexts, reference: Any = ref) -> float:
+        lead = np.asarray(nrmse_by_lead(res.steps, reference.steps, ctx.spreads, spec.mode, spec.channel_axis), np.float64)
         return float(np.nanmax(lead)) if np.isfinite(lead).all() else math.inf
+
+    ref_also = float_reference(model, spec, also, horizon) if also is not None else None
+
+    def worst_also(data: bytes) -> float:
+        """The artifact on the other contexts (0 when there are none)."""
+        if also is None:
+            return 0.0
+        nonlocal rollouts
+        rollouts += 1
+        sess = (session or (lambda d: OrtRunner(d, threads=0, optimize=False)))(data)
+        res = Rollout(model, spec, also.statics, session=sess, forcings=also.forcing_arrays).run(also.arrays, horizon)
+        return worst(res, also, ref_also)
 
     if build is None:
 
@@ -338,7 +359,8 @@ def choose_activations(
     def measure(modes: dict[str, str]) -> float:
         key = tuple(sorted(modes.items()))
         if key not in measured:
-            measured[key] = worst(rollout(build(modes), session))
+            data = build(modes)
+            measured[key] = max(worst(rollout(data, session)), worst_also(data))
             trials.append(
                 ActivationTrial(
                     wider=tuple(f"{op}={m}" for op, m in modes.items() if m != allowed(by_op[op]["op_type"])[0]),
@@ -373,6 +395,7 @@ def choose_activations(
         tolerance=tolerance,
         horizon=horizon,
         contexts=contexts.k,
+        check_contexts=also.k if also is not None else 0,
         modes=modes,
         scores=tuple(scores.values()),
         trials=tuple(trials),

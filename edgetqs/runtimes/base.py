@@ -62,6 +62,13 @@ class ConvertJob:
             )
         return asked
 
+    def check_contexts(self, horizon: int) -> Contexts | None:
+        """The contexts a check of ``horizon`` steps draws from the record (None: the conversion's own)."""
+        from ..validation.reference import check_contexts
+
+        ctx = check_contexts(self.model, self.spec, self.contexts, horizon)
+        return None if ctx is self.contexts else ctx
+
     def rows(self) -> list[dict[str, Any]]:
         """Every batch-1 input the float model sees in its closed-loop rollouts of the contexts (the
         calibration set of full-integer routes, and the inputs legalisation deviations are measured on)."""

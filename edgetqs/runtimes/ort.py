@@ -469,7 +469,16 @@ class OrtRuntime(RuntimeInfo):
             tol = job.target.validation_tolerance if job.target is not None else 0.1
             steps = job.target.validation_horizon if job.target is not None else job.horizon
             choice = choose_activations(
-                job.model, job.spec, job.contexts, data, prep.model.proto, job.rows(), steps, tol, goal=job.activation_goal
+                job.model,
+                job.spec,
+                job.contexts,
+                data,
+                prep.model.proto,
+                job.rows(),
+                steps,
+                tol,
+                goal=job.activation_goal,
+                also=job.check_contexts(steps),
             )
             facts["activation_choice"] = choice.model_dump(mode="json")
             notes.append(choice.summary())

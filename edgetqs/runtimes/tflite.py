@@ -135,6 +135,7 @@ def _choose_dynamic(job: ConvertJob, prep: Any, float_path: Path, matched: list[
         session=lambda data: LiteRunner(data, ins, outs),
         rungs=("dynamic", "float"),
         dynamic_ops=("MatMul", "Gemm", "Conv"),
+        also=job.check_contexts(steps),
     )
     return {weight[op] for op in choice.ops("dynamic")}, choice
 

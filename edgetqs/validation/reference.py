@@ -212,12 +212,15 @@ def contexts_with_truth(inputs: Inputs, horizon: int, span: tuple[float, float] 
     """The same number of contexts, drawn from ``span`` of the record so that it still holds
     ``horizon`` steps after each (quantized vs truth and float vs truth then cover every lead);
     unchanged when it cannot."""
+    return check_contexts(inputs.model, inputs.spec, inputs.contexts, horizon, span)
+
+
+def check_contexts(model: Model, spec: RolloutSpec, ctx: Contexts, horizon: int, span: tuple[float, float] = (0.0, 1.0)) -> Contexts:
+    """`contexts_with_truth` from its parts: the contexts a check of ``horizon`` steps draws from ``ctx``'s record."""
     from ..core.contexts import select_contexts
 
-    ctx = inputs.contexts
     if ctx.record is None or any(i < 0 for i in ctx.indices):
         return ctx
-    spec, model = inputs.spec, inputs.model
     n = ctx.record.arrays[spec.pairs[0][0]].shape[0]
     if spec.mode == "window":
         h = steps_per_call(model, spec)

@@ -123,6 +123,10 @@ def test_choice_keeps_the_most_damaging_ops_wider_until_the_goal_holds(tmp_path:
     if narrow:  # the first rung widened the most damaging ops
         assert min(damage[o] for o in wide) >= max(damage[o] for o in narrow) or any(m == "float" for m in mid.modes.values())
     assert "activations chosen by TQS in context" in mid.summary()
+    # more contexts: every trial must meet the goal on both sets (here the same contexts twice: the same choice)
+    both = choose_activations(*args, tolerance=goal / 0.7, also=c.contexts)
+    assert both.modes == mid.modes and both.check_contexts == c.contexts.k and both.error == mid.error
+    assert f"and the {c.contexts.k} the check draws" in both.summary()
 
 
 def test_convert_records_the_choice_and_checks_the_exact_arithmetic(tmp_path: Path) -> None:
@@ -133,6 +137,8 @@ def test_convert_records_the_choice_and_checks_the_exact_arithmetic(tmp_path: Pa
     choice = r.facts["activation_choice"]
     assert set(choice["modes"]) == {k for k, _ in integer_ops(data)}
     assert any(("activations" in n and "TQS" in n) or "stays float" in n for n in r.notes)
+    # the check's contexts (drawn from the whole record for its horizon) are measured too
+    assert choice["check_contexts"] in (0, c.contexts.k)
     back = ConvertResult.load(tmp_path / "out" / "convert.json")
     assert back.facts["activation_choice"] == choice
     assert all(e is not None and np.isfinite(e) for e in r.error_by_lead)
