@@ -82,6 +82,7 @@ def run_example(
     rounding: str = "rtn",
     calls: int = 0,
     runtime: str = "ort",
+    processes: int = 1,
 ) -> list[dict[str, Any]]:
     """One row per (device, artifact kind) of one example; with ``repeat`` > 1 every artifact is checked that many
     times in turn, p50/p90 are the medians of the runs' and the ratio is the median of the per-run ratios."""
@@ -150,11 +151,11 @@ def run_example(
                 }
             )
     if calls:
-        rows.append({"calls": call_timing(name, arts, devices, calls, work)})
+        rows.append({"calls": call_timing(name, arts, devices, calls, work, processes)})
     return rows
 
 
-def call_timing(name: str, arts: dict[str, Path], devices: list[str], calls: int, work: Path) -> str:
+def call_timing(name: str, arts: dict[str, Path], devices: list[str], calls: int, work: Path, processes: int = 1) -> str:
     """The model call alone, without the check's driver: every artifact in one process per device, kinds interleaved
     round by round (`scripts/bench_ort_kernels.py time`), weight-only files loaded as the check loads them (weights
     dequantized once) and also as a plain session would (DequantizeLinear on every call)."""
@@ -189,9 +190,22 @@ def call_timing(name: str, arts: dict[str, Path], devices: list[str], calls: int
             root = d.sysroot_path()  # type: ignore[attr-defined]
             cmd = ["qemu-aarch64-static", "-cpu", d.cpu, "-L", str(root), str(root / GUEST_PYTHON), str(script), "time", str(folder)]  # type: ignore[attr-defined]
             cmd += ["--calls", str(calls)]
-        got = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-        lines = [ln for ln in got.stdout.splitlines() if ln.startswith("|") or ln.startswith("onnxruntime")]
-        out.append(f"{name} on {dev}: " + ("\n".join(lines) if got.returncode == 0 else f"failed: {got.stderr.strip()[-300:]}"))
+        ratios: dict[str, list[float]] = {}
+        for _ in range(processes):  # an emulator's speed drifts between processes too: several, then the median
+            got = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+            if got.returncode != 0:
+                out.append(f"{name} on {dev}: failed: {got.stderr.strip()[-300:]}")
+                break
+            for ln in got.stdout.splitlines():
+                cells = [c.strip() for c in ln.strip("|").split("|")]
+                if len(cells) == 5 and cells[0] == name:
+                    try:
+                        ratios.setdefault(cells[1], []).append(float(cells[3]))
+                    except ValueError:
+                        continue
+        rows = [f"| {k} | {np.median(v):.2f} | {min(v):.2f}-{max(v):.2f} | {' '.join(f'{x:.2f}' for x in v)} |" for k, v in ratios.items()]
+        head = f"{name} on {dev}: the model call alone, p50 / fp32 model's p50, {processes} process(es) x {calls} calls interleaved"
+        out.append(head + "\n\n| artifact | median | range | per process |\n|---|---:|---|---|\n" + "\n".join(rows))
     return "\n\n".join(out)
 
 
@@ -230,12 +244,13 @@ def main() -> None:
     ap.add_argument("--rounding", default="rtn", help="the plans' rounding: rtn or gptq (calibrated on the project's contexts)")
     ap.add_argument("--calls", type=int, default=0, help="also time the model call alone, this many calls per artifact and device")
     ap.add_argument("--runtime", default="ort", choices=("ort", "tflite"), help="ort (onnxruntime) or tflite (LiteRT, XNNPACK)")
+    ap.add_argument("--processes", type=int, default=3, help="--calls: time in this many fresh processes per device (median)")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     a = ap.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edgetqs-bench-latency-") as tmp:
         for name in a.examples:
-            got = run_example(name, a.device, a.k, a.horizon, a.ratio, Path(tmp), a.repeat, a.rounding, a.calls, a.runtime)
+            got = run_example(name, a.device, a.k, a.horizon, a.ratio, Path(tmp), a.repeat, a.rounding, a.calls, a.runtime, a.processes)
             rows.extend(got)
             print(table(got), flush=True)
     text = table(rows)
