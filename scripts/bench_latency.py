@@ -151,11 +151,13 @@ def run_example(
                 }
             )
     if calls:
-        rows.append({"calls": call_timing(name, arts, devices, calls, work, processes)})
+        rows.append({"calls": call_timing(name, arts, devices, calls, work, processes, notes)})
     return rows
 
 
-def call_timing(name: str, arts: dict[str, Path], devices: list[str], calls: int, work: Path, processes: int = 1) -> str:
+def call_timing(
+    name: str, arts: dict[str, Path], devices: list[str], calls: int, work: Path, processes: int = 1, notes: dict[str, str] | None = None
+) -> str:
     """The model call alone, without the check's driver: every artifact in one process per device, kinds interleaved
     round by round (`scripts/bench_ort_kernels.py time`), weight-only files loaded as the check loads them (weights
     dequantized once) and also as a plain session would (DequantizeLinear on every call)."""
@@ -203,9 +205,12 @@ def call_timing(name: str, arts: dict[str, Path], devices: list[str], calls: int
                         ratios.setdefault(cells[1], []).append(float(cells[3]))
                     except ValueError:
                         continue
-        rows = [f"| {k} | {np.median(v):.2f} | {min(v):.2f}-{max(v):.2f} | {' '.join(f'{x:.2f}' for x in v)} |" for k, v in ratios.items()]
+        rows = [
+            f"| {k} | {np.median(v):.2f} | {min(v):.2f}-{max(v):.2f} | {' '.join(f'{x:.2f}' for x in v)} | {(notes or {}).get(k, '')} |"
+            for k, v in ratios.items()
+        ]
         head = f"{name} on {dev}: the model call alone, p50 / fp32 model's p50, {processes} process(es) x {calls} calls interleaved"
-        out.append(head + "\n\n| artifact | median | range | per process |\n|---|---:|---|---|\n" + "\n".join(rows))
+        out.append(head + "\n\n| artifact | median | range | per process | what runs |\n|---|---:|---|---|---|\n" + "\n".join(rows))
     return "\n\n".join(out)
 
 
