@@ -295,12 +295,12 @@ def choose_activations(
     inv = inverse_spreads(spec, contexts, ref.steps)
     rollouts = 0
 
-    def rollout(data: bytes, make: Callable[[bytes], Any] | None = None) -> Any:
-        # unoptimised onnxruntime: the integer arithmetic exactly, not this host's kernels (`static_qdq`'s ``exact``)
+    def rollout(data: bytes, make: Callable[[bytes], Any] | None = None, ctx: Contexts = contexts) -> Any:
+        # default: unoptimised onnxruntime, the integer arithmetic exactly, not this host's kernels (`static_qdq`'s ``exact``)
         nonlocal rollouts
         rollouts += 1
         sess = (make or (lambda d: OrtRunner(d, threads=0, optimize=False)))(data)
-        return Rollout(model, spec, contexts.statics, session=sess, forcings=contexts.forcing_arrays).run(contexts.arrays, horizon)
+        return Rollout(model, spec, ctx.statics, session=sess, forcings=ctx.forcing_arrays).run(ctx.arrays, horizon)
 
     def worst(res: Any, ctx: Contexts = contexts, reference: Any = ref) -> float:
         lead = np.asarray(nrmse_by_lead(res.steps, reference.steps, ctx.spreads, spec.mode, spec.channel_axis), np.float64)
@@ -310,13 +310,7 @@ def choose_activations(
 
     def worst_also(data: bytes) -> float:
         """The artifact on the other contexts (0 when there are none)."""
-        if also is None:
-            return 0.0
-        nonlocal rollouts
-        rollouts += 1
-        sess = (session or (lambda d: OrtRunner(d, threads=0, optimize=False)))(data)
-        res = Rollout(model, spec, also.statics, session=sess, forcings=also.forcing_arrays).run(also.arrays, horizon)
-        return worst(res, also, ref_also)
+        return 0.0 if also is None else worst(rollout(data, session, also), also, ref_also)
 
     if build is None:
 
