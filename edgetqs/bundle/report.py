@@ -127,11 +127,35 @@ def write_report(path: Path, *, model: Any, target: Any, scores: Any, plan: Any,
 <p>{plan.allocator} allocation for {_esc(plan.runtime)}, objective {_esc(plan.objective)}: {plan.weight_bytes:,} of {plan.budget_bytes:,} B, predicted error {_fmt(plan.predicted_error)} at T={plan.horizon}.</p>
 <table><tr><th>tensor</th><th>op</th><th>params</th><th>precision</th><th>bytes</th><th>fp32 bytes</th><th>gamma</th><th>share of predicted error</th><th>rule</th></tr>{"".join(tens)}</table>
 {_constants(plan)}
+{_activations(conv)}
 {("<h2>Size against predicted error</h2>" + _img(figures / "pareto.png", "Pareto front") + '<p class="muted">Plans at budgets from the smallest feasible to fp32; the star is this bundle.</p>') if plan.pareto else ""}
 <h2>Notes</h2><ul>{"".join(f"<li>{_esc(n)}</li>" for n in (list(conv.notes) + list(chk.notes)))}</ul>
 <p class="muted">Versions: {_esc(", ".join(f"{k} {v}" for k, v in conv.versions.items()))}</p>
 </body></html>"""
     return write_text(path, body, policy="replace_result", kind="report")
+
+
+def _activations(conv: Any) -> str:
+    """The activation choice (`edgetqs.allocation.activations`): each group's TQS, its error alone and its rung."""
+    c = (conv.facts or {}).get("activation_choice")
+    if not c:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_esc(s['op'])}</td><td>{_esc(s['op_type'])}</td><td>{_esc(s['mode'])}</td><td class=num>{s['eps']:.4f}</td>"
+        f"<td class=num>{_fmt(s['gamma'])}</td><td class=num>{_fmt(s['error'])}</td><td>{_esc(c['modes'].get(s['op'], ''))}</td></tr>"
+        for s in c["scores"]
+    )
+    trials = "".join(
+        f"<li>{_esc(', '.join(t['wider']) or 'every op at its narrowest rung')}: {_fmt(t['error'])} "
+        f"({'within' if t['passed'] else 'over'} the goal)</li>"
+        for t in c["trials"]
+    )
+    return f"""<h2>Activations</h2>
+<p>Which ops run integer activations, chosen by TQS in context: goal {c["goal"]:.3g} (worst normalised RMSE over {c["horizon"]} steps),
+chosen artifact {_fmt(c["error"])}, weights alone {"not measured" if c.get("weights_alone") is None else _fmt(c["weights_alone"])};
+{c["rollouts"]} rollouts, {c["seconds"]:.1f} s.</p>
+<table><tr><th>op</th><th>type</th><th>quantization scored</th><th>eps</th><th>gamma</th><th>error, this group alone</th><th>chosen</th></tr>{rows}</table>
+<ul>{trials}</ul>"""
 
 
 def _constants(plan: Any) -> str:

@@ -141,6 +141,11 @@ def test_convert_records_the_choice_and_checks_the_exact_arithmetic(tmp_path: Pa
     assert choice["check_contexts"] in (0, c.contexts.k)
     back = ConvertResult.load(tmp_path / "out" / "convert.json")
     assert back.facts["activation_choice"] == choice
+    from edgetqs.bundle.report import _activations
+
+    html = _activations(back)  # the bundle report's section: every group's score and rung, every trial
+    assert "<h2>Activations</h2>" in html and all(f"<td>{op}</td>" in html for op in choice["modes"])
+    assert html.count("<li>") == len(choice["trials"])
     assert all(e is not None and np.isfinite(e) for e in r.error_by_lead)
     if r.activations == "int8":
         st = r.facts["ort_static"]
