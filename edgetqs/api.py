@@ -374,8 +374,9 @@ def convert(
         )
     if activation_goal is not None and (math.isnan(activation_goal) or activation_goal <= 0):
         raise BadInputError(f"--activation-goal {activation_goal}; expected a normalised RMSE above 0 (inf: every activation int8)")
-    if activation_goal is not None and fmt not in ("ort", "tflite"):
-        raise BadInputError(f"--activation-goal: {fmt} does not choose activations per op; only ort (int8) and tflite (dynamic) do")
+    if activation_goal is not None and not rt.integer_activations:  # a float runtime choosing integer activations per op
+        chooses = ", ".join(f"{r.name} ({'/'.join(a for a in r.activations if a != 'float')})" for r in RUNTIMES if r.integer_activations)
+        raise BadInputError(f"--activation-goal: {fmt} does not choose activations per op; only {chooses} do")
     p = plan if isinstance(plan, Plan) else Plan.load(plan)
     _check_horizon(horizon)
     inp = inputs(
