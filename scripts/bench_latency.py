@@ -166,6 +166,7 @@ def call_timing(
     import sys
 
     from edgetqs.core.model import load_model
+    from edgetqs.runtimes.ort import fold_weights
     from edgetqs.validation.devices import GUEST_PYTHON, find_device
 
     folder = work / name / "calls"
@@ -179,6 +180,7 @@ def call_timing(
         entry = {"group": name, "kind": kind, "file": file, "inputs": shapes}
         if kind == "weight-only int8" and path.suffix != ".tflite":
             index.append({**entry, "kind": "weight-only int8, DequantizeLinear per call"})
+        if path.suffix != ".tflite" and fold_weights(path):  # loaded as the check loads it: weights dequantized once
             entry["fold"] = True
         index.append(entry)
     (folder / "index.json").write_text(json.dumps(index))
