@@ -473,6 +473,7 @@ def build(
             "per runtime; auto: its first). int8 (ort) and dynamic (tflite) run integer where TQS finds the rollout allows it."
         ),
     ] = "auto",
+    rounding: Annotated[str, typer.Option(help="rtn (round to nearest) or gptq (layer-wise error compensation).")] = "rtn",
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the bundle <model>-<target>/.")] = Path("dist"),
     force: Annotated[bool, typer.Option(help="Rescore even when cached scores exist.")] = False,
     refine: Annotated[
@@ -515,6 +516,7 @@ def build(
                 ratio=ratio,
                 fmt=fmt,
                 activations=activations,
+                rounding=rounding,
                 output=output,
                 project=project,
                 force=force,

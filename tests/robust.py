@@ -1013,6 +1013,7 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("build", "ratio"): Spec(FloatRange(0.0, 1.0, lo_open=True)),
     ("build", "fmt"): Spec(Choice(("ort", "ort-mobile"))),
     ("build", "activations"): Spec(Choice(("auto",))),
+    ("build", "rounding"): Spec(Choice(("rtn", "gptq"))),
     ("build", "output"): Spec(OutDir()),
     ("build", "force"): Spec(Flag()),
     ("build", "refine"): Spec(Flag()),

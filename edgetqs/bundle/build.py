@@ -110,6 +110,7 @@ def build(
     ratio: float | None = None,
     fmt: str | None = None,
     activations: str = "auto",
+    rounding: str = "rtn",
     output: str | Path = "dist",
     project: Any = None,
     force: bool = False,
@@ -134,6 +135,7 @@ def build(
         budget, ratio: weight budget (``600KB``) or fraction of fp32 (default: the target's budget).
         fmt: artifact format (default: the target's first runtime).
         activations: float | int8 | int16 | dynamic | auto (the target's first for the runtime): planned and converted.
+        rounding: rtn or gptq (layer-wise error compensation, calibrated on the build's contexts).
         force: rescore even when cached scores exist.
         refine: re-score the plan in context on the scoring contexts (`edgetqs.allocation.rescore`).
         refine_rollouts: the re-scoring's rollout budget.
@@ -164,6 +166,7 @@ def build(
     opts = PlanOptions(
         runtime=runtime,
         activations=activations,
+        rounding=rounding,
         budget_bytes=parse_size(str(budget)) if budget is not None else None,
         ratio=ratio,
         include=settings.include,
