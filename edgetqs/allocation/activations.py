@@ -183,25 +183,11 @@ def _fake_quant(proto: Any, group: dict[str, Any], mode: str, lo_hi: dict[str, t
 
 def _residuals(proto: Any, names: list[str], rows: list[dict[str, np.ndarray]]) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
     """Per tensor over the rows: its (min, max), and the rms of its static uint8 quantization residual relative to its rms."""
-    import onnx
-    import onnxruntime as ort
+    from ..runtimes.ort_static import _q_params, intermediate_values
 
-    from ..runtimes.ort_static import _q_params
-
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    have = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in have:
-            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    s = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    ins = {i.name for i in s.get_inputs()}
     vals: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for r in rows:
-        for n, v in zip(names, s.run(names, {k: v for k, v in r.items() if k in ins})):
+    for outs in intermediate_values(proto, names, rows):
+        for n, v in zip(names, outs):
             vals[n].append(np.asarray(v, np.float64).ravel())
     lo_hi, rel = {}, {}
     for n, vs in vals.items():

@@ -17,6 +17,7 @@ plus its per-channel scales), priced by `int8_extra_bytes`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -35,8 +36,8 @@ def _q_params(lo: float, hi: float) -> tuple[np.float32, np.uint8]:
     return np.float32(scale), np.uint8(zp)
 
 
-def calibrate(float_proto: Any, names: list[str], rows: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
-    """min/max of the named tensors of the float model over the given input rows."""
+def intermediate_values(float_proto: Any, names: list[str], rows: list[dict[str, np.ndarray]]) -> Iterator[list[np.ndarray]]:
+    """The named tensors of the float model (made graph outputs, unoptimised session), one list per input row."""
     import onnx
     import onnxruntime as ort
 
@@ -51,10 +52,15 @@ def calibrate(float_proto: Any, names: list[str], rows: list[dict[str, np.ndarra
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     s = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     ins = {i.name for i in s.get_inputs()}
+    for r in rows:
+        yield list(s.run(names, {k: v for k, v in r.items() if k in ins}))
+
+
+def calibrate(float_proto: Any, names: list[str], rows: list[dict[str, np.ndarray]]) -> dict[str, tuple[float, float]]:
+    """min/max of the named tensors of the float model over the given input rows."""
     lo = {n: np.inf for n in names}
     hi = {n: -np.inf for n in names}
-    for r in rows:
-        outs = s.run(names, {k: v for k, v in r.items() if k in ins})
+    for outs in intermediate_values(float_proto, names, rows):
         for n, v in zip(names, outs):
             if v.size:
                 lo[n], hi[n] = min(lo[n], float(np.min(v))), max(hi[n], float(np.max(v)))
