@@ -59,6 +59,14 @@ Fill = Annotated[
     str | None,
     typer.Option(help="Fill NaN/Inf in the contexts: ffill, interpolate or mean (default: `fill` in edgetqs.toml, else refuse them)."),
 ]
+Activations = Annotated[
+    str,
+    typer.Option(
+        help="float | int8 | int16 | dynamic | auto: the activations the artifact runs (the target's [activations] offers them "
+        "per runtime; auto: its first). int8 (ort) and dynamic (tflite) run integer where TQS finds the rollout allows it."
+    ),
+]
+Rounding = Annotated[str, typer.Option(help="rtn (round to nearest) or gptq (layer-wise error compensation).")]
 
 
 def _config(cls: Any, **values: Any) -> Any:
@@ -247,14 +255,8 @@ def plan(
     ratio: Annotated[float | None, typer.Option(help="Weight budget as a fraction of the fp32 size, e.g. 0.25.")] = None,
     objective: Annotated[str, typer.Option(help="gain (predicted trajectory error) or paper (sum gamma * 2^-bits).")] = "gain",
     allocator: Annotated[str, typer.Option(help="exact (MILP, HiGHS) or greedy.")] = "exact",
-    rounding: Annotated[str, typer.Option(help="rtn (round to nearest) or gptq (layer-wise error compensation).")] = "rtn",
-    activations: Annotated[
-        str,
-        typer.Option(
-            help="float | int8 | int16 | dynamic | auto: the activations the artifact runs (the target's [activations] offers them "
-            "per runtime; auto: its first). int8 (ort) and dynamic (tflite) run integer where TQS finds the rollout allows it."
-        ),
-    ] = "auto",
+    rounding: Rounding = "rtn",
+    activations: Activations = "auto",
     keep_fp32: Annotated[float, typer.Option(help="Share of parameters kept in fp32, most sensitive groups first.")] = 0.0,
     lowest: Annotated[str | None, typer.Option(help="Lowest allowed tier, e.g. int4 or int8 (bits below are not used).")] = None,
     pin: Annotated[list[str] | None, typer.Option(help="NAME=PRECISION or re:REGEX=PRECISION (repeatable); exact beats regex.")] = None,
@@ -466,14 +468,8 @@ def build(
     budget: Annotated[str | None, typer.Option(help="Weight budget, e.g. 600KB (default: the target's).")] = None,
     ratio: Annotated[float | None, typer.Option(help="Weight budget as a fraction of the fp32 size, e.g. 0.25.")] = None,
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="Artifact format (default: the target's first runtime).")] = None,
-    activations: Annotated[
-        str,
-        typer.Option(
-            help="float | int8 | int16 | dynamic | auto: the activations the artifact runs (the target's [activations] offers them "
-            "per runtime; auto: its first). int8 (ort) and dynamic (tflite) run integer where TQS finds the rollout allows it."
-        ),
-    ] = "auto",
-    rounding: Annotated[str, typer.Option(help="rtn (round to nearest) or gptq (layer-wise error compensation).")] = "rtn",
+    activations: Activations = "auto",
+    rounding: Rounding = "rtn",
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the bundle <model>-<target>/.")] = Path("dist"),
     force: Annotated[bool, typer.Option(help="Rescore even when cached scores exist.")] = False,
     refine: Annotated[

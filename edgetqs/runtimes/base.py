@@ -62,6 +62,13 @@ class ConvertJob:
             )
         return asked
 
+    def check_settings(self) -> tuple[int, float]:
+        """(steps, tolerance) of the check the artifact will face: the target's ``[validation]``; without a target,
+        the conversion's horizon and 0.1."""
+        if self.target is None:
+            return self.horizon, 0.1
+        return self.target.validation_horizon, self.target.validation_tolerance
+
     def check_contexts(self, horizon: int) -> Contexts | None:
         """The contexts a check of ``horizon`` steps draws from the record (None: the conversion's own)."""
         from ..validation.reference import check_contexts

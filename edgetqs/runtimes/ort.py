@@ -466,8 +466,7 @@ class OrtRuntime(RuntimeInfo):
 
             if not integer_ops(data):
                 static_qdq(data, prep.model.proto, [])  # raises its clear error: no op has an int8 weight
-            tol = job.target.validation_tolerance if job.target is not None else 0.1
-            steps = job.target.validation_horizon if job.target is not None else job.horizon
+            steps, tol = job.check_settings()
             choice = choose_activations(
                 job.model,
                 job.spec,

@@ -118,8 +118,7 @@ def _choose_dynamic(job: ConvertJob, prep: Any, float_path: Path, matched: list[
     groups = kernel_groups(job.model.proto, able)
     weight = {gr["op"]: gr["weight"] for gr in groups}
     ins, outs = io_dicts(job.model)
-    tol = job.target.validation_tolerance if job.target is not None else 0.1
-    steps = job.target.validation_horizon if job.target is not None else job.horizon
+    steps, tol = job.check_settings()
     choice = choose_activations(
         job.model,
         job.spec,
