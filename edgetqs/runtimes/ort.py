@@ -329,11 +329,6 @@ def kernel_notes(kernels: dict[str, str]) -> list[str]:
     ]
 
 
-def ort_activations(job: ConvertJob) -> str:
-    """The activation width of an ORT artifact (`ConvertJob.activation_mode`)."""
-    return job.activation_mode("ort")
-
-
 def read_back(
     artifact: Path,
     model: Model,
@@ -452,7 +447,7 @@ class OrtRuntime(RuntimeInfo):
 
         ints = job.plan_integers()
         prep = job.prepared("ort")  # canonical graph: run-time shape/pad arithmetic folded, weights kept by name
-        acts = ort_activations(job)
+        acts = job.activation_mode("ort")
         # static int8 activations need every int8 weight behind a DequantizeLinear (the QDQ fusions read it)
         data, nbits, chosen = qdq_model(prep.model, job.plan, integers=ints, min_k=nbits_min_k(job.target) if acts == "float" else None)
         facts: dict[str, Any] = {"prepared": prep.record(), "activations": acts, "weight_kernels": chosen}
