@@ -427,9 +427,9 @@ def test_onnx2tf_failures_name_our_node_and_its_op(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.tflite
 def test_tflite_rounding_hint_is_followed_on_the_plan(w: Path) -> None:
-    """A GPTQ plan converted to TFLite: the advice is for `plan` (replan with --rounding rtn); followed there,
-    the conversion goes through."""
-    plan = ["plan", str(w / "s.json"), "-t", "raspberrypi", "--model", str(w / "state.onnx"), "--runtime", "tflite", "--rounding", "gptq"]
+    """A GPTQ plan converted to TFLite-Micro (full integer: its int32 biases follow the weight scales it rounds itself):
+    the advice is for `plan` (replan with --rounding rtn); followed there, the conversion goes through."""
+    plan = ["plan", str(w / "s.json"), "-t", "stm32h743", "--model", str(w / "state.onnx"), "--runtime", "tflm", "--rounding", "gptq"]
     plan += ["-c", str(w / "rec.npy"), "-k", "4", "-o", str(w / "tg.json"), "-q"]
     assert cli(plan).code == 0
     conv = [
@@ -438,7 +438,7 @@ def test_tflite_rounding_hint_is_followed_on_the_plan(w: Path) -> None:
         "-p",
         str(w / "tg.json"),
         "-f",
-        "tflite",
+        "tflm",
         "-o",
         str(w / "tfl"),
         "-c",

@@ -73,20 +73,24 @@ def our_node(model: Any, reported: str) -> tuple[str, str] | None:
 
 
 def refuse_other_rounding(job: Any) -> None:
-    """ai-edge-quantizer rounds TFLite weights itself, so only round-to-nearest plans are realised exactly here."""
+    """The full-integer (TFLite-Micro) route rounds weights itself, and its int32 biases are tied to the weight scales,
+    so only round-to-nearest plans are realised exactly there (the tflite route writes a GPTQ plan's integers:
+    `tflite_integers`)."""
     if job.plan.rounding != "rtn":
         # a round-to-nearest plan reads no contexts: `plan` refuses them, so the advice drops them too
         hint = Hint(
             "tflite-rounding",
             ("--rounding", "rtn"),
             drop=("--contexts", "-k", "--span", "--pick", "--fill"),
-            say="replan with {args} for tflite/tflm",
+            say="replan with {args} for tflm",
             command="plan",
         )
-        fmt = onnx_route(job.target)
+        runs = None if job.target is None else tuple(job.target.runtimes)
+        fmt = next((f for f in ("ort", "ort-mobile", "tflite") if runs is None or f in runs), None)
         raise ConvertError(
-            f"the plan uses {job.plan.rounding} rounding, whose integers the ort and ort-mobile formats store exactly; the TFLite routes "
-            "round weights themselves (ai-edge-quantizer)" + (f"; or convert to {fmt}" if fmt else ""),
+            f"the plan uses {job.plan.rounding} rounding, whose integers the ort, ort-mobile and tflite formats store exactly; the "
+            "full-integer TFLite-Micro route rounds weights itself (its int32 biases follow the weight scales)"
+            + (f"; or convert to {fmt}" if fmt else ""),
             hint=hint,
         )
 
@@ -157,6 +161,45 @@ def graph_batch(model: Any) -> int:
     dims = {i.shape[0] if i.shape else None for i in model.inputs}
     b = dims.pop() if len(dims) == 1 else None
     return b if isinstance(b, int) and b > 0 else 1
+
+
+def cache_file(model: Any, suffix: str) -> Path:
+    """Where a TFLite graph converted from ``model`` is cached: keyed by the graph's bytes and the converters' versions."""
+    import hashlib
+
+    key = hashlib.sha256(model.bytes + repr(sorted(versions(("onnx2tf", "tensorflow")).items())).encode()).hexdigest()[:32]
+    root = Path(os.environ.get("EDGETQS_CACHE_DIR", Path.home() / ".cache" / "edgetqs")).expanduser()
+    return root / "tflite" / f"{key}.{suffix}"
+
+
+def cache_bytes(cached: Path, data: bytes) -> None:
+    """Write a cache entry atomically (a concurrent reader sees the old file or the whole new one)."""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, cached)
+
+
+def cached_float_tflite(model: Any, work: Path, target: Any = None) -> Path:
+    """`float_tflite`, cached on disk: the tflite planner prices from this graph and convert quantizes it, so one
+    onnx2tf run serves both. Returns ``work/float32.tflite``."""
+    cached = cache_file(model, "float32.tflite")
+    if not cached.is_file():
+        cache_bytes(cached, float_tflite(model, work, target).read_bytes())
+    out = work / "float32.tflite"
+    out.write_bytes(cached.read_bytes())
+    return out
+
+
+def stored_bytes(m: Any) -> int:
+    """Every constant byte a TFLite ``ModelT`` stores, counted as the read-back counts them (data and quantization
+    parameters, per tensor)."""
+    total = 0
+    for t in m.subgraphs[0].tensors:
+        b = m.buffers[t.buffer]
+        if b.data is not None and len(b.data):
+            total += len(b.data) + qbytes(t)
+    return total
 
 
 def float_tflite(model: Any, work: Path, target: Any = None) -> Path:

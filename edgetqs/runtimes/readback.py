@@ -183,7 +183,7 @@ def same_values(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a.view(np.uint32), b.view(np.uint32)))
 
 
-def _unpack4(raw: bytes, n: int, signed: bool) -> np.ndarray:
+def unpack4(raw: bytes, n: int, signed: bool) -> np.ndarray:
     """Two 4-bit values per byte, low nibble first (ONNX INT4 and MatMulNBits alike)."""
     b = np.frombuffer(raw, np.uint8)
     v = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(-1)[:n].astype(np.int16)
@@ -217,7 +217,7 @@ def stored_integers(g: GraphView, name: str, nbits_weight: dict[str, str] | None
         if q.raw is None:
             return None
         n = int(np.prod(q.dims)) if q.dims else 1
-        vals = np.frombuffer(q.raw, np.int8)[:n].astype(np.int16) if q.dtype == "int8" else _unpack4(q.raw, n, signed=True)
+        vals = np.frombuffer(q.raw, np.int8)[:n].astype(np.int16) if q.dtype == "int8" else unpack4(q.raw, n, signed=True)
         return vals.reshape(q.dims)
     key = (nbits_weight or {}).get(name)
     for nd in g.nodes if key else []:
@@ -235,6 +235,6 @@ def stored_integers(g: GraphView, name: str, nbits_weight: dict[str, str] | None
             if bits == 8:
                 u = np.frombuffer(b.raw, np.uint8)[: n_out * nb * bs].astype(np.int16).reshape(n_out, nb * bs)[:, :k]
             else:
-                u = _unpack4(b.raw, n_out * nb * bs, signed=False).reshape(n_out, nb * bs)[:, :k]
+                u = unpack4(b.raw, n_out * nb * bs, signed=False).reshape(n_out, nb * bs)[:, :k]
             return u - (1 << (bits - 1))  # the default zero point
     return None

@@ -17,6 +17,7 @@ import contextlib
 import io
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +28,16 @@ from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
 from .convert import TensorCheck
 from .litert import (
     WEIGHT_OPS,
-    float_tflite,
+    cached_float_tflite,
     graph_batch,
     io_dicts,
     match_planned,
     names,
-    op_name,
     qbytes,
     quiet_tensorflow,
-    refuse_other_rounding,
     require,
     schema,
-    scope,
+    stored_bytes,
     versions,
 )
 
@@ -91,8 +90,9 @@ def _recipe(qt: Any, op_scope: str, op: str, p: Any, dynamic: bool = False) -> N
     qt.add_weight_only_config(regex=regex, operation_name=name, num_bits=p.bits, granularity=gran)
 
 
-def _quantize(float_path: Path, matched: list[Any], dynamic: set[str]) -> bytes:
-    """The plan's recipe applied to the float TFLite: weight-only, or dynamic range for the weights in ``dynamic``."""
+def _quantize(float_path: Path, matched: list[Any], dynamic: set[str], integers: Any = None) -> bytes:
+    """The plan's recipe applied to the float TFLite: weight-only, or dynamic range for the weights in ``dynamic``.
+    ``integers`` (`_Integers`): the plan's own rounding, written over the quantizer's round-to-nearest."""
     from ai_edge_quantizer import quantizer
 
     qt = quantizer.Quantizer(str(float_path))
@@ -100,10 +100,24 @@ def _quantize(float_path: Path, matched: list[Any], dynamic: set[str]) -> bytes:
         for sc, op in f.weight_scopes:  # an unrolled recurrent cell's steps share one weight
             _recipe(qt, sc, op, f.precision, dynamic=f.tensor in dynamic)
     with contextlib.redirect_stdout(io.StringIO()):  # the quantizer prints a size summary
-        return bytes(qt.quantize().quantized_model)
+        buf = bytes(qt.quantize().quantized_model)
+    if integers is None:
+        return buf
+    from .tflite_integers import write_plan_integers
+
+    return write_plan_integers(buf, integers.float_model, matched, integers.values, integers.source)
 
 
-def _choose_dynamic(job: ConvertJob, prep: Any, float_path: Path, matched: list[Any]) -> tuple[set[str], Any]:
+@dataclass(frozen=True)
+class _Integers:
+    """A GPTQ plan's integers (tensor name -> `QuantizedTensor`, source layout) and where to write them from."""
+
+    values: dict[str, Any]
+    float_model: Any  # the float TFLite ModelT the weights were matched in
+    source: Any  # the Model the plan was made for
+
+
+def _choose_dynamic(job: ConvertJob, prep: Any, float_path: Path, matched: list[Any], integers: _Integers | None) -> tuple[set[str], Any]:
     """Which int8 weights' ops run dynamic range: `edgetqs.allocation.activations.choose_activations` with the rungs
     dynamic -> float, each trial quantized and rolled out in LiteRT on the host."""
     from ..allocation.activations import choose_activations, kernel_groups
@@ -129,7 +143,7 @@ def _choose_dynamic(job: ConvertJob, prep: Any, float_path: Path, matched: list[
         steps,
         tol,
         goal=job.activation_goal,
-        build=lambda modes: _quantize(float_path, matched, {weight[op] for op, m in modes.items() if m == "dynamic"}),
+        build=lambda modes: _quantize(float_path, matched, {weight[op] for op, m in modes.items() if m == "dynamic"}, integers),
         groups=groups,
         session=lambda data: LiteRunner(data, ins, outs),
         rungs=("dynamic", "float"),
@@ -139,31 +153,31 @@ def _choose_dynamic(job: ConvertJob, prep: Any, float_path: Path, matched: list[
     return {weight[op] for op in choice.ops("dynamic")}, choice
 
 
-def _readback(buf: bytes, matched: list[Any]) -> tuple[dict[str, list[tuple[str, int]]], int]:
-    """Stored precision and bytes of each matched piece (by planned tensor), and all weight bytes of the file."""
+def _readback(buf: bytes, matched: list[Any], integers: _Integers | None = None) -> tuple[dict[str, list[tuple[str, int]]], int]:
+    """Stored precision and bytes of each matched piece (by planned tensor), and all weight bytes of the file. With
+    ``integers``, a tensor whose stored values are not the plan's (as a multiset over its pieces: the layout is the
+    converter's) reads "... (integers differ from the plan's rounding)"."""
+    from .tflite_integers import stored_index, stored_values
+
     fb = schema()
     ops, types = names(fb)
     m = fb.ModelT.InitFromPackedBuf(buf, 0)
     sg = m.subgraphs[0]
-    by_scope = {scope(sg, op): op for op in sg.operators}
-    producer = {o: op for op in sg.operators for o in op.outputs}
-
     out: dict[str, list[tuple[str, int]]] = {}
+    values: dict[str, list[np.ndarray]] = {}
     for f in matched:
-        op = by_scope.get(f.scope)
-        if op is None:
+        at = stored_index(m, f, ops)
+        if at is None:
             out.setdefault(f.tensor, []).append(("missing", 0))
             continue
-        src = sg.tensors[op.inputs[f.pos]]
-        prod = producer.get(op.inputs[f.pos])
-        if prod is not None and op_name(m, prod, ops) == "DEQUANTIZE":
-            src = sg.tensors[prod.inputs[0]]
+        src = sg.tensors[at]
         b = m.buffers[src.buffer]
         nbytes = (0 if b.data is None else len(b.data)) + qbytes(src)
         kind = types.get(src.type, "?")
         if kind in ("INT8", "INT4"):
             n = len(src.quantization.scale) if src.quantization is not None and src.quantization.scale is not None else 0
             found = f"int{8 if kind == 'INT8' else 4}-{'tensor' if n == 1 else 'channel'}"
+            values.setdefault(f.tensor, []).append(stored_values(m, at, types) / np.float32(f.factor))
         elif kind == "FLOAT16":
             found = "fp16"
         elif kind == "FLOAT32":
@@ -171,12 +185,15 @@ def _readback(buf: bytes, matched: list[Any]) -> tuple[dict[str, list[tuple[str,
         else:
             found = kind.lower()
         out.setdefault(f.tensor, []).append((found, nbytes))
-    total = 0
-    for t in sg.tensors:
-        b = m.buffers[t.buffer]
-        if b.data is not None and len(b.data):
-            total += len(b.data) + qbytes(t)
-    return out, total
+    for name, got in values.items() if integers is not None else ():
+        qt = integers.values.get(name) if integers is not None else None
+        want = None if qt is None else np.sort(qt.dequantize().ravel())
+        have = np.sort(np.concatenate([v.ravel() for v in got]))
+        if want is not None and (
+            want.shape != have.shape or not np.allclose(have, want, rtol=1e-5, atol=1e-7 * float(np.max(np.abs(want)) or 1))
+        ):
+            out[name] = [(f"{g} (integers differ from the plan's rounding)", nb) for g, nb in out[name]]
+    return out, stored_bytes(m)
 
 
 class TfliteRuntime(RuntimeInfo):
@@ -191,32 +208,33 @@ class TfliteRuntime(RuntimeInfo):
             (("onnx2tf", "onnx2tf"), ("ai_edge_quantizer", "ai-edge-quantizer"), ("ai_edge_litert", "ai-edge-litert")),
         )
         quiet_tensorflow()
-        refuse_other_rounding(job)
         from ..ondevice.runners import LiteRunner
 
         model, plan, work = job.model, job.plan, job.work
         fb = schema()
         ops, _ = names(fb)
         prep = job.prepared("tflite")
-        float_path = float_tflite(prep.model, work, job.target)
+        float_path = cached_float_tflite(prep.model, work, job.target)  # the planner priced from this graph
         fbuf = float_path.read_bytes()
         fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
         matched = _match(prep, plan, fm, fm.subgraphs[0], ops)
+        plan_ints = job.plan_integers()  # GPTQ: written over the quantizer's round-to-nearest (tflite_integers)
+        integers = None if plan_ints is None else _Integers(plan_ints, fm, model)
         acts = job.activation_mode("tflite")
-        facts: dict[str, Any] = {"prepared": prep.record(), "activations": acts}
+        facts: dict[str, Any] = {"prepared": prep.record(), "activations": acts, "rounding": plan.rounding}
         extra: list[str] = []
         dynamic: set[str] = set()
         if acts == "dynamic" and matched:
-            dynamic, choice = _choose_dynamic(job, prep, float_path, matched)
+            dynamic, choice = _choose_dynamic(job, prep, float_path, matched, integers)
             facts["activation_choice"] = choice.model_dump(mode="json")
             facts["dynamic_weights"] = sorted(dynamic)
             extra.append(choice.summary())
             if not dynamic:
                 facts["activations"] = "float"
-        buf = _quantize(float_path, matched, dynamic) if matched else fbuf
+        buf = _quantize(float_path, matched, dynamic, integers) if matched else fbuf
         artifact = work / job.file_name
         artifact.write_bytes(buf)
-        stored, total = _readback(buf, matched)
+        stored, total = _readback(buf, matched, integers)
         want: dict[str, list[str]] = {f.tensor: [] for f in matched}
         for f in matched:
             want[f.tensor].append(f.precision.name)
@@ -238,6 +256,11 @@ class TfliteRuntime(RuntimeInfo):
         notes = [
             f"float TFLite from onnx2tf at batch {graph_batch(prep.model)}; {len(matched)} tensors quantized by ai-edge-quantizer, "
             f"{len(dynamic)} of them dynamic range (int8 activations quantized per call), the others weight-only",
+            *(
+                []
+                if integers is None
+                else [f"the integers and scales are the plan's {plan.rounding} rounding, written over the quantizer's round-to-nearest"]
+            ),
             *extra,
             *prep.notes(),
         ]
@@ -260,12 +283,39 @@ class TfliteRuntime(RuntimeInfo):
         return {"runner": self.runner}
 
     def pricing(self, model: Any, activations: str, exact: bool = False, auto: bool = False) -> Any:
-        """`storage` prices per weight, with the constants of the legalised graph the route converts as fixed bytes."""
-        from .prepare import prepared_fixed_bytes
+        """`storage` prices per weight. Everything else is fixed bytes: with ``exact`` (and the TFLite tools installed)
+        those of the float TFLite graph onnx2tf writes (cached; convert quantizes that same graph), else the constants
+        of the legalised ONNX graph, which misses what onnx2tf adds (layout permutations, shape vectors: 52 B on
+        Lorenz-96, which made a plan at ratio 1.0 too small for its own fp32 artifact)."""
+        import importlib.util
+        import tempfile
+
+        from .prepare import prepare, prepared_fixed_bytes
         from .pricing import storage_pricing
 
         p = storage_pricing(self.name, self.storage, activations)
-        p.fixed = prepared_fixed_bytes(model, "tflite")
+        missing = [
+            pkg for mod, pkg in (("onnx2tf", "onnx2tf"), ("ai_edge_litert", "ai-edge-litert")) if importlib.util.find_spec(mod) is None
+        ]
+        if not exact or missing:
+            p.fixed = prepared_fixed_bytes(model, "tflite")
+            if exact:
+                p.notes.append(f"bytes beside the weights estimated from the ONNX graph: {', '.join(missing)} not installed")
+            return p
+        try:
+            quiet_tensorflow()
+            prep = prepare(model, "tflite", measure=False)
+            with tempfile.TemporaryDirectory(prefix="edgetqs-price-") as tmp:
+                buf = cached_float_tflite(prep.model, Path(tmp)).read_bytes()
+        except ConvertError as exc:  # convert names the cause; the plan prices the ONNX graph meanwhile
+            p.fixed = prepared_fixed_bytes(model, "tflite")
+            p.notes.append(f"bytes beside the weights estimated from the ONNX graph: {str(exc)[:200]}")
+            return p
+        # every weight is stored once as float32 in the float graph (layouts permuted, values kept): the rest is fixed
+        floats = sum(4 * model.weight_array(w.name).size for w in model.weights)
+        p.fixed = stored_bytes(schema().ModelT.InitFromPackedBuf(buf, 0)) - floats
+        p.exact = True
+        p.source = "packed bytes per weight, and the other constants of the float TFLite graph onnx2tf writes"
         return p
 
     def constant_states(self, artifact: Path, constants: dict[str, Any]) -> dict[str, str]:

@@ -32,6 +32,8 @@ from .base import Converted, ConvertError, ConvertJob, RuntimeInfo
 from .convert import TensorCheck
 from .litert import (
     WEIGHT_OPS,
+    cache_bytes,
+    cache_file,
     float_tflite,
     input_perms,
     io_dicts,
@@ -85,17 +87,6 @@ def require() -> None:
     )
 
 
-def _cache_file(model: Any) -> Path:
-    import hashlib
-    import os
-
-    from .litert import versions as _v
-
-    key = hashlib.sha256(model.bytes + repr(sorted(_v(("onnx2tf", "tensorflow")).items())).encode()).hexdigest()[:32]
-    root = Path(os.environ.get("EDGETQS_CACHE_DIR", Path.home() / ".cache" / "edgetqs")).expanduser()
-    return root / "tflite" / f"{key}.signature.tflite"
-
-
 def _require_light() -> None:
     """`require` without importing TensorFlow (seconds): the packages are looked up, not loaded."""
     import importlib.util
@@ -117,16 +108,11 @@ def signature_tflite(model: Any, work: Path, target: Any = None) -> bytes:
 
     Cached by the graph's bytes and the converters' versions (the planner prices from this graph and
     convert quantizes it: one conversion serves both)."""
-    import os
-
-    cached = _cache_file(model)
+    cached = cache_file(model, "signature.tflite")
     if cached.is_file():
         return cached.read_bytes()
     data = _signature_tflite(model, work, target)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, cached)
+    cache_bytes(cached, data)
     return data
 
 

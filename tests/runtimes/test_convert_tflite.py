@@ -47,6 +47,7 @@ def test_tflite_weight_only_mixed_reads_back_from_the_flatbuffer(tmp_path: Path)
     assert found["fc0.weight"] == "int4-channel" and found["fc1.weight"] == "int8-tensor"
     assert found["fc2.weight"] == "fp16" and found["fc3.weight"] == "int8-channel" and r.all_match
     assert r.artifact_vs_simulated < 1e-3  # ai-edge-quantizer rounds like our quantizer, to float error
+    assert r.weight_bytes == plan.weight_bytes  # priced from the float graph onnx2tf writes
     assert r.error_by_lead[-1] == pytest.approx(r.simulated_error_by_lead[-1], rel=0.05, abs=1e-6)
     assert hashlib.sha256(m.path.read_bytes()).hexdigest() == before  # onnx2tf got a copy, not our file
     assert "onnx2tf" in r.versions and "ai-edge-quantizer" in r.versions
@@ -139,3 +140,96 @@ def test_dynamic_range_activations_where_tqs_allows(tmp_path: Path) -> None:
     assert sorted(chosen.facts["dynamic_weights"]) == sorted(f"fc{op[1]}.weight" for op, md in choice["modes"].items() if md == "dynamic")
     with pytest.raises(Exception, match="offers float, dynamic for tflite"):
         convert(m, plan, "tflite", tmp_path / "i8", ctx, spec, activations="int8")
+
+
+def _gptq_stored(artifact: Path, m, plan, ctx, spec) -> tuple[int, int]:
+    """(weights whose stored values are GPTQ's, weights where GPTQ's integers differ from round-to-nearest's): every
+    int weight's stored values (integers x scales, read from the flatbuffer) compared with GPTQ's as multisets."""
+    from edgetqs.allocation.rounding import Rounder
+    from edgetqs.core.quantize import quantize_int
+    from edgetqs.runtimes.litert import names, schema
+    from edgetqs.runtimes.tflite_integers import stored_values
+
+    fb = schema()
+    _, types = names(fb)
+    fm = fb.ModelT.InitFromPackedBuf(artifact.read_bytes(), 0)
+    sg = fm.subgraphs[0]
+    stored = [np.sort(stored_values(fm, i, types).ravel()) for i, t in enumerate(sg.tensors) if types[t.type] in ("INT8", "INT4")]
+    rounder, same, differs = Rounder(m, "gptq", ctx, spec, plan.horizon), 0, 0
+    for t in plan.tensors:
+        if t.precision.kind != "int":
+            continue
+        want = rounder.integers(t.name, t.precision)
+        key = np.sort(want.dequantize().ravel())
+        same += any(v.shape == key.shape and np.allclose(v, key, rtol=1e-6, atol=0) for v in stored)
+        differs += int((want.q != quantize_int(m.weight_array(t.name), t.precision, m.layout(t.name)).q).any())
+    return same, differs
+
+
+def test_gptq_plans_store_the_gptq_integers_in_tflite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPTQ plan converted to TFLite: ai-edge-quantizer lays the weights out, then the plan's integers and scales
+    replace its round-to-nearest ones (int4 and int8, per channel and per tensor, weight-only and dynamic range).
+    Read back, they are GPTQ's; the host rollout equals the plan's simulated quantization."""
+    import math
+
+    from edgetqs.allocation.planner import plan_stage
+
+    m, spec, ctx, s = _deep(tmp_path)
+    pins = tuple(parse_pin(p) for p in ("fc0.weight=int4-channel", "fc1.weight=int8-tensor", "re:fc[2-4].weight=int8-channel"))
+    plan = plan_stage(
+        s, m, PI, PlanOptions(runtime="tflite", ratio=1.0, pins=pins, rounding="gptq", activations="dynamic"), spec=spec, contexts=ctx
+    )
+    r = convert(m, plan, "tflite", tmp_path / "w", ctx, spec, activations="float")
+    assert r.all_match and r.facts["rounding"] == "gptq"
+    assert r.artifact_vs_simulated is not None and r.artifact_vs_simulated < 1e-4  # GPTQ's values, to float rounding
+    same, differs = _gptq_stored(tmp_path / "w" / r.artifact, m, plan, ctx, spec)
+    assert same == 5 and differs >= 1
+    dyn = convert(m, plan, "tflite", tmp_path / "d", ctx, spec, activation_goal=math.inf)
+    assert dyn.all_match and len(dyn.facts["dynamic_weights"]) == 4
+    assert _gptq_stored(tmp_path / "d" / dyn.artifact, m, plan, ctx, spec)[0] == 5
+    # the read-back is what proves it: left with the quantizer's round-to-nearest integers, the tensors GPTQ moved fail
+    from edgetqs.runtimes import tflite_integers
+
+    monkeypatch.setattr(tflite_integers, "write_plan_integers", lambda buf, *a: buf)
+    with pytest.raises(
+        ConvertError, match=r"'fc\d.weight' planned int\d-\w+, stored int\d-\w+ \(integers differ from the plan's rounding\)"
+    ):
+        convert(m, plan, "tflite", tmp_path / "r", ctx, spec, activations="float")
+
+
+def test_gptq_conv_weights_follow_the_nhwc_layout(tmp_path: Path) -> None:
+    """A Conv weight [O, I, kh, kw] is stored [O, kh, kw, I] by onnx2tf: GPTQ's integers are carried over by the
+    transpose, per output channel (the quantized dimension), and read back as GPTQ's."""
+    from edgetqs.allocation.planner import plan_stage
+
+    path = models.static_conv(tmp_path / "c.onnx", channels=4, size=6)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "c.npz", record=rng.standard_normal((20, 4, 6, 6)).astype(np.float32), mask=np.ones((1, 6, 6), np.float32))
+    from edgetqs.core.rollout import SpecHints
+
+    m = load_model(path)
+    spec = infer_spec(m, SpecHints(static=("mask",)))
+    ctx = select_contexts(read_record(tmp_path / "c.npz", spec), m, spec, 3)
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=4))
+    pins = (parse_pin("conv.weight=int4-channel"),)
+    plan = plan_stage(s, m, PI, PlanOptions(runtime="tflite", ratio=1.0, pins=pins, rounding="gptq"), spec=spec, contexts=ctx)
+    r = convert(m, plan, "tflite", tmp_path / "o", ctx, spec)
+    assert r.all_match and r.artifact_vs_simulated is not None and r.artifact_vs_simulated < 1e-4
+    assert _gptq_stored(tmp_path / "o" / r.artifact, m, plan, ctx, spec)[0] == 1
+
+
+def test_tflite_plans_price_the_constants_onnx2tf_adds(tmp_path: Path) -> None:
+    """Lorenz-96's Conv1d graph gains constants in onnx2tf (shape and permutation vectors: 104 B where the ONNX graph
+    has 52 B). The plan prices the float TFLite graph onnx2tf writes (cached; convert quantizes the same graph), so
+    the plan's bytes are the file's, at 1.0 of fp32 (where the ONNX estimate made the artifact 52 B over budget) and at
+    0.3."""
+    from edgetqs.runtimes.prepare import prepared_fixed_bytes
+
+    proj = load_project(example_path("lorenz96") / "edgetqs.toml")
+    inp = resolve(None, proj, k=2)
+    s = run_sweep(inp.model, inp.spec, inp.contexts, ProbeSettings(horizon=3))
+    for ratio in (1.0, 0.3):
+        plan = make_plan(s, inp.model, PI, PlanOptions(runtime="tflite", ratio=ratio))
+        assert plan.pricing["exact"] and plan.fixed_bytes > prepared_fixed_bytes(inp.model, "tflite")
+        r = convert(inp.model, plan, "tflite", tmp_path / f"r{ratio}", inp.contexts, inp.spec)
+        assert r.weight_bytes == plan.weight_bytes <= plan.budget_bytes

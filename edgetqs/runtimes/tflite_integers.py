@@ -1,0 +1,180 @@
+"""The plan's own integers (GPTQ) in a TFLite file ai-edge-quantizer wrote.
+
+ai-edge-quantizer rounds every weight to nearest with its own scales. A GPTQ plan's integers differ from those (that
+is the point of GPTQ), so after the quantizer has laid out each weight (type, scales, quantized dimension, packing)
+this module overwrites the integers and scales with the plan's, element for element, and the read-back proves it.
+
+Where each stored element comes from is found by value: onnx2tf permutes layouts (Gemm [out, in] stays, Conv
+[O, I, kh, kw] becomes [O, kh, kw, I]) and may split a recurrent weight into gate pieces or fold a multiplier in,
+but it does not change the values. A whole tensor is first tried as a transpose of the source (exact even where
+values repeat); otherwise each stored value is looked up in the source, and a repeated value must carry one
+integer and one scale wherever it occurs, or the mapping would be a guess and convert refuses.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+
+from ..core.quantize import QuantizedTensor
+from .base import ConvertError
+
+
+def _full_scale(qt: QuantizedTensor) -> np.ndarray:
+    """The scale of every element, in the source layout."""
+    ones = np.ones(qt.q.shape, np.float32)
+    return QuantizedTensor(ones.astype(np.int8), qt.scale, qt.axis, qt.block_size, qt.precision).dequantize()
+
+
+def _by_transpose(src: np.ndarray, stored: np.ndarray, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The axis permutation p with src.transpose(p).reshape(shape) == stored, if any."""
+    for p in itertools.permutations(range(src.ndim)):
+        t = np.transpose(src, p)
+        if t.size == stored.size and np.allclose(t.reshape(shape), stored.reshape(shape), rtol=1e-5, atol=0.0):
+            return p
+    return None
+
+
+def _by_value(name: str, src: np.ndarray, stored: np.ndarray, q: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each stored element's integer and scale, looked up by its value in the source."""
+    flat, qf, sf = src.ravel(), q.ravel(), s.ravel()
+    order = np.argsort(flat, kind="stable")
+    keys = flat[order]
+    pos = np.clip(np.searchsorted(keys, stored), 0, keys.size - 1)
+    left = np.clip(pos - 1, 0, keys.size - 1)
+    pos = np.where(np.abs(keys[left] - stored) < np.abs(keys[pos] - stored), left, pos)
+    tol = 1e-5 * max(float(np.max(np.abs(flat))), 1e-30)
+    if np.any(np.abs(keys[pos] - stored) > tol):
+        raise ConvertError(
+            f"'{name}': the TFLite weight holds values the source tensor does not (transformed by the converter); use a round-to-nearest plan"
+        )
+    # a value that occurs more than once must carry one integer and one scale, else which element is which is a guess
+    qs, ss = qf[order], sf[order]
+    first = np.searchsorted(keys, keys, side="left")
+    if np.any(qs != qs[first]) or np.any(ss != ss[first]):
+        raise ConvertError(
+            f"'{name}': repeated weight values carry different GPTQ integers, and the TFLite layout cannot tell which is "
+            "which; use a round-to-nearest plan for TFLite or convert to ort"
+        )
+    return qs[pos], ss[pos]
+
+
+def _pack4(q: np.ndarray) -> np.ndarray:
+    """Two 4-bit values per byte, low nibble first (TFLite INT4, as ai-edge-quantizer packs)."""
+    u = (q.ravel().astype(np.int16) & 0x0F).astype(np.uint8)
+    if u.size % 2:
+        u = np.append(u, np.uint8(0))
+    return (u[0::2] | (u[1::2] << 4)).astype(np.uint8)
+
+
+def stored_index(m: Any, f: Any, ops: dict[int, str]) -> int | None:
+    """Index of the tensor holding match ``f``'s stored weight in quantized ``m`` (behind a DEQUANTIZE when
+    weight-only), or None when its consuming op is gone."""
+    from .litert import op_name, scope
+
+    sg = m.subgraphs[0]
+    op = next((o for o in sg.operators if scope(sg, o) == f.scope), None)
+    if op is None:
+        return None
+    i = op.inputs[f.pos]
+    prod = next((o for o in sg.operators if i in o.outputs), None)
+    if prod is not None and op_name(m, prod, ops) == "DEQUANTIZE":
+        i = prod.inputs[0]
+    return int(i)
+
+
+def write_plan_integers(buf: bytes, float_model: Any, matched: list[Any], integers: dict[str, QuantizedTensor], source: Any) -> bytes:
+    """``buf`` (ai-edge-quantizer's output) with every matched weight's integers and scales replaced by the plan's.
+
+    Args:
+        buf: the quantized TFLite flatbuffer.
+        float_model: the float TFLite ``ModelT`` the weights were matched in (same tensor indices).
+        matched: `litert.Match` of every planned tensor.
+        integers: tensor name -> the plan's `QuantizedTensor` (source layout).
+        source: the `Model` the plan was made for (its float weights).
+
+    Raises:
+        ConvertError: a weight whose stored layout cannot be traced to the source element by element, or whose
+            quantized dimension is not the plan's channel axis.
+    """
+    import flatbuffers
+
+    from .litert import names, schema
+
+    fb = schema()
+    ops, _ = names(fb)
+    m = fb.ModelT.InitFromPackedBuf(buf, 0)
+    sg, fsg = m.subgraphs[0], float_model.subgraphs[0]
+    for f in matched:
+        qt = integers.get(f.tensor)
+        if qt is None or f.precision.kind != "int":
+            continue
+        ft = fsg.tensors[f.index]
+        stored = np.frombuffer(bytes(float_model.buffers[ft.buffer].data), np.float32) / np.float32(f.factor)
+        shape = tuple(int(d) for d in ft.shape)
+        src = np.asarray(source.weight_array(f.tensor), np.float32)
+        s_full = _full_scale(qt)
+        perm = _by_transpose(src, stored, shape) if src.size == stored.size else None
+        if perm is not None:
+            q = np.transpose(qt.q, perm).reshape(shape)
+            s = np.transpose(s_full, perm).reshape(shape)
+        else:
+            qv, sv = _by_value(f.tensor, src, stored, qt.q, s_full)
+            q, s = qv.reshape(shape), sv.reshape(shape)
+        sign = 1 if f.factor >= 0 else -1
+        q = (sign * q.astype(np.int16)).astype(np.int16)
+        s = s * np.float32(abs(f.factor))
+        lo, hi = -(2 ** (qt.precision.bits - 1)), 2 ** (qt.precision.bits - 1) - 1
+        if q.min() < lo or q.max() > hi:
+            raise ConvertError(
+                f"'{f.tensor}': the plan's integers do not fit {qt.precision.bits} bits once the converter's negative factor is folded in"
+            )
+        at = stored_index(m, f, ops)
+        t = None if at is None else sg.tensors[at]
+        qp = None if t is None else t.quantization
+        if t is None or qp is None or qp.scale is None:
+            raise ConvertError(f"'{f.tensor}': ai-edge-quantizer stored no integer weight here to replace")
+        n = len(qp.scale)
+        if n == 1:
+            if not np.allclose(s, s.flat[0], rtol=1e-6):
+                raise ConvertError(f"'{f.tensor}': the plan has one scale per channel, the TFLite tensor one for all")
+            scales = np.asarray([s.flat[0]], np.float32)
+        else:
+            axis = int(qp.quantizedDimension)
+            scales = np.moveaxis(s, axis, 0).reshape(n, -1)
+            if not np.allclose(scales, scales[:, :1], rtol=1e-6):
+                raise ConvertError(
+                    f"'{f.tensor}': the plan's channel axis is not the TFLite tensor's quantized dimension {axis}; use a round-to-nearest plan"
+                )
+            scales = scales[:, 0].astype(np.float32)
+        qp.scale = scales
+        qp.zeroPoint = np.zeros(n, np.int64)
+        data = _pack4(q) if qt.precision.bits == 4 else q.astype(np.int8).ravel().view(np.uint8)
+        b = m.buffers[t.buffer]
+        if b.data is None or len(b.data) != data.size:
+            raise ConvertError(
+                f"'{f.tensor}': the TFLite weight holds {0 if b.data is None else len(b.data)} bytes, the plan's integers {data.size}"
+            )
+        b.data = data
+    builder = flatbuffers.Builder(len(buf) + 1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def stored_values(m: Any, index: int, types: dict[int, str]) -> np.ndarray:
+    """The values an integer TFLite tensor of ``m`` stands for: its integers (INT4 unpacked) times its scales."""
+    from .readback import unpack4
+
+    t = m.subgraphs[0].tensors[index]
+    raw = np.asarray(m.buffers[t.buffer].data, np.uint8)
+    shape = tuple(int(d) for d in t.shape)
+    n = int(np.prod(shape))
+    q = unpack4(raw.tobytes(), n, signed=True) if types.get(t.type) == "INT4" else raw.view(np.int8).astype(np.int16)[:n]
+    s = np.asarray(t.quantization.scale, np.float32)
+    if s.size > 1:
+        bshape = [1] * len(shape)
+        bshape[int(t.quantization.quantizedDimension)] = -1
+        s = s.reshape(bshape)
+    return q.reshape(shape).astype(np.float32) * s
