@@ -25,7 +25,7 @@ from edgetqs.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 # hints met only on the TFLite routes (a converter that lacks an op or rounds itself): tests/test_hints.py
 # covers them in the tflite tier below
-TFLITE_ONLY = {"tflite-rounding", "tflite-route-op", "tflite-route-node"}
+TFLITE_ONLY = {"tflite-route-op", "tflite-route-node"}
 
 
 def catalogue() -> set[str]:
@@ -422,39 +422,6 @@ def test_onnx2tf_failures_name_our_node_and_its_op(tmp_path: Path) -> None:
     assert our_node(m, "rnn/GRU") == ("/rnn/GRU", "GRU")
     assert our_node(m, "wa/Add") == ("/Add", "Add")
     assert our_node(m, "tf.math.add_2") is None and our_node(m, "xrnn/GRU") is None
-
-
-@pytest.mark.slow
-@pytest.mark.tflite
-def test_tflite_rounding_hint_is_followed_on_the_plan(w: Path) -> None:
-    """A GPTQ plan converted to TFLite-Micro (full integer: its int32 biases follow the weight scales it rounds itself):
-    the advice is for `plan` (replan with --rounding rtn); followed there, the conversion goes through."""
-    plan = ["plan", str(w / "s.json"), "-t", "stm32h743", "--model", str(w / "state.onnx"), "--runtime", "tflm", "--rounding", "gptq"]
-    plan += ["-c", str(w / "rec.npy"), "-k", "4", "-o", str(w / "tg.json"), "-q"]
-    assert cli(plan).code == 0
-    conv = [
-        "convert",
-        str(w / "state.onnx"),
-        "-p",
-        str(w / "tg.json"),
-        "-f",
-        "tflm",
-        "-o",
-        str(w / "tfl"),
-        "-c",
-        str(w / "rec.npy"),
-        "-k",
-        "4",
-    ]
-    r = cli(conv)
-    assert r.code == 2 and r.error is not None and r.error.hint is not None and r.error.hint.key == "tflite-rounding", r.output
-    hint = r.error.hint
-    assert hint.command == "plan" and all(f in options_of("plan") for f in hint.flags())
-    assert "edgetqs plan ... --rounding rtn without --contexts, -k" in " ".join(r.output.split())
-    assert cli(hint.follow(plan, options_of("plan"))).code == 0
-    print(
-        f"\nHINT | tflite-rounding | `convert` -> `plan` | {r.error.render(set(options_of('convert')))} | exit {gets_past(conv, 'tflite-rounding').code}"
-    )
 
 
 @pytest.mark.long  # converts a GRU through TensorFlow only to find that it converts now (a skip): kept for when a refusal returns

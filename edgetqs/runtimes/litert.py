@@ -72,29 +72,6 @@ def our_node(model: Any, reported: str) -> tuple[str, str] | None:
     return best
 
 
-def refuse_other_rounding(job: Any) -> None:
-    """The full-integer (TFLite-Micro) route rounds weights itself, and its int32 biases are tied to the weight scales,
-    so only round-to-nearest plans are realised exactly there (the tflite route writes a GPTQ plan's integers:
-    `tflite_integers`)."""
-    if job.plan.rounding != "rtn":
-        # a round-to-nearest plan reads no contexts: `plan` refuses them, so the advice drops them too
-        hint = Hint(
-            "tflite-rounding",
-            ("--rounding", "rtn"),
-            drop=("--contexts", "-k", "--span", "--pick", "--fill"),
-            say="replan with {args} for tflm",
-            command="plan",
-        )
-        runs = None if job.target is None else tuple(job.target.runtimes)
-        fmt = next((f for f in ("ort", "ort-mobile", "tflite") if runs is None or f in runs), None)
-        raise ConvertError(
-            f"the plan uses {job.plan.rounding} rounding, whose integers the ort, ort-mobile and tflite formats store exactly; the "
-            "full-integer TFLite-Micro route rounds weights itself (its int32 biases follow the weight scales)"
-            + (f"; or convert to {fmt}" if fmt else ""),
-            hint=hint,
-        )
-
-
 def quiet_tensorflow() -> None:
     """TensorFlow's C++ logging (imported by ai-edge-quantizer and the converters) would flood the terminal."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -40,6 +40,7 @@ from .litert import (
     stored_bytes,
     versions,
 )
+from .tflite_integers import against_plan
 
 _ALGO_FLOAT = "float_casting"
 _PACKAGES = ("onnx2tf", "ai-edge-quantizer", "ai-edge-litert", "tensorflow")
@@ -153,18 +154,15 @@ def _choose_dynamic(job: ConvertJob, prep: Any, float_path: Path, matched: list[
     return {weight[op] for op in choice.ops("dynamic")}, choice
 
 
-def _readback(buf: bytes, matched: list[Any], integers: _Integers | None = None) -> tuple[dict[str, list[tuple[str, int]]], int]:
-    """Stored precision and bytes of each matched piece (by planned tensor), and all weight bytes of the file. With
-    ``integers``, a tensor whose stored values are not the plan's (as a multiset over its pieces: the layout is the
-    converter's) reads "... (integers differ from the plan's rounding)"."""
-    from .tflite_integers import stored_index, stored_values
+def _readback(buf: bytes, matched: list[Any]) -> tuple[dict[str, list[tuple[str, int]]], int]:
+    """Stored precision and bytes of each matched piece (by planned tensor), and all weight bytes of the file."""
+    from .tflite_integers import stored_index
 
     fb = schema()
     ops, types = names(fb)
     m = fb.ModelT.InitFromPackedBuf(buf, 0)
     sg = m.subgraphs[0]
     out: dict[str, list[tuple[str, int]]] = {}
-    values: dict[str, list[np.ndarray]] = {}
     for f in matched:
         at = stored_index(m, f, ops)
         if at is None:
@@ -177,7 +175,6 @@ def _readback(buf: bytes, matched: list[Any], integers: _Integers | None = None)
         if kind in ("INT8", "INT4"):
             n = len(src.quantization.scale) if src.quantization is not None and src.quantization.scale is not None else 0
             found = f"int{8 if kind == 'INT8' else 4}-{'tensor' if n == 1 else 'channel'}"
-            values.setdefault(f.tensor, []).append(stored_values(m, at, types) / np.float32(f.factor))
         elif kind == "FLOAT16":
             found = "fp16"
         elif kind == "FLOAT32":
@@ -185,14 +182,6 @@ def _readback(buf: bytes, matched: list[Any], integers: _Integers | None = None)
         else:
             found = kind.lower()
         out.setdefault(f.tensor, []).append((found, nbytes))
-    for name, got in values.items() if integers is not None else ():
-        qt = integers.values.get(name) if integers is not None else None
-        want = None if qt is None else np.sort(qt.dequantize().ravel())
-        have = np.sort(np.concatenate([v.ravel() for v in got]))
-        if want is not None and (
-            want.shape != have.shape or not np.allclose(have, want, rtol=1e-5, atol=1e-7 * float(np.max(np.abs(want)) or 1))
-        ):
-            out[name] = [(f"{g} (integers differ from the plan's rounding)", nb) for g, nb in out[name]]
     return out, stored_bytes(m)
 
 
@@ -234,7 +223,7 @@ class TfliteRuntime(RuntimeInfo):
         buf = _quantize(float_path, matched, dynamic, integers) if matched else fbuf
         artifact = work / job.file_name
         artifact.write_bytes(buf)
-        stored, total = _readback(buf, matched, integers)
+        stored, total = _readback(buf, matched)
         want: dict[str, list[str]] = {f.tensor: [] for f in matched}
         for f in matched:
             want[f.tensor].append(f.precision.name)
@@ -250,6 +239,7 @@ class TfliteRuntime(RuntimeInfo):
                 checks.append(TensorCheck(name=t.name, planned=p.name, found=label, match=ok, bytes=nbytes))
             else:  # planned fp32: stays float in the graph onnx2tf wrote (possibly transformed or fused)
                 checks.append(TensorCheck(name=t.name, planned=p.name, found="fp32", match=p.name == "fp32", bytes=t.bytes))
+        checks = against_plan(buf, matched, None if integers is None else integers.values, checks, plan.rounding)
         shutil.rmtree(work / "onnx2tf", ignore_errors=True)
         (work / "float_input.onnx").unlink(missing_ok=True)
         ins, outs = io_dicts(model)

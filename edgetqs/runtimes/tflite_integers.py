@@ -85,7 +85,52 @@ def stored_index(m: Any, f: Any, ops: dict[int, str]) -> int | None:
     return int(i)
 
 
-def write_plan_integers(buf: bytes, float_model: Any, matched: list[Any], integers: dict[str, QuantizedTensor], source: Any) -> bytes:
+def _requantize_biases(
+    m: Any, weight: int, old: np.ndarray, new: np.ndarray, ops: dict[int, str], types: dict[int, str], done: set[int]
+) -> None:
+    """Each integer bias of a kernel reading ``weight``, stored at input scale x the weight's new scales.
+
+    A full-integer kernel takes its bias at scale s_in x s_w (per channel), so new weight scales need new bias integers:
+    s_in is the old bias scale over the old weight scale, and the bias's value (its old integers x old scales) is rounded
+    again at the new scale, a change below half the old bias step. A bias shared by kernels with one input scale is
+    requantized once (``done``)."""
+    from .litert import WEIGHT_OPS, op_name
+    from .pricing import BIAS_POS
+
+    sg = m.subgraphs[0]
+    for op in sg.operators:
+        name = op_name(m, op, ops)
+        w_pos, b_pos = WEIGHT_OPS.get(name), BIAS_POS.get(name)
+        if w_pos is None or b_pos is None or w_pos >= len(op.inputs) or op.inputs[w_pos] != weight or b_pos >= len(op.inputs):
+            continue
+        bi = int(op.inputs[b_pos])
+        if bi < 0 or bi in done:
+            continue
+        bt = sg.tensors[bi]
+        kind = types.get(bt.type)
+        if kind not in ("INT32", "INT64") or bt.quantization is None or bt.quantization.scale is None:
+            continue  # a float bias (weight-only and dynamic range): nothing follows the weight scales
+        dtype = np.int32 if kind == "INT32" else np.int64
+        b_old = np.asarray(bt.quantization.scale, np.float64)
+        if b_old.size == 1 and new.size > 1:
+            raise ConvertError(
+                f"a bias with one scale for all channels follows per-channel weight scales (tensor {bi}); use a round-to-nearest plan"
+            )
+        n = max(b_old.size, old.size, new.size)
+        s_in = np.broadcast_to(b_old, n) / np.broadcast_to(old, n)
+        b_new = (s_in * np.broadcast_to(new.astype(np.float64), n)).astype(np.float32)
+        raw = np.asarray(m.buffers[bt.buffer].data, np.uint8).view(dtype).astype(np.float64)
+        value = raw * (b_old if b_old.size > 1 else b_old[0])
+        info = np.iinfo(dtype)
+        q = np.clip(np.rint(value / b_new.astype(np.float64)), info.min, info.max).astype(dtype)
+        m.buffers[bt.buffer].data = q.view(np.uint8)
+        bt.quantization.scale = b_new if b_old.size > 1 else b_new[:1]
+        done.add(bi)
+
+
+def write_plan_integers(
+    buf: bytes, float_model: Any, matched: list[Any], integers: dict[str, QuantizedTensor], source: Any, biases: bool = False
+) -> bytes:
     """``buf`` (ai-edge-quantizer's output) with every matched weight's integers and scales replaced by the plan's.
 
     Args:
@@ -94,6 +139,7 @@ def write_plan_integers(buf: bytes, float_model: Any, matched: list[Any], intege
         matched: `litert.Match` of every planned tensor.
         integers: tensor name -> the plan's `QuantizedTensor` (source layout).
         source: the `Model` the plan was made for (its float weights).
+        biases: requantize the integer biases of the kernels whose weights change (full-integer models).
 
     Raises:
         ConvertError: a weight whose stored layout cannot be traced to the source element by element, or whose
@@ -104,12 +150,13 @@ def write_plan_integers(buf: bytes, float_model: Any, matched: list[Any], intege
     from .litert import names, schema
 
     fb = schema()
-    ops, _ = names(fb)
+    ops, types = names(fb)
     m = fb.ModelT.InitFromPackedBuf(buf, 0)
     sg, fsg = m.subgraphs[0], float_model.subgraphs[0]
+    requantized: set[int] = set()
     for f in matched:
         qt = integers.get(f.tensor)
-        if qt is None or f.precision.kind != "int":
+        if qt is None or f.precision.kind != "int" or not f.is_weight:
             continue
         ft = fsg.tensors[f.index]
         stored = np.frombuffer(bytes(float_model.buffers[ft.buffer].data), np.float32) / np.float32(f.factor)
@@ -134,7 +181,7 @@ def write_plan_integers(buf: bytes, float_model: Any, matched: list[Any], intege
         at = stored_index(m, f, ops)
         t = None if at is None else sg.tensors[at]
         qp = None if t is None else t.quantization
-        if t is None or qp is None or qp.scale is None:
+        if at is None or t is None or qp is None or qp.scale is None:
             raise ConvertError(f"'{f.tensor}': ai-edge-quantizer stored no integer weight here to replace")
         n = len(qp.scale)
         if n == 1:
@@ -149,6 +196,8 @@ def write_plan_integers(buf: bytes, float_model: Any, matched: list[Any], intege
                     f"'{f.tensor}': the plan's channel axis is not the TFLite tensor's quantized dimension {axis}; use a round-to-nearest plan"
                 )
             scales = scales[:, 0].astype(np.float32)
+        if biases:
+            _requantize_biases(m, at, np.asarray(qp.scale, np.float64), scales, ops, types, requantized)
         qp.scale = scales
         qp.zeroPoint = np.zeros(n, np.int64)
         data = _pack4(q) if qt.precision.bits == 4 else q.astype(np.int8).ravel().view(np.uint8)
@@ -178,3 +227,41 @@ def stored_values(m: Any, index: int, types: dict[int, str]) -> np.ndarray:
         bshape[int(t.quantization.quantizedDimension)] = -1
         s = s.reshape(bshape)
     return q.reshape(shape).astype(np.float32) * s
+
+
+def against_plan(
+    buf: bytes, matched: list[Any], integers: dict[str, QuantizedTensor] | None, checks: list[Any], rounding: str
+) -> list[Any]:
+    """``checks`` (`TensorCheck` per planned tensor) with every weight whose stored values (integers x scales, over
+    all its pieces, as a multiset: the layout is the converter's) are not the plan's marked "(integers differ from the
+    plan's <rounding> rounding)"; unchanged without plan integers (round-to-nearest)."""
+    if not integers:
+        return checks
+    from .litert import names, schema
+
+    fb = schema()
+    ops, types = names(fb)
+    m = fb.ModelT.InitFromPackedBuf(buf, 0)
+    got: dict[str, list[np.ndarray]] = {}
+    for f in matched:
+        if not f.is_weight or f.precision.kind != "int" or f.tensor not in integers:
+            continue
+        at = stored_index(m, f, ops)
+        t = None if at is None else m.subgraphs[0].tensors[at]
+        if at is None or t is None or t.quantization is None or t.quantization.scale is None:
+            got.setdefault(f.tensor, []).append(np.full(1, np.nan, np.float32))
+            continue
+        got.setdefault(f.tensor, []).append(stored_values(m, at, types).ravel() / np.float32(f.factor))
+    bad = set()
+    for name, parts in got.items():
+        want = np.sort(integers[name].dequantize().ravel())
+        have = np.sort(np.concatenate(parts))
+        tol = 1e-7 * float(np.max(np.abs(want)) or 1.0)
+        if want.shape != have.shape or not np.allclose(have, want, rtol=1e-5, atol=tol):
+            bad.add(name)
+    return [
+        c.model_copy(update={"found": f"{c.found} (integers differ from the plan's {rounding} rounding)", "match": False})
+        if c.name in bad
+        else c
+        for c in checks
+    ]

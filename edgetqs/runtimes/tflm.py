@@ -41,7 +41,6 @@ from .litert import (
     names,
     qbytes,
     quiet_tensorflow,
-    refuse_other_rounding,
     schema,
     scope,
     versions,
@@ -413,14 +412,15 @@ def convert_tflm(job: ConvertJob) -> Converted:
     """The full-integer artifact, its read-back, its measured arena and a host session on it."""
     require()
     quiet_tensorflow()
-    refuse_other_rounding(job)
     from ..ondevice.runners import MicroRunner
+    from .tflite_integers import against_plan, write_plan_integers
 
     plan, work, target = job.plan, job.work, job.target
     acts = activation_choices(job, "tflm")
     if "float" in acts:
         raise ConvertError("TFLite-Micro runs full-integer models only; activations must be int16 or int8")
     g = float_graph(job, "tflm")
+    integers = job.plan_integers()  # GPTQ: written over the quantizer's round-to-nearest, the biases requantized to match
     notes = list(g.notes)
     artifact = work / job.file_name
     arena = reported = probes = None
@@ -428,6 +428,8 @@ def convert_tflm(job: ConvertJob) -> Converted:
     for i, a in enumerate(acts):
         try:
             buf = g.quantize(job.rows(), a)
+            if integers is not None:
+                buf = write_plan_integers(buf, g.fm, g.matched, integers, job.model, biases=True)
             artifact.write_bytes(buf)
             arena, reported, probes = measure_arena(artifact, len(job.model.inputs))
             act = a
@@ -452,7 +454,12 @@ def convert_tflm(job: ConvertJob) -> Converted:
             f"the quantizer stored {dup_n} extra copies of constants shared by several kernels ({dup_bytes:,} bytes; the steps of an "
             "unrolled recurrent cell share biases whose scale differs per step after calibration): the plan does not price them"
         )
-    checks = tensor_checks(plan, stored, matched, act, floats)
+    checks = against_plan(buf, matched, integers, tensor_checks(plan, stored, matched, act, floats), plan.rounding)
+    if integers is not None:
+        notes.append(
+            f"the weights' integers and scales are the plan's {plan.rounding} rounding, written over the quantizer's round-to-nearest; "
+            "the kernels' int32/int64 biases requantized at input scale x the new weight scales"
+        )
     if floats:
         raise ConvertError(f"the TFLite-Micro model still has float tensors ({', '.join(floats[:4])}); TFLM needs a full-integer model")
     if total > plan.budget_bytes:

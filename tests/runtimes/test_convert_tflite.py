@@ -192,7 +192,7 @@ def test_gptq_plans_store_the_gptq_integers_in_tflite(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(tflite_integers, "write_plan_integers", lambda buf, *a: buf)
     with pytest.raises(
-        ConvertError, match=r"'fc\d.weight' planned int\d-\w+, stored int\d-\w+ \(integers differ from the plan's rounding\)"
+        ConvertError, match=r"'fc\d.weight' planned int\d-\w+, stored int\d-\w+ \(integers differ from the plan's gptq rounding\)"
     ):
         convert(m, plan, "tflite", tmp_path / "r", ctx, spec, activations="float")
 

@@ -130,3 +130,51 @@ def test_missing_tflite_micro_names_the_extra(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setitem(sys.modules, "tflite_micro", None)  # import fails as if not installed
     with pytest.raises(OptionalDependencyError, match=r"tflite-micro.*edgetqs\[mcu\]"):
         convert(m, plan, "tflm", tmp_path / "out", ctx, spec)
+
+
+def test_gptq_plans_store_gptq_integers_with_requantized_biases(station_tflm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPTQ plan for TFLite-Micro: GPTQ's integers and scales replace the quantizer's, and every int32/int64 bias of
+    a kernel whose weight changed sits at input scale x the new weight scales (the kernels assume it). Read back, the
+    weights are GPTQ's; with the writer removed, convert refuses "integers differ"."""
+    from edgetqs.allocation.planner import plan_stage
+    from edgetqs.allocation.rounding import Rounder
+    from edgetqs.runtimes.litert import WEIGHT_OPS, names, op_name, schema
+    from edgetqs.runtimes.pricing import BIAS_POS
+
+    inp, _, r_rtn, _ = station_tflm
+    s = run_sweep(inp.model, inp.spec, inp.contexts, ProbeSettings(horizon=8))
+    plan = plan_stage(s, inp.model, STM, PlanOptions(runtime="tflm", rounding="gptq"), spec=inp.spec, contexts=inp.contexts)
+    r = convert(inp.model, plan, "tflm", tmp_path / "g", inp.contexts, inp.spec)
+    assert r.all_match and r.activations == r_rtn.activations
+    assert any("gptq rounding" in n for n in r.notes)
+    fb = schema()
+    ops, types = names(fb)
+    m = fb.ModelT.InitFromPackedBuf((tmp_path / "g" / r.artifact).read_bytes(), 0)
+    sg = m.subgraphs[0]
+    rounder = Rounder(inp.model, "gptq", inp.contexts, inp.spec, plan.horizon)
+    stored = []
+    kernels = 0
+    for op in sg.operators:
+        name = op_name(m, op, ops)
+        if name not in WEIGHT_OPS or name not in BIAS_POS:
+            continue
+        w, b, x = (sg.tensors[op.inputs[i]] for i in (WEIGHT_OPS[name], BIAS_POS[name], 0))
+        s_w, s_b, s_x = (np.asarray(t.quantization.scale, np.float64) for t in (w, b, x))
+        assert np.allclose(s_b, s_x[0] * s_w, rtol=1e-5)  # the bias follows the new weight scales
+        q = np.asarray(m.buffers[w.buffer].data, np.uint8).view(np.int8).reshape(tuple(w.shape)).astype(np.float64)
+        stored.append(np.sort((q * s_w.reshape(-1, *[1] * (q.ndim - 1))).ravel()))
+        kernels += 1
+    assert kernels == 4
+    for t in plan.tensors:
+        if t.name.endswith("weight"):
+            want = np.sort(rounder.integers(t.name, t.precision).dequantize().ravel())
+            assert any(v.shape == want.shape and np.allclose(v, want, rtol=1e-5) for v in stored), t.name
+    print(f"\nstation on stm32h743 ({r.activations}): worst nRMSE RTN {max(r_rtn.error_by_lead):.4f}, GPTQ {max(r.error_by_lead):.4f}")
+    assert max(r.error_by_lead) < 0.2
+    from edgetqs.runtimes import tflite_integers
+
+    monkeypatch.setattr(tflite_integers, "write_plan_integers", lambda buf, *a, **k: buf)
+    with pytest.raises(
+        ConvertError, match=r"l\d.weight' planned int8-channel, stored int8-channel \(integers differ from the plan's gptq rounding\)"
+    ):
+        convert(inp.model, plan, "tflm", tmp_path / "r", inp.contexts, inp.spec)
