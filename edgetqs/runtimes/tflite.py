@@ -8,7 +8,9 @@ casting) through a regex on its consuming op's scope (the op's output tensor nam
 an int8 weight of a FULLY_CONNECTED or CONV_2D is quantized dynamic range instead (its op quantizes its input
 per call and runs an integer GEMM: LiteRT's XNNPACK runs the station MLP at 0.22-0.28x ORT fp32 on the emulated
 Pi 4/5, docs/latency.md), on the ops `edgetqs.allocation.activations` chooses. The result is read back from the
-flatbuffer, because the interpreter reports INT4 as int8.
+flatbuffer, because the interpreter reports INT4 as int8. A GPTQ plan's integers and scales are written over the
+quantizer's round-to-nearest ones (`tflite_integers`). The float graph is cached on disk: the planner prices its
+constants (plan bytes = artifact bytes) and convert quantizes the same file.
 """
 
 from __future__ import annotations
@@ -297,7 +299,7 @@ class TfliteRuntime(RuntimeInfo):
             prep = prepare(model, "tflite", measure=False)
             with tempfile.TemporaryDirectory(prefix="edgetqs-price-") as tmp:
                 buf = cached_float_tflite(prep.model, Path(tmp)).read_bytes()
-        except ConvertError as exc:  # convert names the cause; the plan prices the ONNX graph meanwhile
+        except Exception as exc:  # noqa: BLE001 - onnx2tf failing or timing out: convert names the cause; the plan prices the ONNX graph meanwhile
             p.fixed = prepared_fixed_bytes(model, "tflite")
             p.notes.append(f"bytes beside the weights estimated from the ONNX graph: {str(exc)[:200]}")
             return p

@@ -233,3 +233,24 @@ def test_tflite_plans_price_the_constants_onnx2tf_adds(tmp_path: Path) -> None:
         assert plan.pricing["exact"] and plan.fixed_bytes > prepared_fixed_bytes(inp.model, "tflite")
         r = convert(inp.model, plan, "tflite", tmp_path / f"r{ratio}", inp.contexts, inp.spec)
         assert r.weight_bytes == plan.weight_bytes <= plan.budget_bytes
+
+
+def test_tflite_pricing_falls_back_to_the_onnx_estimate_when_onnx2tf_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnx2tf failing at plan time (an op it lacks, a timeout) does not stop the plan: the fixed bytes are the
+    legalised ONNX graph's, the pricing says it is not exact and why; convert then names the cause."""
+    import subprocess
+
+    from edgetqs.runtimes import litert
+    from edgetqs.runtimes.base import RUNTIMES
+    from edgetqs.runtimes.prepare import prepared_fixed_bytes
+
+    m = load_model(models.deep_mlp(tmp_path / "d.onnx"))
+
+    def boom(*a, **k):
+        raise subprocess.TimeoutExpired("onnx2tf", 600)
+
+    monkeypatch.setenv("EDGETQS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(litert, "float_tflite", boom)
+    p = RUNTIMES.get("tflite").pricing(m, "float", exact=True)
+    assert not p.exact and p.fixed == prepared_fixed_bytes(m, "tflite")
+    assert any("estimated from the ONNX graph" in n and "onnx2tf" in n for n in p.notes)
