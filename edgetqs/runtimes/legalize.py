@@ -1180,6 +1180,16 @@ def _outputs(g: GraphView, b: Builder, cell: _Cell, hs: list[str], cs: list[str]
         replaced, axis, target = [squeeze], 0, squeeze.output[0]
     else:  # [L, 1, B, H]
         replaced, axis, target = [], 0, None
+    step = _picked_step(g, target, axis, len(order))
+    if step is not None:
+        # onnx2tf 1.28.8 loses a step picked out of the stacked Y (torch's out[:, -1]): the head read zeros, and a
+        # GRU's float TFLite came out 0.021 (of 1.39) off the model on one step. The step is taken from its h instead.
+        pick, k, keep = step
+        if keep:
+            b.axes_op("Unsqueeze", order[k], [axis], "y_step", out=pick.output[0])
+        else:
+            b.op("Identity", [order[k]], "y_step", out=pick.output[0])
+        return [n for n in replaced if n is not None] + [pick]
     if len(order) == 1:
         y = b.axes_op("Unsqueeze", order[0], [axis], "y_seq", out=target)
     else:
@@ -1187,6 +1197,21 @@ def _outputs(g: GraphView, b: Builder, cell: _Cell, hs: list[str], cs: list[str]
     if target is None:
         b.axes_op("Unsqueeze", y, [1], "y", out=node.output[0])
     return [n for n in replaced if n is not None]
+
+
+def _picked_step(g: GraphView, target: str | None, axis: int, steps: int) -> tuple[onnx.NodeProto, int, bool] | None:
+    """(the Gather, the step k, whether it keeps the axis) when the stacked Y ``target`` is read only by a Gather of
+    one constant step along the time ``axis``; else None."""
+    pick = None if target is None else _sole_user(g, target, "Gather")
+    if pick is None:
+        return None
+    idx = g.const(pick.input[1])
+    ax = int(_attrs(pick).get("axis", 0))
+    if idx is None or idx.size != 1 or idx.ndim > 1 or (ax + 3 if ax < 0 else ax) != axis:
+        return None
+    k = int(idx.reshape(()))
+    k = k + steps if k < 0 else k
+    return (pick, k, idx.ndim == 1) if 0 <= k < steps else None
 
 
 def _rec(b: Builder, h: str | None, cell: _Cell, gate: str) -> str | None:

@@ -254,3 +254,23 @@ def test_tflite_pricing_falls_back_to_the_onnx_estimate_when_onnx2tf_fails(tmp_p
     p = RUNTIMES.get("tflite").pricing(m, "float", exact=True)
     assert not p.exact and p.fixed == prepared_fixed_bytes(m, "tflite")
     assert any("estimated from the ONNX graph" in n and "onnx2tf" in n for n in p.notes)
+
+
+def test_gptq_gru_gate_pieces_and_the_float_cell_are_exact(tmp_path: Path) -> None:
+    """A torch GRU forecaster (unrolled for TFLite, W and R split per gate): a GPTQ plan's integers are written into
+    each gate piece by value, and the artifact's rollout equals the plan's simulated quantization. Before the unroll
+    took out[:, -1] from the last h, onnx2tf's float graph fed the head zeros: 0.079 from the simulation at fp32."""
+    import realmodels
+
+    from edgetqs.allocation.planner import plan_stage
+
+    m = load_model(realmodels.gru_onestep(tmp_path / "g.onnx", L=8, C=3, hidden=8))
+    spec = infer_spec(m)
+    np.save(tmp_path / "r.npy", np.random.default_rng(0).standard_normal((80, 3)).astype(np.float32))
+    ctx = select_contexts(read_record(tmp_path / "r.npy", spec), m, spec, 3)
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=4))
+    pins = (parse_pin("re:GRU_11[23]$=int8-channel"), parse_pin("head.weight=int8-channel"))
+    plan = plan_stage(s, m, PI, PlanOptions(runtime="tflite", ratio=1.0, pins=pins, rounding="gptq"), spec=spec, contexts=ctx)
+    r = convert(m, plan, "tflite", tmp_path / "o", ctx, spec)
+    assert r.all_match and sum("gate pieces" in t.found for t in r.tensors) == 2
+    assert r.artifact_vs_simulated is not None and r.artifact_vs_simulated < 1e-5
