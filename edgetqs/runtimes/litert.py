@@ -157,15 +157,15 @@ def cache_bytes(cached: Path, data: bytes) -> None:
     os.replace(tmp, cached)
 
 
-def cached_float_tflite(model: Any, work: Path, target: Any = None) -> Path:
-    """`float_tflite`, cached on disk: the tflite planner prices from this graph and convert quantizes it, so one
-    onnx2tf run serves both. Returns ``work/float32.tflite``."""
+def cached_float_tflite(model: Any, work: Path, target: Any = None) -> bytes:
+    """`float_tflite`'s file, cached on disk like `tflm.signature_tflite`: the tflite planner prices from this graph
+    and convert quantizes it, so one onnx2tf run serves both (``work``: its scratch folder on a miss)."""
     cached = cache_file(model, "float32.tflite")
-    if not cached.is_file():
-        cache_bytes(cached, float_tflite(model, work, target).read_bytes())
-    out = work / "float32.tflite"
-    out.write_bytes(cached.read_bytes())
-    return out
+    if cached.is_file():
+        return cached.read_bytes()
+    data = float_tflite(model, work, target).read_bytes()
+    cache_bytes(cached, data)
+    return data
 
 
 def stored_bytes(m: Any) -> int:

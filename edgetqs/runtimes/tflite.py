@@ -93,12 +93,12 @@ def _recipe(qt: Any, op_scope: str, op: str, p: Any, dynamic: bool = False) -> N
     qt.add_weight_only_config(regex=regex, operation_name=name, num_bits=p.bits, granularity=gran)
 
 
-def _quantize(float_path: Path, matched: list[Any], dynamic: set[str], integers: Any = None) -> bytes:
+def _quantize(fbuf: bytes, matched: list[Any], dynamic: set[str], integers: Any = None) -> bytes:
     """The plan's recipe applied to the float TFLite: weight-only, or dynamic range for the weights in ``dynamic``.
     ``integers`` (`_Integers`): the plan's own rounding, written over the quantizer's round-to-nearest."""
     from ai_edge_quantizer import quantizer
 
-    qt = quantizer.Quantizer(str(float_path))
+    qt = quantizer.Quantizer(fbuf)
     for f in matched:
         for sc, op in f.weight_scopes:  # an unrolled recurrent cell's steps share one weight
             _recipe(qt, sc, op, f.precision, dynamic=f.tensor in dynamic)
@@ -120,7 +120,7 @@ class _Integers:
     source: Any  # the Model the plan was made for
 
 
-def _choose_dynamic(job: ConvertJob, prep: Any, float_path: Path, matched: list[Any], integers: _Integers | None) -> tuple[set[str], Any]:
+def _choose_dynamic(job: ConvertJob, fbuf: bytes, matched: list[Any], integers: _Integers | None) -> tuple[set[str], Any]:
     """Which int8 weights' ops run dynamic range: `edgetqs.allocation.activations.choose_activations` with the rungs
     dynamic -> float, each trial quantized and rolled out in LiteRT on the host."""
     from ..allocation.activations import choose_activations, kernel_groups
@@ -146,7 +146,7 @@ def _choose_dynamic(job: ConvertJob, prep: Any, float_path: Path, matched: list[
         steps,
         tol,
         goal=job.activation_goal,
-        build=lambda modes: _quantize(float_path, matched, {weight[op] for op, m in modes.items() if m == "dynamic"}, integers),
+        build=lambda modes: _quantize(fbuf, matched, {weight[op] for op, m in modes.items() if m == "dynamic"}, integers),
         groups=groups,
         session=lambda data: LiteRunner(data, ins, outs),
         rungs=("dynamic", "float"),
@@ -158,15 +158,16 @@ def _choose_dynamic(job: ConvertJob, prep: Any, float_path: Path, matched: list[
 
 def _readback(buf: bytes, matched: list[Any]) -> tuple[dict[str, list[tuple[str, int]]], int]:
     """Stored precision and bytes of each matched piece (by planned tensor), and all weight bytes of the file."""
-    from .tflite_integers import stored_index
+    from .tflite_integers import weight_locator
 
     fb = schema()
     ops, types = names(fb)
     m = fb.ModelT.InitFromPackedBuf(buf, 0)
     sg = m.subgraphs[0]
+    locate = weight_locator(m, ops)
     out: dict[str, list[tuple[str, int]]] = {}
     for f in matched:
-        at = stored_index(m, f, ops)
+        at = locate(f)
         if at is None:
             out.setdefault(f.tensor, []).append(("missing", 0))
             continue
@@ -205,8 +206,7 @@ class TfliteRuntime(RuntimeInfo):
         fb = schema()
         ops, _ = names(fb)
         prep = job.prepared("tflite")
-        float_path = cached_float_tflite(prep.model, work, job.target)  # the planner priced from this graph
-        fbuf = float_path.read_bytes()
+        fbuf = cached_float_tflite(prep.model, work, job.target)  # the planner priced from this graph
         fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
         matched = _match(prep, plan, fm, fm.subgraphs[0], ops)
         plan_ints = job.plan_integers()  # GPTQ: written over the quantizer's round-to-nearest (tflite_integers)
@@ -216,13 +216,13 @@ class TfliteRuntime(RuntimeInfo):
         extra: list[str] = []
         dynamic: set[str] = set()
         if acts == "dynamic" and matched:
-            dynamic, choice = _choose_dynamic(job, prep, float_path, matched, integers)
+            dynamic, choice = _choose_dynamic(job, fbuf, matched, integers)
             facts["activation_choice"] = choice.model_dump(mode="json")
             facts["dynamic_weights"] = sorted(dynamic)
             extra.append(choice.summary())
             if not dynamic:
                 facts["activations"] = "float"
-        buf = _quantize(float_path, matched, dynamic, integers) if matched else fbuf
+        buf = _quantize(fbuf, matched, dynamic, integers) if matched else fbuf
         artifact = work / job.file_name
         artifact.write_bytes(buf)
         stored, total = _readback(buf, matched)
@@ -298,13 +298,13 @@ class TfliteRuntime(RuntimeInfo):
             quiet_tensorflow()
             prep = prepare(model, "tflite", measure=False)
             with tempfile.TemporaryDirectory(prefix="edgetqs-price-") as tmp:
-                buf = cached_float_tflite(prep.model, Path(tmp)).read_bytes()
+                buf = cached_float_tflite(prep.model, Path(tmp))
         except Exception as exc:  # noqa: BLE001 - onnx2tf failing or timing out: convert names the cause; the plan prices the ONNX graph meanwhile
             p.fixed = prepared_fixed_bytes(model, "tflite")
             p.notes.append(f"bytes beside the weights estimated from the ONNX graph: {str(exc)[:200]}")
             return p
         # every weight is stored once as float32 in the float graph (layouts permuted, values kept): the rest is fixed
-        floats = sum(4 * model.weight_array(w.name).size for w in model.weights)
+        floats = sum(4 * w.size for w in model.weights)
         p.fixed = stored_bytes(schema().ModelT.InitFromPackedBuf(buf, 0)) - floats
         p.exact = True
         p.source = "packed bytes per weight, and the other constants of the float TFLite graph onnx2tf writes"

@@ -14,6 +14,7 @@ integer and one scale wherever it occurs, or the mapping would be a guess and co
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,15 +25,14 @@ from .base import ConvertError
 
 def _full_scale(qt: QuantizedTensor) -> np.ndarray:
     """The scale of every element, in the source layout."""
-    ones = np.ones(qt.q.shape, np.float32)
-    return QuantizedTensor(ones.astype(np.int8), qt.scale, qt.axis, qt.block_size, qt.precision).dequantize()
+    return QuantizedTensor(np.ones(qt.q.shape, np.int8), qt.scale, qt.axis, qt.block_size, qt.precision).dequantize()
 
 
 def _by_transpose(src: np.ndarray, stored: np.ndarray, shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    """The axis permutation p with src.transpose(p).reshape(shape) == stored, if any."""
+    """The axis permutation p with src.transpose(p).reshape(shape) == stored (same size), if any."""
+    want = stored.reshape(shape)
     for p in itertools.permutations(range(src.ndim)):
-        t = np.transpose(src, p)
-        if t.size == stored.size and np.allclose(t.reshape(shape), stored.reshape(shape), rtol=1e-5, atol=0.0):
+        if np.allclose(np.transpose(src, p).reshape(shape), want, rtol=1e-5, atol=0.0):
             return p
     return None
 
@@ -69,20 +69,26 @@ def _pack4(q: np.ndarray) -> np.ndarray:
     return (u[0::2] | (u[1::2] << 4)).astype(np.uint8)
 
 
-def stored_index(m: Any, f: Any, ops: dict[int, str]) -> int | None:
-    """Index of the tensor holding match ``f``'s stored weight in quantized ``m`` (behind a DEQUANTIZE when
-    weight-only), or None when its consuming op is gone."""
+def weight_locator(m: Any, ops: dict[int, str]) -> Callable[[Any], int | None]:
+    """For quantized ``m``: match -> index of the tensor holding its stored weight (behind a DEQUANTIZE when
+    weight-only), or None when its consuming op is gone. The op and producer maps are built once."""
     from .litert import op_name, scope
 
     sg = m.subgraphs[0]
-    op = next((o for o in sg.operators if scope(sg, o) == f.scope), None)
-    if op is None:
-        return None
-    i = op.inputs[f.pos]
-    prod = next((o for o in sg.operators if i in o.outputs), None)
-    if prod is not None and op_name(m, prod, ops) == "DEQUANTIZE":
-        i = prod.inputs[0]
-    return int(i)
+    by_scope = {scope(sg, op): op for op in sg.operators}
+    producer = {o: op for op in sg.operators for o in op.outputs}
+
+    def locate(f: Any) -> int | None:
+        op = by_scope.get(f.scope)
+        if op is None:
+            return None
+        i = op.inputs[f.pos]
+        prod = producer.get(i)
+        if prod is not None and op_name(m, prod, ops) == "DEQUANTIZE":
+            i = prod.inputs[0]
+        return int(i)
+
+    return locate
 
 
 def _requantize_biases(
@@ -153,6 +159,7 @@ def write_plan_integers(
     ops, types = names(fb)
     m = fb.ModelT.InitFromPackedBuf(buf, 0)
     sg, fsg = m.subgraphs[0], float_model.subgraphs[0]
+    locate = weight_locator(m, ops)
     requantized: set[int] = set()
     for f in matched:
         qt = integers.get(f.tensor)
@@ -178,7 +185,7 @@ def write_plan_integers(
             raise ConvertError(
                 f"'{f.tensor}': the plan's integers do not fit {qt.precision.bits} bits once the converter's negative factor is folded in"
             )
-        at = stored_index(m, f, ops)
+        at = locate(f)
         t = None if at is None else sg.tensors[at]
         qp = None if t is None else t.quantization
         if at is None or t is None or qp is None or qp.scale is None:
@@ -242,11 +249,12 @@ def against_plan(
     fb = schema()
     ops, types = names(fb)
     m = fb.ModelT.InitFromPackedBuf(buf, 0)
+    locate = weight_locator(m, ops)
     got: dict[str, list[np.ndarray]] = {}
     for f in matched:
         if not f.is_weight or f.precision.kind != "int" or f.tensor not in integers:
             continue
-        at = stored_index(m, f, ops)
+        at = locate(f)
         t = None if at is None else m.subgraphs[0].tensors[at]
         if at is None or t is None or t.quantization is None or t.quantization.scale is None:
             got.setdefault(f.tensor, []).append(np.full(1, np.nan, np.float32))
