@@ -63,7 +63,8 @@ Activations = Annotated[
     str,
     typer.Option(
         help="float | int8 | int16 | dynamic | auto: the activations the artifact runs (the target's [activations] offers them "
-        "per runtime; auto: its first). int8 (ort) and dynamic (tflite) run integer where TQS finds the rollout allows it."
+        "per runtime; auto: its first). int8 (ort), dynamic and int8/int16 full integer (tflite) run integer where TQS finds the "
+        "rollout allows it."
     ),
 ]
 Rounding = Annotated[str, typer.Option(help="rtn (round to nearest) or gptq (layer-wise error compensation).")]
@@ -368,7 +369,7 @@ def convert(
     activation_goal: Annotated[
         float | None,
         typer.Option(
-            help="ort with int8 / tflite with dynamic activations: the worst normalised RMSE the choice of integer activations "
+            help="ort with int8 / tflite with dynamic, int8 or int16 activations: the worst normalised RMSE the choice of integer activations "
             "aims at on the host contexts (default: 0.7 x the target's check tolerance); inf keeps every op integer."
         ),
     ] = None,

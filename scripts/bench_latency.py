@@ -5,8 +5,10 @@ For each example: score, plan for the Raspberry Pi's ONNX Runtime at --ratio of 
 (--rounding rtn or gptq) and convert it three ways: weight-only (float activations); int8 activations on every op
 (static QDQ, `edgetqs.runtimes.ort_static`; ``--activation-goal inf``); and int8 activations where TQS's choice
 allows (`edgetqs.allocation.activations`: static, per-call or float per op, within 0.7 x the tolerance on the
-host contexts). Then run `edgetqs check` on each artifact and on the fp32 model on every --device. The result is the ratio to fp32's p50 on the same device in the same run (absolute
-figures on a shared host or under qemu say little).
+host contexts). With ``--runtime tflite`` (LiteRT): weight-only, dynamic range (every op and TQS's choice), and
+full integer (`edgetqs.runtimes.tflite_static`: int8 on every op, and int8 / int16 where TQS's choice allows).
+Then run `edgetqs check` on each artifact and on the fp32 model on every --device. The result is the ratio to fp32's
+p50 on the same device in the same run (absolute figures on a shared host or under qemu say little).
 
     PYTHONPATH=. python scripts/bench_latency.py --examples lorenz96 station --device local --out docs/latency.md
 """
@@ -40,6 +42,9 @@ TFLITE_KINDS = (  # --runtime tflite: LiteRT (XNNPACK); the fp32 row stays the O
     ("weight-only int8", "float", None, None),
     ("dynamic range, every op", "dynamic", math.inf, None),
     ("dynamic range, TQS choice", "dynamic", None, None),
+    ("full integer int8, every op", "int8", math.inf, None),
+    ("full integer int8, TQS choice", "int8", None, None),
+    ("full integer int16, TQS choice", "int16", None, None),
 )
 
 
@@ -52,6 +57,9 @@ def _kernels(r: Any) -> str:
             ", ".join(f"{o} x{n}" for o, n in sorted(ops.items()) if o.startswith(("QLinear", "QGemm", "DynamicQuantize")))
             or "no integer kernel"
         )
+    elif r.format == "tflite" and "float_weights" in r.facts:  # full integer (edgetqs.runtimes.tflite_static)
+        n_float = len(r.facts["float_weights"])
+        got = f"full integer {r.activations}, {n_float} float kernel(s)" if r.activations != "float" else "weight-only (float kernels)"
     elif r.format == "tflite":
         dyn = r.facts.get("dynamic_weights", [])
         got = f"dynamic range x{len(dyn)}" if dyn else "weight-only (float kernels)"
@@ -64,7 +72,7 @@ def _kernels(r: Any) -> str:
     if choice is not None and math.isfinite(choice["goal"]):
         modes = choice["modes"]
         got += "; choice: " + ", ".join(
-            f"{sum(m == k for m in modes.values())} {k}" for k in ("int8", "dynamic", "float") if k in modes.values()
+            f"{sum(m == k for m in modes.values())} {k}" for k in ("int8", "int16", "dynamic", "float") if k in modes.values()
         )
         if choice.get("weights_alone") is not None and choice["weights_alone"] > choice["goal"]:
             got += f" (weights alone {choice['weights_alone']:.3f} > goal {choice['goal']:.3f})"

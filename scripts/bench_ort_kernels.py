@@ -149,13 +149,22 @@ class _Lite:
         self.it = Interpreter(model_path=str(path), num_threads=threads)
         self.it.allocate_tensors()
         self.ins = self.it.get_input_details()
-        self.out = self.it.get_output_details()[0]["index"]
+        self.out = self.it.get_output_details()[0]
 
     def run(self, _names: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         for d, x in zip(self.ins, feeds.values()):
-            self.it.set_tensor(d["index"], x.reshape(d["shape"]).astype(np.float32))
+            x = x.reshape(d["shape"]).astype(np.float32)
+            if np.issubdtype(d["dtype"], np.integer):  # a full-integer file: quantize at its input scale
+                scale, zero = d["quantization"]
+                info = np.iinfo(d["dtype"])
+                x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+            self.it.set_tensor(d["index"], x.astype(d["dtype"]))
         self.it.invoke()
-        return [self.it.get_tensor(self.out)]
+        y = self.it.get_tensor(self.out["index"])
+        if np.issubdtype(y.dtype, np.integer):
+            scale, zero = self.out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        return [y]
 
 
 def _time(folder: Path, calls: int, threads: int, rounds: int = 5) -> None:

@@ -40,12 +40,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..core.rollout import RolloutSpec
 
 MODES = ("int8", "dynamic", "float")  # narrowest first
+LABELS = ("int8", "int16", "dynamic", "float")  # every rung a route can offer (LiteRT full integer: int8 or int16 -> float)
+INT16_MAX = 32767
 GOAL_SHARE = 0.7  # aim below the tolerance: the check draws other contexts than the conversion (docs/notes/issue-14.md)
 
 
 class ActivationScore(Frozen):
-    """TQS of one activation group at one quantization (``int8``: static, both tensors; ``dynamic``: the input,
-    per call)."""
+    """TQS of one activation group at one quantization (``int8``/``int16``: static, both tensors; ``dynamic``: the
+    input, per call)."""
 
     op: str
     op_type: str
@@ -73,7 +75,7 @@ class ActivationChoice(Frozen):
     horizon: int
     contexts: int
     check_contexts: int = 0  # contexts the check draws, measured too (every trial's error is the worse of the two sets)
-    modes: dict[str, str]  # op -> int8 | dynamic | float
+    modes: dict[str, str]  # op -> int8 | int16 | dynamic | float
     scores: tuple[ActivationScore, ...]
     trials: tuple[ActivationTrial, ...]
     error: float | None  # the chosen artifact's worst normalised RMSE on these contexts (None: not finite)
@@ -89,7 +91,7 @@ class ActivationChoice(Frozen):
         return [op for op, m in self.modes.items() if m == mode]
 
     def summary(self) -> str:
-        counts = ", ".join(f"{len(self.ops(m))} {m}" for m in MODES if self.ops(m))
+        counts = ", ".join(f"{len(self.ops(m))} {m}" for m in LABELS if self.ops(m))
         if self.weights_alone is not None and self.weights_alone > self.goal:
             return (
                 f"activations: every one stays float: the plan's weights alone reach worst normalised RMSE {self.weights_alone:.3g} "
@@ -142,7 +144,9 @@ def _passes(measure: Callable[[dict[str, str]], float], goal: float, modes: dict
 
 def _fake_quant(proto: Any, group: dict[str, Any], mode: str, lo_hi: dict[str, tuple[float, float]]) -> bytes:
     """The float model with one group's activations quantized: a uint8 Q/DQ pair at the calibrated scale on its
-    input and output (``int8``) or a per-call DynamicQuantizeLinear/DequantizeLinear on its input (``dynamic``)."""
+    input and output (``int8``), symmetric int16 rounding at the calibrated scale on both (``int16``: TFLite's
+    int16x8, written in float ops since a 16-bit QuantizeLinear needs opset 21), or a per-call
+    DynamicQuantizeLinear/DequantizeLinear on its input (``dynamic``)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -151,10 +155,26 @@ def _fake_quant(proto: Any, group: dict[str, Any], mode: str, lo_hi: dict[str, t
     m = onnx.ModelProto()
     m.CopyFrom(proto)
     g = m.graph
-    tensors = group["tensors"] if mode == "int8" else group["tensors"][:1]
+    tensors = group["tensors"] if mode in ("int8", "int16") else group["tensors"][:1]
     for t in tensors:
         new = t + "__tqs_act"
-        if mode == "int8":
+        if mode == "int16":
+            lo, hi = lo_hi.get(t, (0.0, 1.0))
+            s16 = max(abs(lo), abs(hi), 1e-12) / INT16_MAX
+            g.initializer.extend(
+                [
+                    numpy_helper.from_array(np.array(s16, np.float32), t + "__tqs_s"),
+                    numpy_helper.from_array(np.array(-INT16_MAX - 1, np.float32), t + "__tqs_lo"),
+                    numpy_helper.from_array(np.array(INT16_MAX, np.float32), t + "__tqs_hi"),
+                ]
+            )
+            nodes = [
+                helper.make_node("Div", [t, t + "__tqs_s"], [t + "__tqs_d"]),
+                helper.make_node("Round", [t + "__tqs_d"], [t + "__tqs_r"]),
+                helper.make_node("Clip", [t + "__tqs_r", t + "__tqs_lo", t + "__tqs_hi"], [t + "__tqs_c"]),
+                helper.make_node("Mul", [t + "__tqs_c", t + "__tqs_s"], [new]),
+            ]
+        elif mode == "int8":
             s, z = _q_params(*lo_hi.get(t, (0.0, 1.0)))
             g.initializer.extend(
                 [numpy_helper.from_array(np.array(s, np.float32), t + "__tqs_s"), numpy_helper.from_array(np.array(z), t + "__tqs_z")]
@@ -181,24 +201,30 @@ def _fake_quant(proto: Any, group: dict[str, Any], mode: str, lo_hi: dict[str, t
     return m.SerializeToString()
 
 
-def _residuals(proto: Any, names: list[str], rows: list[dict[str, np.ndarray]]) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
-    """Per tensor over the rows: its (min, max), and the rms of its static uint8 quantization residual relative to its rms."""
+def _residuals(
+    proto: Any, names: list[str], rows: list[dict[str, np.ndarray]]
+) -> tuple[dict[str, tuple[float, float]], dict[str, float], dict[str, float]]:
+    """Per tensor over the rows: its (min, max), and the rms of its static uint8 and its symmetric int16
+    quantization residuals relative to its rms."""
     from ..runtimes.ort_static import _q_params, intermediate_values
 
     vals: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for outs in intermediate_values(proto, names, rows):
         for n, v in zip(names, outs):
             vals[n].append(np.asarray(v, np.float64).ravel())
-    lo_hi, rel = {}, {}
+    lo_hi, rel, rel16 = {}, {}, {}
     for n, vs in vals.items():
         v = np.concatenate(vs) if vs else np.zeros(1)
         lo, hi = float(v.min()), float(v.max())
         sc, z = _q_params(lo, hi)
         q = (np.clip(np.round(v / float(sc)) + int(z), 0, 255) - int(z)) * float(sc)
+        s16 = max(abs(lo), abs(hi), 1e-12) / INT16_MAX
+        q16 = np.clip(np.round(v / s16), -INT16_MAX - 1, INT16_MAX) * s16
         lo_hi[n] = (lo, hi)
         size = math.sqrt(float(np.mean(v**2)))
         rel[n] = math.sqrt(float(np.mean((q - v) ** 2))) / size if size > 0 else 0.0
-    return lo_hi, rel
+        rel16[n] = math.sqrt(float(np.mean((q16 - v) ** 2))) / size if size > 0 else 0.0
+    return lo_hi, rel, rel16
 
 
 def activation_groups(weight_only: bytes) -> list[dict[str, Any]]:
@@ -308,7 +334,7 @@ def choose_activations(
             return static_qdq(weight_only, float_proto, rows, keep_float=wide, dynamic=dyn, exact=True)[0]
 
     names = sorted({t for gr in groups for t in gr["tensors"]})
-    lo_hi, rel = _residuals(float_proto, names, rows) if groups else ({}, {})
+    lo_hi, rel8, rel16 = _residuals(float_proto, names, rows) if groups else ({}, {}, {})
     scores: dict[tuple[str, str], ActivationScore] = {}
 
     def score(op: str, mode: str) -> ActivationScore:
@@ -316,8 +342,9 @@ def choose_activations(
             gr = by_op[op]
             res = rollout(_fake_quant(float_proto, gr, mode, lo_hi))
             e = divergence(res.steps, ref.steps, inv)  # [T, K]
-            tensors = gr["tensors"] if mode == "int8" else gr["tensors"][:1]
+            tensors = gr["tensors"] if mode in ("int8", "int16") else gr["tensors"][:1]
             # dynamic: the per-call range is at most the calibrated one, so the static residual bounds eps
+            rel = rel16 if mode == "int16" else rel8
             eps = float(np.sqrt(np.mean([rel[t] ** 2 for t in tensors])))
             ok = np.isfinite(e[-1]).all() and (e[-1] > 0).any() and eps > 0
             gamma = float(np.mean(np.log(np.maximum(e[-1], TINY) / eps)) / e.shape[0]) if ok else None

@@ -13,7 +13,8 @@ Schema (`TargetFile`; unknown keys and wrong types are errors naming the file an
         "Conv.bias" = [...]                       the bias input of Conv / Gemm (else: default)
     [activations] tflm = ["int16", "int8"]        activation widths each runtime executes, the default first
                   ort = ["float", "int8"]         (float: weight-only; int8/int16: static integer kernels;
-                  tflite = ["float", "dynamic"]   dynamic: int8 activations quantized per call)
+                  tflite = ["float", "dynamic", "int8", "int16"]
+                                                  dynamic: int8 activations quantized per call)
 
 Shipped targets live in the top-level ``targets/`` folder of the repository (inside the package once
 installed); `edgetqs.core.catalogue` says where names are looked up.

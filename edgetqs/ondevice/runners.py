@@ -166,9 +166,20 @@ class Batch1Runner:
 class LiteRunner(Batch1Runner):
     """LiteRT (``ai_edge_litert``, else ``tflite_runtime``) from a file or bytes.
 
-    Inputs and outputs are found by name (onnx2tf keeps ONNX names with -coion), else by position."""
+    Inputs and outputs are found by name (onnx2tf keeps ONNX names with -coion), else by position: ``order_in`` /
+    ``order_out`` (ONNX name -> position among the subgraph's inputs/outputs, read from a ``serving_default``
+    signature) where the file was converted through TensorFlow's converter, whose names are the signature's."""
 
-    def __init__(self, model: str | bytes, inputs: IO, outputs: IO, *, threads: int = 1) -> None:
+    def __init__(
+        self,
+        model: str | bytes,
+        inputs: IO,
+        outputs: IO,
+        *,
+        threads: int = 1,
+        order_in: dict[str, int] | None = None,
+        order_out: dict[str, int] | None = None,
+    ) -> None:
         mod = import_first(["ai_edge_litert.interpreter", "tflite_runtime.interpreter"], "a .tflite artifact")
         if isinstance(model, (bytes, bytearray)):
             self.it = mod.Interpreter(model_content=bytes(model), num_threads=threads)
@@ -177,8 +188,8 @@ class LiteRunner(Batch1Runner):
         self.it.allocate_tensors()
         ins, outs = self.it.get_input_details(), self.it.get_output_details()
         by_in, by_out = {d["name"]: d for d in ins}, {d["name"]: d for d in outs}
-        din = [by_in.get(d["name"], ins[k]) for k, d in enumerate(inputs)]
-        dout = [by_out.get(d["name"], outs[k]) for k, d in enumerate(outputs)]
+        din = [ins[order_in[d["name"]]] if order_in else by_in.get(d["name"], ins[k]) for k, d in enumerate(inputs)]
+        dout = [outs[order_out[d["name"]]] if order_out else by_out.get(d["name"], outs[k]) for k, d in enumerate(outputs)]
         self.idx_in = {d["name"]: t["index"] for d, t in zip(inputs, din)}
         self.idx_out = {d["name"]: t["index"] for d, t in zip(outputs, dout)}
         self.qin = {d["name"]: _qparams(t) for d, t in zip(inputs, din)}
@@ -233,7 +244,9 @@ RUNNERS: dict[str, Any] = {
     "onnxruntime": lambda job, path, threads: OrtRunner(
         path, ort_format=bool(job.get("ort_format")), threads=threads, fold_weights=bool(job.get("fold_weights"))
     ),
-    "litert": lambda job, path, threads: LiteRunner(path, job["inputs"], job["outputs"], threads=threads),
+    "litert": lambda job, path, threads: LiteRunner(
+        path, job["inputs"], job["outputs"], threads=threads, order_in=job.get("tflite_inputs"), order_out=job.get("tflite_outputs")
+    ),
     "tflite-micro": lambda job, path, threads: MicroRunner(
         path, job["inputs"], job["outputs"], arena_bytes=job["arena_bytes"], order_in=job["tflm_inputs"], order_out=job["tflm_outputs"]
     ),

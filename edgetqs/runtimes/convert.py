@@ -125,7 +125,7 @@ def _constant_checks(rt: Any, artifact: Path, model: Model, notes: list[str]) ->
     checks = []
     for c in model.constants:
         state = states.get(c.name, "missing")
-        ok = state in ("exact", "folded") or (state == "integer" and rt.full_integer)
+        ok = state in ("exact", "folded") or (state == "integer" and (rt.full_integer or rt.integer_activations))
         nbytes = int(values[c.name].nbytes) if state == "exact" else 0
         checks.append(TensorCheck(name=c.name, planned="exact (constant)", found=state, match=ok, bytes=nbytes))
     folded = [c.name for c in model.constants if states.get(c.name) == "folded"]

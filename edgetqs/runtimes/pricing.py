@@ -70,6 +70,8 @@ class Pricing:
         coupled: weight -> [(its bias's name, or None for a bias that is not a weight), extra bytes the
             bias costs when the weight is per channel].
         notes: what the pricing found worth saying (int16 refused by an op...).
+        float_kernels: a kernel whose weight is planned float computes in float with that weight stored as planned
+            (LiteRT's full-integer graphs with float islands); False: every kernel is integer (TFLite-Micro).
     """
 
     runtime: str
@@ -81,6 +83,7 @@ class Pricing:
     fixed: int | None = None
     coupled: dict[str, list[tuple[str | None, int]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    float_kernels: bool = False
 
     def own_bytes(self, name: str, shape: tuple[int, ...], p: Precision, layout: Layout) -> int:
         """Bytes the file stores for this weight at ``p`` (its own, without what its bias costs)."""
@@ -90,6 +93,9 @@ class Pricing:
         for s in self.slots.get(name, []):
             if s.role == "weight":
                 q = effective(p, (s.channels, max(s.size // max(s.channels, 1), 1)), Layout(0, 1))
+                if q.kind == "float" and self.float_kernels:  # a float island: the weight as planned, no scales
+                    total += s.size * q.bits // 8
+                    continue
                 bits = 8 if q.kind == "float" or q.bits >= 32 else q.bits
                 total += -(-s.size * bits // 8) + QPARAM_BYTES * (s.channels if q.granularity == "channel" else 1)
             elif s.role == "bias":

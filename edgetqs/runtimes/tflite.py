@@ -10,7 +10,8 @@ per call and runs an integer GEMM: LiteRT's XNNPACK runs the station MLP at 0.22
 Pi 4/5, docs/latency.md), on the ops `edgetqs.allocation.activations` chooses. The result is read back from the
 flatbuffer, because the interpreter reports INT4 as int8. A GPTQ plan's integers and scales are written over the
 quantizer's round-to-nearest ones (`tflite_integers`). The float graph is cached on disk: the planner prices its
-constants (plan bytes = artifact bytes) and convert quantizes the same file.
+constants (plan bytes = artifact bytes) and convert quantizes the same file. ``--activations int8|int16`` writes a
+full-integer graph with float islands instead (`tflite_static`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def _match(prep: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str]) -> list[A
     return found
 
 
+STATIC = ("int8", "int16")  # full-integer activation modes (`edgetqs.runtimes.tflite_static`)
 DYNAMIC_OPS = ("FULLY_CONNECTED", "CONV_2D")  # ops whose int8 weight can run dynamic range (XNNPACK's qd8 kernels)
 
 
@@ -203,6 +205,11 @@ class TfliteRuntime(RuntimeInfo):
         from ..ondevice.runners import LiteRunner
 
         model, plan, work = job.model, job.plan, job.work
+        acts = job.activation_mode("tflite")
+        if acts in STATIC:  # full integer (int8/int16 activations), with float islands where TQS says
+            from .tflite_static import convert_full_integer
+
+            return convert_full_integer(job, acts)
         fb = schema()
         ops, _ = names(fb)
         prep = job.prepared("tflite")
@@ -211,7 +218,6 @@ class TfliteRuntime(RuntimeInfo):
         matched = _match(prep, plan, fm, fm.subgraphs[0], ops)
         plan_ints = job.plan_integers()  # GPTQ: written over the quantizer's round-to-nearest (tflite_integers)
         integers = None if plan_ints is None else _Integers(plan_ints, fm, model)
-        acts = job.activation_mode("tflite")
         facts: dict[str, Any] = {"prepared": prep.record(), "activations": acts, "rounding": plan.rounding}
         extra: list[str] = []
         dynamic: set[str] = set()
@@ -262,7 +268,7 @@ class TfliteRuntime(RuntimeInfo):
         from ..ondevice.runners import LiteRunner
 
         ins, outs = io_dicts(model)
-        return LiteRunner(str(artifact), ins, outs)
+        return LiteRunner(str(artifact), ins, outs, order_in=facts.get("tflite_inputs"), order_out=facts.get("tflite_outputs"))
 
     def validate(self, artifact: Path) -> None:
         try:
@@ -272,7 +278,9 @@ class TfliteRuntime(RuntimeInfo):
         Interpreter(model_content=artifact.read_bytes())
 
     def job(self, artifact: Path, io: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
-        return {"runner": self.runner}
+        # a full-integer file was converted through TensorFlow: its inputs are found through its signature
+        order = {k: facts[k] for k in ("tflite_inputs", "tflite_outputs") if facts.get(k)}
+        return {"runner": self.runner, **order}
 
     def pricing(self, model: Any, activations: str, exact: bool = False, auto: bool = False) -> Any:
         """`storage` prices per weight. Everything else is fixed bytes: with ``exact`` (and the TFLite tools installed)
@@ -285,6 +293,12 @@ class TfliteRuntime(RuntimeInfo):
         from .prepare import prepare, prepared_fixed_bytes
         from .pricing import storage_pricing
 
+        if activations in STATIC:  # priced as the full-integer graph (the TFLite-Micro route's float graph)
+            from .tflm import full_integer_pricing
+
+            fi = full_integer_pricing(self, model, activations, exact, auto)
+            fi.float_kernels = True  # LiteRT runs a kernel planned fp16/fp32 in float (tflite_static)
+            return fi
         p = storage_pricing(self.name, self.storage, activations)
         missing = [
             pkg for mod, pkg in (("onnx2tf", "onnx2tf"), ("ai_edge_litert", "ai-edge-litert")) if importlib.util.find_spec(mod) is None
@@ -312,23 +326,27 @@ class TfliteRuntime(RuntimeInfo):
 
     def constant_states(self, artifact: Path, constants: dict[str, Any]) -> dict[str, str]:
         """onnx2tf renames constants: each is looked for by content among the file's float32 buffers (the
-        quantizer's recipe names only planned weights, so a constant onnx2tf kept is still float32)."""
+        quantizer's recipe names only planned weights, so a constant onnx2tf kept is still float32). In a full-integer
+        graph (integer inputs) a constant not found in float is an integer like its neighbours."""
         fb = schema()
+        _, types = names(fb)
         m = fb.ModelT.InitFromPackedBuf(artifact.read_bytes(), 0)
         from . import litert
 
-        pool = [np.sort(vals) for _, vals in litert.constants(m, m.subgraphs[0])]
+        sg = m.subgraphs[0]
+        full_integer = any(types.get(sg.tensors[i].type) in ("INT8", "INT16") for i in sg.inputs)
+        pool = [np.sort(vals) for _, vals in litert.constants(m, sg)]
         out = {}
         for name, want in constants.items():
             key = np.sort(np.asarray(want, np.float32).ravel())
             hit = any(v.size == key.size and np.array_equal(v, key) for v in pool)
-            out[name] = "exact" if hit else "folded"
+            out[name] = "exact" if hit else ("integer" if full_integer else "folded")
         return out
 
 
 RUNTIME = TfliteRuntime(
     name="tflite",
-    description="LiteRT / TFLite (weight-only int8/int4 per tensor or channel, fp16)",
+    description="LiteRT / TFLite (weight-only int8/int4 per tensor or channel, fp16; dynamic range or full-integer int8/int16 activations)",
     suffix=".tflite",
     accepts=("tflite",),
     storage=Storage(scale_bytes=12, wide_int_bytes=4, wide_int_overhead=12),
@@ -336,5 +354,5 @@ RUNTIME = TfliteRuntime(
     device_packages="ai-edge-litert (or tflite-runtime)",
     runner="litert",
     integer_activations=True,
-    activations=("float", "dynamic"),
+    activations=("float", "dynamic", "int8", "int16"),
 )

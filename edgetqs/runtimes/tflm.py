@@ -164,11 +164,14 @@ def quantize_static(
     in_perm: dict[str, Any],
     keys: dict[str, str],
     float_scopes: tuple[str, ...] = (),
+    weight_only: frozenset[str] = frozenset(),
 ) -> bytes:
     """Static (full-integer) quantization of a float TFLite graph with ai-edge-quantizer: int8 weights (per
     channel or per tensor as the plan says), ``act_bits`` activations calibrated with min/max on ``rows``.
 
-    ``float_scopes``: op scopes left in float (LiteRT runs them between DEQUANTIZE/QUANTIZE; TFLite-Micro cannot)."""
+    ``float_scopes``: op scopes left in float (LiteRT runs them between DEQUANTIZE/QUANTIZE; TFLite-Micro cannot).
+    ``weight_only``: planned weights whose kernels compute in float with the weight stored as planned (LiteRT:
+    the float islands `edgetqs.runtimes.tflite_static` chooses; the weight keeps the plan's bytes)."""
     import contextlib
     import io
 
@@ -198,6 +201,14 @@ def quantize_static(
             op_config=qtyping.OpQuantizationConfig(compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=False),
             algorithm_key="no_quantize",
         )
+    if weight_only:
+        from .tflite import _recipe
+
+        for f in matched:
+            if f.is_weight and f.tensor in weight_only:
+                for sc, op in f.weight_scopes:
+                    if WEIGHT_OPS.get(op) is not None:
+                        _recipe(qt, sc, op, f.precision)  # later entries win: this kernel computes in float
     data = []
     for r in rows:
         feed = {}
@@ -348,8 +359,10 @@ class FloatGraph:
     in_perm: dict[str, Any]
     notes: list[str]
 
-    def quantize(self, rows: list[dict[str, np.ndarray]], act: str, float_scopes: tuple[str, ...] = ()) -> bytes:
-        return quantize_static(self.fbuf, self.matched, rows, _bits(act), self.in_perm, self.keys, float_scopes)
+    def quantize(
+        self, rows: list[dict[str, np.ndarray]], act: str, float_scopes: tuple[str, ...] = (), weight_only: frozenset[str] = frozenset()
+    ) -> bytes:
+        return quantize_static(self.fbuf, self.matched, rows, _bits(act), self.in_perm, self.keys, float_scopes, weight_only)
 
 
 def float_graph(job: ConvertJob, route: str) -> FloatGraph:

@@ -138,8 +138,61 @@ def test_dynamic_range_activations_where_tqs_allows(tmp_path: Path) -> None:
     choice = chosen.facts["activation_choice"]
     assert set(choice["modes"]) == {"h1", "h2", "h3", "h4"} and set(choice["modes"].values()) <= {"dynamic", "float"}
     assert sorted(chosen.facts["dynamic_weights"]) == sorted(f"fc{op[1]}.weight" for op, md in choice["modes"].items() if md == "dynamic")
-    with pytest.raises(Exception, match="offers float, dynamic for tflite"):
-        convert(m, plan, "tflite", tmp_path / "i8", ctx, spec, activations="int8")
+    with pytest.raises(Exception, match="offers float, dynamic, int8, int16 for tflite"):
+        convert(m, plan, "tflite", tmp_path / "i4", ctx, spec, activations="int4")
+
+
+def _io_types(path: Path) -> tuple[str, list[str]]:
+    """(the first input's tensor type, the weight types of the FULLY_CONNECTED ops) of a TFLite file."""
+    from edgetqs.runtimes.litert import names, op_name, schema
+
+    fb = schema()
+    ops, types = names(fb)
+    fm = fb.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    sg = fm.subgraphs[0]
+    fc = [types[sg.tensors[op.inputs[0]].type] for op in sg.operators if op_name(fm, op, ops) == "FULLY_CONNECTED"]
+    return types[sg.tensors[sg.inputs[0]].type], fc
+
+
+def test_full_integer_activations_with_float_islands(tmp_path: Path) -> None:
+    """--activations int8|int16 on LiteRT: a full-integer graph (integer inputs, integer FULLY_CONNECTED inputs) where
+    a kernel planned fp16 computes in float between DEQUANTIZE/QUANTIZE; the TQS ladder keeps kernels float where the
+    rollout needs it, and with every kernel float the artifact is the weight-only one. Plans price it from the
+    full-integer graph; GPTQ integers are written with the kernels' biases requantized; the check runs it."""
+    import math
+
+    from edgetqs import api
+    from edgetqs.allocation.planner import plan_stage
+
+    m, spec, ctx, s = _deep(tmp_path)
+    pins = tuple(parse_pin(p) for p in ("fc0.weight=fp16", "re:fc[1-4].weight=int8-channel"))
+    got = {}
+    for act in ("int8", "int16"):
+        plan = plan_stage(
+            s, m, PI, PlanOptions(runtime="tflite", ratio=1.0, pins=pins, rounding="gptq", activations=act), spec=spec, contexts=ctx
+        )
+        assert plan.activations == act and plan.pricing["exact"]
+        r = convert(m, plan, "tflite", tmp_path / act, ctx, spec, activation_goal=math.inf)
+        assert r.all_match and r.activations == act and r.facts["float_weights"] == ["fc0.weight"]
+        first, fc = _io_types(tmp_path / act / r.artifact)
+        # fc0 reads the float input (its DEQUANTIZE's output); the four int8 kernels read integer activations
+        assert first == act.upper() and fc.count(act.upper()) == 4 and fc.count("FLOAT32") == 1, (first, fc)
+        assert 0 < r.weight_bytes <= plan.weight_bytes
+        assert r.error_by_lead[-1] is not None and r.error_by_lead[-1] < 0.5
+        got[act] = (r.error_by_lead[-1], r.artifact)
+    assert got["int16"][0] < got["int8"][0]  # 256 times finer activations
+    # the TQS choice: every op's rung recorded; an unreachable goal leaves the weight-only artifact
+    chosen = convert(m, plan, "tflite", tmp_path / "tqs", ctx, spec)
+    modes = chosen.facts["activation_choice"]["modes"]
+    assert set(modes) == {"h1", "h2", "h3", "h4"} and set(modes.values()) <= {"int16", "float"}
+    none = convert(m, plan, "tflite", tmp_path / "none", ctx, spec, activation_goal=1e-12)
+    assert none.activations == "float" and none.all_match
+    assert _io_types(tmp_path / "none" / none.artifact)[0] == "FLOAT32"
+    assert none.artifact_vs_simulated is not None and none.artifact_vs_simulated < 1e-4  # the plan's GPTQ weights alone
+    # the check on the host finds the inputs through the file's signature and quantizes them
+    rec = tmp_path / "r.npy"
+    c = api.check(tmp_path / "int16" / got["int16"][1], model=m.path, contexts=rec, k=3, horizon=5, tolerance=0.5)
+    assert c.passed, c.verdict
 
 
 def _gptq_stored(artifact: Path, m, plan, ctx, spec) -> tuple[int, int]:
