@@ -540,7 +540,7 @@ def full_integer_pricing(rt: Any, model: Any, activations: str, exact: bool, aut
     quiet_tensorflow()
     graph = float_graph_for_pricing(model, rt.name)
     notes = []
-    if activations == "int16":
+    if activations == "int16" and rt.name == "tflm":  # LiteRT has int16 kernels for these
         _, fm, ops = graph
         refused = sorted({n for op in fm.subgraphs[0].operators if (n := op_name(fm, op, ops)) in INT16_REFUSED})
         if refused and auto:

@@ -327,3 +327,27 @@ def test_gptq_gru_gate_pieces_and_the_float_cell_are_exact(tmp_path: Path) -> No
     r = convert(m, plan, "tflite", tmp_path / "o", ctx, spec)
     assert r.all_match and sum("gate pieces" in t.found for t in r.tensors) == 2
     assert r.artifact_vs_simulated is not None and r.artifact_vs_simulated < 1e-5
+
+
+def test_int16_gather_is_refused_for_tflite_micro_only(tmp_path: Path) -> None:
+    """tflite-micro has no int16 GATHER, LiteRT has: full-integer int16 pricing refuses it for tflm only (an unrolled
+    GRU's gathers made `--format tflite --activations int16` fail with tflite-micro's reason)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgetqs.runtimes import RUNTIMES
+
+    w = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x", "idx"], ["g"], axis=1), helper.make_node("MatMul", ["g", "w.weight"], ["y"])],
+        "permute",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 8])],
+        [numpy_helper.from_array(np.array([0, 2, 4, 6, 1, 3, 5, 7], np.int64), "idx"), numpy_helper.from_array(w, "w.weight")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "g.onnx")
+    m = load_model(tmp_path / "g.onnx")
+    p = RUNTIMES.get("tflite").pricing(m, "int16", exact=True)
+    assert p.exact and p.float_kernels and not p.notes
+    with pytest.raises(ConvertError, match="tflite-micro's GATHER has no int16 kernel"):
+        RUNTIMES.get("tflm").pricing(m, "int16", exact=True)
