@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Converted, ConvertError, ConvertJob
+from .base import Converted, ConvertJob
 from .convert import TensorCheck
 from .litert import WEIGHT_OPS, io_dicts, quiet_tensorflow, versions
 
@@ -147,8 +147,6 @@ def convert_full_integer(job: ConvertJob, act: str) -> Converted:
     stored, total, _ = _readback(buf, g.fm, g.matched)
     checks = _checks(plan, stored, g.matched, act, float_scopes)
     checks = against_plan(buf, quantized if every_float else g.matched, integers, checks, plan.rounding)
-    if total > plan.budget_bytes:
-        raise ConvertError(f"the TFLite model stores {total:,} weight bytes, over the plan's budget of {plan.budget_bytes:,} bytes; replan")
     in_order, out_order = io_order(buf, [i.name for i in model.inputs], [o.name for o in model.outputs])
     dup_n, dup_bytes = shared_copies(buf)
     floats = sorted(float_weights | planned_float | planned_fp32)
