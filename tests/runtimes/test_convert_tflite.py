@@ -186,7 +186,7 @@ def test_full_integer_activations_with_float_islands(tmp_path: Path) -> None:
     modes = chosen.facts["activation_choice"]["modes"]
     assert set(modes) == {"h1", "h2", "h3", "h4"} and set(modes.values()) <= {"int16", "float"}
     none = convert(m, plan, "tflite", tmp_path / "none", ctx, spec, activation_goal=1e-12)
-    assert none.activations == "float" and none.all_match
+    assert none.activations == "float" and none.all_match and none.weight_bytes <= plan.weight_bytes  # the plan bounds it
     assert _io_types(tmp_path / "none" / none.artifact)[0] == "FLOAT32"
     assert none.artifact_vs_simulated is not None and none.artifact_vs_simulated < 1e-4  # the plan's GPTQ weights alone
     # the check on the host finds the inputs through the file's signature and quantizes them
@@ -351,3 +351,20 @@ def test_int16_gather_is_refused_for_tflite_micro_only(tmp_path: Path) -> None:
     assert p.exact and p.float_kernels and not p.notes
     with pytest.raises(ConvertError, match="tflite-micro's GATHER has no int16 kernel"):
         RUNTIMES.get("tflm").pricing(m, "int16", exact=True)
+
+
+def test_full_integer_litert_pricing_bounds_float_constants() -> None:
+    """LiteRT full-integer plans price a bias or an elementwise constant at the larger of its integer and float32
+    forms (it stays float beside a float kernel, and in the weight-only fallback); TFLite-Micro's stay exact."""
+    from edgetqs.core.quantize import Layout, Precision, Storage
+    from edgetqs.runtimes.pricing import QPARAM_BYTES, Pricing, Slot
+
+    slots = {"b": [Slot("bias", 100)], "c": [Slot("const", 100)]}
+    fp32, lay = Precision("float", 32), Layout(0, 1)
+    for acts, width, wide in (("int8", 1, 4), ("int16", 2, 8)):
+        exact = Pricing("tflm", acts, Storage(), exact=True, source="", slots=slots)
+        bound = Pricing("tflite", acts, Storage(), exact=True, source="", slots=slots, float_kernels=True)
+        assert exact.own_bytes("b", (100,), fp32, lay) == wide * 100 + QPARAM_BYTES
+        assert exact.own_bytes("c", (100,), fp32, lay) == width * 100 + QPARAM_BYTES
+        assert bound.own_bytes("b", (100,), fp32, lay) == max(wide * 100 + QPARAM_BYTES, 400)
+        assert bound.own_bytes("c", (100,), fp32, lay) == 400  # float32 is the larger: 100 x 4
