@@ -6,7 +6,8 @@ For each example: score, plan for the Raspberry Pi's ONNX Runtime at --ratio of 
 (static QDQ, `edgetqs.runtimes.ort_static`; ``--activation-goal inf``); and int8 activations where TQS's choice
 allows (`edgetqs.allocation.activations`: static, per-call or float per op, within 0.7 x the tolerance on the
 host contexts). With ``--runtime tflite`` (LiteRT): weight-only, dynamic range (every op and TQS's choice), and
-full integer (`edgetqs.runtimes.tflite_static`: int8 on every op, and int8 / int16 where TQS's choice allows).
+static activations (`edgetqs.runtimes.tflite_static`: int8 kernels on every op and where TQS's choice allows, and
+full integer int16 where it allows).
 Then run `edgetqs check` on each artifact and on the fp32 model on every --device. The result is the ratio to fp32's
 p50 on the same device in the same run (absolute figures on a shared host or under qemu say little).
 
@@ -42,8 +43,8 @@ TFLITE_KINDS = (  # --runtime tflite: LiteRT (XNNPACK); the fp32 row stays the O
     ("weight-only int8", "float", None, None),
     ("dynamic range, every op", "dynamic", math.inf, None),
     ("dynamic range, TQS choice", "dynamic", None, None),
-    ("full integer int8, every op", "int8", math.inf, None),
-    ("full integer int8, TQS choice", "int8", None, None),
+    ("static int8 kernels, every op", "int8", math.inf, None),
+    ("static int8 kernels, TQS choice", "int8", None, None),
     ("full integer int16, TQS choice", "int16", None, None),
 )
 
@@ -57,9 +58,10 @@ def _kernels(r: Any) -> str:
             ", ".join(f"{o} x{n}" for o, n in sorted(ops.items()) if o.startswith(("QLinear", "QGemm", "DynamicQuantize")))
             or "no integer kernel"
         )
-    elif r.format == "tflite" and "float_weights" in r.facts:  # full integer (edgetqs.runtimes.tflite_static)
-        n_float = len(r.facts["float_weights"])
-        got = f"full integer {r.activations}, {n_float} float kernel(s)" if r.activations != "float" else "weight-only (float kernels)"
+    elif r.format == "tflite" and "float_weights" in r.facts:  # static activations (edgetqs.runtimes.tflite_static)
+        n_float, n_dyn = len(r.facts["float_weights"]), len(r.facts.get("dynamic_weights", []))
+        what = "static int8 kernels" if r.activations == "int8" else f"full integer {r.activations}"
+        got = f"{what}, {n_dyn} dynamic range, {n_float} float kernel(s)" if r.activations != "float" else "weight-only (float kernels)"
     elif r.format == "tflite":
         dyn = r.facts.get("dynamic_weights", [])
         got = f"dynamic range x{len(dyn)}" if dyn else "weight-only (float kernels)"

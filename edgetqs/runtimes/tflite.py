@@ -11,7 +11,7 @@ Pi 4/5, docs/latency.md), on the ops `edgetqs.allocation.activations` chooses. T
 flatbuffer, because the interpreter reports INT4 as int8. A GPTQ plan's integers and scales are written over the
 quantizer's round-to-nearest ones (`tflite_integers`). The float graph is cached on disk: the planner prices its
 constants (plan bytes = artifact bytes) and convert quantizes the same file. ``--activations int8|int16`` writes a
-full-integer graph with float islands instead (`tflite_static`).
+graph with static int8 kernels, or a full-integer int16x8 graph, instead (`tflite_static`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _match(prep: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str]) -> list[A
     return found
 
 
-STATIC = ("int8", "int16")  # full-integer activation modes (`edgetqs.runtimes.tflite_static`)
+STATIC = ("int8", "int16")  # static activation modes (`edgetqs.runtimes.tflite_static`)
 DYNAMIC_OPS = ("FULLY_CONNECTED", "CONV_2D")  # ops whose int8 weight can run dynamic range (XNNPACK's qd8 kernels)
 
 
@@ -206,10 +206,10 @@ class TfliteRuntime(RuntimeInfo):
 
         model, plan, work = job.model, job.plan, job.work
         acts = job.activation_mode("tflite")
-        if acts in STATIC:  # full integer (int8/int16 activations), with float islands where TQS says
-            from .tflite_static import convert_full_integer
+        if acts in STATIC:  # static int8 kernels, or full integer int16, with the rungs TQS chooses
+            from .tflite_static import convert_static
 
-            return convert_full_integer(job, acts)
+            return convert_static(job, acts)
         fb = schema()
         ops, _ = names(fb)
         prep = job.prepared("tflite")

@@ -1,20 +1,23 @@
-"""Full-integer TFLite for LiteRT on a Pi-class CPU: ``--activations int8|int16`` on the tflite route.
+"""Static integer activations for LiteRT on a Pi-class CPU: ``--activations int8|int16`` on the tflite route.
 
-Dynamic range (`edgetqs.runtimes.tflite`) quantizes each kernel's input per call and dequantizes its output, so
-every elementwise op between kernels still runs in float. A full-integer graph runs those in integers too (XNNPACK's
-QS8 kernels for int8; int16x8 on LiteRT's reference kernels): Lorenz-96 (Conv1d + Tanh) ran at 0.17-0.29x of
-onnxruntime's fp32 under qemu-pi4 in int8 and 0.44-0.50x in int16, where dynamic range ran at 0.73x
-(docs/latency.md).
+- ``int8``: static int8 kernels. Each kernel of a planned int8 weight (FULLY_CONNECTED, CONV_2D) reads and writes
+  int8 at ranges calibrated on closed-loop rollouts: XNNPACK's QS8 kernels, with QUANTIZE/DEQUANTIZE around them.
+  The ops between kernels (Tanh, the residual adds, the input and output) stay float, as onnxruntime's static QDQ
+  does. The TQS ladder (`edgetqs.allocation.activations.choose_activations`, rungs ``int8 -> dynamic -> float``)
+  widens the kernels the rollout does not tolerate: to dynamic range, then to float (weight-only).
+- ``int16``: a full-integer int16x8 graph (every op ai-edge-quantizer supports; inputs and outputs int16 at their
+  calibrated scales), rungs ``int16 -> float``. For rollouts whose state an 8-bit tensor cannot carry. It is not a
+  speed mode: XNNPACK has no int16 kernels, LiteRT runs its reference ones. Lorenz-96 ran at 9.3x onnxruntime's
+  fp32 on the x86-64 host, while qemu's cost model (cheap integer, expensive float) put it at 0.55x (docs/latency.md).
+
+A full-integer int8 graph was measured and not offered: Lorenz-96's 8-bit state drifted to 0.249 over 20 steps
+(kernels only: 0.093), and natively it ran at 0.93x fp32 against 0.55x for the kernels alone.
 
 The float graph is the one the TFLite-Micro route quantizes (`edgetqs.runtimes.tflm.float_graph`: TensorFlow's
-converter from onnx2tf's SavedModel, with the ``serving_default`` signature ai-edge-quantizer's calibrator needs),
-calibrated with min/max on the float model's closed-loop rollouts. Unlike a microcontroller, LiteRT runs float ops
-too, so the TQS ladder (`edgetqs.allocation.activations.choose_activations`, rungs ``int8|int16 -> float``) keeps the
-kernels whose activations the rollout does not tolerate in float: such a kernel computes in float between
-DEQUANTIZE/QUANTIZE with its weight stored as planned (weight-only); with every kernel float the artifact is the
-weight-only one. A kernel the plan keeps at fp16/fp32 is a float island from the start. The file's inputs and outputs
-are integers at their calibrated scales (`edgetqs.ondevice.runners.LiteRunner` quantizes the window and dequantizes
-the forecast); its tensors are looked up through the signature.
+converter from onnx2tf's SavedModel, with the ``serving_default`` signature ai-edge-quantizer's calibrator needs).
+A kernel the plan keeps fp16/fp32/int4 computes in float with its weight stored as planned; with every kernel float
+the artifact is the weight-only file. `edgetqs.ondevice.runners.LiteRunner` finds the tensors through the signature
+and quantizes integer inputs and dequantizes integer outputs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from .convert import TensorCheck
 from .litert import WEIGHT_OPS, io_dicts, quiet_tensorflow, versions
 
 _PACKAGES = ("onnx2tf", "ai-edge-quantizer", "ai-edge-litert", "tensorflow")
-STATIC = ("int8", "int16")  # the tflite route's full-integer activation modes
 
 
 def _kernel_weight(f: Any) -> bool:
@@ -51,14 +53,18 @@ def _islands(matched: list[Any]) -> tuple[tuple[str, ...], frozenset[str], froze
     return tuple(scopes), frozenset(fp32), frozenset(weight_only)
 
 
-def _checks(plan: Any, stored: dict[str, list[tuple[str, int]]], matched: list[Any], act: str, float_scopes: set[str]) -> list[TensorCheck]:
+def _checks(
+    plan: Any, stored: dict[str, list[tuple[str, int]]], matched: list[Any], act: str, float_scopes: set[str], int_kernels: set[str]
+) -> list[TensorCheck]:
     """Per planned tensor, what the file stores: a weight exactly as planned; a bias or an elementwise constant at
-    the integer width its kernel needs, or float32 where its kernel computes in float (a float island)."""
+    the integer width its kernel needs, or float32 where its op computes in float (a float island, a dynamic-range
+    kernel, an op between static int8 kernels). ``int_kernels``: the weights whose kernels are integer."""
     from .tflm import _bits
 
     kinds: dict[str, list[Any]] = {}
     for f in matched:
         kinds.setdefault(f.tensor, []).append(f)
+    int_scopes = {sc for f in matched if f.is_weight and f.tensor in int_kernels for sc, _ in f.weight_scopes}
     checks = []
     for t in plan.tensors:
         got = stored.get(t.name)
@@ -69,18 +75,18 @@ def _checks(plan: Any, stored: dict[str, list[tuple[str, int]]], matched: list[A
         for (found, _), f in zip(got, kinds[t.name]):
             if f.is_weight:
                 ok &= found == f.precision.name
-            elif all(sc in float_scopes for sc, _ in f.weight_scopes):
-                ok &= found in ("fp32", "fp16") or (found.startswith("int") and _bits(found) >= _bits(act))
+            elif any(sc in int_scopes for sc, _ in f.weight_scopes) or not all(sc in float_scopes for sc, _ in f.weight_scopes):
+                ok &= found.startswith("int") and _bits(found) >= min(t.precision.bits, _bits(act))  # an integer op's
             else:
-                ok &= found.startswith("int") and _bits(found) >= min(t.precision.bits, _bits(act))
+                ok &= found in ("fp32", "fp16") or (found.startswith("int") and _bits(found) >= _bits(act))
         names_ = [g for g, _ in got]
         label = names_[0] if len(set(names_)) == 1 else "+".join(names_)
         checks.append(TensorCheck(name=t.name, planned=t.precision.name, found=label, match=ok, bytes=sum(b for _, b in got)))
     return checks
 
 
-def convert_full_integer(job: ConvertJob, act: str) -> Converted:
-    """The full-integer LiteRT artifact with the float islands TQS chose, its read-back and a host session on it."""
+def convert_static(job: ConvertJob, act: str) -> Converted:
+    """The static-activation LiteRT artifact with the rungs TQS chose, its read-back and a host session on it."""
     quiet_tensorflow()
     from ..allocation.activations import choose_activations, kernel_groups
     from ..ondevice.runners import LiteRunner
@@ -89,6 +95,8 @@ def convert_full_integer(job: ConvertJob, act: str) -> Converted:
     from .tflm import _readback, float_graph, io_order, shared_copies
 
     plan, work = job.plan, job.work
+    full = act == "int16"  # int16: every op integer; int8: the kernels only
+    rungs = (act, "float") if full else ("int8", "dynamic", "float")
     g = float_graph(job, "tflite")
     integers = job.plan_integers()
     rows = job.rows()
@@ -96,11 +104,11 @@ def convert_full_integer(job: ConvertJob, act: str) -> Converted:
     able = {f.tensor for f in g.matched if _kernel_weight(f) and f.precision.kind == "int" and f.precision.bits == 8}
     quantized = [f for f in g.matched if f.precision.name != "fp32"]
 
-    def build(float_weights: frozenset[str]) -> bytes:
+    def build(float_weights: frozenset[str], dynamic: frozenset[str]) -> bytes:
         if able and float_weights >= able:  # every kernel float: the weight-only artifact (the weights alone)
             buf = _quantize(g.fbuf, quantized, set())
             return buf if integers is None else write_plan_integers(buf, g.fm, quantized, integers, job.model)
-        buf = g.quantize(rows, act, fp32_scopes, planned_float | float_weights)
+        buf = g.quantize(rows, act, fp32_scopes, planned_float | float_weights, dynamic, everything=full)
         return buf if integers is None else write_plan_integers(buf, g.fm, g.matched, integers, job.model, biases=True)
 
     ins, outs = io_dicts(job.model)
@@ -111,8 +119,13 @@ def convert_full_integer(job: ConvertJob, act: str) -> Converted:
 
     groups = kernel_groups(job.model.proto, able)
     weight = {gr["op"]: gr["weight"] for gr in groups}
+
+    def weights_at(modes: dict[str, str], rung: str) -> frozenset[str]:
+        return frozenset(weight[op] for op, m in modes.items() if m == rung)
+
     steps, tol = job.check_settings()
     choice = None
+    modes: dict[str, str] = {}
     if groups:
         choice = choose_activations(
             job.model,
@@ -124,40 +137,47 @@ def convert_full_integer(job: ConvertJob, act: str) -> Converted:
             steps,
             tol,
             goal=job.activation_goal,
-            build=lambda modes: build(frozenset(weight[op] for op, m in modes.items() if m == "float")),
+            build=lambda ms: build(weights_at(ms, "float"), weights_at(ms, "dynamic")),
             groups=groups,
             session=session,
-            rungs=(act, "float"),
-            dynamic_ops=(),
+            rungs=rungs,
+            dynamic_ops=("MatMul", "Gemm", "Conv"),
             also=job.check_contexts(steps),
         )
-        float_weights = frozenset(weight[op] for op in choice.ops("float"))
-    else:
-        float_weights = frozenset()
+        modes = dict(choice.modes)
+    float_weights, dynamic = weights_at(modes, "float"), weights_at(modes, "dynamic")
     every_float = bool(able) and float_weights >= able
-    buf = build(float_weights)
+    buf = build(float_weights, dynamic)
     artifact = work / job.file_name
     artifact.write_bytes(buf)
     model = g.prep.model
-    # the scopes computing in float: planned fp16/fp32 kernels, and the int8 ones TQS kept float (all, when every one is)
+    # scopes whose biases and constants may stay float: planned float kernels, and the int8 ones at a wider rung
     float_scopes = set(fp32_scopes)
     for f in g.matched:
-        if every_float or f.tensor in planned_float | float_weights:
-            float_scopes.update(sc for sc, _ in f.weight_scopes)
+        if every_float or not full or f.tensor in planned_float | float_weights | dynamic:
+            float_scopes.update(sc for sc, _ in f.weight_scopes)  # int8 mode: all but the integer kernels' (int_kernels)
     stored, total, _ = _readback(buf, g.fm, g.matched)
-    checks = _checks(plan, stored, g.matched, act, float_scopes)
+    checks = _checks(plan, stored, g.matched, act, float_scopes, int_kernels=set() if every_float else able - float_weights - dynamic)
     checks = against_plan(buf, quantized if every_float else g.matched, integers, checks, plan.rounding)
     in_order, out_order = io_order(buf, [i.name for i in model.inputs], [o.name for o in model.outputs])
     dup_n, dup_bytes = shared_copies(buf)
     floats = sorted(float_weights | planned_float | planned_fp32)
+    n_int = len(able - float_weights - dynamic)
     notes = list(g.notes)
-    notes.append(
-        "the weight-only artifact: every kernel's activations stay float (the full-integer graph misses the goal)"
-        if every_float
-        else f"full-integer LiteRT graph, {act} activations (every op ai-edge-quantizer supports), "
-        f"{len(able - float_weights)} int8 kernel(s) integer, {len(floats)} computing in float between DEQUANTIZE/QUANTIZE; "
-        f"inputs and outputs {act} at their calibrated scales"
-    )
+    if every_float:
+        notes.append("the weight-only artifact: every kernel's activations stay float (the integer graph misses the goal)")
+    elif full:
+        notes.append(
+            f"full-integer LiteRT graph, int16 activations (every op ai-edge-quantizer supports), {n_int} int8 kernel(s) "
+            f"integer, {len(floats)} computing in float between DEQUANTIZE/QUANTIZE; inputs and outputs int16 at their calibrated "
+            "scales. LiteRT runs int16x8 on its reference kernels (XNNPACK has none): for accuracy, not speed "
+            "(Lorenz-96: 9.3x fp32 on an x86-64 host)"
+        )
+    else:
+        notes.append(
+            f"static int8 kernels: {n_int} integer (XNNPACK's QS8, ranges calibrated), {len(dynamic)} dynamic range, "
+            f"{len(floats)} in float; the ops between kernels stay float"
+        )
     if integers is not None:
         notes.append(
             f"the weights' integers and scales are the plan's {plan.rounding} rounding, written over the quantizer's round-to-nearest"
@@ -175,6 +195,7 @@ def convert_full_integer(job: ConvertJob, act: str) -> Converted:
         "tflite_inputs": in_order,
         "tflite_outputs": out_order,
         "float_weights": floats,  # the kernels computing in float: planned fp16/fp32/int4, or kept float by TQS
+        "dynamic_weights": sorted(dynamic),
         "shared_bias_copies": {"tensors": dup_n, "bytes": dup_bytes},
     }
     if choice is not None:

@@ -165,13 +165,18 @@ def quantize_static(
     keys: dict[str, str],
     float_scopes: tuple[str, ...] = (),
     weight_only: frozenset[str] = frozenset(),
+    dynamic: frozenset[str] = frozenset(),
+    everything: bool = True,
 ) -> bytes:
     """Static (full-integer) quantization of a float TFLite graph with ai-edge-quantizer: int8 weights (per
     channel or per tensor as the plan says), ``act_bits`` activations calibrated with min/max on ``rows``.
 
     ``float_scopes``: op scopes left in float (LiteRT runs them between DEQUANTIZE/QUANTIZE; TFLite-Micro cannot).
     ``weight_only``: planned weights whose kernels compute in float with the weight stored as planned (LiteRT:
-    the float islands `edgetqs.runtimes.tflite_static` chooses; the weight keeps the plan's bytes)."""
+    the float islands `edgetqs.runtimes.tflite_static` chooses; the weight keeps the plan's bytes).
+    ``dynamic``: planned int8 weights whose kernels run dynamic range instead (LiteRT).
+    ``everything``: every op ai-edge-quantizer supports is integer (full integer); False: only the kernels of the
+    planned int8 weights, the ops between them stay float (LiteRT's static int8 kernels)."""
     import contextlib
     import io
 
@@ -179,7 +184,10 @@ def quantize_static(
     from ai_edge_quantizer.utils import qsv_utils
 
     qt = quantizer.Quantizer(fbuf)
-    qt.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=act_bits, weight_num_bits=8)
+    if everything:
+        qt.add_static_config(
+            regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, activation_num_bits=act_bits, weight_num_bits=8
+        )
     for f in matched:
         p = f.precision
         if f.is_weight and p.kind == "int" and p.bits <= 8:  # the weight input; biases follow the kernel
@@ -201,14 +209,14 @@ def quantize_static(
             op_config=qtyping.OpQuantizationConfig(compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=False),
             algorithm_key="no_quantize",
         )
-    if weight_only:
+    if weight_only or dynamic:
         from .tflite import _recipe
 
         for f in matched:
-            if f.is_weight and f.tensor in weight_only:
+            if f.is_weight and f.tensor in weight_only | dynamic:
                 for sc, op in f.weight_scopes:
-                    if WEIGHT_OPS.get(op) is not None:
-                        _recipe(qt, sc, op, f.precision)  # later entries win: this kernel computes in float
+                    if WEIGHT_OPS.get(op) is not None:  # later entries win: this kernel computes in float / per call
+                        _recipe(qt, sc, op, f.precision, dynamic=f.tensor in dynamic)
     data = []
     for r in rows:
         feed = {}
@@ -360,9 +368,17 @@ class FloatGraph:
     notes: list[str]
 
     def quantize(
-        self, rows: list[dict[str, np.ndarray]], act: str, float_scopes: tuple[str, ...] = (), weight_only: frozenset[str] = frozenset()
+        self,
+        rows: list[dict[str, np.ndarray]],
+        act: str,
+        float_scopes: tuple[str, ...] = (),
+        weight_only: frozenset[str] = frozenset(),
+        dynamic: frozenset[str] = frozenset(),
+        everything: bool = True,
     ) -> bytes:
-        return quantize_static(self.fbuf, self.matched, rows, _bits(act), self.in_perm, self.keys, float_scopes, weight_only)
+        return quantize_static(
+            self.fbuf, self.matched, rows, _bits(act), self.in_perm, self.keys, float_scopes, weight_only, dynamic, everything
+        )
 
 
 def float_graph(job: ConvertJob, route: str) -> FloatGraph:

@@ -154,11 +154,12 @@ def _io_types(path: Path) -> tuple[str, list[str]]:
     return types[sg.tensors[sg.inputs[0]].type], fc
 
 
-def test_full_integer_activations_with_float_islands(tmp_path: Path) -> None:
-    """--activations int8|int16 on LiteRT: a full-integer graph (integer inputs, integer FULLY_CONNECTED inputs) where
-    a kernel planned fp16 computes in float between DEQUANTIZE/QUANTIZE; the TQS ladder keeps kernels float where the
-    rollout needs it, and with every kernel float the artifact is the weight-only one. Plans price it from the
-    full-integer graph; GPTQ integers are written with the kernels' biases requantized; the check runs it."""
+def test_static_activations_int8_kernels_and_int16_full_integer(tmp_path: Path) -> None:
+    """--activations int8 on LiteRT: static int8 kernels (each int8 FULLY_CONNECTED reads int8, the input and the ops
+    between stay float); int16: a full-integer int16x8 graph (integer inputs). A kernel planned fp16 computes in float
+    in both. The TQS ladder (int8 -> dynamic -> float; int16 -> float) records every op's rung, and with every kernel
+    float the artifact is the weight-only one. Plans bound the file; GPTQ integers are written with the integer
+    kernels' biases requantized; the check finds the inputs through the signature."""
     import math
 
     from edgetqs import api
@@ -166,27 +167,30 @@ def test_full_integer_activations_with_float_islands(tmp_path: Path) -> None:
 
     m, spec, ctx, s = _deep(tmp_path)
     pins = tuple(parse_pin(p) for p in ("fc0.weight=fp16", "re:fc[1-4].weight=int8-channel"))
-    got = {}
-    for act in ("int8", "int16"):
+    got, plans = {}, {}
+    for act, first_type in (("int8", "FLOAT32"), ("int16", "INT16")):
         plan = plan_stage(
             s, m, PI, PlanOptions(runtime="tflite", ratio=1.0, pins=pins, rounding="gptq", activations=act), spec=spec, contexts=ctx
         )
         assert plan.activations == act and plan.pricing["exact"]
+        plans[act] = plan
         r = convert(m, plan, "tflite", tmp_path / act, ctx, spec, activation_goal=math.inf)
-        assert r.all_match and r.activations == act and r.facts["float_weights"] == ["fc0.weight"]
+        assert r.all_match and r.activations == act and r.facts["float_weights"] == ["fc0.weight"] and r.facts["dynamic_weights"] == []
         first, fc = _io_types(tmp_path / act / r.artifact)
-        # fc0 reads the float input (its DEQUANTIZE's output); the four int8 kernels read integer activations
-        assert first == act.upper() and fc.count(act.upper()) == 4 and fc.count("FLOAT32") == 1, (first, fc)
+        # fc0 reads float (the input, or its DEQUANTIZE's output); the four int8 kernels read integer activations
+        assert first == first_type and fc.count(act.upper()) == 4 and fc.count("FLOAT32") == 1, (first, fc)
         assert 0 < r.weight_bytes <= plan.weight_bytes
         assert r.error_by_lead[-1] is not None and r.error_by_lead[-1] < 0.5
         got[act] = (r.error_by_lead[-1], r.artifact)
     assert got["int16"][0] < got["int8"][0]  # 256 times finer activations
     # the TQS choice: every op's rung recorded; an unreachable goal leaves the weight-only artifact
-    chosen = convert(m, plan, "tflite", tmp_path / "tqs", ctx, spec)
-    modes = chosen.facts["activation_choice"]["modes"]
-    assert set(modes) == {"h1", "h2", "h3", "h4"} and set(modes.values()) <= {"int16", "float"}
-    none = convert(m, plan, "tflite", tmp_path / "none", ctx, spec, activation_goal=1e-12)
-    assert none.activations == "float" and none.all_match and none.weight_bytes <= plan.weight_bytes  # the plan bounds it
+    for act, rungs in (("int8", {"int8", "dynamic", "float"}), ("int16", {"int16", "float"})):
+        chosen = convert(m, plans[act], "tflite", tmp_path / f"tqs{act}", ctx, spec)
+        modes = chosen.facts["activation_choice"]["modes"]
+        assert set(modes) == {"h1", "h2", "h3", "h4"} and set(modes.values()) <= rungs and chosen.all_match
+        assert sorted(chosen.facts["dynamic_weights"]) == sorted(f"fc{op[1]}.weight" for op, md in modes.items() if md == "dynamic")
+    none = convert(m, plans["int16"], "tflite", tmp_path / "none", ctx, spec, activation_goal=1e-12)
+    assert none.activations == "float" and none.all_match and none.weight_bytes <= plans["int16"].weight_bytes  # the plan bounds it
     assert _io_types(tmp_path / "none" / none.artifact)[0] == "FLOAT32"
     assert none.artifact_vs_simulated is not None and none.artifact_vs_simulated < 1e-4  # the plan's GPTQ weights alone
     # the check on the host finds the inputs through the file's signature and quantizes them
