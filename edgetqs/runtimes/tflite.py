@@ -278,7 +278,7 @@ class TfliteRuntime(RuntimeInfo):
         Interpreter(model_content=artifact.read_bytes())
 
     def job(self, artifact: Path, io: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
-        # a full-integer file was converted through TensorFlow: its inputs are found through its signature
+        # a static-activation file was converted through TensorFlow: its inputs are found through its signature
         order = {k: facts[k] for k in ("tflite_inputs", "tflite_outputs") if facts.get(k)}
         return {"runner": self.runner, **order}
 
@@ -293,11 +293,11 @@ class TfliteRuntime(RuntimeInfo):
         from .prepare import prepare, prepared_fixed_bytes
         from .pricing import storage_pricing
 
-        if activations in STATIC:  # priced as the full-integer graph (the TFLite-Micro route's float graph)
+        if activations in STATIC:  # priced from the graph tflite_static quantizes (the TFLite-Micro route's float graph)
             from .tflm import full_integer_pricing
 
             fi = full_integer_pricing(self, model, activations, exact, auto)
-            fi.float_kernels = True  # LiteRT runs a kernel planned fp16/fp32 in float (tflite_static)
+            fi.float_kernels = True  # LiteRT runs float kernels and float ops: priced as an upper bound
             return fi
         p = storage_pricing(self.name, self.storage, activations)
         missing = [
@@ -346,7 +346,7 @@ class TfliteRuntime(RuntimeInfo):
 
 RUNTIME = TfliteRuntime(
     name="tflite",
-    description="LiteRT / TFLite (weight-only int8/int4 per tensor or channel, fp16; dynamic range or full-integer int8/int16 activations)",
+    description="LiteRT / TFLite (weight-only int8/int4 per tensor or channel, fp16; dynamic range, static int8 kernels or full-integer int16)",
     suffix=".tflite",
     accepts=("tflite",),
     storage=Storage(scale_bytes=12, wide_int_bytes=4, wide_int_overhead=12),

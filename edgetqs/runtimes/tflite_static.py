@@ -7,11 +7,12 @@
   widens the kernels the rollout does not tolerate: to dynamic range, then to float (weight-only).
 - ``int16``: a full-integer int16x8 graph (every op ai-edge-quantizer supports; inputs and outputs int16 at their
   calibrated scales), rungs ``int16 -> float``. For rollouts whose state an 8-bit tensor cannot carry. It is not a
-  speed mode: XNNPACK has no int16 kernels, LiteRT runs its reference ones. Lorenz-96 ran at 9.3x onnxruntime's
-  fp32 on the x86-64 host, while qemu's cost model (cheap integer, expensive float) put it at 0.55x (docs/latency.md).
+  speed mode: XNNPACK has no int16 kernels, LiteRT runs its reference ones. Lorenz-96 ran at 8.9x onnxruntime's
+  fp32 on the x86-64 host (median of 13 processes), while qemu's cost model (cheap integer, expensive float) put it
+  at 0.55x (docs/latency.md).
 
 A full-integer int8 graph was measured and not offered: Lorenz-96's 8-bit state drifted to 0.249 over 20 steps
-(kernels only: 0.093), and natively it ran at 0.93x fp32 against 0.55x for the kernels alone.
+(kernels only: 0.093), and natively it ran at 0.93x fp32 against 0.50x for the kernels alone.
 
 The float graph is the one the TFLite-Micro route quantizes (`edgetqs.runtimes.tflm.float_graph`: TensorFlow's
 converter from onnx2tf's SavedModel, with the ``serving_default`` signature ai-edge-quantizer's calibrator needs).
@@ -171,7 +172,7 @@ def convert_static(job: ConvertJob, act: str) -> Converted:
             f"full-integer LiteRT graph, int16 activations (every op ai-edge-quantizer supports), {n_int} int8 kernel(s) "
             f"integer, {len(floats)} computing in float between DEQUANTIZE/QUANTIZE; inputs and outputs int16 at their calibrated "
             "scales. LiteRT runs int16x8 on its reference kernels (XNNPACK has none): for accuracy, not speed "
-            "(Lorenz-96: 9.3x fp32 on an x86-64 host)"
+            "(Lorenz-96: 8.9x fp32 on an x86-64 host)"
         )
     else:
         notes.append(
