@@ -152,11 +152,12 @@ def convert_static(job: ConvertJob, act: str) -> Converted:
     artifact = work / job.file_name
     artifact.write_bytes(buf)
     model = g.prep.model
-    # scopes whose biases and constants may stay float: planned float kernels, and the int8 ones at a wider rung
+    # scopes whose biases and constants may stay float: planned float kernels and the int8 ones at a wider rung (int8
+    # mode: every scope, since only the integer kernels' are integer, and `_checks` holds those to int_kernels)
     float_scopes = set(fp32_scopes)
     for f in g.matched:
         if every_float or not full or f.tensor in planned_float | float_weights | dynamic:
-            float_scopes.update(sc for sc, _ in f.weight_scopes)  # int8 mode: all but the integer kernels' (int_kernels)
+            float_scopes.update(sc for sc, _ in f.weight_scopes)
     stored, total, _ = _readback(buf, g.fm, g.matched)
     checks = _checks(plan, stored, g.matched, act, float_scopes, int_kernels=set() if every_float else able - float_weights - dynamic)
     checks = against_plan(buf, quantized if every_float else g.matched, integers, checks, plan.rounding)
