@@ -167,6 +167,7 @@ def quantize_static(
     weight_only: frozenset[str] = frozenset(),
     dynamic: frozenset[str] = frozenset(),
     everything: bool = True,
+    range_margin: float = 1.0,
 ) -> bytes:
     """Static (full-integer) quantization of a float TFLite graph with ai-edge-quantizer: int8 weights (per
     channel or per tensor as the plan says), ``act_bits`` activations calibrated with min/max on ``rows``.
@@ -176,7 +177,8 @@ def quantize_static(
     the float islands `edgetqs.runtimes.tflite_static` chooses; the weight keeps the plan's bytes).
     ``dynamic``: planned int8 weights whose kernels run dynamic range instead (LiteRT).
     ``everything``: every op ai-edge-quantizer supports is integer (full integer); False: only the kernels of the
-    planned int8 weights, the ops between them stay float (LiteRT's static int8 kernels)."""
+    planned int8 weights, the ops between them stay float (LiteRT's static int8 kernels).
+    ``range_margin``: every calibrated range times this (int16 has the resolution to spare)."""
     import contextlib
     import io
 
@@ -229,11 +231,21 @@ def quantize_static(
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars and a size summary
             cal = calibrator.Calibrator(fbuf, num_threads=1, qsv_update_func=qsv_utils.min_max_update)
             cal.calibrate({"serving_default": data}, qt._recipe_manager)
-            return bytes(qt.quantize(cal.get_model_qsvs()).quantized_model)
+            qsvs = cal.get_model_qsvs()
+            if range_margin != 1.0:  # calibrated ranges widened: a window the rollouts did not reach is not clipped
+                qsvs = {k: _widened(v, range_margin) for k, v in qsvs.items()}
+            return bytes(qt.quantize(qsvs).quantized_model)
     except (ValueError, KeyError, RuntimeError) as exc:  # the quantizer's policy refuses an op/config
         raise ConvertError(
             f"ai-edge-quantizer cannot quantize this graph to full integer with int{act_bits} activations: {str(exc)[:400]}"
         ) from None
+
+
+def _widened(qsv: Any, margin: float) -> Any:
+    """One tensor's calibrated min/max, times ``margin`` (other statistics as they are)."""
+    if not isinstance(qsv, dict) or "min" not in qsv or "max" not in qsv:
+        return qsv
+    return {**qsv, "min": np.asarray(qsv["min"]) * margin, "max": np.asarray(qsv["max"]) * margin}
 
 
 def _probe(path: Path, arena: int, n_inputs: int) -> tuple[bool, str]:
@@ -375,9 +387,10 @@ class FloatGraph:
         weight_only: frozenset[str] = frozenset(),
         dynamic: frozenset[str] = frozenset(),
         everything: bool = True,
+        range_margin: float = 1.0,
     ) -> bytes:
         return quantize_static(
-            self.fbuf, self.matched, rows, _bits(act), self.in_perm, self.keys, float_scopes, weight_only, dynamic, everything
+            self.fbuf, self.matched, rows, _bits(act), self.in_perm, self.keys, float_scopes, weight_only, dynamic, everything, range_margin
         )
 
 

@@ -372,3 +372,33 @@ def test_full_integer_litert_pricing_bounds_float_constants() -> None:
         assert exact.own_bytes("c", (100,), fp32, lay) == width * 100 + QPARAM_BYTES
         assert bound.own_bytes("b", (100,), fp32, lay) == max(wide * 100 + QPARAM_BYTES, 400)
         assert bound.own_bytes("c", (100,), fp32, lay) == 400  # float32 is the larger: 100 x 4
+
+
+def test_int16_state_beyond_the_calibrated_rollouts_is_not_clipped(tmp_path: Path) -> None:
+    """A full-integer int16 graph carries the state itself in int16: calibrated on the conversion's rollouts alone, a
+    forced AR(1) state beyond them was clipped and the check failed (0.113 at lead 8 against 5e-5 on the conversion's
+    contexts). The ranges are widened x4 (`INT16_MARGIN`): the build passes; the inputs come through the signature in
+    the model's order (x, then the time-of-day forcing)."""
+    import json
+
+    from edgetqs import api
+
+    models.forced_state(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal(200)
+    times = np.datetime64("2024-01-01T00:00") + np.arange(200) * np.timedelta64(1, "h")
+    (tmp_path / "r.csv").write_text("time,x\n" + "".join(f"{t},{v:.6f}\n" for t, v in zip(times.astype(str), x)))
+    (tmp_path / "edgetqs.toml").write_text('model = "m.onnx"\ncontexts = "r.csv"\nk = 4\n\n[rollout]\nforcing = ["tod=hour_of_day"]\n')
+    r = api.build(
+        None,
+        "raspberrypi",
+        project=tmp_path / "edgetqs.toml",
+        fmt="tflite",
+        activations="int16",
+        ratio=1.0,
+        device="local",
+        output=tmp_path / "dist",
+    )
+    bundle = next(p for p in (tmp_path / "dist").iterdir() if p.is_dir())
+    facts = json.loads((bundle / "convert.json").read_text())["facts"]
+    assert facts["tflite_inputs"] == {"x": 0, "tod": 1}
+    assert r.passed, r.verdict
