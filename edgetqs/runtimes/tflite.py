@@ -20,6 +20,7 @@ import contextlib
 import io
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ class _Integers:
 def _choose_dynamic(job: ConvertJob, fbuf: bytes, matched: list[Any], integers: _Integers | None) -> tuple[set[str], Any]:
     """Which int8 weights' ops run dynamic range: `edgetqs.allocation.activations.choose_activations` with the rungs
     dynamic -> float, each trial quantized and rolled out in LiteRT on the host."""
-    from ..allocation.activations import choose_activations, kernel_groups
+    from ..allocation.activations import kernel_groups
     from ..ondevice.runners import LiteRunner
 
     able = {
@@ -137,8 +138,30 @@ def _choose_dynamic(job: ConvertJob, fbuf: bytes, matched: list[Any], integers: 
     groups = kernel_groups(job.model.proto, able)
     weight = {gr["op"]: gr["weight"] for gr in groups}
     ins, outs = io_dicts(job.model)
+    choice = choose_on_litert(
+        job,
+        groups,
+        lambda modes: _quantize(fbuf, matched, {weight[op] for op, m in modes.items() if m == "dynamic"}, integers),
+        lambda data: LiteRunner(data, ins, outs),
+        ("dynamic", "float"),
+    )
+    return {weight[op] for op in choice.ops("dynamic")}, choice
+
+
+def choose_on_litert(
+    job: ConvertJob,
+    groups: list[dict[str, Any]],
+    build: Callable[[dict[str, str]], bytes],
+    session: Callable[[bytes], Any],
+    rungs: tuple[str, ...],
+) -> Any:
+    """`edgetqs.allocation.activations.choose_activations` for a LiteRT artifact: the job's model, contexts and the
+    target's check settings, each trial built by ``build`` and rolled out in ``session`` on the conversion's contexts
+    and on the ones the check draws."""
+    from ..allocation.activations import choose_activations
+
     steps, tol = job.check_settings()
-    choice = choose_activations(
+    return choose_activations(
         job.model,
         job.spec,
         job.contexts,
@@ -148,14 +171,13 @@ def _choose_dynamic(job: ConvertJob, fbuf: bytes, matched: list[Any], integers: 
         steps,
         tol,
         goal=job.activation_goal,
-        build=lambda modes: _quantize(fbuf, matched, {weight[op] for op, m in modes.items() if m == "dynamic"}, integers),
+        build=build,
         groups=groups,
-        session=lambda data: LiteRunner(data, ins, outs),
-        rungs=("dynamic", "float"),
+        session=session,
+        rungs=rungs,
         dynamic_ops=("MatMul", "Gemm", "Conv"),
         also=job.check_contexts(steps),
     )
-    return {weight[op] for op in choice.ops("dynamic")}, choice
 
 
 def _readback(buf: bytes, matched: list[Any]) -> tuple[dict[str, list[tuple[str, int]]], int]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Converted, ConvertJob
-from .convert import TensorCheck
 from .litert import WEIGHT_OPS, io_dicts, quiet_tensorflow, versions
 
 _PACKAGES = ("onnx2tf", "ai-edge-quantizer", "ai-edge-litert", "tensorflow")
@@ -60,46 +59,14 @@ def _islands(matched: list[Any]) -> tuple[tuple[str, ...], frozenset[str], froze
     return tuple(scopes), frozenset(fp32), frozenset(weight_only)
 
 
-def _checks(
-    plan: Any, stored: dict[str, list[tuple[str, int]]], matched: list[Any], act: str, float_scopes: set[str], int_kernels: set[str]
-) -> list[TensorCheck]:
-    """Per planned tensor, what the file stores: a weight exactly as planned; a bias or an elementwise constant at
-    the integer width its kernel needs, or float32 where its op computes in float (a float island, a dynamic-range
-    kernel, an op between static int8 kernels). ``int_kernels``: the weights whose kernels are integer."""
-    from .tflm import _bits
-
-    kinds: dict[str, list[Any]] = {}
-    for f in matched:
-        kinds.setdefault(f.tensor, []).append(f)
-    int_scopes = {sc for f in matched if f.is_weight and f.tensor in int_kernels for sc, _ in f.weight_scopes}
-    checks = []
-    for t in plan.tensors:
-        got = stored.get(t.name)
-        if not got:  # folded by the converter into another constant
-            checks.append(TensorCheck(name=t.name, planned=t.precision.name, found="folded", match=True, bytes=0))
-            continue
-        ok = True
-        for (found, _), f in zip(got, kinds[t.name]):
-            if f.is_weight:
-                ok &= found == f.precision.name
-            elif any(sc in int_scopes for sc, _ in f.weight_scopes) or not all(sc in float_scopes for sc, _ in f.weight_scopes):
-                ok &= found.startswith("int") and _bits(found) >= min(t.precision.bits, _bits(act))  # an integer op's
-            else:
-                ok &= found in ("fp32", "fp16") or (found.startswith("int") and _bits(found) >= _bits(act))
-        names_ = [g for g, _ in got]
-        label = names_[0] if len(set(names_)) == 1 else "+".join(names_)
-        checks.append(TensorCheck(name=t.name, planned=t.precision.name, found=label, match=ok, bytes=sum(b for _, b in got)))
-    return checks
-
-
 def convert_static(job: ConvertJob, act: str) -> Converted:
     """The static-activation LiteRT artifact with the rungs TQS chose, its read-back and a host session on it."""
     quiet_tensorflow()
-    from ..allocation.activations import choose_activations, kernel_groups
+    from ..allocation.activations import kernel_groups
     from ..ondevice.runners import LiteRunner
-    from .tflite import _quantize
+    from .tflite import _Integers, _quantize, choose_on_litert
     from .tflite_integers import against_plan, write_plan_integers
-    from .tflm import _readback, float_graph, io_order, shared_copies
+    from .tflm import _readback, float_graph, io_order, shared_copies, tensor_checks
 
     plan, work = job.plan, job.work
     full = act == "int16"  # int16: every op integer; int8: the kernels only
@@ -113,8 +80,7 @@ def convert_static(job: ConvertJob, act: str) -> Converted:
 
     def build(float_weights: frozenset[str], dynamic: frozenset[str]) -> bytes:
         if able and float_weights >= able:  # every kernel float: the weight-only artifact (the weights alone)
-            buf = _quantize(g.fbuf, quantized, set())
-            return buf if integers is None else write_plan_integers(buf, g.fm, quantized, integers, job.model)
+            return _quantize(g.fbuf, quantized, set(), None if integers is None else _Integers(integers, g.fm, job.model))
         buf = g.quantize(
             rows, act, fp32_scopes, planned_float | float_weights, dynamic, everything=full, range_margin=INT16_MARGIN if full else 1.0
         )
@@ -132,27 +98,10 @@ def convert_static(job: ConvertJob, act: str) -> Converted:
     def weights_at(modes: dict[str, str], rung: str) -> frozenset[str]:
         return frozenset(weight[op] for op, m in modes.items() if m == rung)
 
-    steps, tol = job.check_settings()
     choice = None
     modes: dict[str, str] = {}
     if groups:
-        choice = choose_activations(
-            job.model,
-            job.spec,
-            job.contexts,
-            b"",
-            job.model.proto,
-            rows,
-            steps,
-            tol,
-            goal=job.activation_goal,
-            build=lambda ms: build(weights_at(ms, "float"), weights_at(ms, "dynamic")),
-            groups=groups,
-            session=session,
-            rungs=rungs,
-            dynamic_ops=("MatMul", "Gemm", "Conv"),
-            also=job.check_contexts(steps),
-        )
+        choice = choose_on_litert(job, groups, lambda ms: build(weights_at(ms, "float"), weights_at(ms, "dynamic")), session, rungs)
         modes = dict(choice.modes)
     float_weights, dynamic = weights_at(modes, "float"), weights_at(modes, "dynamic")
     every_float = bool(able) and float_weights >= able
@@ -161,13 +110,14 @@ def convert_static(job: ConvertJob, act: str) -> Converted:
     artifact.write_bytes(buf)
     model = g.prep.model
     # scopes whose biases and constants may stay float: planned float kernels and the int8 ones at a wider rung (int8
-    # mode: every scope, since only the integer kernels' are integer, and `_checks` holds those to int_kernels)
+    # mode: every scope, since only the integer kernels' are integer, and `tensor_checks` holds those to int_kernels)
     float_scopes = set(fp32_scopes)
     for f in g.matched:
         if every_float or not full or f.tensor in planned_float | float_weights | dynamic:
             float_scopes.update(sc for sc, _ in f.weight_scopes)
     stored, total, _ = _readback(buf, g.fm, g.matched)
-    checks = _checks(plan, stored, g.matched, act, float_scopes, int_kernels=set() if every_float else able - float_weights - dynamic)
+    int_kernels = frozenset() if every_float else frozenset(able - float_weights - dynamic)
+    checks = tensor_checks(plan, stored, g.matched, act, [], float_ops=float_scopes, int_kernels=int_kernels)
     checks = against_plan(buf, quantized if every_float else g.matched, integers, checks, plan.rounding)
     in_order, out_order = io_order(buf, [i.name for i in model.inputs], [o.name for o in model.outputs])
     dup_n, dup_bytes = shared_copies(buf)

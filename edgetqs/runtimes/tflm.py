@@ -417,29 +417,41 @@ def float_graph(job: ConvertJob, route: str) -> FloatGraph:
 
 
 def tensor_checks(
-    plan: Any, stored: dict[str, list[tuple[str, int]]], matched: list[Any], act: str, floats: list[str]
+    plan: Any,
+    stored: dict[str, list[tuple[str, int]]],
+    matched: list[Any],
+    act: str,
+    floats: list[str],
+    float_ops: set[str] | None = None,
+    int_kernels: frozenset[str] = frozenset(),
 ) -> list[TensorCheck]:
     """Per planned tensor, what the full-integer file stores: weights exactly at the planned form; biases and
     elementwise constants at the width their kernels need (int32/int64 biases, constants at the activation
-    width); a tensor folded into another (a sum of two biases) is integer when no float tensor is left."""
+    width); a tensor folded into another (a sum of two biases) is integer when no float tensor is left.
+
+    ``float_ops`` (LiteRT, `tflite_static`): the scopes of ops that compute in float. A bias or constant read only by
+    them may stay float32, unless one of its readers is the kernel of a weight in ``int_kernels``; a folded tensor is
+    then not asked to be integer (LiteRT files keep float tensors)."""
     kinds: dict[str, list[Any]] = {}
     for f in matched:
         kinds.setdefault(f.tensor, []).append(f)
+    int_scopes = {sc for f in matched if f.is_weight and f.tensor in int_kernels for sc, _ in f.weight_scopes}
     checks = []
     for t in plan.tensors:
         planned = t.precision
         got = stored.get(t.name)
         if not got:  # folded or transformed by the converter: full integer if no float tensor is left
-            checks.append(
-                TensorCheck(
-                    name=t.name, planned=planned.name, found="folded (integer)" if not floats else "folded", match=not floats, bytes=0
-                )
-            )
+            integer = not floats and float_ops is None
+            found = "folded (integer)" if integer else "folded"
+            checks.append(TensorCheck(name=t.name, planned=planned.name, found=found, match=integer or float_ops is not None, bytes=0))
             continue
         ok = True
         for (found, _), f in zip(got, kinds[t.name]):
+            scopes = [sc for sc, _ in f.weight_scopes]
             if f.is_weight:
                 ok &= found == f.precision.name  # a weight: exactly the planned integer form
+            elif float_ops is not None and all(sc in float_ops for sc in scopes) and not any(sc in int_scopes for sc in scopes):
+                ok &= found in ("fp32", "fp16") or (found.startswith("int") and _bits(found) >= _bits(act))  # read in float
             else:  # a bias or an elementwise constant: the width its kernel needs
                 ok &= found.startswith("int") and _bits(found) >= min(planned.bits, _bits(act))
         names_ = [g for g, _ in got]
