@@ -379,3 +379,52 @@ def forced_window(
         inits,
     )
     return _save(graph, path)
+
+
+def level_window(path: Path, length: int = 12, channels: int = 4, a: float = 0.5, b: float = 0.3, transposed: bool = False) -> Path:
+    """x[B,L,C] -> y[B,1,C] = x_L + a (x_L - x_{L-1}) + b (x_{L-1} - x_{L-2}): a damped-momentum forecaster written as
+    two dense layers on the flattened window (differences, then their mix). Its dynamics carry no level: fed variables
+    that sit at different levels, a per-call quantizer of the flattened window spends its range on the levels.
+    ``transposed``: the window is flattened variable-major ([B, C, L], as channel-independent models lay it out)."""
+    c = channels
+    fin = length * c
+
+    def at(t: int, v: int) -> int:
+        return v * length + t if transposed else t * c + v
+
+    w1 = np.zeros((fin, 2 * c), np.float32)  # features: x_L - x_{L-1}, x_{L-1} - x_{L-2} per variable
+    for v in range(c):
+        last, prev, prev2 = at(length - 1, v), at(length - 2, v), at(length - 3, v)
+        w1[last, v], w1[prev, v] = 1.0, -1.0
+        w1[prev, c + v], w1[prev2, c + v] = 1.0, -1.0
+    w2 = np.zeros((2 * c, c), np.float32)
+    for v in range(c):
+        w2[v, v], w2[c + v, v] = a, b
+    inits = [
+        _init("diff.weight", w1),
+        _init("diff.bias", np.zeros(2 * c, np.float32)),
+        _init("mix.weight", w2),
+        _init("flat", np.array([0, fin], np.int64)),
+        _init("last_lo", np.array([length - 1], np.int64)),
+        _init("last_hi", np.array([length], np.int64)),
+        _init("axis1", np.array([1], np.int64)),
+        _init("outshape", np.array([0, 1, c], np.int64)),
+    ]
+    nodes = [
+        *([helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1])] if transposed else []),
+        helper.make_node("Reshape", ["xt" if transposed else "x", "flat"], ["xf"]),
+        helper.make_node("MatMul", ["xf", "diff.weight"], ["d0"]),
+        helper.make_node("Add", ["d0", "diff.bias"], ["d"]),
+        helper.make_node("MatMul", ["d", "mix.weight"], ["m"]),
+        helper.make_node("Reshape", ["m", "outshape"], ["delta"]),
+        helper.make_node("Slice", ["x", "last_lo", "last_hi", "axis1"], ["last"]),
+        helper.make_node("Add", ["last", "delta"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "level_window",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", length, c])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 1, c])],
+        inits,
+    )
+    return _save(graph, path)

@@ -40,7 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..core.rollout import RolloutSpec
 
 MODES = ("int8", "dynamic", "float")  # narrowest first
-LABELS = ("int8", "int16", "dynamic", "float")  # every rung a route can offer (LiteRT full integer: int8 or int16 -> float)
+# every rung a route can offer (LiteRT full integer: int8 or int16 -> float; a dense layer over a flattened window on
+# LiteRT: dynamic -> centred, dynamic range with the window centred on its last step, `edgetqs.runtimes.centring` -> float)
+LABELS = ("int8", "int16", "dynamic", "centred", "float")
 INT16_MAX = 32767
 GOAL_SHARE = 0.7  # aim below the tolerance: the check draws other contexts than the conversion (docs/notes/issue-14.md)
 
@@ -75,7 +77,7 @@ class ActivationChoice(Frozen):
     horizon: int
     contexts: int
     check_contexts: int = 0  # contexts the check draws, measured too (every trial's error is the worse of the two sets)
-    modes: dict[str, str]  # op -> int8 | int16 | dynamic | float
+    modes: dict[str, str]  # op -> int8 | int16 | dynamic | centred | float
     scores: tuple[ActivationScore, ...]
     trials: tuple[ActivationTrial, ...]
     error: float | None  # the chosen artifact's worst normalised RMSE on these contexts (None: not finite)
@@ -282,7 +284,8 @@ def choose_activations(
         rows: the float model's closed-loop inputs (calibration).
         horizon, tolerance: the check's steps and tolerance (the target's ``[validation]``).
         build: op -> mode to the artifact's bytes (default: `edgetqs.runtimes.ort_static.static_qdq`, exact form).
-        groups: the activation groups (default: `activation_groups` of ``weight_only``).
+        groups: the activation groups (default: `activation_groups` of ``weight_only``); a group with ``rungs`` takes
+            that ladder instead of ``rungs`` (LiteRT: a dense layer over a flattened window, dynamic -> centred -> float).
         session: artifact bytes -> a host session (default: onnxruntime unoptimised, the exact integer arithmetic).
         rungs: the modes each op can take, narrowest first (TFLite dynamic range: ``("dynamic", "float")``).
         dynamic_ops: op types that have a ``dynamic`` rung.
@@ -340,7 +343,8 @@ def choose_activations(
     def score(op: str, mode: str) -> ActivationScore:
         if (op, mode) not in scores:
             gr = by_op[op]
-            res = rollout(_fake_quant(float_proto, gr, mode, lo_hi))
+            # a centred window is scored as plain dynamic range: an upper bound, which only orders the ladder
+            res = rollout(_fake_quant(float_proto, gr, "dynamic" if mode == "centred" else mode, lo_hi))
             e = divergence(res.steps, ref.steps, inv)  # [T, K]
             tensors = gr["tensors"] if mode in ("int8", "int16") else gr["tensors"][:1]
             # dynamic: the per-call range is at most the calibrated one, so the static residual bounds eps
@@ -353,11 +357,14 @@ def choose_activations(
             )
         return scores[(op, mode)]
 
-    def allowed(op_type: str) -> list[str]:
-        return [m for m in rungs if m != "dynamic" or op_type in dynamic_ops]
+    def allowed(op: str) -> list[str]:
+        gr = by_op[op]
+        if "rungs" in gr:  # the route offers this op its own ladder (a centred window on LiteRT)
+            return list(gr["rungs"])
+        return [m for m in rungs if m != "dynamic" or gr["op_type"] in dynamic_ops]
 
-    def wider(mode: str, op_type: str) -> str:
-        ladder = allowed(op_type)
+    def wider(mode: str, op: str) -> str:
+        ladder = allowed(op)
         return ladder[min(ladder.index(mode) + 1, len(ladder) - 1)]
 
     trials: list[ActivationTrial] = []
@@ -370,22 +377,22 @@ def choose_activations(
             measured[key] = max(worst(rollout(data, session)), worst_also(data))
             trials.append(
                 ActivationTrial(
-                    wider=tuple(f"{op}={m}" for op, m in modes.items() if m != allowed(by_op[op]["op_type"])[0]),
+                    wider=tuple(f"{op}={m}" for op, m in modes.items() if m != allowed(op)[0]),
                     error=_finite(measured[key]),
                     passed=measured[key] <= goal,
                 )
             )
         return measured[key]
 
-    modes = {gr["op"]: allowed(gr["op_type"])[0] for gr in groups}
+    modes = {gr["op"]: allowed(gr["op"])[0] for gr in groups}
     floor = measure({op: "float" for op in modes}) if groups and math.isfinite(goal) else None
     if floor is not None and floor > goal:  # the weights alone miss the goal: no activation can run integer within it
         modes = {op: "float" for op in modes}
     elif groups and measure(modes) > goal and math.isfinite(goal):
-        for _ in range(len(rungs) - 1):  # each op at most one rung per round: int8 -> dynamic -> float
+        for _ in range(max(len(allowed(op)) for op in modes) - 1):  # each op at most one rung per round: int8 -> dynamic -> float
             order = [op for op in modes if modes[op] != "float"]
             order.sort(key=partial(_damage, score, dict(modes)), reverse=True)
-            steps = [(op, wider(modes[op], by_op[op]["op_type"])) for op in order]
+            steps = [(op, wider(modes[op], op)) for op in order]
             n = _smallest_prefix(len(steps), partial(_passes, measure, goal, dict(modes), steps))
             modes = {**modes, **dict(steps[: len(steps) if n is None else n])}
             if n is not None:
@@ -393,7 +400,7 @@ def choose_activations(
     final = measure(modes) if groups else 0.0
     if groups:  # score every group at its narrowest rung, and at the next one when it was widened
         for op, m in modes.items():
-            ladder = allowed(by_op[op]["op_type"])
+            ladder = allowed(op)
             score(op, ladder[0])
             if m != ladder[0] and len(ladder) > 2:
                 score(op, ladder[1])

@@ -123,29 +123,127 @@ class _Integers:
     source: Any  # the Model the plan was made for
 
 
-def _choose_dynamic(job: ConvertJob, fbuf: bytes, matched: list[Any], integers: _Integers | None) -> tuple[set[str], Any]:
-    """Which int8 weights' ops run dynamic range: `edgetqs.allocation.activations.choose_activations` with the rungs
-    dynamic -> float, each trial quantized and rolled out in LiteRT on the host."""
-    from ..allocation.activations import kernel_groups
-    from ..ondevice.runners import LiteRunner
+@dataclass(frozen=True)
+class _Graph:
+    """A float TFLite graph to quantize: its bytes, the planned tensors matched in it, the plan's integers, and the
+    windows centred in it (`edgetqs.runtimes.centring`; empty for the prepared graph itself)."""
 
-    able = {
+    fbuf: bytes
+    matched: list[Any]
+    integers: _Integers | None
+    centred: tuple[Any, ...] = ()
+
+    def quantize(self, dynamic: set[str]) -> bytes:
+        return _quantize(self.fbuf, self.matched, dynamic, self.integers) if self.matched else self.fbuf
+
+
+def _graph(job: ConvertJob, prep: Any, centred: tuple[Any, ...] = ()) -> _Graph:
+    fb = schema()
+    ops, _ = names(fb)
+    fbuf = cached_float_tflite(prep.model, job.work, job.target)  # the planner priced from this graph
+    fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
+    matched = _match(prep, job.plan, fm, fm.subgraphs[0], ops)
+    plan_ints = job.plan_integers()  # GPTQ: written over the quantizer's round-to-nearest (tflite_integers)
+    return _Graph(fbuf, matched, None if plan_ints is None else _Integers(plan_ints, fm, job.model), centred)
+
+
+def _able(matched: list[Any]) -> set[str]:
+    """The planned int8 weights whose ops can run dynamic range."""
+    return {
         f.tensor
         for f in matched
         if f.precision.kind == "int" and f.precision.bits == 8 and all(op in DYNAMIC_OPS for _, op in f.weight_scopes)
     }
+
+
+def _window_steps(job: ConvertJob) -> int | None:
+    """The steps of a window model's [B, L, C] window (None: a state model, a univariate or symbolic window)."""
+    spec = job.spec
+    if spec.mode != "window" or spec.window_form not in ("steps", "one-step") or not spec.pairs:
+        return None
+    shape = next((i.shape for i in job.model.inputs if i.name == spec.pairs[0][0]), None)
+    return int(shape[1]) if shape is not None and len(shape) == 3 and isinstance(shape[1], int) else None
+
+
+class _Variants:
+    """The float graphs a dynamic-range trial is built from: the prepared one, and the prepared one with the windows of
+    some layers centred (`edgetqs.runtimes.centring`; one onnx2tf conversion per set, made when a trial asks)."""
+
+    def __init__(self, job: ConvertJob, prep: Any, plain: _Graph) -> None:
+        from .centring import sites
+
+        self.job, self.prep, self.plain = job, prep, plain
+        steps = _window_steps(job)
+        found = [] if steps is None else sites(prep.model.proto, steps, _able(plain.matched))
+        self.sites = {s.weight: s for s in found if s.weight in prep.source_weights}
+        self._made: dict[frozenset[str], _Graph] = {frozenset(): plain}
+        self._values: dict[str, np.ndarray] | None = None
+
+    def extra_bytes(self, weight: str) -> int:
+        """What centring ``weight``'s window adds to the file: its level weight and the constants onnx2tf writes for
+        the new ops, measured on the two float graphs."""
+        fb = schema()
+        plain, centred = (fb.ModelT.InitFromPackedBuf(g.fbuf, 0) for g in (self.plain, self.graph({weight})))
+        return stored_bytes(centred) - stored_bytes(plain)
+
+    def graph(self, centred: set[str]) -> _Graph:
+        key = frozenset(centred & set(self.sites))
+        if key not in self._made:
+            from dataclasses import replace
+
+            from ..allocation.rounding import dequantized
+            from ..core.model import Model
+            from .centring import centre
+
+            if self._values is None:  # the level weights are summed from what the plan computes with (its rounding)
+                self._values = dequantized(self.job.model, self.job.plan, self.job.contexts, self.job.spec)
+            proto, done = centre(self.prep.model.proto, [self.sites[w] for w in sorted(key)], self._values)
+            src = self.prep.model
+            model = Model(proto, src.path, min_weight_size=1, include=src.include, exclude=src.exclude)
+            model.name = src.name
+            self._made[key] = _graph(self.job, replace(self.prep, model=model), tuple(done))
+        return self._made[key]
+
+
+def _choose_dynamic(job: ConvertJob, variants: _Variants) -> tuple[set[str], Any, _Graph, list[str]]:
+    """Which int8 weights' ops run dynamic range: `edgetqs.allocation.activations.choose_activations` with the rungs
+    dynamic -> float, each trial quantized and rolled out in LiteRT on the host. A dense layer over a flattened window
+    gets dynamic -> centred -> float (`edgetqs.runtimes.centring`) when the budget has room for its level weight; a
+    trial with it centred is built from the centred graph. Returns (dynamic weights, choice, graph, notes)."""
+    from ..allocation.activations import kernel_groups
+    from ..ondevice.runners import LiteRunner
+
+    plain = variants.plain
+    notes: list[str] = []
     # the scores perturb the model as given (the TFLite route's prepared copy is fixed at batch 1; weight names agree)
-    groups = kernel_groups(job.model.proto, able)
+    groups = kernel_groups(job.model.proto, _able(plain.matched))
+    room = job.plan.budget_bytes - job.plan.weight_bytes
+    for gr in groups:
+        if gr["weight"] in variants.sites:
+            need = variants.extra_bytes(gr["weight"])
+            if need <= room:
+                gr["rungs"] = ("dynamic", "centred", "float")
+                room -= need
+            else:
+                notes.append(
+                    f"{gr['op']} reads a flattened window: centring it for dynamic range stores {need:,} B more (its level weight), "
+                    f"and the plan leaves {room:,} B of its budget; plan with --budget {job.plan.budget_bytes + need - room} "
+                    "to let TQS try it"
+                )
     weight = {gr["op"]: gr["weight"] for gr in groups}
+
+    def split(modes: dict[str, str]) -> tuple[set[str], set[str]]:
+        centred = {weight[op] for op, m in modes.items() if m == "centred"}
+        return {weight[op] for op, m in modes.items() if m == "dynamic"} | centred, centred
+
+    def build(modes: dict[str, str]) -> bytes:
+        dynamic, centred = split(modes)
+        return variants.graph(centred).quantize(dynamic)
+
     ins, outs = io_dicts(job.model)
-    choice = choose_on_litert(
-        job,
-        groups,
-        lambda modes: _quantize(fbuf, matched, {weight[op] for op, m in modes.items() if m == "dynamic"}, integers),
-        lambda data: LiteRunner(data, ins, outs),
-        ("dynamic", "float"),
-    )
-    return {weight[op] for op in choice.ops("dynamic")}, choice
+    choice = choose_on_litert(job, groups, build, lambda data: LiteRunner(data, ins, outs), ("dynamic", "float"))
+    dynamic, centred = split(choice.modes)
+    return dynamic, choice, variants.graph(centred), notes
 
 
 def choose_on_litert(
@@ -232,25 +330,28 @@ class TfliteRuntime(RuntimeInfo):
             from .tflite_static import convert_static
 
             return convert_static(job, acts)
-        fb = schema()
-        ops, _ = names(fb)
         prep = job.prepared("tflite")
-        fbuf = cached_float_tflite(prep.model, work, job.target)  # the planner priced from this graph
-        fm = fb.ModelT.InitFromPackedBuf(fbuf, 0)
-        matched = _match(prep, plan, fm, fm.subgraphs[0], ops)
-        plan_ints = job.plan_integers()  # GPTQ: written over the quantizer's round-to-nearest (tflite_integers)
-        integers = None if plan_ints is None else _Integers(plan_ints, fm, model)
+        graph = _graph(job, prep)
+        matched, integers = graph.matched, graph.integers
         facts: dict[str, Any] = {"prepared": prep.record(), "activations": acts, "rounding": plan.rounding}
         extra: list[str] = []
         dynamic: set[str] = set()
         if acts == "dynamic" and matched:
-            dynamic, choice = _choose_dynamic(job, fbuf, matched, integers)
+            dynamic, choice, graph, centring_notes = _choose_dynamic(job, _Variants(job, prep, graph))
             facts["activation_choice"] = choice.model_dump(mode="json")
             facts["dynamic_weights"] = sorted(dynamic)
-            extra.append(choice.summary())
+            extra += [choice.summary(), *centring_notes]
             if not dynamic:
                 facts["activations"] = "float"
-        buf = _quantize(fbuf, matched, dynamic, integers) if matched else fbuf
+            if graph.centred:
+                facts["centred"] = [c.to_dict() for c in graph.centred]
+                extra += [
+                    f"{c.node}: its input window centred on the last of its {c.steps} steps before dynamic range, the "
+                    f"{c.variables} variables' levels added back through a float weight of {c.level_bytes:,} B summed from the planned one"
+                    for c in graph.centred
+                ]
+            matched, integers = graph.matched, graph.integers
+        buf = graph.quantize(dynamic)
         artifact = work / job.file_name
         artifact.write_bytes(buf)
         stored, total = _readback(buf, matched)

@@ -402,3 +402,44 @@ def test_int16_state_beyond_the_calibrated_rollouts_is_not_clipped(tmp_path: Pat
     facts = json.loads((bundle / "convert.json").read_text())["facts"]
     assert facts["tflite_inputs"] == {"x": 0, "tod": 1}
     assert r.passed, r.verdict
+
+
+def test_dynamic_range_centres_a_window_of_variables_at_different_levels(tmp_path: Path) -> None:
+    """A dense layer over a flattened window of variables at different levels: quantized per call, the levels take the
+    range and the rollout drifts (0.36); centred on the window's last step it passes (0.02). The ladder offers it as a
+    rung between dynamic and float when the budget has room for the level weight, and says which budget would offer
+    it when not; that advice, followed, offers it."""
+    import math
+    import re
+
+    from edgetqs.runtimes.litert import names, op_name, schema
+
+    m = load_model(models.level_window(tmp_path / "m.onnx"))
+    spec = infer_spec(m)
+    walk = np.cumsum(0.05 * np.random.default_rng(0).standard_normal((300, 4)), axis=0)
+    rec = tmp_path / "r.npy"
+    np.save(rec, (np.array([0.0, 8.0, -5.0, 15.0]) + walk).astype(np.float32))
+    ctx = select_contexts(read_record(rec, spec), m, spec, 4)
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=5))
+    pins = (parse_pin("re:.*=int8-channel"),)
+    size = make_plan(s, m, PI, PlanOptions(runtime="tflite", ratio=1.0, pins=pins, activations="dynamic")).weight_bytes
+    tight = make_plan(s, m, PI, PlanOptions(runtime="tflite", budget_bytes=size, pins=pins, activations="dynamic"))  # no room
+    every = convert(m, tight, "tflite", tmp_path / "every", ctx, spec, activation_goal=math.inf)
+    assert every.error_by_lead[-1] > 0.1 and "centred" not in every.facts  # plain dynamic range: the levels take the range
+    chosen = convert(m, tight, "tflite", tmp_path / "tight", ctx, spec)
+    assert "centred" not in chosen.facts and "centred" not in chosen.facts["activation_choice"]["modes"].values()
+    advice = next(n for n in chosen.notes if "reads a flattened window" in n)
+    budget = int(re.search(r"--budget (\d+)", advice).group(1))  # type: ignore[union-attr]
+    roomy = make_plan(s, m, PI, PlanOptions(runtime="tflite", budget_bytes=budget, pins=pins, activations="dynamic"))
+    r = convert(m, roomy, "tflite", tmp_path / "roomy", ctx, spec)
+    choice = r.facts["activation_choice"]
+    assert choice["modes"]["d0"] == "centred" and r.facts["dynamic_weights"] == ["diff.weight", "mix.weight"]
+    assert [(c["weight"], c["steps"], c["variables"], c["axis"]) for c in r.facts["centred"]] == [("diff.weight", 12, 4, 1)]
+    assert r.all_match and choice["error"] < 0.07 and r.weight_bytes <= budget
+    # the file: the window minus its last step feeds the int8 FULLY_CONNECTED; a float one adds the levels back
+    fb = schema()
+    ops, types = names(fb)
+    fm = fb.ModelT.InitFromPackedBuf((tmp_path / "roomy" / r.artifact).read_bytes(), 0)
+    sg = fm.subgraphs[0]
+    fcs = [types[sg.tensors[op.inputs[1]].type] for op in sg.operators if op_name(fm, op, ops) == "FULLY_CONNECTED"]
+    assert sorted(fcs) == ["FLOAT32", "INT8", "INT8"]
