@@ -139,6 +139,41 @@ def _damage(score: Callable[[str, str], ActivationScore], modes: dict[str, str],
     return math.inf if e is None else e
 
 
+def _narrow_back(
+    modes: dict[str, str],
+    allowed: Callable[[str], list[str]],
+    score: Callable[[str, str], ActivationScore],
+    measure: Callable[[dict[str, str]], float],
+    goal: float,
+) -> dict[str, str]:
+    """After a round that widened every op because no prefix passed, take ops back one rung at a time, least damaging
+    first, while the artifact stays within the goal. Without it, an op widened only for company stays wide: station on
+    LiteRT with a centred rung ended with every op float (0.0495) where l2/l3 dynamic passes (0.059)."""
+
+    def narrower(op: str) -> str | None:
+        ladder = allowed(op)
+        i = ladder.index(modes[op])
+        return ladder[i - 1] if i > 0 else None
+
+    refused: set[str] = set()  # a step that missed the goal is not tried again: later steps only add error
+    changed = True
+    while changed:
+        changed = False
+        cands = [(op, m) for op in modes if op not in refused and (m := narrower(op)) is not None]
+        cands.sort(key=lambda c: _finite_or_inf(score(c[0], c[1]).error))
+        for op, m in cands:
+            if measure({**modes, op: m}) <= goal:
+                modes = {**modes, op: m}
+                changed = True
+                break
+            refused.add(op)
+    return modes
+
+
+def _finite_or_inf(e: float | None) -> float:
+    return math.inf if e is None else e
+
+
 def _passes(measure: Callable[[dict[str, str]], float], goal: float, modes: dict[str, str], steps: list[tuple[str, str]], k: int) -> bool:
     """Whether the artifact with the first ``k`` steps taken stays within the goal."""
     return measure({**modes, **dict(steps[:k])}) <= goal
@@ -389,6 +424,7 @@ def choose_activations(
     if floor is not None and floor > goal:  # the weights alone miss the goal: no activation can run integer within it
         modes = {op: "float" for op in modes}
     elif groups and measure(modes) > goal and math.isfinite(goal):
+        forced = False
         for _ in range(max(len(allowed(op)) for op in modes) - 1):  # each op at most one rung per round: int8 -> dynamic -> float
             order = [op for op in modes if modes[op] != "float"]
             order.sort(key=partial(_damage, score, dict(modes)), reverse=True)
@@ -397,6 +433,9 @@ def choose_activations(
             modes = {**modes, **dict(steps[: len(steps) if n is None else n])}
             if n is not None:
                 break  # else: not enough with every op one rung wider: the next round widens from there
+            forced = True
+        if forced:
+            modes = _narrow_back(modes, allowed, score, measure, goal)
     final = measure(modes) if groups else 0.0
     if groups:  # score every group at its narrowest rung, and at the next one when it was widened
         for op, m in modes.items():
