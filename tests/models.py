@@ -381,11 +381,21 @@ def forced_window(
     return _save(graph, path)
 
 
-def level_window(path: Path, length: int = 12, channels: int = 4, a: float = 0.5, b: float = 0.3, transposed: bool = False) -> Path:
+def level_window(
+    path: Path,
+    length: int = 12,
+    channels: int = 4,
+    a: float = 0.5,
+    b: float = 0.3,
+    transposed: bool = False,
+    gemm: bool = False,
+    flatten: bool = False,
+) -> Path:
     """x[B,L,C] -> y[B,1,C] = x_L + a (x_L - x_{L-1}) + b (x_{L-1} - x_{L-2}): a damped-momentum forecaster written as
     two dense layers on the flattened window (differences, then their mix). Its dynamics carry no level: fed variables
     that sit at different levels, a per-call quantizer of the flattened window spends its range on the levels.
-    ``transposed``: the window is flattened variable-major ([B, C, L], as channel-independent models lay it out)."""
+    ``transposed``: the window is flattened variable-major ([B, C, L], as channel-independent models lay it out);
+    ``gemm``: the first layer is a Gemm with its bias (weight [in, out], transB 0); ``flatten``: a Flatten, not a Reshape."""
     c = channels
     fin = length * c
 
@@ -412,9 +422,14 @@ def level_window(path: Path, length: int = 12, channels: int = 4, a: float = 0.5
     ]
     nodes = [
         *([helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1])] if transposed else []),
-        helper.make_node("Reshape", ["xt" if transposed else "x", "flat"], ["xf"]),
-        helper.make_node("MatMul", ["xf", "diff.weight"], ["d0"]),
-        helper.make_node("Add", ["d0", "diff.bias"], ["d"]),
+        helper.make_node("Flatten", ["xt" if transposed else "x"], ["xf"], axis=1)
+        if flatten
+        else helper.make_node("Reshape", ["xt" if transposed else "x", "flat"], ["xf"]),
+        *(
+            [helper.make_node("Gemm", ["xf", "diff.weight", "diff.bias"], ["d"], name="d0")]
+            if gemm
+            else [helper.make_node("MatMul", ["xf", "diff.weight"], ["d0"]), helper.make_node("Add", ["d0", "diff.bias"], ["d"])]
+        ),
         helper.make_node("MatMul", ["d", "mix.weight"], ["m"]),
         helper.make_node("Reshape", ["m", "outshape"], ["delta"]),
         helper.make_node("Slice", ["x", "last_lo", "last_hi", "axis1"], ["last"]),

@@ -31,10 +31,17 @@ def _window(length: int, levels: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def test_a_flattened_window_is_centred_exactly_on_either_layout(tmp_path: Path) -> None:
+    """Steps-major and variable-major windows, a MatMul or a Gemm (weight [in, out]) after a Reshape or a Flatten."""
     levels = np.array([0.0, 80.0, -50.0, 150.0], np.float32)
     x = _window(12, levels)
-    for transposed, axis in ((False, 1), (True, 2)):
-        proto = _batch1(models.level_window(tmp_path / f"m{transposed}.onnx", transposed=transposed))
+    for transposed, gemm, flatten, axis in (
+        (False, False, False, 1),
+        (True, False, False, 2),
+        (False, True, True, 1),
+        (True, True, False, 2),
+    ):
+        path = models.level_window(tmp_path / f"m{transposed}{gemm}{flatten}.onnx", transposed=transposed, gemm=gemm, flatten=flatten)
+        proto = _batch1(path)
         found = sites(proto, steps=12)
         assert [(s.weight, s.axis) for s in found] == [("diff.weight", axis)]
         out, done = centre(proto, found)
