@@ -236,6 +236,7 @@ def plan(
     lowest: str | int | None = None,
     pins: list[str] | tuple[str, ...] = (),
     budget: str | int | None = None,
+    reserve: str | int | None = None,
     include: list[str] | tuple[str, ...] = (),
     exclude: list[str] | tuple[str, ...] = (),
     fill: str | None = None,
@@ -255,6 +256,8 @@ def plan(
         lowest: lowest allowed tier (``int4`` or 4).
         pins: ``NAME=PRECISION`` or ``re:REGEX=PRECISION`` rules.
         budget: ``600KB``, ``1.5MiB`` or bytes.
+        reserve: bytes of the budget the plan leaves unspent, for what convert adds on its own (a window centred for
+            dynamic range stores a level weight; convert's note names the reserve it needs).
         include, exclude: weight rules added to those the scores were made with: ``exclude`` keeps more tensors
             exact (constants); ``include`` can only name tensors the scores hold (else: rescore with it).
         contexts, k, span, fill: the contexts for ``evaluate``, ``refine`` and ``rounding="gptq"`` (refused otherwise:
@@ -297,6 +300,7 @@ def plan(
     try:
         opts = PlanOptions(
             budget_bytes=parse_size(str(budget)) if budget is not None else None,
+            reserve_bytes=0 if reserve is None or str(reserve).strip() == "0" else parse_size(str(reserve)),
             lowest_bits=lowest_bits,
             pins=tuple(parse_pin(p) for p in pins),
             include=inc,

@@ -44,6 +44,13 @@ Contexts = Annotated[
 ]
 K = Annotated[int | None, typer.Option("-k", help="Number of contexts (default: the project's, else 8).")]
 Span = Annotated[str | None, typer.Option(help="Fraction of the record (or stack of windows) to draw contexts from, e.g. 0:0.5.")]
+Reserve = Annotated[
+    str | None,
+    typer.Option(
+        help="Bytes of the budget the plan leaves unspent, e.g. 3072 or 3KiB, for what convert adds on its own "
+        "(a window centred for dynamic range stores a level weight; convert's note names the reserve)."
+    ),
+]
 Pick = Annotated[
     str | None, typer.Option(help="How contexts are spread over the record: even (evenly spaced, default) or random (seeded by --seed).")
 ]
@@ -254,6 +261,7 @@ def plan(
     runtime: Annotated[str | None, typer.Option(help="Runtime to plan for (default: the target's first).")] = None,
     budget: Annotated[str | None, typer.Option(help="Weight budget, e.g. 150000, 600KB, 1.5MiB (default: the target's).")] = None,
     ratio: Annotated[float | None, typer.Option(help="Weight budget as a fraction of the fp32 size, e.g. 0.25.")] = None,
+    reserve: Reserve = None,
     objective: Annotated[str, typer.Option(help="gain (predicted trajectory error) or paper (sum gamma * 2^-bits).")] = "gain",
     allocator: Annotated[str, typer.Option(help="exact (MILP, HiGHS) or greedy.")] = "exact",
     rounding: Rounding = "rtn",
@@ -316,6 +324,7 @@ def plan(
             lowest=lowest,
             pins=tuple(pin or ()),
             budget=budget,
+            reserve=reserve,
             include=tuple(include or ()),
             exclude=tuple(exclude or ()),
             runtime=runtime,
@@ -468,6 +477,7 @@ def build(
     ] = None,
     budget: Annotated[str | None, typer.Option(help="Weight budget, e.g. 600KB (default: the target's).")] = None,
     ratio: Annotated[float | None, typer.Option(help="Weight budget as a fraction of the fp32 size, e.g. 0.25.")] = None,
+    reserve: Reserve = None,
     fmt: Annotated[str | None, typer.Option("--format", "-f", help="Artifact format (default: the target's first runtime).")] = None,
     activations: Activations = "auto",
     rounding: Rounding = "rtn",
@@ -511,6 +521,7 @@ def build(
                 device=device,
                 budget=budget,
                 ratio=ratio,
+                reserve=reserve,
                 fmt=fmt,
                 activations=activations,
                 rounding=rounding,

@@ -199,6 +199,19 @@ def test_plan_infeasible_budget_exits_with_smallest_size(tmp_path: Path) -> None
     assert r.returncode == 2 and "smallest feasible size" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_plan_reserve_keeps_bytes_unspent_and_refuses_a_bad_size(tmp_path: Path) -> None:
+    _scored(tmp_path)
+    out = tmp_path / "plan.json"
+    r = run("plan", str(tmp_path / "scores.json"), "--target", "raspberrypi", "--budget", "4KB", "--reserve", "1KiB", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d["budget_bytes"] == 4000 and d["weight_bytes"] <= 4000 - 1024 and d["options"]["reserve_bytes"] == 1024
+    r = run("plan", str(tmp_path / "scores.json"), "--target", "raspberrypi", "--reserve", "0", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    r = run("plan", str(tmp_path / "scores.json"), "--target", "raspberrypi", "--reserve", "lots", "-o", str(out))
+    assert r.returncode == 2 and "size 'lots'" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_plan_malformed_target_names_file_key_and_type(tmp_path: Path) -> None:
     _scored(tmp_path)
     t = tmp_path / "board.toml"

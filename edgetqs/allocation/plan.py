@@ -120,6 +120,9 @@ class PlanOptions(Frozen):
     runtime: str | None = None  # default: the target's first runtime
     budget_bytes: int | None = None  # default: the target's weight budget
     ratio: float | None = None  # budget as a fraction of the fp32 size
+    # bytes of the budget the plan leaves unspent, for what a converter adds on its own: a window centred for dynamic
+    # range stores a level weight (`edgetqs.runtimes.centring`), and convert names the reserve it needs
+    reserve_bytes: int = 0
     objective: Objective = "gain"
     allocator: Allocator = "exact"
     keep_fp32_share: float = 0.0
@@ -148,6 +151,8 @@ class PlanOptions(Frozen):
             raise BadInputError(f"ratio {self.ratio}; expected a fraction of the fp32 size in (0, 1]")
         if self.budget_bytes is not None and not 0 < self.budget_bytes <= MAX_BUDGET_BYTES:
             raise BadInputError(f"budget {self.budget_bytes} bytes; expected a positive size")
+        if not 0 <= self.reserve_bytes <= MAX_BUDGET_BYTES:
+            raise BadInputError(f"reserve {self.reserve_bytes} bytes; expected 0 or a positive size")
         if self.lowest_bits is not None and not 2 <= self.lowest_bits <= 32:
             raise BadInputError(f"lowest bits {self.lowest_bits}; expected 2..32")
         if self.rounding not in ROUNDINGS:
@@ -501,15 +506,21 @@ def budget_of(model: Model, target: Target, opts: PlanOptions) -> tuple[int, str
     return target.weight_budget_bytes, f"target {target.name}"
 
 
-def feasible(model: Model, target: Target, items: list[Item], runtime: str, budget: int, source: str, fixed: int | None = None) -> int:
-    """The smallest feasible size; raises InfeasibleBudgetError (naming it) when the budget is below it."""
+def feasible(
+    model: Model, target: Target, items: list[Item], runtime: str, budget: int, source: str, fixed: int | None = None, reserve: int = 0
+) -> int:
+    """The smallest feasible size; raises InfeasibleBudgetError (naming it) when the budget less ``reserve`` (the
+    bytes the plan must leave unspent) is below it."""
     fixed = model.fixed_bytes if fixed is None else fixed
     min_bytes = fixed + int(sum(it.bytes.min() for it in items))
-    if min_bytes > budget:
+    if min_bytes > budget - reserve:
+        kept = f", less the {reserve:,} bytes --reserve keeps unspent," if reserve else ""
         raise InfeasibleBudgetError(
-            f"budget {budget:,} bytes ({kib(budget)}, from {source}) is below the smallest feasible size "
+            f"budget {budget:,} bytes ({kib(budget)}, from {source}){kept} is below the smallest feasible size "
             f"{min_bytes:,} bytes ({kib(min_bytes)}) for {runtime} on {target.name} with these options; "
-            f"raise the budget to at least {min_bytes} bytes, allow lower precisions or relax pins"
+            f"raise the budget to at least {min_bytes + reserve} bytes, "
+            + ("lower --reserve, " if reserve else "")
+            + "allow lower precisions or relax pins"
         )
     return min_bytes
 
@@ -527,8 +538,8 @@ def make_plan(scores: Scores, model: Model, target: Target, opts: PlanOptions | 
     items, runtime = build_items(scores, model, target, opts)
     fixed = _sizes(model, pricing_of(model, target, opts))[0]
     budget, source = budget_of(model, target, opts)
-    min_bytes = feasible(model, target, items, runtime, budget, source, fixed)
-    free = budget - fixed
+    min_bytes = feasible(model, target, items, runtime, budget, source, fixed, opts.reserve_bytes)
+    free = budget - opts.reserve_bytes - fixed
     if sum(int(it.bytes[-1]) for it in items) <= free:
         # everything fits at its largest (least-error) option: that is the optimum, and asking the
         # MILP would let costs below its tolerances (~1e-12) pass for zero
@@ -638,7 +649,8 @@ def plan_from_choice(
 
 
 def pareto(scores: Scores, model: Model, target: Target, opts: PlanOptions, n: int) -> list[Plan]:
-    """``n`` plans at budgets spread evenly between the smallest feasible size and fp32."""
+    """``n`` plans at budgets spread evenly between the smallest feasible size and fp32 (the front of the weights alone:
+    no bytes reserved)."""
     if not 2 <= n <= 1000:
         raise BadInputError(f"--pareto {n}; expected 2 to 1000 budgets")
     items, _ = build_items(scores, model, target, opts)
@@ -646,4 +658,7 @@ def pareto(scores: Scores, model: Model, target: Target, opts: PlanOptions, n: i
     lo = fixed + int(sum(it.bytes.min() for it in items))
     hi = fixed + int(sum(it.bytes.max() for it in items))
     budgets = np.unique(np.linspace(lo, hi, n).astype(int))
-    return [make_plan(scores, model, target, opts.model_copy(update={"budget_bytes": int(b), "ratio": None})) for b in budgets]
+    return [
+        make_plan(scores, model, target, opts.model_copy(update={"budget_bytes": int(b), "ratio": None, "reserve_bytes": 0}))
+        for b in budgets
+    ]

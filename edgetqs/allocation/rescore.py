@@ -195,8 +195,8 @@ def rescore(
     items, runtime = build_items(scores, model, target, opts, prune=False)
     fixed = _sizes(model, pricing_of(model, target, opts))[0]
     budget, source = budget_of(model, target, opts)
-    min_bytes = feasible(model, target, items, runtime, budget, source, fixed)
-    free = budget - fixed
+    min_bytes = feasible(model, target, items, runtime, budget, source, fixed, opts.reserve_bytes)
+    free = budget - opts.reserve_bytes - fixed
     budget_state = _Budget(s)
     search, guard = _split(contexts.k, s.guard_share)
     ev = _Evaluator(model, spec, contexts, search, guard, scores.horizon, budget_state, s.threads)

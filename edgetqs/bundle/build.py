@@ -108,6 +108,7 @@ def build(
     device: str | None = None,
     budget: str | int | None = None,
     ratio: float | None = None,
+    reserve: str | int | None = None,
     fmt: str | None = None,
     activations: str = "auto",
     rounding: str = "rtn",
@@ -133,6 +134,8 @@ def build(
         target: target name or .toml path; decides runtime, format, budget, horizon and tolerance.
         device: where to check (default: the target's device; the host when that is not set up).
         budget, ratio: weight budget (``600KB``) or fraction of fp32 (default: the target's budget).
+        reserve: bytes of the budget the plan leaves unspent for what convert adds (a centred window's level weight;
+            convert's note names it).
         fmt: artifact format (default: the target's first runtime).
         activations: float | int8 | int16 | dynamic | auto (the target's first for the runtime): planned and converted.
         rounding: rtn or gptq (layer-wise error compensation, calibrated on the build's contexts).
@@ -169,6 +172,7 @@ def build(
         rounding=rounding,
         budget_bytes=parse_size(str(budget)) if budget is not None else None,
         ratio=ratio,
+        reserve_bytes=0 if reserve is None or str(reserve).strip() == "0" else parse_size(str(reserve)),
         include=settings.include,
         exclude=settings.exclude,
     )

@@ -218,18 +218,19 @@ def _choose_dynamic(job: ConvertJob, variants: _Variants) -> tuple[set[str], Any
     # the scores perturb the model as given (the TFLite route's prepared copy is fixed at batch 1; weight names agree)
     groups = kernel_groups(job.model.proto, _able(plain.matched))
     room = job.plan.budget_bytes - job.plan.weight_bytes
+    need = {gr["op"]: variants.extra_bytes(gr["weight"]) for gr in groups if gr["weight"] in variants.sites}
     for gr in groups:
-        if gr["weight"] in variants.sites:
-            need = variants.extra_bytes(gr["weight"])
-            if need <= room:
-                gr["rungs"] = ("dynamic", "centred", "float")
-                room -= need
-            else:
-                notes.append(
-                    f"{gr['op']} reads a flattened window: centring it for dynamic range stores {need:,} B more (its level weight), "
-                    f"and the plan leaves {room:,} B of its budget; plan with --budget {job.plan.budget_bytes + need - room} "
-                    "to let TQS try it"
-                )
+        if gr["op"] in need and need[gr["op"]] <= room:
+            gr["rungs"] = ("dynamic", "centred", "float")
+            room -= need[gr["op"]]
+    short = [op for op in need if "rungs" not in next(gr for gr in groups if gr["op"] == op)]
+    if short:
+        notes.append(
+            f"{', '.join(short)} read(s) a flattened window: centring it for dynamic range stores {sum(need[o] for o in short):,} B "
+            f"more (a level weight), and the plan leaves {room:,} B of its budget unspent; to let TQS try it, plan with "
+            f"--reserve {sum(need.values())} (the same budget, that much less for the weights) or with --budget "
+            f"{job.plan.weight_bytes + sum(need.values())} (this plan's weights, with room beside them)"
+        )
     weight = {gr["op"]: gr["weight"] for gr in groups}
 
     def split(modes: dict[str, str]) -> tuple[set[str], set[str]]:

@@ -86,6 +86,26 @@ def test_infeasible_budget_gives_the_smallest_feasible_size(scored) -> None:
     assert make_plan(s, m, PI, PlanOptions(budget_bytes=smallest)).weight_bytes == smallest
 
 
+def test_reserve_leaves_bytes_unspent_under_the_same_budget(scored) -> None:
+    """--reserve: the knapsack spends the budget less the reserve; the plan keeps the whole budget (convert may store
+    up to it: a centred window's level weight). Too large a reserve is infeasible, with the budget it would need."""
+    m, _, _, s = scored
+    plain = make_plan(s, m, PI, PlanOptions(ratio=0.4))
+    kept = make_plan(s, m, PI, PlanOptions(ratio=0.4, reserve_bytes=2000))
+    assert kept.budget_bytes == plain.budget_bytes and kept.weight_bytes <= kept.budget_bytes - 2000 < plain.weight_bytes
+    assert kept.options.reserve_bytes == 2000 and Plan.model_validate_json(kept.model_dump_json()).options.reserve_bytes == 2000
+    smallest = make_plan(s, m, PI, PlanOptions(budget_bytes=10**9, lowest_bits=2)).min_feasible_bytes
+    with pytest.raises(InfeasibleBudgetError, match=f"raise the budget to at least {smallest + 500} bytes, lower --reserve"):
+        make_plan(s, m, PI, PlanOptions(budget_bytes=smallest, reserve_bytes=500))
+    assert make_plan(s, m, PI, PlanOptions(budget_bytes=smallest + 500, reserve_bytes=500)).weight_bytes == smallest
+    with pytest.raises(BadInputError, match="reserve -1 bytes"):
+        make_plan(s, m, PI, PlanOptions(reserve_bytes=-1))
+    # the Pareto front is the weights' own: it starts at the smallest feasible size whatever the reserve (a build with
+    # --reserve failed there: "budget ... less the 3,072 bytes --reserve keeps unspent, is below the smallest ...")
+    front = pareto(s, m, PI, PlanOptions(ratio=0.4, reserve_bytes=2000), 4)
+    assert front[0].weight_bytes == smallest and all(p.options.reserve_bytes == 0 for p in front)
+
+
 def test_pins_exact_beats_regex_and_rules_are_recorded(scored) -> None:
     m, _, _, s = scored
     pins = (parse_pin("re:^fc1\\.=int8-tensor"), parse_pin("fc1.weight=fp16"))

@@ -10,6 +10,7 @@ import models
 import numpy as np
 import pytest
 
+from edgetqs.allocation.knapsack import InfeasibleBudgetError
 from edgetqs.allocation.plan import PlanOptions, make_plan, parse_pin
 from edgetqs.allocation.targets import find_target
 from edgetqs.core.contexts import read_record, select_contexts
@@ -428,8 +429,14 @@ def test_dynamic_range_centres_a_window_of_variables_at_different_levels(tmp_pat
     assert every.error_by_lead[-1] > 0.1 and "centred" not in every.facts  # plain dynamic range: the levels take the range
     chosen = convert(m, tight, "tflite", tmp_path / "tight", ctx, spec)
     assert "centred" not in chosen.facts and "centred" not in chosen.facts["activation_choice"]["modes"].values()
-    advice = next(n for n in chosen.notes if "reads a flattened window" in n)
+    advice = next(n for n in chosen.notes if "read(s) a flattened window" in n)
+    reserve = int(re.search(r"--reserve (\d+)", advice).group(1))  # type: ignore[union-attr]
     budget = int(re.search(r"--budget (\d+)", advice).group(1))  # type: ignore[union-attr]
+    # every weight pinned at its smallest: --reserve at the same budget is infeasible, and says the budget to raise to
+    with pytest.raises(InfeasibleBudgetError, match=f"raise the budget to at least {budget} bytes, lower --reserve"):
+        make_plan(s, m, PI, PlanOptions(runtime="tflite", budget_bytes=size, reserve_bytes=reserve, pins=pins, activations="dynamic"))
+    kept = make_plan(s, m, PI, PlanOptions(runtime="tflite", budget_bytes=budget, reserve_bytes=reserve, pins=pins, activations="dynamic"))
+    assert kept.budget_bytes == budget and kept.weight_bytes <= budget - reserve
     roomy = make_plan(s, m, PI, PlanOptions(runtime="tflite", budget_bytes=budget, pins=pins, activations="dynamic"))
     r = convert(m, roomy, "tflite", tmp_path / "roomy", ctx, spec)
     choice = r.facts["activation_choice"]
