@@ -864,6 +864,8 @@ FILL = Choice(("ffill", "interpolate", "mean"))
 PICK = Choice(("even", "random"))
 HORIZON = IntRange(1, 10_000)
 SIZE = Predicate(_size_ok, ("0", "-5", "1e30", "nanKB", "infMB", "10 XB", "1.5.2KB", "0.1", "9" * 30, "0KB", "-1MiB"))
+# --reserve: a size, or 0 (nothing kept unspent)
+RESERVE = Predicate(lambda t: t.strip() == "0" or _size_ok(t), ("-5", "1e30", "nanKB", "infMB", "10 XB", "0.1", "9" * 30, "-1MiB"))
 
 # the valid command line each option is tried in (one value of it replaced or added)
 BASES: dict[str, list[str]] = {
@@ -944,6 +946,7 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("plan", "model"): Spec(SCORED_MODEL),
     ("plan", "runtime"): Spec(Choice(("ort",))),
     ("plan", "budget"): Spec(SIZE),
+    ("plan", "reserve"): Spec(RESERVE),
     ("plan", "ratio"): Spec(FloatRange(0.0, 1.0, lo_open=True)),
     ("plan", "objective"): Spec(Choice(("gain", "paper"))),
     ("plan", "allocator"): Spec(Choice(("exact", "greedy"))),
@@ -1010,6 +1013,7 @@ OPTIONS: dict[tuple[str, str], Spec] = {
     ("build", "target"): Spec(Name(("x86-64", "raspberrypi", "raspberrypi-zero2w"))),
     ("build", "device"): Spec(Name(("local",))),
     ("build", "budget"): Spec(SIZE),
+    ("build", "reserve"): Spec(RESERVE),
     ("build", "ratio"): Spec(FloatRange(0.0, 1.0, lo_open=True)),
     ("build", "fmt"): Spec(Choice(("ort", "ort-mobile"))),
     ("build", "activations"): Spec(Choice(("auto",))),

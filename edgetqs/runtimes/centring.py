@@ -29,7 +29,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Site:
-    """A Gemm/MatMul with a constant weight whose input is a flattened [1, a, b] window (a, b >= 2), one of them
+    """A Gemm/MatMul with a constant weight whose input is a flattened [batch, a, b] window (a, b >= 2), one of them
     the window's steps."""
 
     node: str  # the dense node's name (or its output's)
@@ -38,6 +38,7 @@ class Site:
     shape: tuple[int, int]  # (a, b)
     trans_b: bool  # Gemm transB: the weight is [out, in]
     axis: int  # 1 or 2: the axis of the window's steps
+    batch: int = 1  # the graph's fixed batch (a window per row)
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def _shapes(proto: Any) -> dict[str, list[int | None]]:
 
 
 def sites(proto: Any, steps: int, weights: set[str] | None = None) -> list[Site]:
-    """The dense layers of a batch-1 graph that read a flattened [1, a, b] window of ``steps`` steps along a or b
+    """The dense layers of a fixed-batch graph that read a flattened [batch, a, b] window of ``steps`` steps along a or b
     and at least two variables along the other (``weights``: only these layers). When a == b, a is the steps."""
     from onnx import helper
 
@@ -86,16 +87,16 @@ def sites(proto: Any, steps: int, weights: set[str] | None = None) -> list[Site]
         if flat is None or flat.op_type not in ("Reshape", "Flatten"):
             continue
         zs, ys = shapes.get(flat.input[0]), shapes.get(flat.output[0])
-        if not zs or not ys or None in zs or None in ys or len(zs) != 3 or zs[0] != 1:
+        if not zs or not ys or None in zs or None in ys or len(zs) != 3:
             continue
         a, b = int(zs[1] or 0), int(zs[2] or 0)
-        if ys != [1, a * b] or a < 2 or b < 2 or steps not in (a, b):
+        if ys != [zs[0], a * b] or a < 2 or b < 2 or steps not in (a, b):
             continue
         attrs = {at.name: helper.get_attribute_value(at) for at in n.attribute}
         if n.op_type == "Gemm" and (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0):
             continue
         axis = 1 if a == steps else 2
-        found.append(Site(n.name or n.output[0], n.input[1], flat.input[0], (a, b), bool(attrs.get("transB", 0)), axis))
+        found.append(Site(n.name or n.output[0], n.input[1], flat.input[0], (a, b), bool(attrs.get("transB", 0)), axis, int(zs[0] or 1)))
     return found
 
 
@@ -128,8 +129,8 @@ def centre(proto: Any, found: list[Site], values: dict[str, np.ndarray] | None =
                 numpy_helper.from_array(np.array([steps - 1], np.int64), names["start"]),
                 numpy_helper.from_array(np.array([steps], np.int64), names["end"]),
                 numpy_helper.from_array(np.array([axis], np.int64), names["axis"]),
-                numpy_helper.from_array(np.array([1, a * b], np.int64), names["flat"]),
-                numpy_helper.from_array(np.array([1, nvar], np.int64), names["level_shape"]),
+                numpy_helper.from_array(np.array([s.batch, a * b], np.int64), names["flat"]),
+                numpy_helper.from_array(np.array([s.batch, nvar], np.int64), names["level_shape"]),
                 numpy_helper.from_array(level.astype(np.float32), names["level_weight"]),
             ]
         )

@@ -218,7 +218,15 @@ def _choose_dynamic(job: ConvertJob, variants: _Variants) -> tuple[set[str], Any
     # the scores perturb the model as given (the TFLite route's prepared copy is fixed at batch 1; weight names agree)
     groups = kernel_groups(job.model.proto, _able(plain.matched))
     room = job.plan.budget_bytes - job.plan.weight_bytes
-    need = {gr["op"]: variants.extra_bytes(gr["weight"]) for gr in groups if gr["weight"] in variants.sites}
+    need: dict[str, int] = {}
+    for gr in groups:
+        if gr["weight"] in variants.sites:
+            try:
+                need[gr["op"]] = variants.extra_bytes(gr["weight"])
+            except Exception as exc:  # noqa: BLE001 - the rung is an option: without it the layer keeps dynamic -> float
+                notes.append(
+                    f"{gr['op']} reads a flattened window, but its centred graph could not be made ({str(exc)[:200]}); not offered"
+                )
     for gr in groups:
         if gr["op"] in need and need[gr["op"]] <= room:
             gr["rungs"] = ("dynamic", "centred", "float")

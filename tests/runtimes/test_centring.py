@@ -51,6 +51,17 @@ def test_a_flattened_window_is_centred_exactly_on_either_layout(tmp_path: Path) 
         assert {"Slice", "Sub"} <= {n.op_type for n in out.graph.node}
 
 
+def test_a_fixed_batch_is_centred_row_by_row(tmp_path: Path) -> None:
+    """A model exported at a fixed batch of 3 (a batch the tflite route keeps): each row's window is centred on its own
+    last step."""
+    proto = canonicalize(onnx.load(models.level_window(tmp_path / "m.onnx")), 3)[0]
+    found = sites(proto, steps=12)
+    assert [(s.weight, s.batch) for s in found] == [("diff.weight", 3)]
+    out, _ = centre(proto, found)
+    x = np.concatenate([_window(12, np.array([0.0, 80.0, -50.0, 150.0], np.float32) * (i + 1), seed=i) for i in range(3)])
+    np.testing.assert_allclose(_run(out, x), _run(proto, x), atol=1e-4)
+
+
 def test_the_level_weight_comes_from_the_planned_weights(tmp_path: Path) -> None:
     """Given the values the plan computes with, the centred graph equals the float graph with those weights: the
     rewrite changes what a per-call quantizer sees, never what the plan simulated."""

@@ -405,7 +405,7 @@ def test_int16_state_beyond_the_calibrated_rollouts_is_not_clipped(tmp_path: Pat
     assert r.passed, r.verdict
 
 
-def test_dynamic_range_centres_a_window_of_variables_at_different_levels(tmp_path: Path) -> None:
+def test_dynamic_range_centres_a_window_of_variables_at_different_levels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A dense layer over a flattened window of variables at different levels: quantized per call, the levels take the
     range and the rollout drifts (0.36); centred on the window's last step it passes (0.02). The ladder offers it as a
     rung between dynamic and float when the budget has room for the level weight, and says which budget would offer
@@ -450,3 +450,13 @@ def test_dynamic_range_centres_a_window_of_variables_at_different_levels(tmp_pat
     sg = fm.subgraphs[0]
     fcs = [types[sg.tensors[op.inputs[1]].type] for op in sg.operators if op_name(fm, op, ops) == "FULLY_CONNECTED"]
     assert sorted(fcs) == ["FLOAT32", "INT8", "INT8"]
+    # a centred graph that cannot be made leaves the layer its dynamic -> float ladder, with the reason
+    import edgetqs.runtimes.centring as centring
+
+    def fail(*a: object, **k: object) -> None:
+        raise RuntimeError("no centring today")
+
+    monkeypatch.setattr(centring, "centre", fail)
+    plain = convert(m, roomy, "tflite", tmp_path / "plain", ctx, spec)
+    assert "centred" not in plain.facts and "centred" not in plain.facts["activation_choice"]["modes"].values()
+    assert any("could not be made (no centring today); not offered" in n for n in plain.notes)
