@@ -160,7 +160,7 @@ def _narrow_back(
     while changed:
         changed = False
         cands = [(op, m) for op in modes if op not in refused and (m := narrower(op)) is not None]
-        cands.sort(key=lambda c: _finite_or_inf(score(c[0], c[1]).error))
+        cands.sort(key=lambda c: _damage(score, {c[0]: c[1]}, c[0]))
         for op, m in cands:
             if measure({**modes, op: m}) <= goal:
                 modes = {**modes, op: m}
@@ -168,10 +168,6 @@ def _narrow_back(
                 break
             refused.add(op)
     return modes
-
-
-def _finite_or_inf(e: float | None) -> float:
-    return math.inf if e is None else e
 
 
 def _passes(measure: Callable[[dict[str, str]], float], goal: float, modes: dict[str, str], steps: list[tuple[str, str]], k: int) -> bool:

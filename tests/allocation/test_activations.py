@@ -193,3 +193,40 @@ def test_arm_kernels_compute_the_exact_form(tmp_path: Path) -> None:
     )
     got = np.load(tmp_path / "y.npy")
     assert np.abs(got - want).max() < 1e-4, np.abs(got - want).max()
+
+
+def test_narrow_back_takes_back_the_ops_a_forced_round_widened_for_company() -> None:
+    """After a round where no prefix passed (every op one rung wider), ops go back one rung at a time, least damaging
+    first, while the goal holds; a step that missed is not tried again. The case is station's on LiteRT: l1 centred with
+    l2/l3 float failed (0.073), so every op went wider and the next round left all three float (0.0495), while l1
+    centred with l2/l3 dynamic passes (0.0555)."""
+    from edgetqs.allocation.activations import ActivationScore, _narrow_back
+
+    ladders = {"l1": ["dynamic", "centred", "float"], "l2": ["dynamic", "float"], "l3": ["dynamic", "float"]}
+    errors = {  # the trials' errors, by the modes of (l1, l2, l3)
+        ("float", "float", "float"): 0.0495,
+        ("float", "dynamic", "float"): 0.055,
+        ("float", "dynamic", "dynamic"): 0.059,
+        ("centred", "dynamic", "dynamic"): 0.0555,
+        ("dynamic", "dynamic", "dynamic"): 0.105,
+    }
+    damage = {("l1", "centred"): 0.3, ("l1", "dynamic"): 0.4, ("l2", "dynamic"): 0.01, ("l3", "dynamic"): 0.02}
+    measured: list[tuple[str, ...]] = []
+
+    def measure(modes: dict[str, str]) -> float:
+        key = (modes["l1"], modes["l2"], modes["l3"])
+        measured.append(key)
+        return errors.get(key, 1.0)
+
+    def score(op: str, mode: str) -> ActivationScore:
+        return ActivationScore(op=op, op_type="Gemm", mode=mode, tensors=(), eps=0.01, gamma=None, error=damage[(op, mode)])
+
+    out = _narrow_back({"l1": "float", "l2": "float", "l3": "float"}, ladders.__getitem__, score, measure, 0.07)
+    assert out == {"l1": "centred", "l2": "dynamic", "l3": "dynamic"}
+    # least damaging first (l2, then l3, then l1); l1 at dynamic misses the goal and is not tried again
+    assert measured == [
+        ("float", "dynamic", "float"),
+        ("float", "dynamic", "dynamic"),
+        ("centred", "dynamic", "dynamic"),
+        ("dynamic", "dynamic", "dynamic"),
+    ]
