@@ -39,6 +39,11 @@ class Site:
     trans_b: bool  # Gemm transB: the weight is [out, in]
     axis: int  # 1 or 2: the axis of the window's steps
     batch: int = 1  # the graph's fixed batch (a window per row)
+    # the layer reads Concat(..., window flattened, ...) along its features (covariates beside the window): the Concat
+    # node and the window's first column in the layer's input; "" when the layer reads the flattened window itself
+    concat: str = ""
+    offset: int = 0
+    flat: str = ""  # the flattened window's tensor
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ def _shapes(proto: Any) -> dict[str, list[int | None]]:
 
 def sites(proto: Any, steps: int, weights: set[str] | None = None) -> list[Site]:
     """The dense layers of a fixed-batch graph that read a flattened [batch, a, b] window of ``steps`` steps along a or b
-    and at least two variables along the other (``weights``: only these layers). When a == b, a is the steps."""
+    and at least two variables along the other, alone or concatenated with other features (a time-of-day forcing, say)
+    (``weights``: only these layers). When a == b, a is the steps."""
     from onnx import helper
 
     shapes = _shapes(proto)
@@ -83,21 +89,45 @@ def sites(proto: Any, steps: int, weights: set[str] | None = None) -> list[Site]
             continue
         if weights is not None and n.input[1] not in weights:
             continue
-        flat = made.get(n.input[0])
-        if flat is None or flat.op_type not in ("Reshape", "Flatten"):
-            continue
-        zs, ys = shapes.get(flat.input[0]), shapes.get(flat.output[0])
-        if not zs or not ys or None in zs or None in ys or len(zs) != 3:
-            continue
-        a, b = int(zs[1] or 0), int(zs[2] or 0)
-        if ys != [zs[0], a * b] or a < 2 or b < 2 or steps not in (a, b):
-            continue
         attrs = {at.name: helper.get_attribute_value(at) for at in n.attribute}
         if n.op_type == "Gemm" and (attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0):
             continue
-        axis = 1 if a == steps else 2
-        found.append(Site(n.name or n.output[0], n.input[1], flat.input[0], (a, b), bool(attrs.get("transB", 0)), axis, int(zs[0] or 1)))
+        src = made.get(n.input[0])
+        parts: list[tuple[str, int]] = [(n.input[0], 0)]  # (a tensor the layer reads, its first column)
+        concat = ""
+        if src is not None and src.op_type == "Concat":
+            cs = shapes.get(src.output[0])
+            axis_c = next((int(helper.get_attribute_value(at)) for at in src.attribute if at.name == "axis"), 0)
+            if not cs or len(cs) != 2 or axis_c not in (1, -1):
+                continue
+            widths = [(shapes.get(t) or [None, None])[-1] for t in src.input]
+            if any(not isinstance(w, int) for w in widths):
+                continue
+            starts = np.cumsum([0, *widths[:-1]]).tolist()
+            parts, concat = [(t, int(o)) for t, o in zip(src.input, starts)], src.name or src.output[0]
+        for tensor, offset in parts:
+            site = _window_site(n, tensor, offset, concat, made, shapes, steps, bool(attrs.get("transB", 0)))
+            if site is not None:
+                found.append(site)
+                break  # one window per layer
     return found
+
+
+def _window_site(
+    n: Any, tensor: str, offset: int, concat: str, made: dict[str, Any], shapes: dict[str, list[int | None]], steps: int, trans_b: bool
+) -> Site | None:
+    """The site when ``tensor`` is a Reshape/Flatten of a [batch, a, b] window with ``steps`` along a or b."""
+    flat = made.get(tensor)
+    if flat is None or flat.op_type not in ("Reshape", "Flatten"):
+        return None
+    zs, ys = shapes.get(flat.input[0]), shapes.get(flat.output[0])
+    if not zs or not ys or None in zs or None in ys or len(zs) != 3:
+        return None
+    a, b = int(zs[1] or 0), int(zs[2] or 0)
+    if ys != [zs[0], a * b] or a < 2 or b < 2 or steps not in (a, b):
+        return None
+    axis = 1 if a == steps else 2
+    return Site(n.name or n.output[0], n.input[1], flat.input[0], (a, b), trans_b, axis, int(zs[0] or 1), concat, offset, tensor)
 
 
 def centre(proto: Any, found: list[Site], values: dict[str, np.ndarray] | None = None) -> tuple[Any, list[Centred]]:
@@ -120,8 +150,8 @@ def centre(proto: Any, found: list[Site], values: dict[str, np.ndarray] | None =
         n = next(x for x in g.node if (x.name or x.output[0]) == s.node)
         w = values[s.weight] if values is not None and s.weight in values else numpy_helper.to_array(inits[s.weight])
         w = np.asarray(w, np.float32)
-        w_in = w.T if s.trans_b else w  # [a * b, out], rows in the window's row-major order
-        level = w_in.reshape(a, b, -1).sum(axis=axis - 1)  # summed over the steps: [variables, out]
+        w_in = w.T if s.trans_b else w  # [in, out]; the window's rows in its row-major order from s.offset
+        level = w_in[s.offset : s.offset + a * b].reshape(a, b, -1).sum(axis=axis - 1)  # summed over the steps: [variables, out]
         k = f"{s.node}/centre"
         names = {p: f"{k}/{p}" for p in ("start", "end", "axis", "flat", "level_shape", "level_weight")}
         g.initializer.extend(
@@ -145,7 +175,16 @@ def centre(proto: Any, found: list[Site], values: dict[str, np.ndarray] | None =
             helper.make_node("MatMul", [f"{k}/level", names["level_weight"]], [f"{k}/level_out"], name=f"{k}/level_matmul"),
             helper.make_node("Add", [f"{k}/dense", f"{k}/level_out"], [out], name=f"{k}/add"),
         ]
-        n.input[0] = f"{k}/centred_flat"
+        if s.concat:  # the covariates beside the window stay as they are: a copy of the Concat reads the centred window
+            cat = next(x for x in g.node if (x.name or x.output[0]) == s.concat)
+            ins = [f"{k}/centred_flat" if t == s.flat else t for t in cat.input]
+            before.append(helper.make_node("Concat", ins, [f"{k}/centred_cat"], name=f"{k}/concat", axis=1))
+            n.input[0] = f"{k}/centred_cat"
+            used = {t for x in g.node if x is not n for t in x.input} | {o.name for o in g.output}
+            if cat.output[0] not in used:  # the layer was its only reader
+                g.node.remove(cat)
+        else:
+            n.input[0] = f"{k}/centred_flat"
         n.output[0] = f"{k}/dense"
         nodes = list(g.node)
         i = nodes.index(n)

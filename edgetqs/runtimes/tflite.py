@@ -232,13 +232,6 @@ def _choose_dynamic(job: ConvertJob, variants: _Variants) -> tuple[set[str], Any
             gr["rungs"] = ("dynamic", "centred", "float")
             room -= need[gr["op"]]
     short = [op for op in need if "rungs" not in next(gr for gr in groups if gr["op"] == op)]
-    if short:
-        notes.append(
-            f"{', '.join(short)} read(s) a flattened window: centring it for dynamic range stores {sum(need[o] for o in short):,} B "
-            f"more (a level weight), and the plan leaves {room:,} B of its budget unspent; to let TQS try it, plan with "
-            f"--reserve {sum(need.values())} (the same budget, that much less for the weights) or with --budget "
-            f"{job.plan.weight_bytes + sum(need.values())} (this plan's weights, with room beside them)"
-        )
     weight = {gr["op"]: gr["weight"] for gr in groups}
 
     def split(modes: dict[str, str]) -> tuple[set[str], set[str]]:
@@ -251,6 +244,14 @@ def _choose_dynamic(job: ConvertJob, variants: _Variants) -> tuple[set[str], Any
 
     ins, outs = io_dicts(job.model)
     choice = choose_on_litert(job, groups, build, lambda data: LiteRunner(data, ins, outs), ("dynamic", "float"))
+    short = [op for op in short if choice.modes.get(op) == "float"]  # a layer that runs dynamic as it is needs no room
+    if short:
+        notes.append(
+            f"{', '.join(short)} read(s) a flattened window and stay(s) float: centring it for dynamic range stores "
+            f"{sum(need[o] for o in short):,} B more (a level weight), and the plan leaves {room:,} B of its budget unspent; "
+            f"to let TQS try it, plan with --reserve {sum(need.values())} (the same budget, that much less for the weights) "
+            f"or with --budget {job.plan.weight_bytes + sum(need.values())} (this plan's weights, with room beside them)"
+        )
     dynamic, centred = split(choice.modes)
     return dynamic, choice, variants.graph(centred), notes
 

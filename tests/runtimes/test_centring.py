@@ -82,6 +82,26 @@ def test_the_level_weight_comes_from_the_planned_weights(tmp_path: Path) -> None
     np.testing.assert_allclose(_run(float_sum, x), _run(planned, x), rtol=1e-4, atol=1e-3)
 
 
+def test_a_window_concatenated_with_covariates_is_centred_alone() -> None:
+    """station-tod's first layer reads Concat(window flattened, time of day flattened): the window's columns are
+    centred and their levels added back; the forcing's columns are read as they were."""
+    proto = _batch1(example_path("station-tod") / "model.onnx")
+    found = sites(proto, steps=24)
+    assert [(s.weight, s.axis, s.offset, bool(s.concat)) for s in found] == [("l1.weight", 1, 0, True)]
+    out, done = centre(proto, found)
+    assert [c.level_bytes for c in done] == [6 * 128 * 4]
+    assert sum(n.op_type == "Concat" for n in out.graph.node) == sum(n.op_type == "Concat" for n in proto.graph.node)
+    rng = np.random.default_rng(0)
+    x = (np.array([14.6, 8.0, 68.1, 986.6, 3.1, 1.7], np.float32) + 5 * rng.standard_normal((1, 24, 6))).astype(np.float32)
+    tod = rng.standard_normal((1, 6, 2)).astype(np.float32)
+
+    def run(p: onnx.ModelProto) -> np.ndarray:
+        sess = ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": x, "tod": tod})[0]
+
+    np.testing.assert_allclose(run(out), run(proto), rtol=1e-4, atol=1e-3)
+
+
 def test_no_site_without_a_window_of_several_variables(tmp_path: Path) -> None:
     # a state model, a univariate window, a window whose length is not the model's
     assert sites(_batch1(models.deep_mlp(tmp_path / "d.onnx")), steps=8) == []
