@@ -44,6 +44,21 @@ Contexts = Annotated[
 ]
 K = Annotated[int | None, typer.Option("-k", help="Number of contexts (default: the project's, else 8).")]
 Span = Annotated[str | None, typer.Option(help="Fraction of the record (or stack of windows) to draw contexts from, e.g. 0:0.5.")]
+
+
+def _check_sizes(budget: str | None, reserve: str | None) -> None:
+    """--budget and --reserve read as sizes before any work, the error naming the option (--reserve also takes 0)."""
+    from .allocation.plan import parse_size
+
+    for flag, value in (("--budget", budget), ("--reserve", reserve)):
+        if value is None or (flag == "--reserve" and value.strip() == "0"):
+            continue
+        try:
+            parse_size(value)
+        except BadInputError as exc:
+            raise BadInputError(f"{flag}: {exc}") from None
+
+
 Reserve = Annotated[
     str | None,
     typer.Option(
@@ -308,6 +323,7 @@ def plan(
             raise BadInputError("give --budget or --ratio, not both")
         if budget is not None and not budget.strip():
             raise BadInputError("--budget is empty; give a size such as 600KB, or leave it out for the target's budget")
+        _check_sizes(budget, reserve)
         result = api.plan(
             scores_file,
             model,
@@ -514,6 +530,7 @@ def build(
         score_cfg = _config(ScoreConfig, granularity=groups, include=tuple(include or ()), exclude=tuple(exclude or ()))
         if budget is not None and not budget.strip():
             raise BadInputError("--budget is empty; give a size such as 600KB, or leave it out for the target's budget")
+        _check_sizes(budget, reserve)
         with progress("      scoring") as bar:
             r = api.build(
                 model,

@@ -209,7 +209,7 @@ def test_plan_reserve_keeps_bytes_unspent_and_refuses_a_bad_size(tmp_path: Path)
     r = run("plan", str(tmp_path / "scores.json"), "--target", "raspberrypi", "--reserve", "0", "-o", str(out))
     assert r.returncode == 0, r.stderr
     r = run("plan", str(tmp_path / "scores.json"), "--target", "raspberrypi", "--reserve", "lots", "-o", str(out))
-    assert r.returncode == 2 and "size 'lots'" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "--reserve: size 'lots'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_plan_malformed_target_names_file_key_and_type(tmp_path: Path) -> None:
