@@ -267,7 +267,7 @@ def plan(
     """
     from pydantic import ValidationError
 
-    from .allocation.plan import PlanOptions, parse_pin, parse_size
+    from .allocation.plan import PlanOptions, parse_pin, parse_reserve, parse_size
     from .allocation.planner import plan_stage
     from .core.inputs import rollout_config
     from .core.model import Model, load_model
@@ -300,7 +300,7 @@ def plan(
     try:
         opts = PlanOptions(
             budget_bytes=parse_size(str(budget)) if budget is not None else None,
-            reserve_bytes=0 if reserve is None or str(reserve).strip() == "0" else parse_size(str(reserve)),
+            reserve_bytes=parse_reserve(reserve),
             lowest_bits=lowest_bits,
             pins=tuple(parse_pin(p) for p in pins),
             include=inc,

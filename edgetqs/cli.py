@@ -48,13 +48,13 @@ Span = Annotated[str | None, typer.Option(help="Fraction of the record (or stack
 
 def _check_sizes(budget: str | None, reserve: str | None) -> None:
     """--budget and --reserve read as sizes before any work, the error naming the option (--reserve also takes 0)."""
-    from .allocation.plan import parse_size
+    from .allocation.plan import parse_reserve, parse_size
 
-    for flag, value in (("--budget", budget), ("--reserve", reserve)):
-        if value is None or (flag == "--reserve" and value.strip() == "0"):
+    for flag, value, parse in (("--budget", budget, parse_size), ("--reserve", reserve, parse_reserve)):
+        if value is None:
             continue
         try:
-            parse_size(value)
+            parse(value)
         except BadInputError as exc:
             raise BadInputError(f"{flag}: {exc}") from None
 

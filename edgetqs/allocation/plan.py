@@ -59,6 +59,14 @@ _UNITS = {
 }
 
 
+def parse_reserve(text: str | int | None) -> int:
+    """``--reserve``: a size as `parse_size` reads it, or 0 (None: 0), the bytes a plan leaves unspent.
+
+    Raises:
+        BadInputError: neither 0 nor a positive size."""
+    return 0 if text is None or str(text).strip() == "0" else parse_size(str(text))
+
+
 def parse_size(text: str) -> int:
     """'2MB' -> 2000000, '512KiB' -> 524288, '1234' -> 1234.
 

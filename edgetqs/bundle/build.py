@@ -150,7 +150,7 @@ def build(
         InfeasibleBudgetError: before any conversion, with the smallest feasible size.
         EdgetqsError: any stage's error; nothing is left under the bundle's name.
     """
-    from ..allocation.plan import PlanOptions, parse_size
+    from ..allocation.plan import PlanOptions, parse_reserve, parse_size
     from ..allocation.planner import plan_stage
     from ..allocation.targets import find_target
     from ..sensitivity.cache import reuse_line, score_cached
@@ -172,7 +172,7 @@ def build(
         rounding=rounding,
         budget_bytes=parse_size(str(budget)) if budget is not None else None,
         ratio=ratio,
-        reserve_bytes=0 if reserve is None or str(reserve).strip() == "0" else parse_size(str(reserve)),
+        reserve_bytes=parse_reserve(reserve),
         include=settings.include,
         exclude=settings.exclude,
     )
