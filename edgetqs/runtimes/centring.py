@@ -34,7 +34,7 @@ class Site:
 
     node: str  # the dense node's name (or its output's)
     weight: str  # its weight initializer
-    window: str  # the [1, a, b] tensor it flattens
+    window: str  # the [batch, a, b] tensor it flattens
     shape: tuple[int, int]  # (a, b)
     trans_b: bool  # Gemm transB: the weight is [out, in]
     axis: int  # 1 or 2: the axis of the window's steps
@@ -63,24 +63,18 @@ class Centred:
         return asdict(self)
 
 
-def _shapes(proto: Any) -> dict[str, list[int | None]]:
-    from onnx import shape_inference
-
-    inf = shape_inference.infer_shapes(proto)
-    out: dict[str, list[int | None]] = {}
-    for vi in [*inf.graph.value_info, *inf.graph.input, *inf.graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return out
-
-
 def sites(proto: Any, steps: int, weights: set[str] | None = None) -> list[Site]:
     """The dense layers of a fixed-batch graph that read a flattened [batch, a, b] window of ``steps`` steps along a or b
     and at least two variables along the other, alone or concatenated with other features (a time-of-day forcing, say)
     (``weights``: only these layers). When a == b, a is the steps."""
+    import onnx
     from onnx import helper
 
-    shapes = _shapes(proto)
+    from .canonicalize import _shapes
+
+    inferred = onnx.ModelProto()
+    inferred.CopyFrom(proto)  # `_shapes` refreshes the value_info of the graph it is given
+    shapes = _shapes(inferred)
     inits = {i.name for i in proto.graph.initializer}
     made = {o: n for n in proto.graph.node for o in n.output}
     found = []
@@ -100,7 +94,7 @@ def sites(proto: Any, steps: int, weights: set[str] | None = None) -> list[Site]
             axis_c = next((int(helper.get_attribute_value(at)) for at in src.attribute if at.name == "axis"), 0)
             if not cs or len(cs) != 2 or axis_c not in (1, -1):
                 continue
-            widths = [(shapes.get(t) or [None, None])[-1] for t in src.input]
+            widths = [(shapes.get(t) or (None,))[-1] for t in src.input]
             if any(not isinstance(w, int) for w in widths):
                 continue
             starts = np.cumsum([0, *widths[:-1]]).tolist()
@@ -114,7 +108,14 @@ def sites(proto: Any, steps: int, weights: set[str] | None = None) -> list[Site]
 
 
 def _window_site(
-    n: Any, tensor: str, offset: int, concat: str, made: dict[str, Any], shapes: dict[str, list[int | None]], steps: int, trans_b: bool
+    n: Any,
+    tensor: str,
+    offset: int,
+    concat: str,
+    made: dict[str, Any],
+    shapes: dict[str, tuple[int | None, ...]],
+    steps: int,
+    trans_b: bool,
 ) -> Site | None:
     """The site when ``tensor`` is a Reshape/Flatten of a [batch, a, b] window with ``steps`` along a or b."""
     flat = made.get(tensor)
@@ -124,7 +125,7 @@ def _window_site(
     if not zs or not ys or None in zs or None in ys or len(zs) != 3:
         return None
     a, b = int(zs[1] or 0), int(zs[2] or 0)
-    if ys != [zs[0], a * b] or a < 2 or b < 2 or steps not in (a, b):
+    if ys != (zs[0], a * b) or a < 2 or b < 2 or steps not in (a, b):
         return None
     axis = 1 if a == steps else 2
     return Site(n.name or n.output[0], n.input[1], flat.input[0], (a, b), trans_b, axis, int(zs[0] or 1), concat, offset, tensor)
