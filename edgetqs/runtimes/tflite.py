@@ -227,11 +227,13 @@ def _choose_dynamic(job: ConvertJob, variants: _Variants) -> tuple[set[str], Any
                 notes.append(
                     f"{gr['op']} reads a flattened window, but its centred graph could not be made ({str(exc)[:200]}); not offered"
                 )
+    short = []  # layers whose level weight the budget has no room for
     for gr in groups:
         if gr["op"] in need and need[gr["op"]] <= room:
             gr["rungs"] = ("dynamic", "centred", "float")
             room -= need[gr["op"]]
-    short = [op for op in need if "rungs" not in next(gr for gr in groups if gr["op"] == op)]
+        elif gr["op"] in need:
+            short.append(gr["op"])
     weight = {gr["op"]: gr["weight"] for gr in groups}
 
     def split(modes: dict[str, str]) -> tuple[set[str], set[str]]:
