@@ -52,6 +52,8 @@ TFLITE_KINDS = (  # --runtime tflite: LiteRT (XNNPACK); the fp32 row stays the O
 
 def _kernels(r: Any) -> str:
     """What onnxruntime runs for the artifact: its integer kernels, and for a TQS choice the rung of every op."""
+    from edgetqs.allocation.activations import LABELS
+
     choice = r.facts.get("activation_choice")
     if "ort_static" in r.facts:
         ops = r.facts["ort_static"]["optimized_graph_ops"]
@@ -76,9 +78,7 @@ def _kernels(r: Any) -> str:
         got = "none (every activation float)"
     if choice is not None and math.isfinite(choice["goal"]):
         modes = choice["modes"]
-        got += "; choice: " + ", ".join(
-            f"{sum(m == k for m in modes.values())} {k}" for k in ("int8", "int16", "dynamic", "centred", "float") if k in modes.values()
-        )
+        got += "; choice: " + ", ".join(f"{sum(m == k for m in modes.values())} {k}" for k in LABELS if k in modes.values())
         if choice.get("weights_alone") is not None and choice["weights_alone"] > choice["goal"]:
             got += f" (weights alone {choice['weights_alone']:.3f} > goal {choice['goal']:.3f})"
     return got
