@@ -41,8 +41,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MODES = ("int8", "dynamic", "float")  # narrowest first
 # every rung a route can offer (LiteRT full integer: int8 or int16 -> float; a dense layer over a flattened window on
-# LiteRT: dynamic -> centred, dynamic range with the window centred on its last step, `edgetqs.runtimes.centring` -> float)
-LABELS = ("int8", "int16", "dynamic", "centred", "float")
+# LiteRT: dynamic -> centred, dynamic range with the window centred on its last step, `edgetqs.runtimes.centring` -> float;
+# a LiteRT int8 kernel whose output only feeds an elementwise activation: int8-act, the activation int8 too -> int8)
+LABELS = ("int8-act", "int8", "int16", "dynamic", "centred", "float")
+STATIC = ("int8-act", "int8", "int16")  # the rungs that quantize the kernel's input and output at calibrated scales
+# ONNX elementwise activations a LiteRT int8 kernel can hand its int8 output to (XNNPACK's QS8 lookup tables, or
+# LiteRT's int8 kernels), with the TFLite builtin the converter makes of each
+INT8_ACTS = {"Tanh": "TANH", "Sigmoid": "LOGISTIC", "HardSwish": "HARD_SWISH", "Gelu": "GELU", "Relu": "RELU"}
 INT16_MAX = 32767
 GOAL_SHARE = 0.7  # aim below the tolerance: the check draws other contexts than the conversion (docs/notes/issue-14.md)
 
@@ -175,11 +180,20 @@ def _passes(measure: Callable[[dict[str, str]], float], goal: float, modes: dict
     return measure({**modes, **dict(steps[:k])}) <= goal
 
 
+def _quantized(group: dict[str, Any], mode: str) -> tuple[str, ...]:
+    """The tensors a rung rounds: input and output (static), the activation's output too (``int8-act``), or the input
+    alone (per call)."""
+    if mode == "int8-act":
+        return (*group["tensors"], group["act"])
+    return tuple(group["tensors"]) if mode in STATIC else tuple(group["tensors"][:1])
+
+
 def _fake_quant(proto: Any, group: dict[str, Any], mode: str, lo_hi: dict[str, tuple[float, float]]) -> bytes:
     """The float model with one group's activations quantized: a uint8 Q/DQ pair at the calibrated scale on its
     input and output (``int8``), symmetric int16 rounding at the calibrated scale on both (``int16``: TFLite's
     int16x8, written in float ops since a 16-bit QuantizeLinear needs opset 21), or a per-call
-    DynamicQuantizeLinear/DequantizeLinear on its input (``dynamic``)."""
+    DynamicQuantizeLinear/DequantizeLinear on its input (``dynamic``). ``int8-act``: ``int8``, and the group's
+    activation output (``act``) at its calibrated scale too."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -188,8 +202,7 @@ def _fake_quant(proto: Any, group: dict[str, Any], mode: str, lo_hi: dict[str, t
     m = onnx.ModelProto()
     m.CopyFrom(proto)
     g = m.graph
-    tensors = group["tensors"] if mode in ("int8", "int16") else group["tensors"][:1]
-    for t in tensors:
+    for t in _quantized(group, mode):
         new = t + "__tqs_act"
         if mode == "int16":
             lo, hi = lo_hi.get(t, (0.0, 1.0))
@@ -207,7 +220,7 @@ def _fake_quant(proto: Any, group: dict[str, Any], mode: str, lo_hi: dict[str, t
                 helper.make_node("Clip", [t + "__tqs_r", t + "__tqs_lo", t + "__tqs_hi"], [t + "__tqs_c"]),
                 helper.make_node("Mul", [t + "__tqs_c", t + "__tqs_s"], [new]),
             ]
-        elif mode == "int8":
+        elif mode in ("int8", "int8-act"):
             s, z = _q_params(*lo_hi.get(t, (0.0, 1.0)))
             g.initializer.extend(
                 [numpy_helper.from_array(np.array(s, np.float32), t + "__tqs_s"), numpy_helper.from_array(np.array(z), t + "__tqs_z")]
@@ -277,12 +290,23 @@ def activation_groups(weight_only: bytes) -> list[dict[str, Any]]:
 
 def kernel_groups(float_proto: Any, weights: set[str]) -> list[dict[str, Any]]:
     """The Conv/Gemm/MatMul ops of a float graph whose weight input is one of ``weights`` (the plan's int8 weights),
-    with their tensors: activation groups for a route that quantizes activations per op (TFLite dynamic range)."""
+    with their tensors: activation groups for a route that quantizes activations per op (TFLite dynamic range).
+    A kernel whose output feeds only an elementwise activation (`INT8_ACTS`), itself not a graph output, carries it:
+    ``act`` (its output tensor) and ``act_type``."""
+    readers: dict[str, list[Any]] = {}
+    for n in float_proto.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in float_proto.graph.output}
     out = []
     for n in float_proto.graph.node:
         if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in weights:
             key = str(n.name or n.output[0])
-            out.append({"op": key, "node": n.name, "op_type": n.op_type, "tensors": (n.input[0], n.output[0]), "weight": n.input[1]})
+            gr = {"op": key, "node": n.name, "op_type": n.op_type, "tensors": (n.input[0], n.output[0]), "weight": n.input[1]}
+            after = readers.get(n.output[0], [])
+            if len(after) == 1 and after[0].op_type in INT8_ACTS and n.output[0] not in outputs and after[0].output[0] not in outputs:
+                gr["act"], gr["act_type"] = after[0].output[0], after[0].op_type
+            out.append(gr)
     return out
 
 
@@ -367,7 +391,7 @@ def choose_activations(
             dyn = {op for op, m in modes.items() if m == "dynamic"}
             return static_qdq(weight_only, float_proto, rows, keep_float=wide, dynamic=dyn, exact=True)[0]
 
-    names = sorted({t for gr in groups for t in gr["tensors"]})
+    names = sorted({t for gr in groups for t in (*gr["tensors"], *([gr["act"]] if "act" in gr else []))})
     lo_hi, rel8, rel16 = _residuals(float_proto, names, rows) if groups else ({}, {}, {})
     scores: dict[tuple[str, str], ActivationScore] = {}
 
@@ -377,7 +401,7 @@ def choose_activations(
             # a centred window is scored as plain dynamic range: an upper bound, which only orders the ladder
             res = rollout(_fake_quant(float_proto, gr, "dynamic" if mode == "centred" else mode, lo_hi))
             e = divergence(res.steps, ref.steps, inv)  # [T, K]
-            tensors = gr["tensors"] if mode in ("int8", "int16") else gr["tensors"][:1]
+            tensors = _quantized(gr, mode)
             # dynamic: the per-call range is at most the calibrated one, so the static residual bounds eps
             rel = rel16 if mode == "int16" else rel8
             eps = float(np.sqrt(np.mean([rel[t] ** 2 for t in tensors])))

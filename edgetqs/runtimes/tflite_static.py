@@ -2,9 +2,14 @@
 
 - ``int8``: static int8 kernels. Each kernel of a planned int8 weight (FULLY_CONNECTED, CONV_2D) reads and writes
   int8 at ranges calibrated on closed-loop rollouts: XNNPACK's QS8 kernels, with QUANTIZE/DEQUANTIZE around them.
-  The ops between kernels (Tanh, the residual adds, the input and output) stay float, as onnxruntime's static QDQ
-  does. The TQS ladder (`edgetqs.allocation.activations.choose_activations`, rungs ``int8 -> dynamic -> float``)
-  widens the kernels the rollout does not tolerate: to dynamic range, then to float (weight-only).
+  The ops between kernels (the residual adds, the input and output) stay float, as onnxruntime's static QDQ does.
+  The TQS ladder (`edgetqs.allocation.activations.choose_activations`, rungs ``int8 -> dynamic -> float``) widens
+  the kernels the rollout does not tolerate: to dynamic range, then to float (weight-only).
+- A kernel whose output feeds only an elementwise activation (TANH, LOGISTIC, HARD_SWISH, GELU, RELU) gets a
+  narrower first rung, ``int8-act``: the activation runs int8 too (a lookup table), between the kernel and its
+  DEQUANTIZE. Float activations are what qemu emulates most slowly: Lorenz-96's five int8 convolutions ran at 0.55x
+  fp32 on qemu-pi4 with float Tanh and 0.33x with int8 Tanh, at the same rollout error (0.093 / 0.094, every op).
+  A residual add stays float: an 8-bit state drifts (below).
 - ``int16``: a full-integer int16x8 graph (every op ai-edge-quantizer supports; inputs and outputs int16 at their
   calibrated scales), rungs ``int16 -> float``. For rollouts whose state an 8-bit tensor cannot carry. It is not a
   speed mode: XNNPACK has no int16 kernels, LiteRT runs its reference ones. Lorenz-96 ran at 8.9x onnxruntime's
@@ -23,6 +28,7 @@ and quantizes integer inputs and dequantizes integer outputs.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from .base import Converted, ConvertJob
@@ -59,10 +65,43 @@ def _islands(matched: list[Any]) -> tuple[tuple[str, ...], frozenset[str], froze
     return tuple(scopes), frozenset(fp32), frozenset(weight_only)
 
 
+def kernel_activations(fm: Any, matched: list[Any]) -> dict[str, tuple[str, str]]:
+    """Planned int8 kernel weight -> (scope, builtin) of the elementwise activation its kernel's output alone feeds in
+    the float TFLite graph (`edgetqs.allocation.activations.INT8_ACTS`), neither being a graph output."""
+    from ..allocation.activations import INT8_ACTS
+    from .litert import names, op_name, schema, scope
+
+    ops, _ = names(schema())
+    sg = fm.subgraphs[0]
+    by_scope = {scope(sg, op): op for op in sg.operators}
+    readers: dict[int, list[Any]] = {}
+    for op in sg.operators:
+        for i in op.inputs:
+            readers.setdefault(int(i), []).append(op)
+    outputs = {int(i) for i in sg.outputs}
+    wanted = set(INT8_ACTS.values())
+    found: dict[str, tuple[str, str]] = {}
+    for f in matched:
+        p = f.precision
+        if not (_kernel_weight(f) and p.kind == "int" and p.bits == 8 and len(f.weight_scopes) == 1):
+            continue
+        kernel = by_scope.get(f.weight_scopes[0][0])
+        if kernel is None or len(kernel.outputs) != 1:
+            continue
+        out = int(kernel.outputs[0])
+        after = readers.get(out, [])
+        if len(after) != 1 or out in outputs or any(int(o) in outputs for o in after[0].outputs):
+            continue
+        name = op_name(fm, after[0], ops)
+        if name in wanted:
+            found[f.tensor] = (scope(sg, after[0]), name)
+    return found
+
+
 def convert_static(job: ConvertJob, act: str) -> Converted:
     """The static-activation LiteRT artifact with the rungs TQS chose, its read-back and a host session on it."""
     quiet_tensorflow()
-    from ..allocation.activations import kernel_groups
+    from ..allocation.activations import INT8_ACTS, kernel_groups
     from ..ondevice.runners import LiteRunner
     from .tflite import _Integers, _quantize, choose_on_litert
     from .tflite_integers import against_plan, write_plan_integers
@@ -78,11 +117,18 @@ def convert_static(job: ConvertJob, act: str) -> Converted:
     able = {f.tensor for f in g.matched if _kernel_weight(f) and f.precision.kind == "int" and f.precision.bits == 8}
     quantized = [f for f in g.matched if f.precision.name != "fp32"]
 
-    def build(float_weights: frozenset[str], dynamic: frozenset[str]) -> bytes:
+    def build(float_weights: frozenset[str], dynamic: frozenset[str], fused: frozenset[str] = frozenset()) -> bytes:
         if able and float_weights >= able:  # every kernel float: the weight-only artifact (the weights alone)
             return _quantize(g.fbuf, quantized, set(), None if integers is None else _Integers(integers, g.fm, job.model))
         buf = g.quantize(
-            rows, act, fp32_scopes, planned_float | float_weights, dynamic, everything=full, range_margin=INT16_MARGIN if full else 1.0
+            rows,
+            act,
+            fp32_scopes,
+            planned_float | float_weights,
+            dynamic,
+            everything=full,
+            range_margin=INT16_MARGIN if full else 1.0,
+            activations=tuple(sorted(acts[w] for w in fused)),
         )
         return buf if integers is None else write_plan_integers(buf, g.fm, g.matched, integers, job.model, biases=True)
 
@@ -93,19 +139,28 @@ def convert_static(job: ConvertJob, act: str) -> Converted:
         return LiteRunner(data, ins, outs, order_in=order_in, order_out=order_out)
 
     groups = kernel_groups(job.model.proto, able)
+    acts = {} if full else kernel_activations(g.fm, g.matched)
+    for gr in groups:  # the int8-act rung where the ONNX graph and the TFLite one agree on the activation
+        if "act" in gr and acts.get(gr["weight"], ("", ""))[1] == INT8_ACTS[gr["act_type"]]:
+            gr["rungs"] = ("int8-act", *rungs)
+        else:
+            gr.pop("act", None)
     weight = {gr["op"]: gr["weight"] for gr in groups}
 
     def weights_at(modes: dict[str, str], rung: str) -> frozenset[str]:
         return frozenset(weight[op] for op, m in modes.items() if m == rung)
 
+    def trial(ms: dict[str, str]) -> bytes:
+        return build(weights_at(ms, "float"), weights_at(ms, "dynamic"), weights_at(ms, "int8-act"))
+
     choice = None
     modes: dict[str, str] = {}
     if groups:
-        choice = choose_on_litert(job, groups, lambda ms: build(weights_at(ms, "float"), weights_at(ms, "dynamic")), session, rungs)
+        choice = choose_on_litert(job, groups, trial, session, rungs)
         modes = dict(choice.modes)
-    float_weights, dynamic = weights_at(modes, "float"), weights_at(modes, "dynamic")
+    float_weights, dynamic, fused = weights_at(modes, "float"), weights_at(modes, "dynamic"), weights_at(modes, "int8-act")
     every_float = bool(able) and float_weights >= able
-    buf = build(float_weights, dynamic)
+    buf = trial(modes)
     artifact = work / job.file_name
     artifact.write_bytes(buf)
     model = g.prep.model
@@ -134,9 +189,11 @@ def convert_static(job: ConvertJob, act: str) -> Converted:
             "(Lorenz-96: 8.9x fp32 on an x86-64 host)"
         )
     else:
+        with_act = ", ".join(f"{n} x{k}" for n, k in sorted(Counter(acts[w][1] for w in fused).items()))
         notes.append(
-            f"static int8 kernels: {n_int} integer (XNNPACK's QS8, ranges calibrated), {len(dynamic)} dynamic range, "
-            f"{len(floats)} in float; the ops between kernels stay float"
+            f"static int8 kernels: {n_int} integer (XNNPACK's QS8, ranges calibrated)"
+            + (f", {len(fused)} of them with their activation int8 too ({with_act})" if fused else "")
+            + f", {len(dynamic)} dynamic range, {len(floats)} in float; the other ops between kernels stay float"
         )
     if integers is not None:
         notes.append(
@@ -156,6 +213,8 @@ def convert_static(job: ConvertJob, act: str) -> Converted:
         "tflite_outputs": out_order,
         "float_weights": floats,  # the kernels computing in float: planned fp16/fp32/int4, or kept float by TQS
         "dynamic_weights": sorted(dynamic),
+        # kernel weight -> the activation its int8 output feeds, run int8 too (the int8-act rung)
+        "integer_activations": {w: acts[w][1] for w in sorted(fused)},
         "shared_bias_copies": {"tensors": dup_n, "bytes": dup_bytes},
     }
     if choice is not None:

@@ -168,6 +168,7 @@ def quantize_static(
     dynamic: frozenset[str] = frozenset(),
     everything: bool = True,
     range_margin: float = 1.0,
+    activations: tuple[tuple[str, str], ...] = (),
 ) -> bytes:
     """Static (full-integer) quantization of a float TFLite graph with ai-edge-quantizer: int8 weights (per
     channel or per tensor as the plan says), ``act_bits`` activations calibrated with min/max on ``rows``.
@@ -178,7 +179,9 @@ def quantize_static(
     ``dynamic``: planned int8 weights whose kernels run dynamic range instead (LiteRT).
     ``everything``: every op ai-edge-quantizer supports is integer (full integer); False: only the kernels of the
     planned int8 weights, the ops between them stay float (LiteRT's static int8 kernels).
-    ``range_margin``: every calibrated range times this (int16 has the resolution to spare)."""
+    ``range_margin``: every calibrated range times this (int16 has the resolution to spare).
+    ``activations``: (scope, builtin) of elementwise ops made integer beside the kernels when ``everything`` is False
+    (LiteRT: the activation an int8 kernel hands its int8 output to, `edgetqs.runtimes.tflite_static`)."""
     import contextlib
     import io
 
@@ -204,6 +207,10 @@ def quantize_static(
                     weight_num_bits=p.bits,
                     weight_granularity=gran,
                 )
+    for sc, op in activations:
+        qt.add_static_config(
+            regex="^" + re.escape(sc) + "$", operation_name=qtyping.TFLOperationName[op], activation_num_bits=act_bits, weight_num_bits=8
+        )
     for sc in float_scopes:
         qt.update_quantization_recipe(
             regex="^" + re.escape(sc) + "$",
@@ -388,9 +395,21 @@ class FloatGraph:
         dynamic: frozenset[str] = frozenset(),
         everything: bool = True,
         range_margin: float = 1.0,
+        activations: tuple[tuple[str, str], ...] = (),
     ) -> bytes:
         return quantize_static(
-            self.fbuf, self.matched, rows, _bits(act), self.in_perm, self.keys, float_scopes, weight_only, dynamic, everything, range_margin
+            self.fbuf,
+            self.matched,
+            rows,
+            _bits(act),
+            self.in_perm,
+            self.keys,
+            float_scopes,
+            weight_only,
+            dynamic,
+            everything,
+            range_margin,
+            activations,
         )
 
 

@@ -230,3 +230,51 @@ def test_narrow_back_takes_back_the_ops_a_forced_round_widened_for_company() -> 
         ("centred", "dynamic", "dynamic"),
         ("dynamic", "dynamic", "dynamic"),
     ]
+
+
+def test_a_kernel_that_feeds_only_an_activation_carries_it_and_int8_act_rounds_it_too(tmp_path: Path) -> None:
+    """`kernel_groups` gives a Conv/Gemm/MatMul the elementwise activation its output alone feeds (``act``), the
+    `int8-act` rung's third tensor; not where the output has another reader, where the next op is not an activation,
+    or where the activation is a graph output. `_fake_quant` at ``int8-act`` rounds the input, the output and the
+    activation's output, each at its calibrated scale: the model's output moves off ``int8``'s."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgetqs.allocation.activations import _fake_quant, _residuals, kernel_groups
+    from edgetqs.ondevice.runners import OrtRunner
+
+    rng = np.random.default_rng(0)
+    w = {f"w{i}": numpy_helper.from_array((rng.standard_normal((8, 8)) / 3).astype(np.float32), f"w{i}") for i in range(4)}
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h0"]),
+        helper.make_node("Tanh", ["h0"], ["a0"]),  # carried
+        helper.make_node("MatMul", ["a0", "w1"], ["h1"]),
+        helper.make_node("Sigmoid", ["h1"], ["a1"]),
+        helper.make_node("Add", ["h1", "a1"], ["s1"]),  # h1 has a second reader: no act
+        helper.make_node("MatMul", ["s1", "w2"], ["h2"]),
+        helper.make_node("Add", ["h2", "x"], ["s2"]),  # not an activation
+        helper.make_node("MatMul", ["s2", "w3"], ["h3"]),
+        helper.make_node("Tanh", ["h3"], ["y"]),  # a graph output
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "acts",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        list(w.values()),
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    groups = {g["weight"]: g for g in kernel_groups(proto, set(w))}
+    assert groups["w0"]["act"] == "a0" and groups["w0"]["act_type"] == "Tanh"
+    assert all("act" not in groups[k] for k in ("w1", "w2", "w3"))
+    rows = _rows()
+    lo_hi, _, _ = _residuals(proto, ["x", "h0", "a0"], rows)
+    outs = {}
+    for mode in ("int8", "int8-act"):
+        fq = onnx.load_from_string(_fake_quant(proto, groups["w0"], mode, lo_hi))
+        q = [n.input[0] for n in fq.graph.node if n.op_type == "QuantizeLinear"]
+        assert sorted(q) == (["a0", "h0", "x"] if mode == "int8-act" else ["h0", "x"])
+        outs[mode] = OrtRunner(fq.SerializeToString()).run(["y"], rows[0])[0]
+    ref = OrtRunner(proto.SerializeToString()).run(["y"], rows[0])[0]
+    assert 0 < np.abs(outs["int8"] - ref).max() and not np.allclose(outs["int8-act"], outs["int8"])

@@ -143,15 +143,15 @@ def test_dynamic_range_activations_where_tqs_allows(tmp_path: Path) -> None:
         convert(m, plan, "tflite", tmp_path / "i4", ctx, spec, activations="int4")
 
 
-def _io_types(path: Path) -> tuple[str, list[str]]:
-    """(the first input's tensor type, the weight types of the FULLY_CONNECTED ops) of a TFLite file."""
+def _io_types(path: Path, op: str = "FULLY_CONNECTED") -> tuple[str, list[str]]:
+    """(the first input's tensor type, the input types of the ``op`` ops) of a TFLite file."""
     from edgetqs.runtimes.litert import names, op_name, schema
 
     fb = schema()
     ops, types = names(fb)
     fm = fb.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
     sg = fm.subgraphs[0]
-    fc = [types[sg.tensors[op.inputs[0]].type] for op in sg.operators if op_name(fm, op, ops) == "FULLY_CONNECTED"]
+    fc = [types[sg.tensors[o.inputs[0]].type] for o in sg.operators if op_name(fm, o, ops) == op]
     return types[sg.tensors[sg.inputs[0]].type], fc
 
 
@@ -180,12 +180,16 @@ def test_static_activations_int8_kernels_and_int16_full_integer(tmp_path: Path) 
         first, fc = _io_types(tmp_path / act / r.artifact)
         # fc0 reads float (the input, or its DEQUANTIZE's output); the four int8 kernels read integer activations
         assert first == first_type and fc.count(act.upper()) == 4 and fc.count("FLOAT32") == 1, (first, fc)
+        # int8: each int8 kernel hands its int8 output to its Tanh (the int8-act rung); fc0's Tanh reads float
+        tanh = _io_types(tmp_path / act / r.artifact, "TANH")[1]
+        assert tanh == (["FLOAT32"] + ["INT8"] * 4 if act == "int8" else ["INT16"] * 5), tanh
+        assert r.facts["integer_activations"] == ({f"fc{i}.weight": "TANH" for i in range(1, 5)} if act == "int8" else {})
         assert 0 < r.weight_bytes <= plan.weight_bytes
         assert r.error_by_lead[-1] is not None and r.error_by_lead[-1] < 0.5
         got[act] = (r.error_by_lead[-1], r.artifact)
     assert got["int16"][0] < got["int8"][0]  # 256 times finer activations
     # the TQS choice: every op's rung recorded; an unreachable goal leaves the weight-only artifact
-    for act, rungs in (("int8", {"int8", "dynamic", "float"}), ("int16", {"int16", "float"})):
+    for act, rungs in (("int8", {"int8-act", "int8", "dynamic", "float"}), ("int16", {"int16", "float"})):
         chosen = convert(m, plans[act], "tflite", tmp_path / f"tqs{act}", ctx, spec)
         modes = chosen.facts["activation_choice"]["modes"]
         assert set(modes) == {"h1", "h2", "h3", "h4"} and set(modes.values()) <= rungs and chosen.all_match
