@@ -204,6 +204,42 @@ def test_static_activations_int8_kernels_and_int16_full_integer(tmp_path: Path) 
     assert c.passed, c.verdict
 
 
+@pytest.mark.parametrize("act", ["Sigmoid", "Gelu", "HardSwish"])
+def test_int8_kernels_hand_their_output_to_the_activation_in_int8(tmp_path: Path, act: str) -> None:
+    """The int8-act rung for each activation LiteRT runs in int8 after a kernel: with every op at its narrowest rung,
+    each int8 FULLY_CONNECTED's activation reads int8 (no DEQUANTIZE between), the fp16 kernel's reads float, and
+    convert.json names them."""
+    import math
+
+    import onnx
+
+    from edgetqs.allocation.planner import plan_stage
+
+    path = models.deep_mlp(tmp_path / "d.onnx", act="Gelu" if act == "Gelu" else "Tanh")
+    if act != "Gelu":  # the hidden activations (the last one stays Tanh)
+        proto = onnx.load(path)
+        for n in proto.graph.node:
+            if n.op_type == "Tanh" and n.output[0] != "a4":
+                n.op_type = act
+        onnx.save(proto, path)
+    m = load_model(path)
+    spec = infer_spec(m)
+    rec = tmp_path / "r.npy"
+    np.save(rec, np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32))
+    ctx = select_contexts(read_record(rec, spec), m, spec, 3)
+    s = run_sweep(m, spec, ctx, ProbeSettings(horizon=5))
+    pins = tuple(parse_pin(p) for p in ("fc0.weight=fp16", "re:fc[1-4].weight=int8-channel"))
+    plan = plan_stage(s, m, PI, PlanOptions(runtime="tflite", ratio=1.0, pins=pins, activations="int8"), spec=spec, contexts=ctx)
+    r = convert(m, plan, "tflite", tmp_path / "a", ctx, spec, activation_goal=math.inf)
+    builtin = {"Sigmoid": "LOGISTIC", "Gelu": "GELU", "HardSwish": "HARD_SWISH"}[act]
+    assert r.all_match and r.facts["integer_activations"] == {
+        **{f"fc{i}.weight": builtin for i in (1, 2, 3)},
+        "fc4.weight": "TANH",
+    }
+    assert _io_types(tmp_path / "a" / r.artifact, builtin)[1] == ["FLOAT32", "INT8", "INT8", "INT8"]
+    assert r.error_by_lead[-1] is not None and r.error_by_lead[-1] < 0.05
+
+
 def _gptq_stored(artifact: Path, m, plan, ctx, spec) -> tuple[int, int]:
     """(weights whose stored values are GPTQ's, weights where GPTQ's integers differ from round-to-nearest's): every
     int weight's stored values (integers x scales, read from the flatbuffer) compared with GPTQ's as multisets."""
