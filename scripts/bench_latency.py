@@ -65,6 +65,8 @@ def _kernels(r: Any) -> str:
         n_float, n_dyn = len(r.facts["float_weights"]), len(r.facts.get("dynamic_weights", []))
         what = "static int8 kernels" if r.activations == "int8" else f"full integer {r.activations}"
         got = f"{what}, {n_dyn} dynamic range, {n_float} float kernel(s)" if r.activations != "float" else "weight-only (float kernels)"
+        if acts := r.facts.get("integer_activations"):
+            got += f", {len(acts)} activation(s) int8 after their kernel"
     elif r.format == "tflite":
         dyn = r.facts.get("dynamic_weights", [])
         got = f"dynamic range x{len(dyn)}" if dyn else "weight-only (float kernels)"

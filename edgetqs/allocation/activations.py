@@ -15,8 +15,11 @@ its tolerance, and what orders the ladder.
 
 The ladder, per op, narrowest first: ``int8`` (static, QLinear kernels), ``dynamic`` (a MatMul/Gemm whose input
 is quantized at each call's own range by DynamicQuantizeMatMul: wider, output float, still an int8 GEMM; a Conv has
-no such rung), ``float`` (the weight-only op). `choose_activations` starts with every op at int8 and measures the
-artifact itself in context (the real QDQ graph with the plan's weights, on the host); while its error exceeds the
+no such rung), ``float`` (the weight-only op). On LiteRT a kernel whose output feeds only an elementwise
+activation starts one rung narrower, ``int8-act``: the activation reads the kernel's int8 output and runs int8 too
+(a lookup table), scored with the activation's output rounded at its calibrated scale as well.
+`choose_activations` starts with every op at its narrowest rung and measures the artifact itself in context (the
+real QDQ graph with the plan's weights, on the host); while its error exceeds the
 goal (a share of the target's tolerance) it widens the smallest prefix of ops, most damaging first, that meets it,
 first to their next rung, then the rest of the way to float. When the weights alone (every activation float) already
 miss the goal it keeps every activation float and says so. Every trial is recorded.

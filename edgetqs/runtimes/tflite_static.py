@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from .base import Converted, ConvertJob
+from .base import Converted, ConvertError, ConvertJob
 from .litert import WEIGHT_OPS, io_dicts, quiet_tensorflow, versions
 
 _PACKAGES = ("onnx2tf", "ai-edge-quantizer", "ai-edge-litert", "tensorflow")
@@ -150,8 +150,24 @@ def convert_static(job: ConvertJob, act: str) -> Converted:
     def weights_at(modes: dict[str, str], rung: str) -> frozenset[str]:
         return frozenset(weight[op] for op, m in modes.items() if m == rung)
 
+    made: dict[tuple[frozenset[str], ...], bytes] = {}  # the final artifact is one the ladder measured
+
     def trial(ms: dict[str, str]) -> bytes:
-        return build(weights_at(ms, "float"), weights_at(ms, "dynamic"), weights_at(ms, "int8-act"))
+        key = (weights_at(ms, "float"), weights_at(ms, "dynamic"), weights_at(ms, "int8-act"))
+        if key not in made:
+            made[key] = build(*key)
+        return made[key]
+
+    notes = list(g.notes)
+    offered = {gr["op"]: "int8-act" for gr in groups if "act" in gr}
+    if offered:  # the quantizer or LiteRT may refuse an integer activation: then the kernels alone, as before the rung
+        try:
+            session(trial(offered))
+        except (ConvertError, RuntimeError, ValueError) as exc:
+            for gr in groups:
+                if gr.pop("act", None) is not None:
+                    gr.pop("rungs")
+            notes.append(f"the activations after the int8 kernels stay float: an int8 one could not be made ({str(exc)[:200]})")
 
     choice = None
     modes: dict[str, str] = {}
@@ -178,7 +194,6 @@ def convert_static(job: ConvertJob, act: str) -> Converted:
     dup_n, dup_bytes = shared_copies(buf)
     floats = sorted(float_weights | planned_float | planned_fp32)
     n_int = len(able - float_weights - dynamic)
-    notes = list(g.notes)
     if every_float:
         notes.append("the weight-only artifact: every kernel's activations stay float (the integer graph misses the goal)")
     elif full:

@@ -204,19 +204,15 @@ def test_static_activations_int8_kernels_and_int16_full_integer(tmp_path: Path) 
     assert c.passed, c.verdict
 
 
-@pytest.mark.parametrize("act", ["Sigmoid", "Gelu", "HardSwish"])
-def test_int8_kernels_hand_their_output_to_the_activation_in_int8(tmp_path: Path, act: str) -> None:
-    """The int8-act rung for each activation LiteRT runs in int8 after a kernel: with every op at its narrowest rung,
-    each int8 FULLY_CONNECTED's activation reads int8 (no DEQUANTIZE between), the fp16 kernel's reads float, and
-    convert.json names them."""
-    import math
-
+def _act_plan(tmp_path: Path, act: str):
+    """deep_mlp with ``act`` between its layers (the last stays Tanh), fc0 fp16 and fc1-fc4 int8: model, spec,
+    contexts and the int8-activation LiteRT plan."""
     import onnx
 
     from edgetqs.allocation.planner import plan_stage
 
     path = models.deep_mlp(tmp_path / "d.onnx", act="Gelu" if act == "Gelu" else "Tanh")
-    if act != "Gelu":  # the hidden activations (the last one stays Tanh)
+    if act not in ("Gelu", "Tanh"):
         proto = onnx.load(path)
         for n in proto.graph.node:
             if n.op_type == "Tanh" and n.output[0] != "a4":
@@ -230,6 +226,17 @@ def test_int8_kernels_hand_their_output_to_the_activation_in_int8(tmp_path: Path
     s = run_sweep(m, spec, ctx, ProbeSettings(horizon=5))
     pins = tuple(parse_pin(p) for p in ("fc0.weight=fp16", "re:fc[1-4].weight=int8-channel"))
     plan = plan_stage(s, m, PI, PlanOptions(runtime="tflite", ratio=1.0, pins=pins, activations="int8"), spec=spec, contexts=ctx)
+    return m, spec, ctx, plan
+
+
+@pytest.mark.parametrize("act", ["Sigmoid", "Gelu", "HardSwish"])
+def test_int8_kernels_hand_their_output_to_the_activation_in_int8(tmp_path: Path, act: str) -> None:
+    """The int8-act rung for each activation LiteRT runs in int8 after a kernel: with every op at its narrowest rung,
+    each int8 FULLY_CONNECTED's activation reads its int8 output, the fp16 kernel's reads float, and convert.json
+    names them."""
+    import math
+
+    m, spec, ctx, plan = _act_plan(tmp_path, act)
     r = convert(m, plan, "tflite", tmp_path / "a", ctx, spec, activation_goal=math.inf)
     builtin = {"Sigmoid": "LOGISTIC", "Gelu": "GELU", "HardSwish": "HARD_SWISH"}[act]
     assert r.all_match and r.facts["integer_activations"] == {
@@ -238,6 +245,31 @@ def test_int8_kernels_hand_their_output_to_the_activation_in_int8(tmp_path: Path
     }
     assert _io_types(tmp_path / "a" / r.artifact, builtin)[1] == ["FLOAT32", "INT8", "INT8", "INT8"]
     assert r.error_by_lead[-1] is not None and r.error_by_lead[-1] < 0.05
+
+
+def test_an_integer_activation_that_cannot_be_made_leaves_the_kernels_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the quantizer refuses the activations after the int8 kernels, convert still writes the static int8
+    kernels, with every activation float, offers no int8-act rung, and says why."""
+    import math
+
+    from edgetqs.runtimes import tflm
+
+    real = tflm.quantize_static
+
+    def refuse(*args, **kwargs):
+        if kwargs.get("activations") or (len(args) > 11 and args[11]):
+            raise ConvertError("ai-edge-quantizer cannot quantize this graph: TANH refused")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tflm, "quantize_static", refuse)
+    m, spec, ctx, plan = _act_plan(tmp_path, "Tanh")
+    r = convert(m, plan, "tflite", tmp_path / "a", ctx, spec, activation_goal=math.inf)
+    assert r.all_match and r.activations == "int8" and r.facts["integer_activations"] == {}
+    assert set(r.facts["activation_choice"]["modes"].values()) == {"int8"}
+    assert any(
+        "stay float: an int8 one could not be made (ai-edge-quantizer cannot quantize this graph: TANH refused)" in n for n in r.notes
+    )
+    assert _io_types(tmp_path / "a" / r.artifact, "TANH")[1] == ["FLOAT32"] * 5
 
 
 def _gptq_stored(artifact: Path, m, plan, ctx, spec) -> tuple[int, int]:
