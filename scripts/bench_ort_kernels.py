@@ -151,8 +151,22 @@ class _Lite:
         self.ins = self.it.get_input_details()
         self.out = self.it.get_output_details()[0]
 
+    def pair(self, feeds: dict[str, np.ndarray]) -> list[tuple[dict, np.ndarray]]:
+        """Each interpreter input with a feed of its size: a converter may reorder the inputs (blizzard's state and its
+        one-channel static field) and lay them out NHWC. The feeds are random, so a reshape of the right size times
+        the same call."""
+        left = list(feeds.values())
+        pairs = []
+        for d in self.ins:
+            size = int(np.prod(d["shape"]))
+            k = next((i for i, x in enumerate(left) if x.size == size), None)
+            if k is None:
+                raise ValueError(f"no feed of {size} values for the TFLite input {d['name']} {[int(v) for v in d['shape']]}")
+            pairs.append((d, left.pop(k)))
+        return pairs
+
     def run(self, _names: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        for d, x in zip(self.ins, feeds.values()):
+        for d, x in self.pair(feeds):
             x = x.reshape(d["shape"]).astype(np.float32)
             if np.issubdtype(d["dtype"], np.integer):  # a full-integer file: quantize at its input scale
                 scale, zero = d["quantization"]

@@ -1,0 +1,29 @@
+"""The latency bench's own LiteRT caller (`scripts/bench_ort_kernels.py`): it runs on the device, without edgetqs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import bench_ort_kernels as bok  # scripts/ is not a package: imported by path
+
+
+def _lite(shapes: list[list[int]]) -> bok._Lite:
+    lite = bok._Lite.__new__(bok._Lite)  # the pairing alone: no interpreter
+    lite.ins = [{"name": f"serving_default_{i}", "shape": np.array(s)} for i, s in enumerate(shapes)]
+    return lite
+
+
+def test_feeds_pair_with_inputs_by_size_whatever_the_converters_order_and_layout() -> None:
+    """blizzard's timing failed with "cannot reshape array of size 7128 into shape (1,1,33,36)": the converter put
+    the one-channel static field first, and the feeds were zipped by position."""
+    feeds = {"state": np.zeros((1, 6, 33, 36), np.float32), "static": np.ones((1, 1, 33, 36), np.float32)}
+    pairs = _lite([[1, 33, 36, 1], [1, 33, 36, 6]]).pair(feeds)
+    assert [float(x.mean()) for _, x in pairs] == [1.0, 0.0]  # static to the first input, the state to the second
+    with pytest.raises(ValueError, match=r"no feed of 10 values for the TFLite input serving_default_0 \[1, 10\]"):
+        _lite([[1, 10]]).pair(feeds)
