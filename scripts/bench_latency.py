@@ -181,6 +181,17 @@ def run_example(
     return rows
 
 
+def median_interval(ratios: list[float]) -> str:
+    """95% bootstrap interval of the median over processes ("-" under 3: a process's speed drifts under qemu, and
+    the interval is what tells a ratio from the 0.6 goal)."""
+    from edgetqs.allocation.compare import bootstrap_samples
+
+    if len(ratios) < 3:
+        return "-"
+    boot = np.median(np.asarray(ratios, np.float64)[bootstrap_samples(len(ratios))], axis=1)
+    return f"{np.percentile(boot, 2.5):.2f}-{np.percentile(boot, 97.5):.2f}"
+
+
 def call_timing(
     name: str, arts: dict[str, Path], devices: list[str], calls: int, work: Path, processes: int = 1, notes: dict[str, str] | None = None
 ) -> str:
@@ -234,11 +245,16 @@ def call_timing(
                     except ValueError:
                         continue
         rows = [
-            f"| {k} | {np.median(v):.2f} | {min(v):.2f}-{max(v):.2f} | {' '.join(f'{x:.2f}' for x in v)} | {(notes or {}).get(k, '')} |"
+            f"| {k} | {np.median(v):.2f} | {median_interval(v)} | {min(v):.2f}-{max(v):.2f} | {' '.join(f'{x:.2f}' for x in v)} | "
+            f"{(notes or {}).get(k, '')} |"
             for k, v in ratios.items()
         ]
         head = f"{name} on {dev}: the model call alone, p50 / fp32 model's p50, {processes} process(es) x {calls} calls interleaved"
-        out.append(head + "\n\n| artifact | median | range | per process | what runs |\n|---|---:|---|---|---|\n" + "\n".join(rows))
+        out.append(
+            head
+            + "\n\n| artifact | median | 95% interval of the median | range | per process | what runs |\n|---|---:|---|---|---|---|\n"
+            + "\n".join(rows)
+        )
     return "\n\n".join(out)
 
 

@@ -27,3 +27,12 @@ def test_feeds_pair_with_inputs_by_size_whatever_the_converters_order_and_layout
     assert [float(x.mean()) for _, x in pairs] == [1.0, 0.0]  # static to the first input, the state to the second
     with pytest.raises(ValueError, match=r"no feed of 10 values for the TFLite input serving_default_0 \[1, 10\]"):
         _lite([[1, 10]]).pair(feeds)
+
+
+def test_the_median_over_processes_gets_a_bootstrap_interval() -> None:
+    """Per-process ratios under qemu spread 0.48-0.66: the table gives the median's 95% interval beside it."""
+    import bench_latency
+
+    assert bench_latency.median_interval([0.6, 0.62]) == "-"
+    lo, hi = (float(x) for x in bench_latency.median_interval([0.48, 0.60, 0.61, 0.62, 0.62, 0.63, 0.66]).split("-"))
+    assert 0.48 <= lo <= 0.62 <= hi <= 0.66 and lo < hi
