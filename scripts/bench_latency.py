@@ -211,8 +211,9 @@ def call_timing(
     m = load_model(arts["fp32"])
     shapes = {i.name: [d if isinstance(d, int) else 1 for d in i.shape] for i in m.inputs}
     index = []
-    for kind, path in arts.items():
-        file = f"{kind.replace(' ', '-').replace(',', '')}{'.tflite' if path.suffix == '.tflite' else '.onnx'}"
+    for i, (kind, path) in enumerate(arts.items()):
+        # a kind is a label ("l2/l3 dynamic", "every op, int8"): the file name keeps its safe characters, numbered
+        file = f"{i:02d}-{re.sub(r'[^A-Za-z0-9._-]+', '-', kind)}{'.tflite' if path.suffix == '.tflite' else '.onnx'}"
         shutil.copy(path, folder / file)
         entry = {"group": name, "kind": kind, "file": file, "inputs": shapes}
         if kind == "weight-only int8" and path.suffix != ".tflite":

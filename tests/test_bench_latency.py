@@ -36,3 +36,19 @@ def test_the_median_over_processes_gets_a_bootstrap_interval() -> None:
     assert bench_latency.median_interval([0.6, 0.62]) == "-"
     lo, hi = (float(x) for x in bench_latency.median_interval([0.48, 0.60, 0.61, 0.62, 0.62, 0.63, 0.66]).split("-"))
     assert 0.48 <= lo <= 0.62 <= hi <= 0.66 and lo < hi
+
+
+def test_artifact_labels_with_slashes_make_safe_file_names(tmp_path: Path) -> None:
+    """`call_timing` copies each artifact under a name made from its label: "l2/l3 dynamic" made a path into a
+    folder that does not exist (FileNotFoundError before any timing)."""
+    import json
+
+    import bench_latency
+    import models
+
+    onnx_path = models.state_mlp(tmp_path / "m.onnx")
+    arts = {"fp32": onnx_path, "l1 centred, l2/l3 dynamic": onnx_path}
+    assert bench_latency.call_timing("m", arts, [], 10, tmp_path / "w") == ""
+    index = json.loads((tmp_path / "w" / "m" / "calls" / "index.json").read_text())
+    assert [r["file"] for r in index] == ["00-fp32.onnx", "01-l1-centred-l2-l3-dynamic.onnx"]
+    assert all((tmp_path / "w" / "m" / "calls" / r["file"]).is_file() for r in index)
