@@ -150,24 +150,27 @@ class _Lite:
         self.it.allocate_tensors()
         self.ins = self.it.get_input_details()
         self.out = self.it.get_output_details()[0]
+        self.order: list[str] | None = None
 
-    def pair(self, feeds: dict[str, np.ndarray]) -> list[tuple[dict, np.ndarray]]:
-        """Each interpreter input with a feed of its size: a converter may reorder the inputs (blizzard's state and its
+    def pair(self, feeds: dict[str, np.ndarray]) -> list[str]:
+        """The feed for each interpreter input, by size: a converter may reorder the inputs (blizzard's state and its
         one-channel static field) and lay them out NHWC. The feeds are random, so a reshape of the right size times
-        the same call."""
-        left = list(feeds.values())
-        pairs = []
+        the same call. Worked out once, outside the timed calls: under qemu Python's own work is not free."""
+        left = list(feeds)
+        names = []
         for d in self.ins:
             size = int(np.prod(d["shape"]))
-            k = next((i for i, x in enumerate(left) if x.size == size), None)
+            k = next((i for i, n in enumerate(left) if feeds[n].size == size), None)
             if k is None:
                 raise ValueError(f"no feed of {size} values for the TFLite input {d['name']} {[int(v) for v in d['shape']]}")
-            pairs.append((d, left.pop(k)))
-        return pairs
+            names.append(left.pop(k))
+        return names
 
     def run(self, _names: object, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        for d, x in self.pair(feeds):
-            x = x.reshape(d["shape"]).astype(np.float32)
+        if self.order is None:
+            self.order = self.pair(feeds)
+        for d, name in zip(self.ins, self.order):
+            x = feeds[name].reshape(d["shape"]).astype(np.float32)
             if np.issubdtype(d["dtype"], np.integer):  # a full-integer file: quantize at its input scale
                 scale, zero = d["quantization"]
                 info = np.iinfo(d["dtype"])

@@ -23,8 +23,7 @@ def test_feeds_pair_with_inputs_by_size_whatever_the_converters_order_and_layout
     """blizzard's timing failed with "cannot reshape array of size 7128 into shape (1,1,33,36)": the converter put
     the one-channel static field first, and the feeds were zipped by position."""
     feeds = {"state": np.zeros((1, 6, 33, 36), np.float32), "static": np.ones((1, 1, 33, 36), np.float32)}
-    pairs = _lite([[1, 33, 36, 1], [1, 33, 36, 6]]).pair(feeds)
-    assert [float(x.mean()) for _, x in pairs] == [1.0, 0.0]  # static to the first input, the state to the second
+    assert _lite([[1, 33, 36, 1], [1, 33, 36, 6]]).pair(feeds) == ["static", "state"]  # as the converter ordered them
     with pytest.raises(ValueError, match=r"no feed of 10 values for the TFLite input serving_default_0 \[1, 10\]"):
         _lite([[1, 10]]).pair(feeds)
 
