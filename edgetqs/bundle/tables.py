@@ -164,7 +164,7 @@ def check_table(r: Any) -> Table:
     lat = r.latency_ms
     cap = (
         f"latency per step (batch {r.batch}, first excluded): p50 {lat.get('p50', float('nan')):.3g} ms, p90 {lat.get('p90', float('nan')):.3g} ms, "
-        f"p99 {lat.get('p99', float('nan')):.3g} ms over {lat.get('n', 0)} steps; first {r.latency_ms_first or float('nan'):.3g} ms; "
+        f"p99 {lat.get('p99', float('nan')):.3g} ms over {int(lat.get('n', 0))} steps; first {r.latency_ms_first or float('nan'):.3g} ms; "
         f"start-up {r.latency_ms_init or float('nan'):.3g} ms; peak memory {(r.peak_rss_bytes or 0) / 2**20:.1f} MiB; "
         f"{_e(r.runtime.get('name', '?'))} {_e(r.runtime.get('version', ''))} on {_e(r.machine)} ({_e(r.cpu)})"
     )

@@ -33,6 +33,9 @@ def test_local_check_passes_and_round_trips_the_reference(tmp_path: Path) -> Non
     assert {"quantized_vs_truth", "float_vs_truth"} <= set(r.rows)
     assert r.latency_ms["n"] == 3 * 10 - 1 and r.latency_ms["p50"] > 0 and r.peak_rss_bytes > 10 * 2**20
     assert r.latency_ms_first is not None and r.latency_ms_init is not None
+    from edgetqs.bundle.tables import check_table
+
+    assert f"over {3 * 10 - 1} steps;" in str(check_table(r).caption)  # a count, not "29.0" (the result stores floats)
     # the device's trajectories equal the host's onnxruntime rollout of the same artifact
     from edgetqs.core.rollout import Rollout
 
