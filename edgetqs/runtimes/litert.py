@@ -111,6 +111,16 @@ def scope(sg: Any, op: Any) -> str:
     return ";".join(names) + ";"
 
 
+def consumers(sg: Any) -> dict[int, list[tuple[Any, int]]]:
+    """Tensor index -> (op, input position) of every op of the subgraph that reads it."""
+    found: dict[int, list[tuple[Any, int]]] = {}
+    for op in sg.operators:
+        for pos, i in enumerate(op.inputs):
+            if i >= 0:
+                found.setdefault(int(i), []).append((op, pos))
+    return found
+
+
 def batch1_bytes(model: Any) -> bytes:
     """The model with its batch axis fixed to 1 and intermediate shapes re-inferred.
 
@@ -299,11 +309,7 @@ def match_planned(prep: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str], sk
     by_size: dict[int, list[tuple[int, np.ndarray]]] = {}
     for idx, vals in constants(m, sg):
         by_size.setdefault(vals.size, []).append((idx, vals))
-    consumers: dict[int, list[Any]] = {}
-    for op in sg.operators:
-        for pos, i in enumerate(op.inputs):
-            if i >= 0:
-                consumers.setdefault(i, []).append((op, pos))
+    readers = consumers(sg)
     used: set[int] = set()
     found: list[Match] = []
     missing: list[tuple[str, str]] = []
@@ -324,7 +330,7 @@ def match_planned(prep: Any, plan: Any, m: Any, sg: Any, ops: dict[int, str], sk
                 continue
             idx, factor = hit
             used.add(idx)
-            users = consumers.get(idx, [])
+            users = readers.get(idx, [])
             op, pos = users[0] if users else (None, -1)
             if piece in pieces:
                 p = effective(

@@ -193,7 +193,7 @@ def tflite_pricing(model: Model, runtime: str, activations: str, storage: Storag
     """
     import numpy as np
 
-    from .litert import WEIGHT_OPS, match_planned, names, op_name, schema
+    from .litert import WEIGHT_OPS, consumers, match_planned, names, op_name, schema
 
     prep, fm, ops = graph
     sg = fm.subgraphs[0]
@@ -204,11 +204,7 @@ def tflite_pricing(model: Model, runtime: str, activations: str, storage: Storag
     every = SimpleNamespace(tensors=[SimpleNamespace(name=w.name, precision=Precision("int", 8, "channel")) for w in model.weights])
     matches, _ = match_planned(prep, every, fm, sg, ops, skip_fp32=False)
     at = {f.index: f for f in matches}
-    consumers: dict[int, list[tuple[Any, int]]] = {}
-    for op in sg.operators:
-        for pos, i in enumerate(op.inputs):
-            if i >= 0:
-                consumers.setdefault(i, []).append((op, pos))
+    readers = consumers(sg)
 
     def channels(op: Any, idx: int) -> int:
         t = sg.tensors[idx]
@@ -225,7 +221,7 @@ def tflite_pricing(model: Model, runtime: str, activations: str, storage: Storag
         b = fm.buffers[t.buffer]
         if b.data is None or len(b.data) == 0:
             continue
-        users = consumers.get(idx, [])
+        users = readers.get(idx, [])
         op, pos = users[0] if users else (None, -1)
         kind = op_name(fm, op, ops) if op is not None else ""
         n = int(np.prod([int(d) for d in t.shape])) if len(t.shape) else 1

@@ -69,15 +69,12 @@ def kernel_activations(fm: Any, matched: list[Any]) -> dict[str, tuple[str, str]
     """Planned int8 kernel weight -> (scope, builtin) of the elementwise activation its kernel's output alone feeds in
     the float TFLite graph (`edgetqs.allocation.activations.INT8_ACTS`), neither being a graph output."""
     from ..allocation.activations import INT8_ACTS
-    from .litert import names, op_name, schema, scope
+    from .litert import consumers, names, op_name, schema, scope
 
     ops, _ = names(schema())
     sg = fm.subgraphs[0]
     by_scope = {scope(sg, op): op for op in sg.operators}
-    readers: dict[int, list[Any]] = {}
-    for op in sg.operators:
-        for i in op.inputs:
-            readers.setdefault(int(i), []).append(op)
+    readers = consumers(sg)
     outputs = {int(i) for i in sg.outputs}
     wanted = set(INT8_ACTS.values())
     found: dict[str, tuple[str, str]] = {}
@@ -89,7 +86,7 @@ def kernel_activations(fm: Any, matched: list[Any]) -> dict[str, tuple[str, str]
         if kernel is None or len(kernel.outputs) != 1:
             continue
         out = int(kernel.outputs[0])
-        after = readers.get(out, [])
+        after = [op for op, _ in readers.get(out, [])]
         if len(after) != 1 or out in outputs or any(int(o) in outputs for o in after[0].outputs):
             continue
         name = op_name(fm, after[0], ops)
